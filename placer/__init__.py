@@ -1,0 +1,33 @@
+"""placer: topology-aware expert placement for Mixture-of-Experts models.
+
+Data flows one way: trace -> graph -> solver -> placement -> replay/report.
+"""
+
+from placer.errors import InfeasibleError, InputError
+from placer.instances import load_model, load_topology
+from placer.placement import Placement, baseline, from_expert_gpu
+from placer.placement_io import read_placement, write_placement
+from placer.replay import ReplayReport, evaluate
+from placer.topology import Model, Topology
+from placer.trace import Trace, TraceSource, load_trace, save_trace
+
+__all__ = [
+    "InfeasibleError",
+    "InputError",
+    "Model",
+    "Placement",
+    "ReplayReport",
+    "Topology",
+    "Trace",
+    "TraceSource",
+    "baseline",
+    "evaluate",
+    "from_expert_gpu",
+    "load_model",
+    "load_topology",
+    "load_trace",
+    "read_placement",
+    "save_trace",
+    "write_placement",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,252 @@
+"""The ``placer`` command line: a thin layer over the Python API.
+
+Bad input exits with code 2 and one line naming the file and field; success exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from placer import calc, instances, placement_io
+from placer.atomic import refuse_overwriting_input
+from placer.bundled import sample_trace
+from placer.errors import InfeasibleError, InputError
+from placer.esft import ESFT_TASKS, import_esft
+from placer.placement import BASELINES, Placement, baseline
+from placer.render import comparison_table, key_value_table
+from placer.replay import ReplayReport, evaluate
+from placer.topology import Model, Topology
+from placer.trace import Trace, TraceSource, save_trace
+
+app = typer.Typer(
+    help="Topology-aware expert placement for Mixture-of-Experts models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+import_app = typer.Typer(help="Convert routing traces from other tools into placer's .npz format.")
+app.add_typer(import_app, name="import")
+console = Console(width=None if sys.stdout.isatty() else 200)
+
+
+class Source(str, Enum):
+    token = "token"
+    sequence = "sequence"
+
+
+class Dispatch(str, Enum):
+    normal = "normal"
+    low_latency = "low-latency"
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+TopologyOpt = Annotated[str, typer.Option(help="Topology preset name or .toml file.")]
+NodesOpt = Annotated[Optional[int], typer.Option("--nodes", help="Override the topology's node count.")]
+GpnOpt = Annotated[Optional[int], typer.Option("--gpus-per-node", help="Override the GPUs per node.")]
+ModelOpt = Annotated[
+    Optional[str], typer.Option(help="Model preset name or .toml file (default: the preset matching the trace).")
+]
+MaxNodesOpt = Annotated[Optional[int], typer.Option("--max-nodes", help="Report tokens touching more than M nodes.")]
+SourceOpt = Annotated[Source, typer.Option(help="token: token t on GPU t mod P (or src_rank); sequence: sequence i on GPU i mod P.")]
+DispatchOpt = Annotated[Dispatch, typer.Option(help="normal: one copy per remote node; low-latency: one per remote expert.")]
+
+
+def _print_json(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+def _topology(name: str, nodes: int | None, gpus_per_node: int | None) -> Topology:
+    topology = instances.load_topology(name)
+    for option, value in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node)):
+        if value is not None and value <= 0:
+            raise InputError(None, option, f"expected a positive count, got {value}")
+    return topology.resized(nodes, gpus_per_node)
+
+
+def _model(name: str | None, num_experts: int, top_k: int) -> Model | None:
+    """The named model, else the unique preset with this expert count and top-k, else None."""
+    if name is None:
+        return instances.match_model(num_experts, top_k)
+    model = instances.load_model(name)
+    if model.num_experts < num_experts or model.top_k != top_k:
+        raise InputError(
+            name, "model",
+            f"{model.num_experts} experts, top-{model.top_k} does not fit a trace with "
+            f"{num_experts} experts, top-{top_k}",
+        )
+    return model
+
+
+def _placement(spec: str, trace: TraceSource, topology: Topology, model: Model | None) -> tuple[str, Placement]:
+    """A baseline by name or a placement file, with the label to show it under."""
+    if spec in BASELINES:
+        experts = model.num_experts if model is not None else trace.num_experts
+        return spec, baseline(spec, trace.num_layers, experts, topology.num_gpus, topology.gpus_per_node)
+    return Path(spec).name, placement_io.read_placement(spec, topology.num_gpus, topology.gpus_per_node, model)
+
+
+def _report_results(results: list[tuple[str, ReplayReport]], title: str, as_json: bool) -> None:
+    if as_json:
+        if len(results) == 1:
+            _print_json(results[0][1].to_dict())
+        else:
+            _print_json({"results": {name: report.to_dict() for name, report in results}})
+        return
+    console.print(comparison_table(results, title))
+
+
+def _title(trace_path: str, trace: TraceSource, topology: Topology, model: Model | None, extra: str = "") -> str:
+    model_name = model.name if model is not None else "none (token counts only; pass --model for bytes and time)"
+    return (
+        f"{trace_path}: {trace.num_tokens:,} tokens x {trace.num_layers} layers, top-{trace.top_k} | "
+        f"{topology.name}: {topology.nodes} nodes x {topology.gpus_per_node} GPUs | model: {model_name}{extra}"
+    )
+
+
+@app.command("evaluate")
+def evaluate_command(
+    trace: Annotated[str, typer.Option(help="Trace .npz file or directory of shards to replay.")],
+    placement: Annotated[
+        list[str], typer.Option(help="contiguous, round-robin, random or a placement file; repeat to compare.")
+    ],
+    topology: TopologyOpt = "h100-dgx",
+    nodes: NodesOpt = None,
+    gpus_per_node: GpnOpt = None,
+    model: ModelOpt = None,
+    max_nodes: MaxNodesOpt = None,
+    source: SourceOpt = Source.token,
+    dispatch: DispatchOpt = Dispatch.normal,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay a trace against placements: traffic per link tier, NIC and GPU load, a2a time."""
+    source_trace = TraceSource(trace)
+    topo = _topology(topology, nodes, gpus_per_node)
+    mdl = _model(model, source_trace.num_experts, source_trace.top_k)
+    results = []
+    for spec in placement:
+        label, chosen = _placement(spec, source_trace, topo, mdl)
+        report = evaluate(source_trace, chosen, topo, mdl, source=source.value, dispatch=dispatch.value, max_nodes=max_nodes)
+        results.append((label, report))
+    _report_results(results, _title(trace, source_trace, topo, mdl), as_json)
+
+
+@app.command("validate")
+def validate_command(
+    placement: Annotated[str, typer.Argument(help="Placement file (placer JSON or SGLang JSON).")],
+    topology: TopologyOpt = "h100-dgx",
+    nodes: NodesOpt = None,
+    gpus_per_node: GpnOpt = None,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a placement: schema, every expert in every layer, slots, memory, EP divisibility."""
+    topo = _topology(topology, nodes, gpus_per_node)
+    mdl = instances.load_model(model) if model else None
+    chosen = placement_io.read_placement(placement, topo.num_gpus, topo.gpus_per_node, mdl)
+    facts = placement_io.check_against(placement, chosen, topo, mdl)
+    if as_json:
+        _print_json({"valid": True, **facts})
+    else:
+        console.print(key_value_table({"valid": True, **facts}, f"{placement}: valid"))
+
+
+@app.command("schema")
+def schema_command() -> None:
+    """Print the JSON Schema of placer's placement file."""
+    _print_json(placement_io.placement_schema())
+
+
+@app.command("calc")
+def calc_command(
+    model: Annotated[str, typer.Option(help="Model preset name or .toml file.")] = "deepseek-v3",
+    ep: Annotated[int, typer.Option(help="Expert-parallel size (GPUs).")] = 256,
+    tokens_per_gpu: Annotated[int, typer.Option(help="Tokens per GPU per micro-batch.")] = 4096,
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs per node.")] = 8,
+    max_nodes: MaxNodesOpt = None,
+    dispatch_bytes: Annotated[Optional[float], typer.Option(help="Override bytes per element for dispatch.")] = None,
+    combine_bytes: Annotated[Optional[float], typer.Option(help="Override bytes per element for combine.")] = None,
+    topology: Annotated[Optional[str], typer.Option(help="Topology for time estimates.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """All-to-all volume under uniform routing, without a trace (per GPU, per layer, one way)."""
+    mdl = instances.load_model(model)
+    if dispatch_bytes is not None:
+        mdl = replace(mdl, dispatch_bytes_per_element=dispatch_bytes)
+    if combine_bytes is not None:
+        mdl = replace(mdl, combine_bytes_per_element=combine_bytes)
+    topo = instances.load_topology(topology) if topology else None
+    volume = calc.all_to_all_volume(mdl, ep, tokens_per_gpu, gpus_per_node, max_nodes, topo)
+    if as_json:
+        _print_json(volume.to_dict())
+    else:
+        console.print(key_value_table(volume.to_dict(), f"{mdl.name} at EP {ep}, {tokens_per_gpu:,} tokens per GPU"))
+
+
+@app.command("instances")
+def instances_command(as_json: JsonOpt = False) -> None:
+    """List the topology and model presets."""
+    presets = instances.list_presets()
+    if as_json:
+        _print_json(presets)
+    else:
+        console.print(key_value_table({kind: ", ".join(names) for kind, names in presets.items()}, "presets"))
+
+
+@import_app.command("esft")
+def import_esft_command(
+    directory: Annotated[str, typer.Argument(help="ESFT traces root (task folders inside) .")],
+    out: Annotated[str, typer.Option(help="Output .npz (with --split: OUT-train.npz and OUT-test.npz).")],
+    split: Annotated[bool, typer.Option(help="Write a train (first half of each task) and a test file.")] = False,
+    task: Annotated[Optional[str], typer.Option(help=f"Keep one task: {', '.join(ESFT_TASKS)}.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import the ESFT expert-score traces (weights and sequence boundaries kept)."""
+    result = import_esft(directory, task=task, split=split)
+    outputs: dict[str, Trace]
+    if split:
+        stem = out[:-4] if out.endswith(".npz") else out
+        outputs = {f"{stem}-train.npz": result[0], f"{stem}-test.npz": result[1]}
+    else:
+        outputs = {out if out.endswith(".npz") else out + ".npz": result}
+    for path, trace in outputs.items():
+        refuse_overwriting_input(path, directory)
+        save_trace(trace, path)
+    summary = {path: {"tokens": t.num_tokens, "layers": t.num_layers, "top_k": t.top_k,
+                      "sequences": len(t.seq_lens)} for path, t in outputs.items()}
+    if as_json:
+        _print_json(summary)
+    else:
+        for path, facts in summary.items():
+            console.print(f"wrote {path}: {facts['tokens']:,} tokens, {facts['sequences']} sequences, "
+                          f"{facts['layers']} layers, top-{facts['top_k']}")
+
+
+@app.command("demo")
+def demo_command(as_json: JsonOpt = False) -> None:
+    """Replay the embedded ESFT sample against the baselines on 4 H100 nodes x 8 GPUs."""
+    test = TraceSource(sample_trace("test"))
+    topo = instances.load_topology("h100-dgx").resized(4, 8)
+    mdl = instances.load_model("deepseek-v2-lite")
+    results = [
+        (name, evaluate(test, baseline(name, test.num_layers, mdl.num_experts, topo.num_gpus, topo.gpus_per_node),
+                        topo, mdl, max_nodes=4))
+        for name in BASELINES
+    ]
+    _report_results(results, _title("embedded ESFT sample (intent, held-out half)", test, topo, mdl), as_json)
+
+
+def main() -> None:
+    """Entry point: run the app, turning input errors into one line and exit code 2."""
+    try:
+        app()
+    except (InputError, InfeasibleError) as err:
+        Console(stderr=True).print(f"placer: error: {err}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)

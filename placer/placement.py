@@ -1,0 +1,121 @@
+"""Placements: which expert sits in which physical slot, and the built-in baselines.
+
+``phy2log: [layers, gpus * slots_per_gpu]`` gives the logical expert in each
+physical slot (-1 = empty); slot ``p`` is on GPU ``p // slots_per_gpu`` and GPU
+``g`` on node ``g // gpus_per_node``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+EMPTY = -1
+BASELINES = ("contiguous", "round-robin", "random")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Expert-to-slot maps for every MoE layer plus the facts that produced them.
+
+    phy2log: [layers, gpus * slots_per_gpu] int64, -1 for an empty slot.
+    metadata: JSON-ready facts (topology, model, solver, objective, trace digest).
+    """
+
+    phy2log: np.ndarray
+    num_experts: int
+    gpus_per_node: int
+    slots_per_gpu: int
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.phy2log.shape[0])
+
+    @property
+    def num_gpus(self) -> int:
+        return int(self.phy2log.shape[1]) // self.slots_per_gpu
+
+    @property
+    def num_nodes(self) -> int:
+        return self.num_gpus // self.gpus_per_node
+
+    def expert_gpu(self) -> np.ndarray:
+        """GPU of every expert: [layers, experts] (each expert held exactly once)."""
+        result = np.full((self.num_layers, self.num_experts), EMPTY, dtype=np.int64)
+        slots = np.arange(self.phy2log.shape[1])
+        for layer, row in enumerate(self.phy2log):
+            held = row >= 0
+            result[layer, row[held]] = slots[held] // self.slots_per_gpu
+        return result
+
+    def gpu_expert_counts(self) -> np.ndarray:
+        """Experts held per GPU: [layers, gpus]."""
+        filled = (self.phy2log >= 0).reshape(self.num_layers, self.num_gpus, self.slots_per_gpu)
+        return filled.sum(axis=2)
+
+
+def from_expert_gpu(
+    expert_gpu: np.ndarray,
+    num_gpus: int,
+    gpus_per_node: int,
+    slots_per_gpu: int | None = None,
+    metadata: dict | None = None,
+) -> Placement:
+    """Build a placement from an expert -> GPU map.
+
+    expert_gpu: [layers, experts] GPU id of every expert. Experts fill their
+    GPU's slots in increasing id order; ``slots_per_gpu`` defaults to the most
+    experts any GPU holds.
+    """
+    layers, experts = expert_gpu.shape
+    counts = np.stack([np.bincount(row, minlength=num_gpus) for row in expert_gpu])
+    slots = int(counts.max()) if slots_per_gpu is None else slots_per_gpu
+    phy2log = np.full((layers, num_gpus * slots), EMPTY, dtype=np.int64)
+    for layer, row in enumerate(expert_gpu):
+        order = np.argsort(row, kind="stable")
+        gpus = row[order]
+        first_of_gpu = np.searchsorted(gpus, gpus, side="left")
+        position = np.arange(experts) - first_of_gpu
+        phy2log[layer, gpus * slots + position] = order
+    return Placement(phy2log, experts, gpus_per_node, slots, dict(metadata or {}))
+
+
+def contiguous_gpus(num_experts: int, num_gpus: int) -> np.ndarray:
+    """Megatron / vLLM ``linear``: GPU r owns a block of E // P experts, the first E mod P one more.
+
+    Returns expert_gpu: [experts].
+    """
+    base, extra = divmod(num_experts, num_gpus)
+    sizes = np.full(num_gpus, base) + (np.arange(num_gpus) < extra)
+    return np.repeat(np.arange(num_gpus), sizes)
+
+
+def baseline_expert_gpu(name: str, num_layers: int, num_experts: int, num_gpus: int) -> np.ndarray:
+    """Expert -> GPU map of a named baseline: [layers, experts].
+
+    contiguous: blocks as :func:`contiguous_gpus`; round-robin: expert e on GPU
+    e mod P (vLLM); random: per layer a permutation drawn from one generator
+    seeded with 0, then contiguous blocks.
+    """
+    block = contiguous_gpus(num_experts, num_gpus)
+    if name == "contiguous":
+        return np.tile(block, (num_layers, 1))
+    if name == "round-robin":
+        return np.tile(np.arange(num_experts) % num_gpus, (num_layers, 1))
+    if name == "random":
+        rng = np.random.default_rng(0)
+        result = np.empty((num_layers, num_experts), dtype=np.int64)
+        for layer in range(num_layers):
+            result[layer, rng.permutation(num_experts)] = block
+        return result
+    raise ValueError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
+
+
+def baseline(
+    name: str, num_layers: int, num_experts: int, num_gpus: int, gpus_per_node: int
+) -> Placement:
+    """A named baseline placement (see :func:`baseline_expert_gpu`)."""
+    expert_gpu = baseline_expert_gpu(name, num_layers, num_experts, num_gpus)
+    return from_expert_gpu(expert_gpu, num_gpus, gpus_per_node, metadata={"solver": {"name": name}})

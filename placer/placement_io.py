@@ -1,0 +1,189 @@
+"""Placement files: placer's versioned JSON (read/write) and SGLang's expert-location JSON (read).
+
+The file content depends only on the inputs (no wall times, no dates), so the
+same inputs and seed give a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+
+from placer.atomic import write_text_atomic
+from placer.errors import InputError
+from placer.placement import Placement
+from placer.topology import Model, Topology
+
+FORMAT = "placer-placement"
+VERSION = 1
+METADATA_KEYS = ("topology", "model", "solver", "trace")
+
+
+def placement_schema() -> dict:
+    """The JSON Schema of placer's placement file (version 1)."""
+    text = resources.files("placer").joinpath("schemas/placement.schema.json").read_text()
+    return json.loads(text)
+
+
+def placement_document(placement: Placement) -> dict:
+    """The JSON-ready document of a placement."""
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "num_layers": placement.num_layers,
+        "num_experts": placement.num_experts,
+        "num_gpus": placement.num_gpus,
+        "num_nodes": placement.num_nodes,
+        "gpus_per_node": placement.gpus_per_node,
+        "slots_per_gpu": placement.slots_per_gpu,
+    }
+    doc.update({key: placement.metadata.get(key) for key in METADATA_KEYS})
+    doc["phy2log"] = placement.phy2log.tolist()
+    return doc
+
+
+def dumps_placement(placement: Placement) -> str:
+    """Serialize with one phy2log row per line (diff-friendly, deterministic)."""
+    doc = placement_document(placement)
+    rows = doc.pop("phy2log")
+    head = json.dumps(doc, indent=2, sort_keys=False)
+    body = ",\n".join("    " + json.dumps(row, separators=(",", ":")) for row in rows)
+    return head[:-2] + ',\n  "phy2log": [\n' + body + "\n  ]\n}\n"
+
+
+def write_placement(placement: Placement, path: str | Path) -> None:
+    """Write placer's placement JSON atomically."""
+    write_text_atomic(path, dumps_placement(placement))
+
+
+def _load_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, None, "no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(path, None, f"unreadable ({err})") from None
+    except json.JSONDecodeError as err:
+        raise InputError(path, None, f"not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+
+
+def _rectangular(path: Path, field: str, rows: object) -> np.ndarray:
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, list) and r for r in rows):
+        raise InputError(path, field, "expected a non-empty list of non-empty lists of expert ids")
+    if len({len(r) for r in rows}) != 1:
+        raise InputError(path, field, f"rows differ in length ({sorted({len(r) for r in rows})})")
+    if not all(type(v) is int for r in rows for v in r):
+        raise InputError(path, field, "expected integer expert ids (-1 for an empty slot)")
+    return np.asarray(rows, dtype=np.int64)
+
+
+def check_phy2log(path: str | Path | None, field: str, phy2log: np.ndarray, num_experts: int) -> None:
+    """Every slot holds -1 or an id < num_experts; every expert sits in exactly one slot per layer."""
+    if phy2log.min() < -1:
+        raise InputError(path, field, f"slot holds {int(phy2log.min())}; expected an expert id or -1")
+    if phy2log.max() >= num_experts:
+        raise InputError(path, field, f"expert id {int(phy2log.max())} >= num_experts {num_experts}")
+    for layer, row in enumerate(phy2log):
+        counts = np.bincount(row[row >= 0], minlength=num_experts)
+        if (counts == 0).any():
+            raise InputError(path, field, f"layer {layer}: expert {int(np.argmin(counts))} is in no slot")
+        if (counts > 1).any():
+            raise InputError(
+                path, field,
+                f"layer {layer}: expert {int(np.argmax(counts))} is listed {int(counts.max())} times "
+                "(redundant experts are not supported yet)",
+            )
+
+
+def _read_native(path: Path, doc: dict) -> Placement:
+    try:
+        jsonschema.validate(doc, placement_schema())
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise InputError(path, where, err.message) from None
+    phy2log = _rectangular(path, "phy2log", doc["phy2log"])
+    gpus, slots, gpn = doc["num_gpus"], doc["slots_per_gpu"], doc["gpus_per_node"]
+    if phy2log.shape != (doc["num_layers"], gpus * slots):
+        raise InputError(
+            path, "phy2log",
+            f"shape {phy2log.shape}; expected num_layers x num_gpus*slots_per_gpu = ({doc['num_layers']}, {gpus * slots})",
+        )
+    if gpus % gpn:
+        raise InputError(path, "gpus_per_node", f"{gpn} does not divide num_gpus {gpus}")
+    check_phy2log(path, "phy2log", phy2log, doc["num_experts"])
+    metadata = {key: doc[key] for key in METADATA_KEYS if doc.get(key) is not None}
+    return Placement(phy2log, doc["num_experts"], gpn, slots, metadata)
+
+
+def _read_sglang(path: Path, doc: dict, num_gpus: int, gpus_per_node: int, model: Model | None) -> Placement:
+    if set(doc) != {"physical_to_logical_map"}:
+        extra = sorted(set(doc) - {"physical_to_logical_map"})
+        raise InputError(path, extra[0], "unexpected key in an SGLang expert-location file")
+    field = "physical_to_logical_map"
+    phy2log = _rectangular(path, field, doc[field])
+    if model is not None and model.first_dense_layers and phy2log.shape[0] == model.num_hidden_layers:
+        phy2log = phy2log[model.first_dense_layers :]
+    slots = phy2log.shape[1]
+    if slots % num_gpus:
+        raise InputError(path, field, f"{slots} slots per layer do not divide evenly over {num_gpus} GPUs")
+    num_experts = model.num_experts if model is not None else int(phy2log.max()) + 1
+    check_phy2log(path, field, phy2log, num_experts)
+    metadata = {"solver": {"name": f"sglang:{path.name}"}}
+    return Placement(phy2log, num_experts, gpus_per_node, slots // num_gpus, metadata)
+
+
+def read_placement(
+    path: str | Path, num_gpus: int | None = None, gpus_per_node: int | None = None, model: Model | None = None
+) -> Placement:
+    """Read placer's placement JSON or SGLang's ``{"physical_to_logical_map": ...}``.
+
+    num_gpus, gpus_per_node: required for SGLang files, which do not store them.
+    model: lets SGLang files drop leading dense-layer rows and fixes the expert count.
+    """
+    path = Path(path)
+    doc = _load_json(path)
+    if isinstance(doc, dict) and "physical_to_logical_map" in doc:
+        if num_gpus is None or gpus_per_node is None:
+            raise InputError(path, None, "an SGLang file needs the GPU count (--nodes/--gpus-per-node or --topology)")
+        return _read_sglang(path, doc, num_gpus, gpus_per_node, model)
+    if isinstance(doc, dict) and doc.get("format") == FORMAT:
+        return _read_native(path, doc)
+    raise InputError(
+        path, "format", f"unrecognised placement file: expected \"format\": \"{FORMAT}\" or SGLang's physical_to_logical_map"
+    )
+
+
+def check_against(path: str | Path, placement: Placement, topology: Topology, model: Model | None) -> dict:
+    """Check a placement fits a topology (GPU count, node size, memory); return its facts."""
+    if placement.num_gpus != topology.num_gpus or placement.gpus_per_node != topology.gpus_per_node:
+        raise InputError(
+            path, "num_gpus",
+            f"placement is for {placement.num_gpus} GPUs, {placement.gpus_per_node} per node; "
+            f"the topology has {topology.nodes} x {topology.gpus_per_node}",
+        )
+    facts: dict = {
+        "layers": placement.num_layers,
+        "experts": placement.num_experts,
+        "gpus": placement.num_gpus,
+        "nodes": placement.num_nodes,
+        "slots_per_gpu": placement.slots_per_gpu,
+        "max_experts_per_gpu": int(placement.gpu_expert_counts().max()),
+    }
+    if model is not None:
+        if model.num_experts != placement.num_experts:
+            raise InputError(path, "num_experts", f"{placement.num_experts}; model {model.name} has {model.num_experts}")
+        if model.num_moe_layers != placement.num_layers:
+            raise InputError(path, "num_layers", f"{placement.num_layers}; model {model.name} has {model.num_moe_layers} MoE layers")
+        expert_bytes = facts["max_experts_per_gpu"] * model.expert_param_bytes * placement.num_layers
+        if expert_bytes > topology.gpu_memory_bytes:
+            raise InputError(
+                path, "phy2log",
+                f"a GPU holds {expert_bytes / 1e9:.1f} GB of expert weights, more than its "
+                f"{topology.gpu_memory_bytes / 1e9:.1f} GB of memory",
+            )
+        facts["expert_bytes_per_gpu"] = expert_bytes
+    return facts

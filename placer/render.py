@@ -1,0 +1,58 @@
+"""Human-readable tables for the CLI (rich); machines get ``--json`` instead."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from rich.table import Table
+
+from placer.replay import ReplayReport
+
+
+def _ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.3f}" if reference else "-"
+
+
+def _maybe(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def comparison_table(results: Sequence[tuple[str, ReplayReport]], title: str) -> Table:
+    """One row per placement; ratios are against the first row."""
+    table = Table(title=title, title_justify="left")
+    columns = [
+        "placement", "inter-node tokens", "x first", "NIC peak", "x first",
+        "GPU peak", "GPU max/mean", "nodes/token", "> M nodes", "a2a ms", "a2a/compute",
+    ]
+    table.add_column(columns[0])
+    for name in columns[1:]:
+        table.add_column(name, justify="right")
+    reference = results[0][1].totals
+    for name, report in results:
+        t = report.totals
+        a2a = t.get("all_to_all_s")
+        table.add_row(
+            name,
+            f"{t['internode_tokens_dedup']:,}",
+            _ratio(t["internode_tokens_dedup"], reference["internode_tokens_dedup"]),
+            f"{t['nic_peak_tokens']:,}",
+            _ratio(t["nic_peak_tokens"], reference["nic_peak_tokens"]),
+            f"{t['gpu_peak_load']:,}",
+            f"{t['gpu_load_imbalance']:.3f}",
+            f"{t['nodes_per_token_mean']:.2f}",
+            _maybe(t["share_over_max_nodes"], ".1%"),
+            _maybe(None if a2a is None else a2a * 1e3, ".3f"),
+            _maybe(t.get("a2a_to_compute_ratio"), ".2f"),
+        )
+    return table
+
+
+def key_value_table(rows: Mapping[str, object], title: str) -> Table:
+    """A two-column table of named figures."""
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("name")
+    table.add_column("value", justify="right")
+    for name, value in rows.items():
+        shown = f"{value:,.4g}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+        table.add_row(name, shown)
+    return table

@@ -1,0 +1,327 @@
+"""Trace replay: traffic per link tier, NIC load, GPU load and all-to-all time of a placement.
+
+Conventions (shared by every figure placer prints):
+
+- Token source: token ``t`` (0-based row of the replayed trace) starts on GPU
+  ``src_rank[t]`` when the trace has it, else on GPU ``t mod P``; with
+  ``source="sequence"`` sequence ``i`` sits whole on GPU ``i mod P``.
+- ``dispatch="normal"`` (DeepEP normal mode): one RDMA copy per remote node a
+  token reaches, landing on the GPU with the source's local index, then
+  forwarded over NVLink to the target GPUs there; on the source node one
+  NVLink copy per target GPU other than the source.
+- ``dispatch="low-latency"`` (plain all-to-all, DeepEP low-latency mode): one
+  copy per (token, expert) pair whose expert is on another GPU, straight to it.
+- Combine traffic mirrors dispatch with the combine element size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from placer.errors import InputError
+from placer.placement import Placement
+from placer.topology import Model, Topology
+from placer.trace import Trace, TraceChunk, TraceSource
+
+SOURCES = ("token", "sequence")
+DISPATCH_MODES = ("normal", "low-latency")
+
+# Per-layer integer counters accumulated over trace chunks, with their trailing axis.
+_COUNTERS = {
+    "tokens": None,
+    "internode_tokens_dedup": None,
+    "internode_tokens_naive": None,
+    "intranode_tokens": None,
+    "forward_tokens": None,
+    "over_max_nodes": None,
+    "node_recv_dedup": "nodes",
+    "node_sent_dedup": "nodes",
+    "node_recv_naive": "nodes",
+    "node_sent_naive": "nodes",
+    "nvlink_sent": "gpus",
+    "nvlink_recv": "gpus",
+    "gpu_load": "gpus",
+    "nodes_per_token": "histogram",
+}
+
+
+@dataclass
+class ReplayReport:
+    """Replay results.
+
+    per_layer: name -> [layers] or [layers, nodes|gpus|nodes+1] arrays.
+    totals: name -> number, summed or averaged over layers as documented in README.
+    config: how the replay was run (source, dispatch, topology, model).
+    """
+
+    per_layer: dict[str, np.ndarray]
+    totals: dict[str, float | None]
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: totals at top level, plus per-layer lists and the config."""
+        return {
+            **self.totals,
+            "config": self.config,
+            "per_layer": {name: value.tolist() for name, value in self.per_layer.items()},
+        }
+
+
+def source_gpus(chunk: TraceChunk, num_gpus: int, source: str) -> np.ndarray:
+    """GPU each token of the chunk starts on: [tokens]."""
+    trace = chunk.trace
+    if source == "sequence":
+        if trace.seq_lens is None:
+            raise InputError(None, "seq_lens", "--source sequence needs a trace with seq_lens")
+        sequence = chunk.sequence_offset + np.repeat(np.arange(len(trace.seq_lens)), trace.seq_lens)
+        return sequence % num_gpus
+    if trace.src_rank is not None:
+        if int(trace.src_rank.max()) >= num_gpus:
+            raise InputError(
+                None, "src_rank", f"GPU rank {int(trace.src_rank.max())} >= the topology's {num_gpus} GPUs"
+            )
+        return trace.src_rank
+    return (chunk.token_offset + np.arange(trace.num_tokens)) % num_gpus
+
+
+def _first_distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row and mark the first occurrence of every non-negative value.
+
+    values: [tokens, k] with -1 for nothing. Returns (sorted [tokens, k], first [tokens, k] bool).
+    """
+    ordered = np.sort(values, axis=1)
+    first = np.ones_like(ordered, dtype=bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return ordered, first & (ordered >= 0)
+
+
+def layer_counts(
+    ids: np.ndarray,
+    expert_gpu: np.ndarray,
+    src_gpu: np.ndarray,
+    gpus_per_node: int,
+    num_gpus: int,
+    dispatch: str,
+    max_nodes: int,
+) -> dict[str, np.ndarray | int]:
+    """Traffic and load counters of one layer of one chunk.
+
+    ids: [tokens, k] expert ids (-1 padding). expert_gpu: [experts] GPU of each expert.
+    src_gpu: [tokens]. Returns the counters named in ``_COUNTERS`` (in token copies / pairs).
+    """
+    nodes = num_gpus // gpus_per_node
+    valid = ids >= 0
+    gpu = np.where(valid, expert_gpu[np.where(valid, ids, 0)], -1)
+    node = np.where(valid, gpu // gpus_per_node, -1)
+    src_node = src_gpu // gpus_per_node
+
+    node_sorted, node_first = _first_distinct(node)
+    remote_node = node_first & (node_sorted != src_node[:, None])
+    touched = node_first.sum(axis=1)
+    remote_per_token = remote_node.sum(axis=1)
+
+    remote_pair = valid & (node != src_node[:, None])
+    remote_pairs_per_token = remote_pair.sum(axis=1)
+
+    gpu_sorted, gpu_first = _first_distinct(gpu)
+    gpu_node = gpu_sorted // gpus_per_node
+    local = gpu_first & (gpu_node == src_node[:, None]) & (gpu_sorted != src_gpu[:, None])
+    forward = gpu_first & (gpu_node != src_node[:, None])
+
+    if dispatch == "normal":
+        landing = gpu_node * gpus_per_node + (src_gpu % gpus_per_node)[:, None]
+        relayed = forward & (gpu_sorted != landing)
+        senders = np.concatenate([np.broadcast_to(src_gpu[:, None], local.shape)[local], landing[relayed]])
+        receivers = np.concatenate([gpu_sorted[local], gpu_sorted[relayed]])
+    else:
+        same_node_pair = valid & (node == src_node[:, None]) & (gpu != src_gpu[:, None])
+        senders = np.broadcast_to(src_gpu[:, None], ids.shape)[same_node_pair]
+        receivers = gpu[same_node_pair]
+
+    return {
+        "tokens": ids.shape[0],
+        "internode_tokens_dedup": int(remote_per_token.sum()),
+        "internode_tokens_naive": int(remote_pairs_per_token.sum()),
+        "intranode_tokens": int(local.sum()),
+        "forward_tokens": int(forward.sum()),
+        "over_max_nodes": int((touched > max_nodes).sum()) if max_nodes else 0,
+        "node_recv_dedup": np.bincount(node_sorted[remote_node], minlength=nodes),
+        "node_sent_dedup": np.bincount(src_node, weights=remote_per_token, minlength=nodes).astype(np.int64),
+        "node_recv_naive": np.bincount(node[remote_pair], minlength=nodes),
+        "node_sent_naive": np.bincount(src_node, weights=remote_pairs_per_token, minlength=nodes).astype(np.int64),
+        "nvlink_sent": np.bincount(senders, minlength=num_gpus),
+        "nvlink_recv": np.bincount(receivers, minlength=num_gpus),
+        "gpu_load": np.bincount(gpu[valid], minlength=num_gpus),
+        "nodes_per_token": np.bincount(touched, minlength=nodes + 1),
+    }
+
+
+def _check_compatible(trace_experts: int, trace_layers: int, placement: Placement, topology: Topology) -> None:
+    if placement.num_gpus != topology.num_gpus or placement.gpus_per_node != topology.gpus_per_node:
+        raise InputError(
+            None,
+            "placement",
+            f"placement is for {placement.num_gpus} GPUs ({placement.gpus_per_node} per node), "
+            f"topology has {topology.nodes} x {topology.gpus_per_node}",
+        )
+    if placement.num_layers != trace_layers:
+        raise InputError(None, "placement", f"placement has {placement.num_layers} layers, trace has {trace_layers}")
+    if trace_experts > placement.num_experts:
+        raise InputError(
+            None, "placement", f"trace uses {trace_experts} experts, placement places {placement.num_experts}"
+        )
+
+
+def count_traffic(
+    trace: Trace | TraceSource,
+    placement: Placement,
+    topology: Topology,
+    *,
+    source: str = "token",
+    dispatch: str = "normal",
+    max_nodes: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-layer counters of a replay, accumulated chunk by chunk: name -> [layers, ...]."""
+    chunks = trace.chunks() if isinstance(trace, TraceSource) else [TraceChunk(trace, 0, 0)]
+    expert_gpu = placement.expert_gpu()
+    totals: dict[str, np.ndarray] = {}
+    for chunk in chunks:
+        _check_compatible(chunk.trace.num_experts, chunk.trace.num_layers, placement, topology)
+        unplaced = np.argwhere(expert_gpu[:, : chunk.trace.num_experts] < 0)
+        if unplaced.size:
+            layer, expert = unplaced[0]
+            raise InputError(None, "placement", f"expert {expert} of layer {layer} is in no slot")
+        src = source_gpus(chunk, topology.num_gpus, source)
+        for layer in range(chunk.trace.num_layers):
+            counts = layer_counts(
+                chunk.trace.topk_ids[:, layer, :], expert_gpu[layer], src,
+                topology.gpus_per_node, topology.num_gpus, dispatch, max_nodes or 0,
+            )
+            for name, value in counts.items():
+                acc = totals.setdefault(name, np.zeros((placement.num_layers, *np.shape(value)), dtype=np.int64))
+                acc[layer] += value
+    return totals
+
+
+def estimate_times(
+    counts: dict[str, np.ndarray], topology: Topology, model: Model, dispatch: str
+) -> dict[str, np.ndarray]:
+    """Per-layer time estimates in seconds: dispatch, combine, expert compute: [layers] each.
+
+    A phase takes max(bottleneck node's NIC bytes / node NIC bandwidth,
+    bottleneck GPU's NVLink bytes / NVLink bandwidth) + latency; compute is
+    the busiest GPU's pairs x FLOPs per pair / GPU throughput.
+    """
+    tier = "dedup" if dispatch == "normal" else "naive"
+    nic_copies = np.maximum(counts[f"node_sent_{tier}"], counts[f"node_recv_{tier}"]).max(axis=1)
+    nvlink_copies = np.maximum(counts["nvlink_sent"], counts["nvlink_recv"]).max(axis=1)
+
+    def phase(bytes_per_token: float) -> np.ndarray:
+        nic = nic_copies * bytes_per_token / topology.node_nic_bandwidth
+        nvlink = nvlink_copies * bytes_per_token / topology.nvlink_bandwidth
+        return np.maximum(nic, nvlink) + topology.latency_s
+
+    return {
+        "dispatch_s": phase(model.dispatch_bytes_per_token),
+        "combine_s": phase(model.combine_bytes_per_token),
+        "compute_s": counts["gpu_load"].max(axis=1) * model.flops_per_pair / topology.gpu_flops,
+    }
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return np.divide(numerator, denominator, out=np.zeros(numerator.shape), where=denominator > 0)
+
+
+def summarize(
+    counts: dict[str, np.ndarray],
+    topology: Topology,
+    model: Model | None,
+    dispatch: str,
+    max_nodes: int | None,
+) -> tuple[dict[str, np.ndarray], dict[str, float | None]]:
+    """Derived per-layer figures and totals from the raw counters."""
+    tier = "dedup" if dispatch == "normal" else "naive"
+    load = counts["gpu_load"]
+    imbalance = _ratio(load.max(axis=1).astype(float), load.mean(axis=1))
+    recv = counts[f"node_recv_{tier}"].sum(axis=0)
+    sent = counts[f"node_sent_{tier}"].sum(axis=0)
+    histogram = counts["nodes_per_token"].sum(axis=0)
+    pairs = int(counts["tokens"].sum())
+    per_layer = {**counts, "gpu_load_imbalance": imbalance}
+    totals: dict[str, float | None] = {
+        "tokens": int(counts["tokens"][0]),
+        "layers": int(load.shape[0]),
+        "dispatch": dispatch,
+        "internode_tokens_dedup": int(counts["internode_tokens_dedup"].sum()),
+        "internode_tokens_naive": int(counts["internode_tokens_naive"].sum()),
+        "intranode_tokens": int(counts["intranode_tokens"].sum()),
+        "forward_tokens": int(counts["forward_tokens"].sum()),
+        "nic_peak_tokens": int(counts["node_recv_dedup"].max(axis=1).sum()),
+        "nic_recv_tokens_max_over_mean": float(recv.max() / recv.mean()) if recv.mean() else 1.0,
+        "nic_sent_tokens_max_over_mean": float(sent.max() / sent.mean()) if sent.mean() else 1.0,
+        "gpu_peak_load": int(load.max(axis=1).sum()),
+        "gpu_load_imbalance": float(imbalance.mean()),
+        "nodes_per_token_mean": float((histogram * np.arange(len(histogram))).sum() / pairs),
+        "nodes_per_token_histogram": histogram.tolist(),
+        "max_nodes": max_nodes,
+        "share_over_max_nodes": float(counts["over_max_nodes"].sum() / pairs) if max_nodes else None,
+        "nic_recv_tokens_per_node": recv.tolist(),
+        "nic_sent_tokens_per_node": sent.tolist(),
+    }
+    if model is None:
+        return per_layer, totals
+    internode = totals[f"internode_tokens_{tier}"]
+    nvlink = int(counts["nvlink_sent"].sum())
+    bytes_per_token = model.dispatch_bytes_per_token + model.combine_bytes_per_token
+    times = estimate_times(counts, topology, model, dispatch)
+    per_layer.update(times)
+    a2a = float(times["dispatch_s"].sum() + times["combine_s"].sum())
+    compute = float(times["compute_s"].sum())
+    totals.update(
+        {
+            "internode_bytes": internode * bytes_per_token,
+            "nvlink_bytes": nvlink * bytes_per_token,
+            "nic_bytes_sent_per_node": (sent * bytes_per_token).tolist(),
+            "nic_bytes_recv_per_node": (recv * bytes_per_token).tolist(),
+            "dispatch_s": float(times["dispatch_s"].sum()),
+            "combine_s": float(times["combine_s"].sum()),
+            "all_to_all_s": a2a,
+            "compute_s": compute,
+            "a2a_to_compute_ratio": a2a / compute if compute else None,
+        }
+    )
+    return per_layer, totals
+
+
+def evaluate(
+    trace: Trace | TraceSource,
+    placement: Placement,
+    topology: Topology,
+    model: Model | None = None,
+    *,
+    source: str = "token",
+    dispatch: str = "normal",
+    max_nodes: int | None = None,
+) -> ReplayReport:
+    """Replay ``trace`` against ``placement`` on ``topology``.
+
+    Token counts need no model; bytes and times are reported when ``model`` is given.
+    """
+    if source not in SOURCES:
+        raise InputError(None, "source", f"expected one of {', '.join(SOURCES)}, got {source!r}")
+    if dispatch not in DISPATCH_MODES:
+        raise InputError(None, "dispatch", f"expected one of {', '.join(DISPATCH_MODES)}, got {dispatch!r}")
+    counts = count_traffic(trace, placement, topology, source=source, dispatch=dispatch, max_nodes=max_nodes)
+    per_layer, totals = summarize(counts, topology, model, dispatch, max_nodes)
+    config = {
+        "source": source,
+        "dispatch": dispatch,
+        "topology": topology.name,
+        "nodes": topology.nodes,
+        "gpus_per_node": topology.gpus_per_node,
+        "model": None if model is None else model.name,
+        "placement": placement.metadata.get("solver", {}).get("name"),
+    }
+    return ReplayReport(per_layer, totals, config)

@@ -1,0 +1,346 @@
+"""Exact-objective local search (swaps and slack moves) for partitioning experts into parts.
+
+Parts are nodes (node stage) or the GPUs of one node (GPU stage). The search
+minimises, exactly on the weighted hypergraph,
+
+    J = sum_j w_j * lambda_j  +  alpha * max_p touch_p  +  big * violation
+
+where ``lambda_j`` = parts spanned by net ``j``, ``touch_p`` = weight of nets
+touching part ``p`` (the NIC-balance term) and ``violation`` sums the broken
+side constraints (max-parts per net, hard or with coverage; per-part load cap).
+Moves: swap two experts on different parts (keeps counts), move one expert to a
+part with a free slot. Iterated local search: random kicks, re-descend, keep the
+best. Deterministic for a given seed (numba's own RNG, seeded inside).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+BIG = 1e6
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """Everything the kernel needs about one partitioning problem.
+
+    ptr/inc: CSR expert -> nets ([experts + 1], [nnz]); nets: [n, k] (-1 padding);
+    weights: [n] float64; loads: [experts] float64; slot_cap: [parts] int64 max experts;
+    load_cap: [parts] float64 (inf = none); allowed: [experts, parts] bool;
+    max_parts: M (0 = none); uncovered_allowed: weight of nets that may exceed M (-1 = hard).
+    """
+
+    ptr: np.ndarray
+    inc: np.ndarray
+    nets: np.ndarray
+    weights: np.ndarray
+    loads: np.ndarray
+    slot_cap: np.ndarray
+    load_cap: np.ndarray
+    allowed: np.ndarray
+    alpha: float = 0.0
+    max_parts: int = 0
+    uncovered_allowed: float = -1.0
+
+
+@nb.njit(cache=True)
+def _state(part, K, nets, w, loads):
+    n, k = nets.shape
+    cnt = np.zeros((n, K), np.int32)
+    lam = np.zeros(n, np.int32)
+    touch = np.zeros(K, np.float64)
+    pload = np.zeros(K, np.float64)
+    pcount = np.zeros(K, np.int64)
+    for e in range(part.shape[0]):
+        pload[part[e]] += loads[e]
+        pcount[part[e]] += 1
+    cut = 0.0
+    for j in range(n):
+        for i in range(k):
+            e = nets[j, i]
+            if e >= 0:
+                p = part[e]
+                if cnt[j, p] == 0:
+                    lam[j] += 1
+                    touch[p] += w[j]
+                cnt[j, p] += 1
+        cut += w[j] * lam[j]
+    return cnt, lam, touch, pload, pcount, cut
+
+
+@nb.njit(cache=True)
+def _violation(lam, w, M, unc_allowed, pload, load_cap):
+    v = 0.0
+    if M > 0:
+        if unc_allowed < 0:
+            for j in range(lam.shape[0]):
+                if lam[j] > M:
+                    v += w[j] * (lam[j] - M)
+        else:
+            over = 0.0
+            for j in range(lam.shape[0]):
+                if lam[j] > M:
+                    over += w[j]
+            v += max(0.0, over - unc_allowed)
+    for p in range(pload.shape[0]):
+        if pload[p] > load_cap[p]:
+            v += pload[p] - load_cap[p]
+    return v
+
+
+@nb.njit(cache=True)
+def _objective(cut, touch, alpha, viol, big):
+    return cut + alpha * touch.max() + big * viol
+
+
+@nb.njit(cache=True)
+def _delta(e, f, b, part, ptr, inc, cnt, lam, w, touch, M, stamp, tok):
+    """Effect of moving e to part b and (if f >= 0) f to e's part; returns
+    (dcut, dtouch_a, dtouch_b, dviol_hard, dover)."""
+    a = part[e]
+    dcut = 0.0
+    dta = 0.0
+    dtb = 0.0
+    dvh = 0.0
+    dov = 0.0
+    if f >= 0:
+        for q in range(ptr[f], ptr[f + 1]):
+            stamp[inc[q]] = tok
+    for q in range(ptr[e], ptr[e + 1]):
+        j = inc[q]
+        if f >= 0 and stamp[j] == tok:
+            continue  # holds both: counts on a and b unchanged
+        d = 0
+        if cnt[j, a] == 1:
+            d -= 1
+            dta -= w[j]
+        if cnt[j, b] == 0:
+            d += 1
+            dtb += w[j]
+        if d != 0:
+            dcut += w[j] * d
+            if M > 0:
+                old = lam[j]
+                new = old + d
+                dvh += w[j] * (max(0, new - M) - max(0, old - M))
+                dov += w[j] * ((1 if new > M else 0) - (1 if old > M else 0))
+    if f >= 0:
+        tok2 = tok + 1
+        for q in range(ptr[e], ptr[e + 1]):
+            stamp[inc[q]] = tok2
+        for q in range(ptr[f], ptr[f + 1]):
+            j = inc[q]
+            if stamp[j] == tok2:
+                continue
+            d = 0
+            if cnt[j, b] == 1:
+                d -= 1
+                dtb -= w[j]
+            if cnt[j, a] == 0:
+                d += 1
+                dta += w[j]
+            if d != 0:
+                dcut += w[j] * d
+                if M > 0:
+                    old = lam[j]
+                    new = old + d
+                    dvh += w[j] * (max(0, new - M) - max(0, old - M))
+                    dov += w[j] * ((1 if new > M else 0) - (1 if old > M else 0))
+    return dcut, dta, dtb, dvh, dov
+
+
+@nb.njit(cache=True)
+def _apply_move(e, b, part, ptr, inc, cnt, lam, w, touch, loads, pload, pcount):
+    a = part[e]
+    dcut = 0.0
+    for q in range(ptr[e], ptr[e + 1]):
+        j = inc[q]
+        cnt[j, a] -= 1
+        if cnt[j, a] == 0:
+            lam[j] -= 1
+            touch[a] -= w[j]
+            dcut -= w[j]
+        if cnt[j, b] == 0:
+            lam[j] += 1
+            touch[b] += w[j]
+            dcut += w[j]
+        cnt[j, b] += 1
+    part[e] = b
+    pload[a] -= loads[e]
+    pload[b] += loads[e]
+    pcount[a] -= 1
+    pcount[b] += 1
+    return dcut
+
+
+@nb.njit(cache=True)
+def _cost_after(cut, touch, a, b, dcut, dta, dtb, viol_m, over, dvh, dov, M, unc_allowed,
+                pload, load_cap, la, lb, alpha, big):
+    """Objective after a candidate (touch/pload of parts a, b changed by the deltas)."""
+    K = touch.shape[0]
+    mt = 0.0
+    for p in range(K):
+        t = touch[p]
+        if p == a:
+            t += dta
+        elif p == b:
+            t += dtb
+        if t > mt:
+            mt = t
+    v = 0.0
+    if M > 0:
+        if unc_allowed < 0:
+            v += viol_m + dvh
+        else:
+            v += max(0.0, over + dov - unc_allowed)
+    for p in range(K):
+        l = pload[p]
+        if p == a:
+            l = la
+        elif p == b:
+            l = lb
+        if l > load_cap[p]:
+            v += l - load_cap[p]
+    return cut + dcut + alpha * mt + big * v
+
+
+@nb.njit(cache=True)
+def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alpha, M,
+             unc_allowed, big, cnt, lam, touch, pload, pcount, cut, stamp, tok, order):
+    """Best-improvement per expert, passes until no improving swap or move."""
+    E = part.shape[0]
+    viol_m = 0.0
+    over = 0.0
+    if M > 0:
+        for j in range(lam.shape[0]):
+            if lam[j] > M:
+                viol_m += w[j] * (lam[j] - M)
+                over += w[j]
+    cur = _cost_after(cut, touch, -1, -1, 0.0, 0.0, 0.0, viol_m, over, 0.0, 0.0, M,
+                      unc_allowed, pload, load_cap, 0.0, 0.0, alpha, big)
+    improved = True
+    while improved:
+        improved = False
+        for oi in range(E):
+            e = order[oi]
+            a = part[e]
+            best = cur - 1e-9
+            bf = -2
+            bb = -1
+            # swaps
+            for f in range(E):
+                b = part[f]
+                if b == a or not allowed[e, b] or not allowed[f, a]:
+                    continue
+                tok += 2
+                dcut, dta, dtb, dvh, dov = _delta(e, f, b, part, ptr, inc, cnt, lam, w, touch,
+                                                  M, stamp, tok)
+                la = pload[a] - loads[e] + loads[f]
+                lb = pload[b] - loads[f] + loads[e]
+                c = _cost_after(cut, touch, a, b, dcut, dta, dtb, viol_m, over, dvh, dov, M,
+                                unc_allowed, pload, load_cap, la, lb, alpha, big)
+                if c < best:
+                    best = c
+                    bf = f
+                    bb = b
+            # moves into free slots
+            for b in range(K):
+                if b == a or pcount[b] >= slot_cap[b] or not allowed[e, b]:
+                    continue
+                tok += 2
+                dcut, dta, dtb, dvh, dov = _delta(e, -1, b, part, ptr, inc, cnt, lam, w, touch,
+                                                  M, stamp, tok)
+                la = pload[a] - loads[e]
+                lb = pload[b] + loads[e]
+                c = _cost_after(cut, touch, a, b, dcut, dta, dtb, viol_m, over, dvh, dov, M,
+                                unc_allowed, pload, load_cap, la, lb, alpha, big)
+                if c < best:
+                    best = c
+                    bf = -1
+                    bb = b
+            if bb >= 0:
+                if bf >= 0:
+                    cut += _apply_move(e, bb, part, ptr, inc, cnt, lam, w, touch, loads, pload, pcount)
+                    cut += _apply_move(bf, a, part, ptr, inc, cnt, lam, w, touch, loads, pload, pcount)
+                else:
+                    cut += _apply_move(e, bb, part, ptr, inc, cnt, lam, w, touch, loads, pload, pcount)
+                if M > 0:
+                    viol_m = 0.0
+                    over = 0.0
+                    for j in range(lam.shape[0]):
+                        if lam[j] > M:
+                            viol_m += w[j] * (lam[j] - M)
+                            over += w[j]
+                cur = _cost_after(cut, touch, -1, -1, 0.0, 0.0, 0.0, viol_m, over, 0.0, 0.0, M,
+                                  unc_allowed, pload, load_cap, 0.0, 0.0, alpha, big)
+                improved = True
+    return cut, cur, tok
+
+
+@nb.njit(cache=True)
+def _ils(part0, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alpha, M,
+         unc_allowed, big, seed, kicks, kick_size):
+    np.random.seed(seed)
+    E = part0.shape[0]
+    part = part0.copy()
+    cnt, lam, touch, pload, pcount, cut = _state(part, K, nets, w, loads)
+    stamp = np.zeros(nets.shape[0], np.int64)
+    tok = 0
+    order = np.random.permutation(E)
+    cut, cur, tok = _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed,
+                             alpha, M, unc_allowed, big, cnt, lam, touch, pload, pcount, cut,
+                             stamp, tok, order)
+    best_part = part.copy()
+    best = cur
+    for it in range(kicks):
+        # kick: random feasible swaps
+        done = 0
+        tries = 0
+        while done < kick_size and tries < 100 * kick_size:
+            tries += 1
+            e = np.random.randint(E)
+            f = np.random.randint(E)
+            a = part[e]
+            b = part[f]
+            if a == b or not allowed[e, b] or not allowed[f, a]:
+                continue
+            cut += _apply_move(e, b, part, ptr, inc, cnt, lam, w, touch, loads, pload, pcount)
+            cut += _apply_move(f, a, part, ptr, inc, cnt, lam, w, touch, loads, pload, pcount)
+            done += 1
+        order = np.random.permutation(E)
+        cut, cur, tok = _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed,
+                                 alpha, M, unc_allowed, big, cnt, lam, touch, pload, pcount, cut,
+                                 stamp, tok, order)
+        if cur < best - 1e-9:
+            best = cur
+            best_part[:] = part
+        else:
+            part[:] = best_part
+            cnt, lam, touch, pload, pcount, cut = _state(part, K, nets, w, loads)
+    return best_part, best
+
+
+def evaluate(spec: SearchSpec, part: np.ndarray, big: float = BIG) -> tuple[float, float, float]:
+    """(J, cut, violation) of ``part`` [experts] under ``spec``."""
+    K = len(spec.slot_cap)
+    cnt, lam, touch, pload, pcount, cut = _state(part.astype(np.int64), K, spec.nets, spec.weights, spec.loads)
+    viol = _violation(lam, spec.weights, spec.max_parts, spec.uncovered_allowed, pload, spec.load_cap)
+    return float(cut + spec.alpha * touch.max() + big * viol), float(cut), float(viol)
+
+
+def local_search(spec: SearchSpec, part: np.ndarray, *, seed: int = 0, kicks: int = 50,
+                 kick_size: int = 3, big: float = BIG) -> tuple[np.ndarray, float]:
+    """Iterated local search from ``part`` [experts] (parts 0..K-1); returns (best part, J).
+
+    Never returns something worse than the start (the start is the first incumbent).
+    """
+    K = len(spec.slot_cap)
+    best, value = _ils(
+        part.astype(np.int64), K, spec.ptr, spec.inc, spec.nets, spec.weights, spec.loads,
+        spec.slot_cap, spec.load_cap, spec.allowed, float(spec.alpha), int(spec.max_parts),
+        float(spec.uncovered_allowed), float(big), int(seed), int(kicks), int(kick_size),
+    )
+    return best, float(value)

@@ -1,0 +1,341 @@
+"""Routing traces: the in-memory model, the native ``.npz`` format, and its validation.
+
+A trace records, for every token and every MoE layer, the ``k`` experts the
+router chose (``topk_ids: [tokens, layers, k]``, ``-1`` = padding for a token
+that chose fewer than ``k``). A trace on disk is one ``.npz`` file or a
+directory of ``.npz`` shards joined in sorted file-name order; shards are read
+one at a time so a trace larger than memory can be streamed
+(:meth:`TraceSource.chunks`). All checks of untrusted arrays live here; code
+that receives a :class:`Trace` trusts it.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from placer.atomic import atomic_output
+from placer.errors import InputError
+
+PADDING = -1
+OPTIONAL_ARRAYS = ("topk_weights", "num_experts", "src_rank", "seq_lens")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Validated routing decisions.
+
+    topk_ids: [tokens, layers, k] int16/int32, expert ids or -1 padding.
+    topk_weights: [tokens, layers, k] float32 or None.
+    src_rank: [tokens] int64, the GPU each token starts on, or None.
+    seq_lens: [sequences] int64, tokens per sequence in order (sums to tokens), or None.
+    """
+
+    topk_ids: np.ndarray
+    num_experts: int
+    topk_weights: np.ndarray | None = None
+    src_rank: np.ndarray | None = None
+    seq_lens: np.ndarray | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.topk_ids.shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.topk_ids.shape[1])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.topk_ids.shape[2])
+
+    def sequence_slice(self, first: int, stop: int) -> Trace:
+        """The trace of sequences ``first..stop-1`` (needs ``seq_lens``)."""
+        assert self.seq_lens is not None
+        bounds = np.concatenate([[0], np.cumsum(self.seq_lens)])
+        lo, hi = int(bounds[first]), int(bounds[stop])
+        return replace(
+            self,
+            topk_ids=self.topk_ids[lo:hi],
+            topk_weights=None if self.topk_weights is None else self.topk_weights[lo:hi],
+            src_rank=None if self.src_rank is None else self.src_rank[lo:hi],
+            seq_lens=self.seq_lens[first:stop],
+        )
+
+
+def concatenate(traces: list[Trace]) -> Trace:
+    """Join traces token-wise; optional arrays are kept only if every part has them."""
+    first = traces[0]
+
+    def joined(name: str) -> np.ndarray | None:
+        parts = [getattr(t, name) for t in traces]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
+
+    return Trace(
+        topk_ids=np.concatenate([t.topk_ids for t in traces]),
+        num_experts=max(t.num_experts for t in traces) if traces else first.num_experts,
+        topk_weights=joined("topk_weights"),
+        src_rank=joined("src_rank"),
+        seq_lens=joined("seq_lens"),
+    )
+
+
+def id_dtype(num_experts: int) -> np.dtype:
+    """The smallest signed integer dtype holding ids ``-1..num_experts-1``."""
+    return np.dtype(np.int16) if num_experts <= np.iinfo(np.int16).max else np.dtype(np.int32)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _integer_array(source: str, name: str, value: np.ndarray, ndim: int) -> np.ndarray:
+    if value.dtype.kind not in "iu":
+        raise InputError(source, name, f"expected an integer array, got dtype {value.dtype}")
+    if value.ndim != ndim:
+        raise InputError(
+            source, name, f"expected {ndim} dimension(s), got shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def _declared_num_experts(source: str, arrays: Mapping[str, np.ndarray]) -> int | None:
+    if "num_experts" not in arrays:
+        return None
+    value = np.asarray(arrays["num_experts"])
+    if value.dtype.kind not in "iu" or value.size != 1:
+        raise InputError(source, "num_experts", "expected one integer (a scalar)")
+    number = int(value.reshape(()))
+    if number <= 0:
+        raise InputError(source, "num_experts", f"expected a positive count, got {number}")
+    return number
+
+
+def validate_arrays(
+    source: str, arrays: Mapping[str, np.ndarray], num_experts: int | None = None
+) -> Trace:
+    """Check raw arrays (from a file or a caller) and build a :class:`Trace`.
+
+    arrays: ``topk_ids`` [tokens, layers, k] plus the optional arrays of the format.
+    num_experts: an expert count that overrides the file's (used for shards).
+    Raises :class:`InputError` naming ``source`` and the field at fault.
+    """
+    if "topk_ids" not in arrays:
+        raise InputError(source, "topk_ids", "missing (the native trace format requires it)")
+    ids = _integer_array(source, "topk_ids", np.asarray(arrays["topk_ids"]), 3)
+    tokens, layers, k = ids.shape
+    if tokens == 0:
+        raise InputError(source, "topk_ids", "holds zero tokens")
+    if layers == 0 or k == 0:
+        raise InputError(source, "topk_ids", f"expected layers > 0 and k > 0, got shape {ids.shape}")
+    lowest = int(ids.min())
+    if lowest < PADDING:
+        raise InputError(
+            source, "topk_ids", f"negative expert id {lowest} (only -1 is allowed, as padding)"
+        )
+    highest = int(ids.max())
+    declared = _declared_num_experts(source, arrays)
+    experts = num_experts or declared or highest + 1
+    if highest < 0:
+        raise InputError(source, "topk_ids", "every entry is -1 padding: no routing decisions")
+    if highest >= experts:
+        where = np.argwhere(ids >= experts)[0]
+        raise InputError(
+            source,
+            "topk_ids",
+            f"expert id {highest} >= num_experts {experts} "
+            f"(first at token {where[0]}, layer {where[1]})",
+        )
+    ids = ids.astype(id_dtype(experts), copy=False)
+    ordered = np.sort(ids, axis=2)
+    repeated = (ordered[:, :, 1:] == ordered[:, :, :-1]) & (ordered[:, :, 1:] != PADDING)
+    if repeated.any():
+        token, layer, _ = np.argwhere(repeated)[0]
+        raise InputError(
+            source,
+            "topk_ids",
+            f"expert {int(ordered[token, layer, 1:][repeated[token, layer]][0])} repeated within "
+            f"one token's top-k (token {token}, layer {layer})",
+        )
+    return Trace(
+        topk_ids=ids,
+        num_experts=experts,
+        topk_weights=_weights(source, arrays, ids.shape),
+        src_rank=_src_rank(source, arrays, tokens),
+        seq_lens=_seq_lens(source, arrays, tokens),
+    )
+
+
+def _weights(source: str, arrays: Mapping[str, np.ndarray], shape: tuple) -> np.ndarray | None:
+    if "topk_weights" not in arrays:
+        return None
+    weights = np.asarray(arrays["topk_weights"])
+    if weights.dtype.kind != "f":
+        raise InputError(source, "topk_weights", f"expected a float array, got dtype {weights.dtype}")
+    if weights.shape != shape:
+        raise InputError(
+            source,
+            "topk_weights",
+            f"shape {tuple(weights.shape)} does not match topk_ids shape {tuple(shape)}",
+        )
+    if not np.isfinite(weights).all():
+        bad = np.argwhere(~np.isfinite(weights))[0]
+        raise InputError(
+            source, "topk_weights", f"NaN or infinite weight at token {bad[0]}, layer {bad[1]}"
+        )
+    return weights.astype(np.float32, copy=False)
+
+
+def _src_rank(source: str, arrays: Mapping[str, np.ndarray], tokens: int) -> np.ndarray | None:
+    if "src_rank" not in arrays:
+        return None
+    ranks = _integer_array(source, "src_rank", np.asarray(arrays["src_rank"]), 1)
+    if ranks.shape[0] != tokens:
+        raise InputError(source, "src_rank", f"expected {tokens} entries (one per token), got {ranks.shape[0]}")
+    if ranks.min() < 0:
+        raise InputError(source, "src_rank", f"negative GPU rank {int(ranks.min())}")
+    return ranks.astype(np.int64, copy=False)
+
+
+def _seq_lens(source: str, arrays: Mapping[str, np.ndarray], tokens: int) -> np.ndarray | None:
+    if "seq_lens" not in arrays:
+        return None
+    lens = _integer_array(source, "seq_lens", np.asarray(arrays["seq_lens"]), 1)
+    if lens.size == 0 or lens.min() <= 0:
+        raise InputError(source, "seq_lens", "expected positive sequence lengths")
+    if int(lens.sum()) != tokens:
+        raise InputError(source, "seq_lens", f"lengths sum to {int(lens.sum())}, but the trace has {tokens} tokens")
+    return lens.astype(np.int64, copy=False)
+
+
+# ---------------------------------------------------------------- files
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise InputError(path, None, "no such file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise InputError(path, None, f"not a readable .npz trace ({err.__class__.__name__}: {err})") from None
+
+
+def _header_shape(path: Path) -> tuple[int, ...]:
+    """Shape of ``topk_ids`` in an .npz shard, read from the array header only."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("topk_ids.npy") as member:
+            major, _ = np.lib.format.read_magic(member)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            )
+            shape, _, _ = read_header(member)
+            return tuple(shape)
+    except KeyError:
+        raise InputError(path, "topk_ids", "missing (the native trace format requires it)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise InputError(path, None, f"not a readable .npz trace ({err.__class__.__name__}: {err})") from None
+
+
+@dataclass(frozen=True)
+class TraceChunk:
+    """One shard of a trace with its position in the whole.
+
+    token_offset: global row of the chunk's first token.
+    sequence_offset: global index of the chunk's first sequence (0 if no seq_lens).
+    """
+
+    trace: Trace
+    token_offset: int
+    sequence_offset: int
+
+
+class TraceSource:
+    """A trace on disk (one .npz or a directory of shards), read shard by shard."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            self.shards = sorted(self.path.glob("*.npz"))
+            if not self.shards:
+                raise InputError(self.path, None, "directory holds no .npz trace shards")
+        elif self.path.exists():
+            self.shards = [self.path]
+        else:
+            raise InputError(self.path, None, "no such file or directory")
+        shapes = [_header_shape(shard) for shard in self.shards]
+        for shard, shape in zip(self.shards, shapes):
+            if len(shape) != 3:
+                raise InputError(shard, "topk_ids", f"expected 3 dimensions, got shape {shape}")
+            if shape[1:] != shapes[0][1:]:
+                raise InputError(
+                    shard, "topk_ids",
+                    f"layers x k {shape[1:]} differs from the first shard's {shapes[0][1:]}",
+                )
+        self.num_tokens = sum(shape[0] for shape in shapes)
+        self.num_layers, self.top_k = shapes[0][1], shapes[0][2]
+        self._num_experts: int | None = None
+
+    @property
+    def num_experts(self) -> int:
+        """Declared by the shards (must agree) or, failing that, the largest id + 1."""
+        if self._num_experts is None:
+            if len(self.shards) == 1:
+                self._num_experts = validate_arrays(str(self.path), _read_npz(self.path)).num_experts
+            else:
+                self._num_experts = self._shard_num_experts()
+        return self._num_experts
+
+    def _shard_num_experts(self) -> int:
+        declared: set[int] = set()
+        highest = 0
+        for shard in self.shards:
+            arrays = _read_npz(shard)
+            number = _declared_num_experts(str(shard), arrays)
+            if number is not None:
+                declared.add(number)
+            elif "topk_ids" in arrays:
+                highest = max(highest, int(np.asarray(arrays["topk_ids"]).max()) + 1)
+        if len(declared) > 1:
+            raise InputError(self.path, "num_experts", f"shards declare different counts {sorted(declared)}")
+        return declared.pop() if declared else highest
+
+    def chunks(self) -> Iterator[TraceChunk]:
+        """Validated shards in order, with their global token and sequence offsets."""
+        token_offset = sequence_offset = 0
+        with_sequences: bool | None = None
+        for shard in self.shards:
+            trace = validate_arrays(str(shard), _read_npz(shard), self.num_experts if len(self.shards) > 1 else None)
+            has = trace.seq_lens is not None
+            if with_sequences is not None and has != with_sequences:
+                raise InputError(shard, "seq_lens", "present in some shards but not in others")
+            with_sequences = has
+            yield TraceChunk(trace, token_offset, sequence_offset)
+            token_offset += trace.num_tokens
+            sequence_offset += 0 if trace.seq_lens is None else len(trace.seq_lens)
+
+    def load(self) -> Trace:
+        """The whole trace in memory."""
+        return concatenate([chunk.trace for chunk in self.chunks()])
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Read and validate a trace file or shard directory into memory."""
+    return TraceSource(path).load()
+
+
+def save_trace(trace: Trace, path: str | Path) -> None:
+    """Write ``trace`` as a compressed native .npz, atomically."""
+    arrays: dict[str, np.ndarray] = {
+        "topk_ids": trace.topk_ids,
+        "num_experts": np.asarray(trace.num_experts, dtype=np.int64),
+    }
+    for name in ("topk_weights", "src_rank", "seq_lens"):
+        value = getattr(trace, name)
+        if value is not None:
+            arrays[name] = value
+    with atomic_output(path) as handle:
+        np.savez_compressed(handle, **arrays)
