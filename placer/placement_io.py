@@ -100,6 +100,8 @@ def check_phy2log(path: str | Path | None, field: str, phy2log: np.ndarray, num_
 
 
 def _read_native(path: Path, doc: dict) -> Placement:
+    if doc.get("version") != VERSION:
+        raise InputError(path, "version", f"{doc.get('version')!r} is not supported; this placer reads version {VERSION}")
     try:
         jsonschema.validate(doc, placement_schema())
     except jsonschema.ValidationError as err:

@@ -1,0 +1,49 @@
+"""Shared test helpers: run the CLI in-process and locate optional shared data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from placer.cli import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+ESFT_DIR = SHARED / "traces" / "esft-dsv2lite"
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run ``placer ARGS`` in-process; returns exit code, stdout and stderr."""
+
+    def run(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["placer", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def esft_dir() -> Path:
+    if not ESFT_DIR.is_dir():
+        pytest.skip(f"real ESFT traces not found at {ESFT_DIR} (../shared beside the repo)")
+    return ESFT_DIR

@@ -1,0 +1,85 @@
+"""Placement files: round trip, schema, SGLang input, and clear rejections."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+
+from placer.bundled import sample_trace
+from placer.errors import InputError
+from placer.instances import load_model
+from placer.placement import baseline, contiguous_gpus
+from placer.placement_io import dumps_placement, placement_schema, read_placement, write_placement
+
+
+def test_round_trip_and_schema(tmp_path):
+    placement = baseline("random", 3, 10, 4, 2)
+    write_placement(placement, tmp_path / "p.json")
+    doc = json.loads((tmp_path / "p.json").read_text())
+    jsonschema.validate(doc, placement_schema())
+    back = read_placement(tmp_path / "p.json")
+    assert np.array_equal(back.phy2log, placement.phy2log)
+    assert dumps_placement(back) == dumps_placement(placement)
+
+
+def test_uneven_counts_contiguous_blocks():
+    assert np.bincount(contiguous_gpus(60, 8)).tolist() == [8, 8, 8, 8, 7, 7, 7, 7]
+    placement = baseline("contiguous", 1, 60, 8, 8)
+    assert placement.slots_per_gpu == 8 and (placement.phy2log == -1).sum() == 4
+
+
+def test_sglang_file_drops_dense_rows(tmp_path):
+    model = load_model("deepseek-v2-lite")  # 1 dense layer + 26 MoE layers, 64 experts
+    rows = [list(range(64))] * 27
+    (tmp_path / "s.json").write_text(json.dumps({"physical_to_logical_map": rows}))
+    placement = read_placement(tmp_path / "s.json", num_gpus=8, gpus_per_node=8, model=model)
+    assert placement.num_layers == 26 and placement.slots_per_gpu == 8
+    assert placement.expert_gpu()[0, 9] == 1
+
+
+@pytest.mark.parametrize(
+    "doc, expected",
+    [
+        ({"physical_to_logical_map": [[0, 1, 1, 2]]}, "expert 1 is listed 2 times"),
+        ({"physical_to_logical_map": [[0, 1, 2]]}, "3 slots per layer do not divide evenly over 2 GPUs"),
+        ({"physical_to_logical_map": [[0, 1], [0]]}, "rows differ in length"),
+        ({"physical_to_logical_map": [[0, "x"]]}, "expected integer expert ids"),
+        ({"format": "placer-placement", "version": 2}, "version: 2 is not supported"),
+        ({"something": 1}, "unrecognised placement file"),
+    ],
+)
+def test_bad_files_are_rejected_clearly(tmp_path, doc, expected):
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=expected):
+        read_placement(tmp_path / "bad.json", num_gpus=2, gpus_per_node=2)
+
+
+def test_missing_expert_in_native_file(tmp_path):
+    doc = json.loads(dumps_placement(baseline("contiguous", 1, 4, 2, 2)))
+    doc["phy2log"][0][3] = -1
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="expert 3 is in no slot"):
+        read_placement(tmp_path / "p.json")
+
+
+def test_invalid_json_names_line(tmp_path):
+    (tmp_path / "p.json").write_text('{"format": \n')
+    with pytest.raises(InputError, match="not valid JSON \\(line 2"):
+        read_placement(tmp_path / "p.json")
+
+
+def test_cli_validate_and_evaluate_a_file(tmp_path, cli):
+    write_placement(baseline("round-robin", 26, 64, 32, 8), tmp_path / "rr.json")
+    result = cli("validate", tmp_path / "rr.json", "--nodes", "4", "--model", "deepseek-v2-lite", "--json")
+    assert result.code == 0, result.err
+    assert result.json()["valid"] is True
+    wrong = cli("validate", tmp_path / "rr.json", "--nodes", "2")
+    assert wrong.code == 2 and "num_gpus" in wrong.err
+    both = cli("evaluate", "--trace", sample_trace("test"), "--placement", tmp_path / "rr.json",
+               "--placement", "round-robin", "--nodes", "4", "--json")
+    assert both.code == 0, both.err
+    results = both.json()["results"]
+    assert results["rr.json"]["internode_tokens_dedup"] == results["round-robin"]["internode_tokens_dedup"]
