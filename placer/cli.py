@@ -16,12 +16,13 @@ import typer
 from rich.console import Console
 
 from placer import calc, instances, placement_io
+from placer.stats import trace_stats
 from placer.atomic import refuse_overwriting_input
 from placer.bundled import sample_trace
 from placer.errors import InfeasibleError, InputError
 from placer.esft import ESFT_TASKS, import_esft
 from placer.placement import BASELINES, Placement, baseline
-from placer.render import comparison_table, key_value_table
+from placer.render import comparison_table, key_value_table, stats_table
 from placer.replay import ReplayReport, evaluate
 from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource, save_trace
@@ -109,6 +110,24 @@ def _title(trace_path: str, trace: TraceSource, topology: Topology, model: Model
         f"{trace_path}: {trace.num_tokens:,} tokens x {trace.num_layers} layers, top-{trace.top_k} | "
         f"{topology.name}: {topology.nodes} nodes x {topology.gpus_per_node} GPUs | model: {model_name}{extra}"
     )
+
+
+@app.command("stats")
+def stats_command(
+    trace: Annotated[str, typer.Argument(help="Trace .npz file or directory of shards.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Trace statistics per layer and averaged: load skew, entropy, distinct sets, density."""
+    stats = trace_stats(TraceSource(trace))
+    if as_json:
+        _print_json(stats.to_dict())
+        return
+    doc = stats.to_dict()
+    console.print(
+        f"{trace}: {doc['tokens']:,} tokens x {doc['layers']} MoE layers, top-{doc['k']} of {doc['experts']} experts",
+        markup=False, highlight=False,
+    )
+    console.print(stats_table(doc))
 
 
 @app.command("evaluate")

@@ -13,20 +13,19 @@ and a hypergraph is capped only when it is produced from a summary.
 
 Sets are stored in a canonical form and order: ascending ids, ``-1`` padding
 last; sets ordered lexicographically with a padded position ranking after
-every expert id. Distinct sets are counted through an int64 key per set (the
-lexicographic rank of the ``k``-combination, exact when ``C(E + k, k) < 2**63``,
-e.g. any k <= 10 for E = 256) and otherwise with ``np.unique`` over rows.
-A fused numba kernel is used when numba is installed; the numpy path is the
-reference and gives identical results.
+every expert id. Each token's ids are sorted with a sorting network over whole
+columns and distinct sets found by one ``np.lexsort`` of the columns. When
+numba is installed, :func:`layer_summary` computes loads, pair counts and the
+sorted columns in one fused pass instead (identical results; the numpy path is the
+reference and the fallback without numba or for E above ``DENSE_PAIR_LIMIT``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import reduce
 from itertools import combinations
 
 import networkx as nx
@@ -42,7 +41,7 @@ except ImportError:  # pragma: no cover - numba is optional
     numba = None
 
 DENSE_PAIR_LIMIT = 2048
-"""Largest expert count whose pair counts are accumulated in a dense [E+1, E+1] array."""
+"""Largest expert count whose pair counts are accumulated in a dense [E, E] array."""
 
 
 # ---------------------------------------------------------------- per-layer building blocks
@@ -74,9 +73,9 @@ def _columns(topk_ids_layer: np.ndarray, num_experts: int) -> np.ndarray:
     return np.stack(cols)
 
 
-def _upper_to_csr(upper: np.ndarray) -> sp.csr_matrix:
-    """upper: [E, E] strictly upper-triangular pair counts. Returns the symmetric csr [E, E] int64."""
-    return sp.csr_matrix(upper + upper.T, dtype=np.int64)
+def _symmetric_csr(pairs: np.ndarray) -> sp.csr_matrix:
+    """pairs: [E, E] counts of each unordered pair in either orientation. Returns csr [E, E] int64."""
+    return sp.csr_matrix(pairs + pairs.T, dtype=np.int64)
 
 
 def _coactivation_from_columns(cols: np.ndarray, num_experts: int) -> sp.csr_matrix:
@@ -88,7 +87,7 @@ def _coactivation_from_columns(cols: np.ndarray, num_experts: int) -> sp.csr_mat
         counts = np.zeros(size * size, np.int64)
         for i, j in pairs:
             counts += np.bincount(wide[i] * size + wide[j], minlength=size * size)
-        return _upper_to_csr(counts.reshape(size, size)[:num_experts, :num_experts])
+        return _symmetric_csr(counts.reshape(size, size)[:num_experts, :num_experts])
     low = np.concatenate([cols[i] for i, _ in pairs]).astype(np.int32)
     high = np.concatenate([cols[j] for _, j in pairs]).astype(np.int32)
     real = high < num_experts  # sorted rows: a pair holding padding has it in ``high``
@@ -107,100 +106,24 @@ def coactivation(topk_ids_layer: np.ndarray, num_experts: int) -> sp.csr_matrix:
     return _coactivation_from_columns(_columns(topk_ids_layer, num_experts), num_experts)
 
 
-# ---------------------------------------------------------------- set keys
-
-
-@lru_cache(maxsize=32)
-def _binomials(num_experts: int, k: int) -> np.ndarray | None:
-    """binom: [k + 1, E + k] int64, binom[j, v] = C(v, j); None if C(E + k, k) overflows int64."""
-    n = num_experts + k
-    if math.comb(n, k) > np.iinfo(np.int64).max:
-        return None
-    binom = np.zeros((k + 1, n), np.int64)
-    binom[0] = 1
-    for j in range(1, k + 1):
-        binom[j, 1:] = np.cumsum(binom[j - 1, :-1])  # hockey stick: C(v, j) = sum_{u<v} C(u, j-1)
-    return binom
-
-
-@lru_cache(maxsize=32)
-def _key_table(num_experts: int, k: int) -> np.ndarray | None:
-    """table: [k, E + 1] int64 with key(set) = sum_i table[i, column_i], or None if keys overflow.
-
-    A sorted row c (padding at position i read as E + i) is a k-subset of range(E + k);
-    key = -(colex rank of {E + k - 1 - c_i}), so ascending keys = lexicographic rows,
-    padding last. The empty set has key 0, every other set a negative key.
-    """
-    binom = _binomials(num_experts, k)
-    if binom is None:
-        return None
-    n = num_experts + k
-    table = np.zeros((k, num_experts + 1), np.int64)
-    for i in range(k):
-        table[i, :num_experts] = -binom[k - i, n - 1 - np.arange(num_experts)]
-    return table
-
-
-def _keys_from_columns(cols: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """cols: [k, tokens], table: [k, E + 1]. Returns keys: [tokens] int64."""
-    keys = np.zeros(cols.shape[1], np.int64)
-    for i, col in enumerate(cols):
-        keys += table[i, col]
-    return keys
-
-
-def _decode(keys: np.ndarray, num_experts: int, k: int) -> np.ndarray:
-    """keys: [n] int64 from :func:`_key_table`. Returns sets: [n, k], ascending ids, -1 padding last."""
-    binom = _binomials(num_experts, k)
-    n = num_experts + k
-    rank = -keys
-    sets = np.empty((len(keys), k), id_dtype(num_experts))
-    for i in range(k):
-        element = np.searchsorted(binom[k - i], rank, side="right") - 1
-        rank = rank - binom[k - i, element]
-        value = n - 1 - element
-        sets[:, i] = np.where(value < num_experts, value, PADDING)
-    return sets
-
-
-def _group(values: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values in ascending order with their summed weights.
-
-    values: [m] keys or [m, k] rows; weights: [m] int64 or None (each counts 1).
-    Returns (distinct: [n] or [n, k], sums: [n] int64).
-    """
-    axis = 0 if values.ndim == 2 else None
-    if weights is None:
-        distinct, counts = np.unique(values, axis=axis, return_counts=True)
-        return distinct, counts.astype(np.int64, copy=False)
-    distinct, inverse = np.unique(values, axis=axis, return_inverse=True)
-    sums = np.zeros(len(distinct), np.int64)
-    np.add.at(sums, inverse.reshape(-1), weights)
-    return distinct, sums
-
-
-def _sets_from_keys(
-    keys: np.ndarray, weights: np.ndarray | None, num_experts: int, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """keys: [m] int64 (0 = empty set). Returns (sets: [n, k], counts: [n] int64), canonical order."""
-    distinct, counts = _group(keys, weights)
-    if len(distinct) and distinct[-1] == 0:
-        distinct, counts = distinct[:-1], counts[:-1]
-    return _decode(distinct, num_experts, k), counts
-
-
-def _sets_from_columns(
+def _group_columns(
     cols: np.ndarray, weights: np.ndarray | None, num_experts: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """cols: [k, tokens] from :func:`_columns`. Returns (sets: [n, k], counts: [n] int64)."""
-    k = cols.shape[0]
-    table = _key_table(num_experts, k)
-    if table is not None:
-        return _sets_from_keys(_keys_from_columns(cols, table), weights, num_experts, k)
-    rows, counts = _group(cols.T, weights)
-    if len(rows) and rows[-1, 0] == num_experts:
-        rows, counts = rows[:-1], counts[:-1]
-    return np.where(rows < num_experts, rows, PADDING).astype(id_dtype(num_experts)), counts
+    """Distinct sets by a lexicographic sort of whole columns.
+
+    cols: [k, m] from :func:`_columns`; weights: [m] int64 or None (each row counts 1).
+    Returns (sets: [n, k] canonical, -1 padding; counts: [n] int64), canonical order.
+    """
+    order = np.lexsort(cols[::-1])
+    ordered = np.take(cols, order, axis=1)
+    first = np.ones(ordered.shape[1], bool)
+    first[1:] = (ordered[:, 1:] != ordered[:, :-1]).any(axis=0)
+    starts = np.flatnonzero(first)
+    weight = np.ones(len(order), np.int64) if weights is None else weights[order]
+    counts = np.add.reduceat(weight, starts)
+    sets = ordered[:, starts].T
+    nonempty = sets[:, 0] < num_experts
+    return np.where(sets < num_experts, sets, PADDING)[nonempty], counts[nonempty]
 
 
 def distinct_sets(
@@ -212,7 +135,7 @@ def distinct_sets(
     None (each token counts 1). Returns (sets: [n, k] ascending ids with -1 padding last, in
     lexicographic order; counts: [n] int64). All-padding rows are not sets.
     """
-    return _sets_from_columns(_columns(topk_ids_layer, num_experts), weights, num_experts)
+    return _group_columns(_columns(topk_ids_layer, num_experts), weights, num_experts)
 
 
 # ---------------------------------------------------------------- hypergraph
@@ -241,6 +164,8 @@ class Hypergraph:
 
 def _capped(sets: np.ndarray, counts: np.ndarray, num_experts: int, max_nets: int | None) -> Hypergraph:
     """sets: [n, k] in canonical order, counts: [n]. Keeps the ``max_nets`` heaviest sets."""
+    if max_nets is not None and max_nets < 0:
+        raise InputError(None, "max_nets", f"expected a non-negative count, got {max_nets}")
     order = np.argsort(-counts, kind="stable")
     cut = len(order) if max_nets is None else max_nets
     kept, dropped = order[:cut], order[cut:]
@@ -307,7 +232,7 @@ class LayerSummary:
 def _numpy_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary:
     """topk_ids_layer: [tokens, k]. The reference implementation of :func:`layer_summary`."""
     cols = _columns(topk_ids_layer, num_experts)
-    sets, counts = _sets_from_columns(cols, None, num_experts)
+    sets, counts = _group_columns(cols, None, num_experts)
     return LayerSummary(
         loads=np.bincount(cols.ravel(), minlength=num_experts + 1)[:num_experts].astype(np.int64),
         coactivation=_coactivation_from_columns(cols, num_experts),
@@ -319,51 +244,46 @@ def _numpy_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerS
 if numba is not None:
 
     @numba.njit(nogil=True, cache=True)
-    def _fused_kernel(ids, num_experts, table, loads, upper, keys):  # pragma: no cover - jitted
-        """One pass over ids: [tokens, k]: loads [E], upper [E, E] pair counts, keys [tokens]."""
+    def _fused_kernel(ids, num_experts, loads, pairs, cols):  # pragma: no cover - jitted
+        """One pass over ids: [tokens, k] (padding read as E). Adds to loads: [E + 1] and to
+        pairs: [E + 1, E + 1] (each unordered pair once, either orientation); writes
+        cols: [k, tokens], each token's ids in ascending order."""
         k = ids.shape[1]
         row = np.empty(k, np.int64)
+        rank = np.empty(k, np.int64)
         for t in range(ids.shape[0]):
             for i in range(k):
                 row[i] = ids[t, i] if ids[t, i] >= 0 else num_experts
-            for i in range(1, k):
-                value, j = row[i], i - 1
-                while j >= 0 and row[j] > value:
-                    row[j + 1] = row[j]
-                    j -= 1
-                row[j + 1] = value
-            key = 0
+                rank[i] = 0
             for i in range(k):
-                a = row[i]
-                key += table[i, a]
-                if a < num_experts:
-                    loads[a] += 1
-                    for j in range(i + 1, k):
-                        if row[j] < num_experts:
-                            upper[a, row[j]] += 1
-            keys[t] = key
+                loads[row[i]] += 1
+                for j in range(i + 1, k):
+                    pairs[row[i], row[j]] += 1
+                    below = row[i] < row[j]  # branch-free ranks; ties (padding) broken by index
+                    rank[j] += below
+                    rank[i] += 1 - below
+            for i in range(k):
+                cols[rank[i], t] = row[i]
 
 
-def _fused_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary | None:
-    """The numba path of :func:`layer_summary`; None when it does not apply."""
-    if numba is None or num_experts > DENSE_PAIR_LIMIT:
-        return None
-    k = topk_ids_layer.shape[1]
-    table = _key_table(num_experts, k)
-    if table is None:
-        return None
-    loads = np.zeros(num_experts, np.int64)
-    upper = np.zeros((num_experts, num_experts), np.int64)
-    keys = np.empty(topk_ids_layer.shape[0], np.int64)
-    _fused_kernel(topk_ids_layer, num_experts, table, loads, upper, keys)
-    sets, counts = _sets_from_keys(keys, None, num_experts, k)
-    return LayerSummary(loads, _upper_to_csr(upper), sets, counts)
+def _fused_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary:
+    """topk_ids_layer: [tokens, k]. The numba path of :func:`layer_summary`."""
+    size = num_experts + 1
+    loads = np.zeros(size, np.int64)
+    pairs = np.zeros((size, size), np.int64)
+    cols = np.empty(topk_ids_layer.shape[::-1], id_dtype(num_experts))
+    _fused_kernel(topk_ids_layer, num_experts, loads, pairs, cols)
+    sets, counts = _group_columns(cols, None, num_experts)
+    return LayerSummary(
+        loads[:num_experts], _symmetric_csr(pairs[:num_experts, :num_experts]), sets, counts
+    )
 
 
 def layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary:
     """Summarise one layer of one chunk. topk_ids_layer: [tokens, k], -1 padding."""
-    fused = _fused_layer_summary(topk_ids_layer, num_experts)
-    return fused if fused is not None else _numpy_layer_summary(topk_ids_layer, num_experts)
+    if numba is not None and num_experts <= DENSE_PAIR_LIMIT:
+        return _fused_layer_summary(topk_ids_layer, num_experts)
+    return _numpy_layer_summary(topk_ids_layer, num_experts)
 
 
 @dataclass(frozen=True)
@@ -402,15 +322,16 @@ class TraceSummary:
 
 
 def _chunks(source: TraceSource | Trace) -> Iterator[TraceChunk]:
+    """An in-memory trace is one chunk."""
     if isinstance(source, Trace):
         return iter([TraceChunk(source, 0, 0)])
     return source.chunks()
 
 
 def _push(stack: list[TraceSummary], part: TraceSummary) -> None:
-    """Add ``part``, merging similar-sized neighbours so each token is re-merged O(log chunks) times."""
+    """Push ``part`` and merge like a binary counter: each token is re-merged O(log chunks) times."""
     stack.append(part)
-    while len(stack) > 1 and stack[-2].num_tokens <= 2 * stack[-1].num_tokens:
+    while len(stack) > 1 and stack[-2].num_tokens <= stack[-1].num_tokens:
         top = stack.pop()
         stack[-1] = stack[-1].merge(top)
 
@@ -433,10 +354,7 @@ def summarize(
             ids = chunk.trace.topk_ids
             parts = pool.map(lambda layer: layer_summary(ids[:, layer, :], experts), layer_ids)
             _push(stack, TraceSummary(experts, ids.shape[2], ids.shape[0], layer_ids, tuple(parts)))
-    while len(stack) > 1:
-        top = stack.pop()
-        stack[-1] = stack[-1].merge(top)
-    return stack[0]
+    return reduce(TraceSummary.merge, stack)
 
 
 # ---------------------------------------------------------------- networkx export

@@ -56,3 +56,24 @@ def key_value_table(rows: Mapping[str, object], title: str) -> Table:
         shown = f"{value:,.4g}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
         table.add_row(name, shown)
     return table
+
+
+STAT_COLUMNS = {
+    "load_skew": "load skew (max/mean)",
+    "entropy_bits": "usage entropy (bits)",
+    "distinct_share": "distinct sets / tokens",
+    "density": "co-activation density",
+}
+
+
+def stats_table(stats: dict) -> Table:
+    """Per-layer trace statistics (``TraceStats.to_dict()``) with the mean as the last row."""
+    table = Table(title="per layer (trace layer ids are 0-based MoE layers)", title_justify="left")
+    table.add_column("layer", justify="right")
+    for header in STAT_COLUMNS.values():
+        table.add_column(header, justify="right")
+    per_layer = stats["per_layer"]
+    for row, layer in enumerate(stats["layer_ids"]):
+        table.add_row(str(layer), *(_maybe(per_layer[name][row], ".3f") for name in STAT_COLUMNS))
+    table.add_row("mean", *(_maybe(stats["mean"][name], ".3f") for name in STAT_COLUMNS), style="bold")
+    return table
