@@ -50,6 +50,10 @@ class Placement:
             result[layer, row[held]] = slots[held] // self.slots_per_gpu
         return result
 
+    def expert_copies(self) -> np.ndarray:
+        """Slots holding each expert: [layers, experts]."""
+        return np.stack([np.bincount(row[row >= 0], minlength=self.num_experts) for row in self.phy2log])
+
     def gpu_expert_counts(self) -> np.ndarray:
         """Experts held per GPU: [layers, gpus]."""
         filled = (self.phy2log >= 0).reshape(self.num_layers, self.num_gpus, self.slots_per_gpu)

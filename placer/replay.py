@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from placer.dispatch import RULES, Dispatcher
 from placer.errors import InputError
 from placer.placement import Placement
 from placer.topology import Model, Topology
@@ -98,8 +99,7 @@ def _first_distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def layer_counts(
-    ids: np.ndarray,
-    expert_gpu: np.ndarray,
+    gpu: np.ndarray,
     src_gpu: np.ndarray,
     gpus_per_node: int,
     num_gpus: int,
@@ -108,12 +108,11 @@ def layer_counts(
 ) -> dict[str, np.ndarray | int]:
     """Traffic and load counters of one layer of one chunk.
 
-    ids: [tokens, k] expert ids (-1 padding). expert_gpu: [experts] GPU of each expert.
+    gpu: [tokens, k] GPU serving each (token, expert) pair, -1 for padding.
     src_gpu: [tokens]. Returns the counters named in ``_COUNTERS`` (in token copies / pairs).
     """
     nodes = num_gpus // gpus_per_node
-    valid = ids >= 0
-    gpu = np.where(valid, expert_gpu[np.where(valid, ids, 0)], -1)
+    valid = gpu >= 0
     node = np.where(valid, gpu // gpus_per_node, -1)
     src_node = src_gpu // gpus_per_node
 
@@ -137,11 +136,11 @@ def layer_counts(
         receivers = np.concatenate([gpu_sorted[local], gpu_sorted[relayed]])
     else:
         same_node_pair = valid & (node == src_node[:, None]) & (gpu != src_gpu[:, None])
-        senders = np.broadcast_to(src_gpu[:, None], ids.shape)[same_node_pair]
+        senders = np.broadcast_to(src_gpu[:, None], gpu.shape)[same_node_pair]
         receivers = gpu[same_node_pair]
 
     return {
-        "tokens": ids.shape[0],
+        "tokens": gpu.shape[0],
         "internode_tokens_dedup": int(remote_per_token.sum()),
         "internode_tokens_naive": int(remote_pairs_per_token.sum()),
         "intranode_tokens": int(local.sum()),
@@ -172,6 +171,10 @@ def _check_compatible(trace_experts: int, trace_layers: int, placement: Placemen
         raise InputError(
             None, "placement", f"trace uses {trace_experts} experts, placement places {placement.num_experts}"
         )
+    unplaced = np.argwhere(placement.expert_copies()[:, :trace_experts] == 0)
+    if unplaced.size:
+        layer, expert = unplaced[0]
+        raise InputError(None, "placement", f"expert {expert} of layer {layer} is in no slot")
 
 
 def count_traffic(
@@ -182,23 +185,19 @@ def count_traffic(
     source: str = "token",
     dispatch: str = "normal",
     max_nodes: int | None = None,
+    rule: str = "nearest",
 ) -> dict[str, np.ndarray]:
     """Per-layer counters of a replay, accumulated chunk by chunk: name -> [layers, ...]."""
     chunks = trace.chunks() if isinstance(trace, TraceSource) else [TraceChunk(trace, 0, 0)]
-    expert_gpu = placement.expert_gpu()
+    dispatcher = Dispatcher(placement, rule)
     totals: dict[str, np.ndarray] = {}
     for chunk in chunks:
         _check_compatible(chunk.trace.num_experts, chunk.trace.num_layers, placement, topology)
-        unplaced = np.argwhere(expert_gpu[:, : chunk.trace.num_experts] < 0)
-        if unplaced.size:
-            layer, expert = unplaced[0]
-            raise InputError(None, "placement", f"expert {expert} of layer {layer} is in no slot")
         src = source_gpus(chunk, topology.num_gpus, source)
         for layer in range(chunk.trace.num_layers):
-            counts = layer_counts(
-                chunk.trace.topk_ids[:, layer, :], expert_gpu[layer], src,
-                topology.gpus_per_node, topology.num_gpus, dispatch, max_nodes or 0,
-            )
+            ids = chunk.trace.topk_ids[:, layer, :]
+            gpu = dispatcher.route(layer, ids, src)
+            counts = layer_counts(gpu, src, topology.gpus_per_node, topology.num_gpus, dispatch, max_nodes or 0)
             for name, value in counts.items():
                 acc = totals.setdefault(name, np.zeros((placement.num_layers, *np.shape(value)), dtype=np.int64))
                 acc[layer] += value
@@ -304,20 +303,27 @@ def evaluate(
     source: str = "token",
     dispatch: str = "normal",
     max_nodes: int | None = None,
+    rule: str = "nearest",
 ) -> ReplayReport:
     """Replay ``trace`` against ``placement`` on ``topology``.
 
     Token counts need no model; bytes and times are reported when ``model`` is given.
+    rule: which replica serves a pair when experts are replicated (see :mod:`placer.dispatch`).
     """
     if source not in SOURCES:
         raise InputError(None, "source", f"expected one of {', '.join(SOURCES)}, got {source!r}")
     if dispatch not in DISPATCH_MODES:
         raise InputError(None, "dispatch", f"expected one of {', '.join(DISPATCH_MODES)}, got {dispatch!r}")
-    counts = count_traffic(trace, placement, topology, source=source, dispatch=dispatch, max_nodes=max_nodes)
+    if rule not in RULES:
+        raise InputError(None, "rule", f"expected one of {', '.join(RULES)}, got {rule!r}")
+    counts = count_traffic(
+        trace, placement, topology, source=source, dispatch=dispatch, max_nodes=max_nodes, rule=rule
+    )
     per_layer, totals = summarize(counts, topology, model, dispatch, max_nodes)
     config = {
         "source": source,
         "dispatch": dispatch,
+        "replica_rule": rule,
         "topology": topology.name,
         "nodes": topology.nodes,
         "gpus_per_node": topology.gpus_per_node,

@@ -1,0 +1,158 @@
+"""Dispatch rules: which replica of an expert serves each (token, expert) pair.
+
+Without replicas every rule sends a pair to the expert's only GPU. With
+replicas (an expert in several slots) the rule decides, and every figure
+names its rule:
+
+- ``nearest``: tokens in trace order, each token's experts in top-k order;
+  take the replica on the source GPU; else the replica with the least load so
+  far (per layer) on the source node; else the least-loaded replica on a node
+  the token already reaches through its earlier experts; else the
+  least-loaded replica. Load = pairs the replica has served so far in this
+  layer; ties go to the lowest GPU id (then the lowest slot).
+- ``sglang-static``: SGLang's static rule: a fixed map (source GPU, expert) ->
+  replica: the first replica on the source GPU, else a "fair" seeded choice
+  (each replica used about equally often by the other GPUs), drawn with
+  Python's ``random.Random(42)`` over layers, then experts, in order.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numba
+import numpy as np
+
+from placer.placement import Placement
+
+RULES = ("nearest", "sglang-static")
+
+
+def replica_slots(phy2log: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slots of every expert's replicas in slot order.
+
+    phy2log: [slots] one layer. Returns log2phy: [experts, max copies] (-1 padded) and copies: [experts].
+    """
+    held = np.flatnonzero(phy2log >= 0)
+    experts = phy2log[held]
+    order = np.argsort(experts, kind="stable")
+    copies = np.bincount(experts, minlength=num_experts)
+    log2phy = np.full((num_experts, max(int(copies.max()), 1)), -1, dtype=np.int64)
+    rank = np.arange(len(order)) - np.repeat(np.cumsum(copies) - copies, copies)
+    log2phy[experts[order], rank] = held[order]
+    return log2phy, copies
+
+
+@numba.njit(cache=True)
+def _least_loaded(candidates, count, slot_load, slot_gpu):  # pragma: no cover - compiled
+    best = -1
+    for c in range(count):
+        slot = candidates[c]
+        if best < 0 or slot_load[slot] < slot_load[best] or (
+            slot_load[slot] == slot_load[best] and slot_gpu[slot] < slot_gpu[best]
+        ):
+            best = slot
+    return best
+
+
+@numba.njit(cache=True)
+def _nearest_kernel(ids, src_gpu, log2phy, copies, slot_gpu, gpus_per_node, slot_load):  # pragma: no cover
+    tokens, k = ids.shape
+    out = np.full((tokens, k), -1, dtype=np.int64)
+    reached = np.empty(k, dtype=np.int64)
+    picks = np.empty(log2phy.shape[1], dtype=np.int64)
+    for t in range(tokens):
+        src = src_gpu[t]
+        src_node = src // gpus_per_node
+        n_reached = 0
+        for j in range(k):
+            expert = ids[t, j]
+            if expert < 0:
+                continue
+            chosen = -1
+            for c in range(copies[expert]):
+                if slot_gpu[log2phy[expert, c]] == src:
+                    chosen = log2phy[expert, c]
+                    break
+            for tier in range(3):
+                if chosen >= 0:
+                    break
+                n = 0
+                for c in range(copies[expert]):
+                    node = slot_gpu[log2phy[expert, c]] // gpus_per_node
+                    keep = tier == 2 or (tier == 0 and node == src_node)
+                    if tier == 1:
+                        for r in range(n_reached):
+                            keep = keep or reached[r] == node
+                    if keep:
+                        picks[n] = log2phy[expert, c]
+                        n += 1
+                if n:
+                    chosen = _least_loaded(picks, n, slot_load, slot_gpu)
+            slot_load[chosen] += 1
+            gpu = slot_gpu[chosen]
+            out[t, j] = gpu
+            node = gpu // gpus_per_node
+            seen = False
+            for r in range(n_reached):
+                seen = seen or reached[r] == node
+            if not seen:
+                reached[n_reached] = node
+                n_reached += 1
+    return out
+
+
+def _fair_choices(replicas: list[int], count: int, rng: random.Random) -> list[int]:
+    """``count`` picks using each replica equally often, the remainder sampled, then shuffled."""
+    whole, rest = divmod(count, len(replicas))
+    picks = replicas * whole + rng.sample(replicas, k=rest)
+    rng.shuffle(picks)
+    return picks
+
+
+def sglang_static_map(placement: Placement) -> np.ndarray:
+    """SGLang's static dispatch map: [layers, gpus, experts] -> serving slot."""
+    rng = random.Random(42)
+    slot_gpu = np.arange(placement.phy2log.shape[1]) // placement.slots_per_gpu
+    result = np.empty((placement.num_layers, placement.num_gpus, placement.num_experts), dtype=np.int64)
+    for layer in range(placement.num_layers):
+        log2phy, copies = replica_slots(placement.phy2log[layer], placement.num_experts)
+        for expert in range(placement.num_experts):
+            replicas = log2phy[expert, : copies[expert]].tolist()
+            column = np.full(placement.num_gpus, -1, dtype=np.int64)
+            for slot in reversed(replicas):
+                column[slot_gpu[slot]] = slot
+            missing = np.flatnonzero(column < 0)
+            column[missing] = _fair_choices(replicas, len(missing), rng)
+            result[layer, :, expert] = column
+    return result
+
+
+class Dispatcher:
+    """Maps (token, expert) pairs of one placement to GPUs, layer by layer, keeping per-layer state."""
+
+    def __init__(self, placement: Placement, rule: str = "nearest") -> None:
+        self.placement = placement
+        self.rule = rule
+        self.slot_gpu = np.arange(placement.phy2log.shape[1]) // placement.slots_per_gpu
+        self.tables = [replica_slots(row, placement.num_experts) for row in placement.phy2log]
+        self.has_replicas = any(int(copies.max()) > 1 for _, copies in self.tables)
+        self.slot_load = np.zeros(placement.phy2log.shape, dtype=np.int64)
+        self.static = sglang_static_map(placement) if self.has_replicas and rule == "sglang-static" else None
+
+    def route(self, layer: int, ids: np.ndarray, src_gpu: np.ndarray) -> np.ndarray:
+        """GPU serving each pair: ids [tokens, k] (-1 padding) -> [tokens, k] (-1 for padding)."""
+        valid = ids >= 0
+        safe = np.where(valid, ids, 0)
+        log2phy, copies = self.tables[layer]
+        if not self.has_replicas:
+            slots = log2phy[safe, 0]
+        elif self.static is not None:
+            slots = self.static[layer][src_gpu[:, None], safe]
+        else:
+            gpus = _nearest_kernel(
+                ids.astype(np.int64), src_gpu.astype(np.int64), log2phy, copies,
+                self.slot_gpu, self.placement.gpus_per_node, self.slot_load[layer],
+            )
+            return gpus
+        return np.where(valid, self.slot_gpu[slots], -1)
