@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
@@ -17,7 +18,8 @@ from rich.console import Console
 
 from placer import calc, instances, placement_io
 from placer.stats import trace_stats
-from placer.atomic import refuse_overwriting_input
+from placer.atomic import refuse_overwriting_input, write_text_atomic
+from placer.engines import to_sglang
 from placer.bundled import sample_trace
 from placer.errors import InfeasibleError, InputError
 from placer.esft import ESFT_TASKS, import_esft
@@ -25,7 +27,8 @@ from placer.placement import BASELINES, Placement, baseline
 from placer.render import comparison_table, key_value_table, stats_table
 from placer.replay import ReplayReport, evaluate
 from placer.topology import Model, Topology
-from placer.trace import Trace, TraceSource, save_trace
+from placer.solvers import place
+from placer.trace import Trace, TraceSource, save_trace, trace_digest
 
 app = typer.Typer(
     help="Topology-aware expert placement for Mixture-of-Experts models.",
@@ -157,6 +160,104 @@ def evaluate_command(
     _report_results(results, _title(trace, source_trace, topo, mdl), as_json)
 
 
+class SolverChoice(str, Enum):
+    auto = "auto"
+    spectral = "spectral"
+    ilp = "ilp"
+    contiguous = "contiguous"
+    round_robin = "round-robin"
+    random = "random"
+
+
+class OutputFormat(str, Enum):
+    placer = "placer"
+    sglang = "sglang"
+
+
+@app.command("place")
+def place_command(
+    trace: Annotated[str, typer.Option(help="Trace .npz file or directory of shards to place from.")],
+    out: Annotated[str, typer.Option(help="Output placement file (JSON).")],
+    solver: Annotated[SolverChoice, typer.Option(help="Placement algorithm or baseline.")] = SolverChoice.auto,
+    topology: TopologyOpt = "h100-dgx",
+    nodes: NodesOpt = None,
+    gpus_per_node: GpnOpt = None,
+    model: ModelOpt = None,
+    balance: Annotated[Optional[float], typer.Option(help="Max GPU load <= (1+EPS) x mean on the trace.")] = None,
+    max_nodes: Annotated[Optional[int], typer.Option("--max-nodes", help="A token may touch at most M nodes.")] = None,
+    max_nodes_coverage: Annotated[
+        Optional[float], typer.Option(help="With --max-nodes: the limit must hold for at least this share of tokens.")
+    ] = None,
+    keep_groups: Annotated[bool, typer.Option(help="Keep each expert group of the model on its own nodes.")] = False,
+    slots_per_gpu: Annotated[Optional[int], typer.Option(help="Expert slots per GPU (default: ceil(E / GPUs)).")] = None,
+    time_limit: Annotated[float, typer.Option(help="Solver budget in seconds (deterministic effort).")] = 60.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes solving layers in parallel (result unchanged).")] = 1,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="placer JSON or SGLang --init-expert-location JSON.")] = OutputFormat.placer,
+    heldout: Annotated[Optional[str], typer.Option("--evaluate", help="Held-out trace to replay against the result and the baselines.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Place every layer's experts on GPUs and nodes from a trace, and write the placement."""
+    refuse_overwriting_input(out, trace, *( [heldout] if heldout else []))
+    started = time.perf_counter()
+    source = TraceSource(trace)
+    topo = _topology(topology, nodes, gpus_per_node)
+    mdl = _model(model, source.num_experts, source.top_k)
+    experts = mdl.num_experts if mdl is not None else source.num_experts
+    if solver.value in BASELINES:
+        chosen = baseline(solver.value, source.num_layers, experts, topo.num_gpus, topo.gpus_per_node)
+        solve_facts: dict = {"solver": solver.value}
+    else:
+        chosen, report = place(
+            source, topo, solver=solver.value, balance=balance, max_nodes=max_nodes,
+            max_nodes_coverage=max_nodes_coverage, keep_groups=keep_groups, model=mdl,
+            time_limit=time_limit, seed=seed, workers=workers, slots_per_gpu=slots_per_gpu,
+        )
+        solve_facts = report.to_dict()
+    metadata = {
+        **chosen.metadata,
+        "topology": topo.to_dict(),
+        "model": None if mdl is None else mdl.to_dict(),
+        "trace": {"sha256": trace_digest(source), "tokens": source.num_tokens, "layers": source.num_layers},
+    }
+    chosen = replace(chosen, metadata=metadata)
+    if output_format is OutputFormat.sglang:
+        write_text_atomic(out, json.dumps(to_sglang(chosen, mdl)) + "\n")
+    else:
+        placement_io.write_placement(chosen, out)
+    wall = time.perf_counter() - started
+    test = TraceSource(heldout) if heldout else None
+    results = _against_baselines(test, f"placer {solver.value}", chosen, topo, mdl, max_nodes) if test else []
+    if as_json:
+        _print_json({"out": out, "wall_s": wall, "solve": solve_facts,
+                     "evaluation": {name: r.totals for name, r in results}})
+        return
+    console.print(f"wrote {out} ({output_format.value} format) in {wall:.1f} s wall", markup=False, highlight=False)
+    if "gap" in solve_facts:
+        optimal = sum(layer["status"] == "optimal" for layer in solve_facts["layers"])
+        console.print(
+            f"{solver.value}: train objective {solve_facts['objective']:,.0f} token-node copies, "
+            f"bound {solve_facts['bound']:,.0f}, gap {solve_facts['gap']:.1%} "
+            f"({optimal}/{len(solve_facts['layers'])} layers proven optimal)",
+            markup=False, highlight=False,
+        )
+        for message in solve_facts["messages"]:
+            console.print(f"note: {message}", markup=False, highlight=False)
+    if test is not None:
+        console.print(comparison_table(results, _title(heldout, test, topo, mdl, " | held-out replay")))
+
+
+def _against_baselines(
+    test: TraceSource, label: str, chosen: Placement, topo: Topology, mdl: Model | None, max_nodes: int | None
+) -> list[tuple[str, ReplayReport]]:
+    """Replay ``test`` against the three baselines and ``chosen`` (last)."""
+    placements = [
+        (name, baseline(name, test.num_layers, chosen.num_experts, topo.num_gpus, topo.gpus_per_node))
+        for name in BASELINES
+    ]
+    return [(name, evaluate(test, p, topo, mdl, max_nodes=max_nodes)) for name, p in [*placements, (label, chosen)]]
+
+
 @app.command("validate")
 def validate_command(
     placement: Annotated[str, typer.Argument(help="Placement file (placer JSON or SGLang JSON).")],
@@ -250,16 +351,23 @@ def import_esft_command(
 
 @app.command("demo")
 def demo_command(as_json: JsonOpt = False) -> None:
-    """Replay the embedded ESFT sample against the baselines on 4 H100 nodes x 8 GPUs."""
-    test = TraceSource(sample_trace("test"))
+    """Place the embedded ESFT sample's first half (spectral), replay its held-out half vs the baselines."""
+    train, test = TraceSource(sample_trace("train")), TraceSource(sample_trace("test"))
     topo = instances.load_topology("h100-dgx").resized(4, 8)
     mdl = instances.load_model("deepseek-v2-lite")
-    results = [
-        (name, evaluate(test, baseline(name, test.num_layers, mdl.num_experts, topo.num_gpus, topo.gpus_per_node),
-                        topo, mdl, max_nodes=4))
-        for name in BASELINES
-    ]
-    _report_results(results, _title("embedded ESFT sample (intent, held-out half)", test, topo, mdl), as_json)
+    started = time.perf_counter()
+    chosen, report = place(train, topo, solver="spectral", model=mdl)
+    wall = time.perf_counter() - started
+    results = _against_baselines(test, "placer spectral", chosen, topo, mdl, max_nodes=None)
+    if as_json:
+        _print_json({"wall_s": wall, "solve": report.to_dict(), "evaluation": {n: r.totals for n, r in results}})
+        return
+    console.print(
+        f"placed {train.num_tokens:,} tokens of the embedded ESFT sample (intent, first half) "
+        f"with spectral in {wall:.1f} s; replaying the held-out half:",
+        markup=False, highlight=False,
+    )
+    console.print(comparison_table(results, _title("embedded ESFT sample (intent, held-out half)", test, topo, mdl)))
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ that receives a :class:`Trace` trusts it.
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -339,3 +340,13 @@ def save_trace(trace: Trace, path: str | Path) -> None:
             arrays[name] = value
     with atomic_output(path) as handle:
         np.savez_compressed(handle, **arrays)
+
+
+def trace_digest(source: Trace | TraceSource) -> str:
+    """SHA-256 of the routing decisions (ids as little-endian int32, token-major, plus num_experts)."""
+    digest = hashlib.sha256()
+    chunks = source.chunks() if isinstance(source, TraceSource) else [TraceChunk(source, 0, 0)]
+    for chunk in chunks:
+        digest.update(np.ascontiguousarray(chunk.trace.topk_ids, dtype="<i4").tobytes())
+    digest.update(str(source.num_experts).encode())
+    return digest.hexdigest()

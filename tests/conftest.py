@@ -25,17 +25,25 @@ class CliResult:
         return json.loads(self.out)
 
 
+def invoke(*args: object) -> int:
+    """Run ``placer ARGS`` in-process and return its exit code."""
+    saved = sys.argv
+    sys.argv = ["placer", *map(str, args)]
+    try:
+        main()
+        return 0
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved
+
+
 @pytest.fixture
-def cli(capsys, monkeypatch):
+def cli(capsys):
     """Run ``placer ARGS`` in-process; returns exit code, stdout and stderr."""
 
-    def run(*args: str) -> CliResult:
-        monkeypatch.setattr(sys, "argv", ["placer", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
+    def run(*args: object) -> CliResult:
+        code = invoke(*args)
         captured = capsys.readouterr()
         return CliResult(code, captured.out, captured.err)
 

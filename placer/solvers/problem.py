@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from placer.errors import InfeasibleError, InputError
-from placer.trace import Trace
+from placer.graph import TraceSummary
 
 
 @dataclass(frozen=True)
@@ -94,49 +94,30 @@ class LayerProblem:
         return ptr, rows[order].astype(np.int64)
 
 
-def distinct_sets(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Merge identical top-k sets.
-
-    ids: [tokens, k] expert ids (-1 padding). Returns (nets [n, k] int32 sorted
-    with -1 last, weights [n] int64), in lexicographic order (deterministic).
-    """
-    big = np.iinfo(np.int32).max
-    work = np.where(ids < 0, big, ids).astype(np.int32)
-    work.sort(axis=1)
-    nets, weights = np.unique(work, axis=0, return_counts=True)
-    nets[nets == big] = -1
-    keep = (nets >= 0).any(axis=1)
-    return nets[keep], weights[keep].astype(np.int64)
-
-
 def build_problems(
-    trace: Trace,
+    summary: TraceSummary,
     num_nodes: int,
     gpus_per_node: int,
     slots_per_gpu: int | None = None,
     constraints: Constraints | None = None,
 ) -> list[LayerProblem]:
-    """One :class:`LayerProblem` per layer of ``trace``; checks the request is feasible.
+    """One :class:`LayerProblem` per summarised layer; checks the request is feasible.
 
     Raises InputError for impossible shapes (too few slots) and InfeasibleError
     for constraints no placement can meet (with what is achievable).
     """
     constraints = constraints or Constraints()
-    experts = trace.num_experts
+    experts = summary.num_experts
     gpus = num_nodes * gpus_per_node
     slots = slots_per_gpu if slots_per_gpu is not None else math.ceil(experts / gpus)
     if slots * gpus < experts:
         raise InputError(None, "slots_per_gpu", f"{gpus} GPUs x {slots} slots < {experts} experts")
     allowed = group_mask(constraints.groups, experts, num_nodes) if constraints.groups is not None else None
     problems = []
-    for layer in range(trace.num_layers):
-        ids = trace.topk_ids[:, layer, :]
-        nets, weights = distinct_sets(ids)
-        valid = ids[ids >= 0]
-        loads = np.bincount(valid, minlength=experts).astype(np.int64)
+    for layer, part in zip(summary.layer_ids, summary.layers):
         problem = LayerProblem(
-            experts, num_nodes, gpus_per_node, slots, nets, weights, loads,
-            int(ids.shape[0]), constraints, allowed, layer,
+            experts, num_nodes, gpus_per_node, slots, part.sets.astype(np.int32), part.set_counts,
+            part.loads, summary.num_tokens, constraints, allowed, layer,
         )
         check_feasible(problem)
         problems.append(problem)

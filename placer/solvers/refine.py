@@ -208,9 +208,116 @@ def _cost_after(cut, touch, a, b, dcut, dta, dtb, viol_m, over, dvh, dov, M, unc
 
 
 @nb.njit(cache=True)
+def _pairs(E, nets):
+    """CSR over ordered expert pairs (e, f) -> nets holding both: (pptr [E*E+1], pnet [..])."""
+    n, k = nets.shape
+    count = np.zeros(E * E + 1, np.int64)
+    for j in range(n):
+        for x in range(k):
+            e = nets[j, x]
+            if e < 0:
+                continue
+            for y in range(k):
+                f = nets[j, y]
+                if f >= 0 and f != e:
+                    count[e * E + f + 1] += 1
+    pptr = np.cumsum(count)
+    fill = pptr[:-1].copy()
+    pnet = np.empty(pptr[-1], np.int64)
+    for j in range(n):
+        for x in range(k):
+            e = nets[j, x]
+            if e < 0:
+                continue
+            for y in range(k):
+                f = nets[j, y]
+                if f >= 0 and f != e:
+                    pnet[fill[e * E + f]] = j
+                    fill[e * E + f] += 1
+    return pptr, pnet
+
+
+@nb.njit(cache=True)
+def _net_contrib(j, sign, nets, cnt, part, w, loss, gain):
+    """Add (sign=1) or remove (-1) net j's share of every member's move tables."""
+    K = cnt.shape[1]
+    for x in range(nets.shape[1]):
+        e = nets[j, x]
+        if e < 0:
+            continue
+        if cnt[j, part[e]] == 1:
+            loss[e] += sign * w[j]
+        for c in range(K):
+            if cnt[j, c] == 0:
+                gain[e, c] += sign * w[j]
+
+
+@nb.njit(cache=True)
+def _net_contrib_ab(j, sign, a, b, nets, cnt, part, w, loss, gain):
+    """Like _net_contrib, restricted to the entries that depend on parts a and b."""
+    for x in range(nets.shape[1]):
+        e = nets[j, x]
+        if e < 0:
+            continue
+        p = part[e]
+        if (p == a or p == b) and cnt[j, p] == 1:
+            loss[e] += sign * w[j]
+        if cnt[j, a] == 0:
+            gain[e, a] += sign * w[j]
+        if cnt[j, b] == 0:
+            gain[e, b] += sign * w[j]
+
+
+@nb.njit(cache=True)
+def _tables(part, nets, cnt, w, E):
+    K = cnt.shape[1]
+    loss = np.zeros(E, np.float64)
+    gain = np.zeros((E, K), np.float64)
+    for j in range(nets.shape[0]):
+        _net_contrib(j, 1.0, nets, cnt, part, w, loss, gain)
+    return loss, gain
+
+
+@nb.njit(cache=True)
+def _apply_tab(e, f, b, part, ptr, inc, nets, cnt, lam, w, touch, loads, pload, pcount,
+               loss, gain, stamp, tok):
+    """Move e to b and (f >= 0) f to e's old part, keeping the move tables exact."""
+    a = part[e]
+    for q in range(ptr[e], ptr[e + 1]):
+        j = inc[q]
+        stamp[j] = tok
+        _net_contrib_ab(j, -1.0, a, b, nets, cnt, part, w, loss, gain)
+    if f >= 0:
+        for q in range(ptr[f], ptr[f + 1]):
+            j = inc[q]
+            if stamp[j] != tok:
+                _net_contrib_ab(j, -1.0, a, b, nets, cnt, part, w, loss, gain)
+    dcut = _apply_move(e, b, part, ptr, inc, cnt, lam, w, touch, loads, pload, pcount)
+    if f >= 0:
+        dcut += _apply_move(f, a, part, ptr, inc, cnt, lam, w, touch, loads, pload, pcount)
+    tok2 = tok + 1
+    for q in range(ptr[e], ptr[e + 1]):
+        j = inc[q]
+        stamp[j] = tok2
+        _net_contrib_ab(j, 1.0, a, b, nets, cnt, part, w, loss, gain)
+    if f >= 0:
+        for q in range(ptr[f], ptr[f + 1]):
+            j = inc[q]
+            if stamp[j] != tok2:
+                _net_contrib_ab(j, 1.0, a, b, nets, cnt, part, w, loss, gain)
+    return dcut
+
+
+@nb.njit(cache=True)
 def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alpha, M,
-             unc_allowed, big, cnt, lam, touch, pload, pcount, cut, stamp, tok, order):
-    """Best-improvement per expert, passes until no improving swap or move."""
+             unc_allowed, big, cnt, lam, touch, pload, pcount, cut, stamp, tok, order,
+             pptr, pnet, loss, gain):
+    """Best-improvement per expert, passes until no improving swap or move.
+
+    Without a max-parts limit (M == 0) swap deltas come from the move tables
+    (loss, gain) plus a correction over the nets holding both experts; with M > 0
+    every candidate is evaluated exactly net by net.
+    """
     E = part.shape[0]
     viol_m = 0.0
     over = 0.0
@@ -230,14 +337,29 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
             best = cur - 1e-9
             bf = -2
             bb = -1
-            # swaps
             for f in range(E):
                 b = part[f]
                 if b == a or not allowed[e, b] or not allowed[f, a]:
                     continue
-                tok += 2
-                dcut, dta, dtb, dvh, dov = _delta(e, f, b, part, ptr, inc, cnt, lam, w, touch,
-                                                  M, stamp, tok)
+                if M > 0:
+                    tok += 2
+                    dcut, dta, dtb, dvh, dov = _delta(e, f, b, part, ptr, inc, cnt, lam, w, touch,
+                                                      M, stamp, tok)
+                else:
+                    ca = 0.0
+                    cb = 0.0
+                    base = e * E + f
+                    for q in range(pptr[base], pptr[base + 1]):
+                        j = pnet[q]
+                        if cnt[j, a] == 1:
+                            ca += w[j]
+                        if cnt[j, b] == 1:
+                            cb += w[j]
+                    dta = -loss[e] + gain[f, a] + ca
+                    dtb = -loss[f] + gain[e, b] + cb
+                    dcut = dta + dtb
+                    dvh = 0.0
+                    dov = 0.0
                 la = pload[a] - loads[e] + loads[f]
                 lb = pload[b] - loads[f] + loads[e]
                 c = _cost_after(cut, touch, a, b, dcut, dta, dtb, viol_m, over, dvh, dov, M,
@@ -246,13 +368,19 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
                     best = c
                     bf = f
                     bb = b
-            # moves into free slots
             for b in range(K):
                 if b == a or pcount[b] >= slot_cap[b] or not allowed[e, b]:
                     continue
-                tok += 2
-                dcut, dta, dtb, dvh, dov = _delta(e, -1, b, part, ptr, inc, cnt, lam, w, touch,
-                                                  M, stamp, tok)
+                if M > 0:
+                    tok += 2
+                    dcut, dta, dtb, dvh, dov = _delta(e, -1, b, part, ptr, inc, cnt, lam, w, touch,
+                                                      M, stamp, tok)
+                else:
+                    dta = -loss[e]
+                    dtb = gain[e, b]
+                    dcut = dta + dtb
+                    dvh = 0.0
+                    dov = 0.0
                 la = pload[a] - loads[e]
                 lb = pload[b] + loads[e]
                 c = _cost_after(cut, touch, a, b, dcut, dta, dtb, viol_m, over, dvh, dov, M,
@@ -262,11 +390,9 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
                     bf = -1
                     bb = b
             if bb >= 0:
-                if bf >= 0:
-                    cut += _apply_move(e, bb, part, ptr, inc, cnt, lam, w, touch, loads, pload, pcount)
-                    cut += _apply_move(bf, a, part, ptr, inc, cnt, lam, w, touch, loads, pload, pcount)
-                else:
-                    cut += _apply_move(e, bb, part, ptr, inc, cnt, lam, w, touch, loads, pload, pcount)
+                tok += 2
+                cut += _apply_tab(e, bf, bb, part, ptr, inc, nets, cnt, lam, w, touch, loads,
+                                  pload, pcount, loss, gain, stamp, tok)
                 if M > 0:
                     viol_m = 0.0
                     over = 0.0
@@ -286,17 +412,18 @@ def _ils(part0, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alpha,
     np.random.seed(seed)
     E = part0.shape[0]
     part = part0.copy()
+    pptr, pnet = _pairs(E, nets)
     cnt, lam, touch, pload, pcount, cut = _state(part, K, nets, w, loads)
+    loss, gain = _tables(part, nets, cnt, w, E)
     stamp = np.zeros(nets.shape[0], np.int64)
     tok = 0
     order = np.random.permutation(E)
     cut, cur, tok = _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed,
                              alpha, M, unc_allowed, big, cnt, lam, touch, pload, pcount, cut,
-                             stamp, tok, order)
+                             stamp, tok, order, pptr, pnet, loss, gain)
     best_part = part.copy()
     best = cur
     for it in range(kicks):
-        # kick: random feasible swaps
         done = 0
         tries = 0
         while done < kick_size and tries < 100 * kick_size:
@@ -307,19 +434,21 @@ def _ils(part0, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alpha,
             b = part[f]
             if a == b or not allowed[e, b] or not allowed[f, a]:
                 continue
-            cut += _apply_move(e, b, part, ptr, inc, cnt, lam, w, touch, loads, pload, pcount)
-            cut += _apply_move(f, a, part, ptr, inc, cnt, lam, w, touch, loads, pload, pcount)
+            tok += 2
+            cut += _apply_tab(e, f, b, part, ptr, inc, nets, cnt, lam, w, touch, loads,
+                              pload, pcount, loss, gain, stamp, tok)
             done += 1
         order = np.random.permutation(E)
         cut, cur, tok = _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed,
                                  alpha, M, unc_allowed, big, cnt, lam, touch, pload, pcount, cut,
-                                 stamp, tok, order)
+                                 stamp, tok, order, pptr, pnet, loss, gain)
         if cur < best - 1e-9:
             best = cur
             best_part[:] = part
-        else:
+        elif cur > best + 1e-9 or not np.array_equal(part, best_part):
             part[:] = best_part
             cnt, lam, touch, pload, pcount, cut = _state(part, K, nets, w, loads)
+            loss, gain = _tables(part, nets, cnt, w, E)
     return best_part, best
 
 

@@ -1,0 +1,421 @@
+"""Entry point: ``place(trace, topology, ...) -> (Placement, SolveReport)``.
+
+Per layer (a pure function, :func:`solve_layer`, run in parallel processes):
+
+1. node stage: spectral embedding + capacity-exact assignment, then iterated
+   local search on the exact objective ``cut + alpha * peak node touch``
+   (cut = sum_j w_j * lambda_j, the expected inter-node copies / (1 - 1/N));
+   ``ilp``/``auto`` then run CP-SAT: an exact model when the layer is small
+   (proves optimality), otherwise two-node LNS neighbourhoods that only accept
+   strict improvements;
+2. GPU stage: per node, GPUs by longest-first packing (peak load target), then
+   local search / CP-SAT on the intra-node spread under that load cap.
+
+Every budget is deterministic (kick counts, CP-SAT deterministic time, fixed
+CP-SAT workers), so the same inputs and seed give the same phy2log for any
+``workers`` and machine speed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from placer.errors import InfeasibleError, InputError
+from placer.placement import Placement, from_expert_gpu
+from placer.solvers import cpsat
+from placer.solvers.problem import (
+    Constraints, LayerProblem, build_problems, connectivity, gpu_load_lower_bound, node_touch,
+)
+from placer.solvers.refine import SearchSpec, evaluate, local_search
+from placer.solvers.spectral import spectral_parts
+from placer.topology import Model, Topology
+from placer.graph import TraceSummary, summarize
+from placer.trace import Trace, TraceSource
+
+SOLVERS = ("auto", "spectral", "ilp")
+#: weight of the peak node touch (NIC balance) relative to the cut, per node count
+DEFAULT_ALPHA = {2: 0.0, 4: 2.0, 8: 2.0}
+#: layers whose exact model is small enough to prove optimality
+EXACT_MAX_EXPERTS = 16
+#: two-node LNS neighbourhoods only when they hold at most this many experts
+LNS_MAX_MEMBERS = 16
+#: at most this many node pairs per layer are re-solved by CP-SAT (Python model building is slow)
+LNS_MAX_PAIRS = 4
+
+
+@dataclass(frozen=True)
+class Options:
+    """Per-layer solve options (picklable)."""
+
+    solver: str = "auto"
+    seed: int = 0
+    alpha: float | None = None
+    kicks: int = 40
+    layer_budget: float = 3.0  # deterministic effort units per layer (~seconds on one core)
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """One layer's outcome.
+
+    expert_gpu: [experts] GPU of each expert. objective: train cut sum_j w_j*lambda_j
+    (tokens x nodes spanned); bound: proven lower bound on it; status: "optimal" when
+    proven, else "feasible". peak_touch: tokens touching the busiest node.
+    """
+
+    layer: int
+    expert_gpu: np.ndarray
+    objective: float
+    bound: float
+    status: str
+    peak_touch: float
+    gpu_peak_load: float
+    gpu_load_bound: float
+    intra_spread: float
+    messages: tuple[str, ...] = ()
+
+    @property
+    def gap(self) -> float:
+        return 0.0 if self.objective <= 0 else max(0.0, (self.objective - self.bound) / self.objective)
+
+
+@dataclass
+class SolveReport:
+    """Per-layer status/objective/bound/gap and the messages of one :func:`place` call."""
+
+    solver: str
+    layers: list[LayerResult] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def objective(self) -> float:
+        return float(sum(r.objective for r in self.layers))
+
+    @property
+    def bound(self) -> float:
+        return float(sum(r.bound for r in self.layers))
+
+    @property
+    def gap(self) -> float:
+        return 0.0 if self.objective <= 0 else (self.objective - self.bound) / self.objective
+
+    def summary(self) -> str:
+        optimal = sum(r.status == "optimal" for r in self.layers)
+        return (f"solver {self.solver}: train cut {self.objective:.0f}, bound {self.bound:.0f}, "
+                f"gap {100 * self.gap:.1f}% ({optimal}/{len(self.layers)} layers proven optimal)"
+                + ("; " + "; ".join(self.messages) if self.messages else ""))
+
+    def to_dict(self) -> dict:
+        return {
+            "solver": self.solver, "objective": self.objective, "bound": self.bound, "gap": self.gap,
+            "messages": list(self.messages),
+            "layers": [{"layer": r.layer, "status": r.status, "objective": r.objective, "bound": r.bound,
+                        "gap": r.gap, "peak_touch": r.peak_touch, "gpu_peak_load": r.gpu_peak_load,
+                        "intra_spread": r.intra_spread, "messages": list(r.messages)} for r in self.layers],
+        }
+
+
+# ---------------------------------------------------------------- node stage
+
+
+def _spec(problem: LayerProblem, alpha: float) -> SearchSpec:
+    N = problem.num_nodes
+    ptr, inc = problem.incidence()
+    c = problem.constraints
+    cap = problem.gpu_load_cap()
+    load_cap = np.full(N, np.inf if cap is None else cap * problem.gpus_per_node)
+    allowed = problem.allowed if problem.allowed is not None else np.ones((problem.num_experts, N), bool)
+    M = c.max_nodes or 0
+    unc = -1.0
+    if M and c.max_nodes_coverage is not None:
+        unc = float(math.floor((1.0 - c.max_nodes_coverage) * problem.weights.sum() + 1e-9))
+    return SearchSpec(ptr, inc, problem.nets, problem.weights.astype(np.float64),
+                      problem.loads.astype(np.float64), np.full(N, problem.node_slots, np.int64),
+                      load_cap, allowed, float(alpha), int(M), unc)
+
+
+def node_stage(problem: LayerProblem, opts: Options) -> tuple[np.ndarray, float, str, list[str]]:
+    """Node of every expert [experts], a proven lower bound on the cut, status, messages."""
+    N = problem.num_nodes
+    alpha = opts.alpha if opts.alpha is not None else DEFAULT_ALPHA.get(N, 2.0)
+    messages: list[str] = []
+    counts = problem.node_counts()
+    if N == 1:
+        return np.zeros(problem.num_experts, np.int64), float(problem.weights.sum()), "optimal", messages
+    part = spectral_parts(problem.nets, problem.weights, problem.num_experts, counts, problem.allowed,
+                          seed=opts.seed)
+    spec = _spec(problem, alpha)
+    kicks = opts.kicks if opts.solver == "spectral" else max(opts.kicks, int(opts.layer_budget * 30))
+    part, value = local_search(spec, part, seed=opts.seed, kicks=kicks)
+    _, cut, viol = evaluate(spec, part)
+    bound = trivial_bound(problem)
+    status = "feasible"
+    if opts.solver != "spectral":
+        if problem.num_experts <= EXACT_MAX_EXPERTS:
+            res = cpsat.solve_exact(problem, hint=part, dtime=min(30.0, max(2.0, opts.layer_budget)),
+                                    seed=opts.seed, gpu_level=False)
+            if res.assignment is not None:
+                _, cut_cp, viol_cp = evaluate(spec, res.assignment)
+                if viol_cp <= 0 and (cut_cp < cut or viol > 0 or res.optimal):
+                    part, cut, viol = res.assignment, cut_cp, viol_cp
+                bound = max(bound, res.bound)
+                status = "optimal" if res.optimal and cut <= res.bound + 1e-9 else "feasible"
+        elif 2 * problem.node_slots <= LNS_MAX_MEMBERS:
+            part = lns(problem, spec, part, alpha, budget=0.3 * opts.layer_budget, seed=opts.seed)
+            _, cut, viol = evaluate(spec, part)
+    if viol > 0:
+        part, cut, viol = _repair(problem, spec, part, opts)
+    return part, bound, status, messages
+
+
+def _repair(problem: LayerProblem, spec: SearchSpec, part: np.ndarray, opts: Options
+            ) -> tuple[np.ndarray, float, float]:
+    """The search left max_nodes / balance violated: ask CP-SAT (which may prove infeasibility)."""
+    c = problem.constraints
+    res = cpsat.solve_exact(problem, hint=part, dtime=min(10.0, max(2.0, opts.layer_budget)),
+                            seed=opts.seed, gpu_level=False)
+    if res.assignment is not None:
+        _, cut, viol = evaluate(spec, res.assignment)
+        if viol <= 0:
+            return res.assignment, cut, viol
+    lam = connectivity(problem, part)
+    what = (f"max_nodes {c.max_nodes}" + ("" if c.max_nodes_coverage is None else f" with coverage {c.max_nodes_coverage:g}")
+            if c.max_nodes is not None else "") or f"balance {c.balance:g}"
+    share = float(problem.weights[lam <= c.max_nodes].sum() / problem.weights.sum()) if c.max_nodes else float("nan")
+    proven = res.optimal and res.assignment is None
+    raise InfeasibleError(
+        f"{what} on layer {problem.layer}: "
+        + ("CP-SAT proved that no placement satisfies it" if proven else
+           "no placement satisfying it was found within the budget (not proven impossible)")
+        + (f"; the best placement found keeps {share:.3f} of tokens within {c.max_nodes} nodes"
+           f" (try max_nodes_coverage <= {share:.3f} or a larger max_nodes)" if c.max_nodes else "")
+    )
+
+
+def trivial_bound(problem: LayerProblem) -> float:
+    """Each set spans >= ceil(size / node slots) nodes: a valid but weak lower bound on the cut."""
+    size = (problem.nets >= 0).sum(axis=1)
+    return float((problem.weights * np.ceil(size / problem.node_slots)).sum())
+
+
+def lns(problem: LayerProblem, spec: SearchSpec, part: np.ndarray, alpha: float, *, budget: float,
+        seed: int) -> np.ndarray:
+    """CP-SAT large-neighbourhood search over node pairs; keeps only strict improvements of J."""
+    N = problem.num_nodes
+    pairs = [(a, b) for a in range(N) for b in range(a + 1, N)]
+    rng = np.random.default_rng(seed)
+    pairs = [pairs[i] for i in rng.permutation(len(pairs))[:LNS_MAX_PAIRS]]
+    per = budget / max(1, len(pairs))
+    best_J, _, best_v = evaluate(spec, part)
+    for a, b in pairs:
+        touch = node_touch(problem, part)
+        others = [touch[n] for n in range(N) if n not in (a, b)]
+        res = cpsat.improve_pair(problem, part, a, b, alpha=alpha, other_peak=max(others, default=0),
+                                 dtime=per, seed=seed)
+        if res.assignment is None:
+            continue
+        cand = part.copy()
+        cand[np.flatnonzero((part == a) | (part == b))] = res.assignment
+        J, _, v = evaluate(spec, cand)
+        if (v, J) < (best_v, best_J - 1e-9):
+            part, best_J, best_v = cand, J, v
+            part, best_J = local_search(spec, part, seed=seed, kicks=0)
+            _, _, best_v = evaluate(spec, part)
+    return part
+
+
+# ---------------------------------------------------------------- GPU stage
+
+
+def _lpt(members: np.ndarray, loads: np.ndarray, gpus: int, slots: int) -> np.ndarray:
+    """Longest-first packing with slot limits: local GPU of each member [m]."""
+    order = members[np.argsort(-loads[members], kind="stable")]
+    gl = np.zeros(gpus)
+    gc = np.zeros(gpus, int)
+    out = {}
+    for e in order:
+        free = np.flatnonzero(gc < slots)
+        g = free[np.argmin(gl[free])]
+        gl[g] += loads[e]
+        gc[g] += 1
+        out[int(e)] = g
+    return np.array([out[int(e)] for e in members], dtype=np.int64)
+
+
+def _minmax_pack(members: np.ndarray, loads: np.ndarray, gpus: int, slots: int) -> np.ndarray:
+    """Local GPU per member minimising the max GPU load (exact for <= 2 slots when full, else LPT)."""
+    m = len(members)
+    if slots == 2 and m == 2 * gpus:
+        order = np.argsort(-loads[members], kind="stable")
+        out = np.empty(m, np.int64)
+        for g in range(gpus):
+            out[order[g]] = g
+            out[order[m - 1 - g]] = g
+        return out
+    return _lpt(members, loads, gpus, slots)
+
+
+def gpu_stage(problem: LayerProblem, node: np.ndarray, opts: Options
+              ) -> tuple[np.ndarray, float, float, list[str]]:
+    """GPU of every expert [experts], intra-node spread, layer peak GPU load, messages."""
+    G, S = problem.gpus_per_node, problem.slots_per_gpu
+    loads = problem.loads
+    packs = {}
+    peak = 0.0
+    for n in range(problem.num_nodes):
+        members = np.flatnonzero(node == n)
+        packs[n] = _minmax_pack(members, loads, G, S)
+        for g in range(G):
+            peak = max(peak, float(loads[members[packs[n] == g]].sum()))
+    cap = problem.gpu_load_cap()
+    messages = []
+    target = peak
+    if cap is not None and peak > cap:
+        messages.append(f"layer {problem.layer}: balance cap {cap:.0f} not met (peak {peak:.0f}, "
+                        f"lower bound {gpu_load_lower_bound(problem):.0f})")
+    elif cap is not None:
+        target = cap
+    expert_gpu = np.empty(problem.num_experts, np.int64)
+    spread = 0.0
+    for n in range(problem.num_nodes):
+        members = np.flatnonzero(node == n)
+        local = packs[n]
+        if S > 1 and len(members) > 1:
+            local = _spread_search(problem, members, local, target, opts)
+        expert_gpu[members] = n * G + local
+    spread = _intra_spread(problem, expert_gpu)
+    return expert_gpu, spread, peak, messages
+
+
+def _spread_search(problem: LayerProblem, members: np.ndarray, local: np.ndarray, target: float,
+                   opts: Options) -> np.ndarray:
+    G, S = problem.gpus_per_node, problem.slots_per_gpu
+    sets, w = cpsat.merge_projected(problem.nets, problem.weights, members, min_size=2)
+    if not sets:
+        return local
+    k = max(len(s) for s in sets)
+    nets = np.full((len(sets), k), -1, np.int32)
+    for j, s in enumerate(sets):
+        nets[j, :len(s)] = s
+    rows = np.repeat(np.arange(len(sets)), k)
+    cols = nets.ravel()
+    keep = cols >= 0
+    order = np.argsort(cols[keep], kind="stable")
+    ptr = np.zeros(len(members) + 1, np.int64)
+    np.cumsum(np.bincount(cols[keep], minlength=len(members)), out=ptr[1:])
+    spec = SearchSpec(ptr, rows[keep][order].astype(np.int64), nets, w.astype(np.float64),
+                      problem.loads[members].astype(np.float64), np.full(G, S, np.int64),
+                      np.full(G, target + 1e-6), np.ones((len(members), G), bool))
+    new, _ = local_search(spec, local, seed=opts.seed, kicks=10)
+    if opts.solver != "spectral" and len(members) <= 2 * G:
+        res = cpsat.gpu_within_node(members, problem.nets, problem.weights, problem.loads, G, S,
+                                    target + 1e-6, new, dtime=0.2 * opts.layer_budget / problem.num_nodes,
+                                    seed=opts.seed)
+        if res.assignment is not None and evaluate(spec, res.assignment)[0] < evaluate(spec, new)[0]:
+            new = res.assignment
+    return new
+
+
+def _intra_spread(problem: LayerProblem, expert_gpu: np.ndarray) -> float:
+    """sum_j w_j * (distinct GPUs of net j): the NVLink+NIC copy count at GPU level."""
+    gp = np.where(problem.nets >= 0, expert_gpu[np.maximum(problem.nets, 0)], -1)
+    gp.sort(axis=1)
+    distinct = (gp[:, :1] >= 0).sum(axis=1) + ((gp[:, 1:] != gp[:, :-1]) & (gp[:, 1:] >= 0)).sum(axis=1)
+    return float((problem.weights * distinct).sum())
+
+
+# ---------------------------------------------------------------- layer + entry point
+
+
+def solve_layer(problem: LayerProblem, opts: Options) -> LayerResult:
+    """Solve one layer (pure: depends only on its arguments)."""
+    node, bound, status, messages = node_stage(problem, opts)
+    expert_gpu, spread, peak, gpu_messages = gpu_stage(problem, node, opts)
+    lam = connectivity(problem, node)
+    return LayerResult(
+        problem.layer, expert_gpu, float((problem.weights * lam).sum()), bound, status,
+        float(node_touch(problem, node).max()), peak, gpu_load_lower_bound(problem), spread,
+        tuple(messages + gpu_messages),
+    )
+
+
+def _solve_star(args: tuple[LayerProblem, Options]) -> LayerResult:
+    return solve_layer(*args)
+
+
+def expert_groups(model: Model | None, num_experts: int) -> np.ndarray:
+    """Contiguous expert groups of ``model`` ([experts] group id)."""
+    if model is None or model.num_groups <= 0:
+        raise InputError(None, "keep_groups", "needs a model with num_groups > 0")
+    if num_experts % model.num_groups:
+        raise InputError(None, "num_groups", f"{model.num_groups} does not divide {num_experts} experts")
+    return np.arange(num_experts) // (num_experts // model.num_groups)
+
+
+def place(
+    trace: Trace | TraceSource | TraceSummary,
+    topology: Topology,
+    *,
+    solver: str = "auto",
+    balance: float | None = None,
+    max_nodes: int | None = None,
+    max_nodes_coverage: float | None = None,
+    keep_groups: bool = False,
+    model: Model | None = None,
+    time_limit: float = 60.0,
+    seed: int = 0,
+    workers: int = 1,
+    slots_per_gpu: int | None = None,
+    alpha: float | None = None,
+) -> tuple[Placement, SolveReport]:
+    """Place every layer's experts on ``topology`` from ``trace``.
+
+    solver: "spectral" (seconds), "ilp" / "auto" (spectral, then CP-SAT within ``time_limit``).
+    balance: EPS (max GPU load <= (1+EPS) x mean on the trace); max_nodes: M nodes per token,
+    hard over the distinct top-k sets or, with ``max_nodes_coverage`` Q, for >= Q of tokens;
+    keep_groups: each of ``model.num_groups`` contiguous expert groups on its own nodes.
+    time_limit: total budget in seconds, converted to deterministic per-layer effort (the
+    result never depends on machine speed or ``workers``). alpha: NIC-balance weight.
+    Returns (Placement with metadata, SolveReport). Raises InfeasibleError / InputError.
+    """
+    if solver not in SOLVERS:
+        raise InputError(None, "solver", f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
+    if balance is not None and balance < 0:
+        raise InputError(None, "balance", f"expected >= 0, got {balance}")
+    if max_nodes_coverage is not None and not (0 < max_nodes_coverage <= 1):
+        raise InputError(None, "max_nodes_coverage", f"expected a share in (0, 1], got {max_nodes_coverage}")
+    if max_nodes_coverage is not None and max_nodes is None:
+        raise InputError(None, "max_nodes_coverage", "needs max_nodes")
+    summary = trace if isinstance(trace, TraceSummary) else summarize(trace)
+    groups = expert_groups(model, summary.num_experts) if keep_groups else None
+    constraints = Constraints(balance, max_nodes, max_nodes_coverage, groups)
+    problems = build_problems(summary, topology.nodes, topology.gpus_per_node, slots_per_gpu, constraints)
+    layer_budget = max(0.2, 1.6 * time_limit / max(1, len(problems)))
+    opts = Options(solver, seed, alpha, 15, layer_budget)
+    if workers > 1 and len(problems) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(problems), os.cpu_count() or 1)) as pool:
+            results = list(pool.map(_solve_star, [(p, opts) for p in problems]))
+    else:
+        results = [solve_layer(p, opts) for p in problems]
+    report = SolveReport(solver, results)
+    for r in results:
+        report.messages.extend(r.messages)
+    if solver != "spectral" and any(r.status != "optimal" for r in results):
+        report.messages.append(
+            "bounds of layers not proven optimal are the trivial bound (each set spans >= "
+            "ceil(size/node slots) nodes): valid but weak, so their gap overstates the distance to optimal")
+    expert_gpu = np.stack([r.expert_gpu for r in results])
+    metadata = {
+        "solver": {"name": solver, "seed": seed, "time_limit": time_limit, "objective": report.objective,
+                   "bound": report.bound, "gap": report.gap},
+        "topology": topology.to_dict(),
+        "constraints": {"balance": balance, "max_nodes": max_nodes, "max_nodes_coverage": max_nodes_coverage,
+                        "keep_groups": keep_groups},
+    }
+    slots = problems[0].slots_per_gpu
+    return from_expert_gpu(expert_gpu, topology.num_gpus, topology.gpus_per_node, slots, metadata), report

@@ -1,0 +1,256 @@
+"""OR-Tools CP-SAT models: exact small instances, two-node LNS neighbourhoods, GPUs within a node.
+
+All models run with a fixed number of CP-SAT workers and a deterministic time
+limit (``max_deterministic_time``) so results do not depend on machine speed.
+Weights are integer token counts, so objectives are exact integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from ortools.sat.python import cp_model
+
+CPSAT_WORKERS = 1  # fixed: results never depend on the caller's process count
+
+
+@dataclass(frozen=True)
+class CpResult:
+    """Outcome of one CP-SAT solve.
+
+    assignment: [items] part of each item (or None when no solution); objective / bound:
+    CP-SAT's objective value and proven lower bound; optimal: proven.
+    """
+
+    assignment: np.ndarray | None
+    objective: float
+    bound: float
+    optimal: bool
+
+
+def _solver(dtime: float, seed: int) -> cp_model.CpSolver:
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = CPSAT_WORKERS
+    solver.parameters.max_deterministic_time = float(dtime)
+    solver.parameters.random_seed = int(seed)
+    solver.parameters.log_search_progress = False
+    return solver
+
+
+def merge_projected(nets: np.ndarray, weights: np.ndarray, members: np.ndarray, min_size: int = 1
+                    ) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    """Project nets onto ``members`` (local ids 0..len-1), merge duplicates, keep size >= min_size.
+
+    nets: [n, k]; weights: [n]; members: [m] expert ids. Returns (sets of local ids, weights [s]).
+    """
+    local = {int(e): i for i, e in enumerate(members)}
+    acc: dict[tuple[int, ...], int] = {}
+    for row, w in zip(nets.tolist(), weights.tolist()):
+        key = tuple(sorted(local[e] for e in row if e in local))
+        if len(key) >= min_size:
+            acc[key] = acc.get(key, 0) + int(w)
+    keys = sorted(acc)
+    return keys, np.array([acc[k] for k in keys], dtype=np.int64)
+
+
+def solve_exact(problem, *, alpha: float = 0.0, hint: np.ndarray | None = None, dtime: float = 10.0,
+                seed: int = 0, gpu_level: bool = True) -> CpResult:
+    """Whole-layer model: node objective ``sum_j w_j lambda_j + alpha * max touch`` (small instances).
+
+    With ``gpu_level`` experts go to GPUs (slots and the balance cap exact); else to nodes
+    (slots pooled per node). Side constraints: max_nodes (hard or coverage), groups.
+    hint: [experts] GPU (gpu_level) or node of each expert. Returns GPU / node assignment.
+    """
+    E, N, G, S = problem.num_experts, problem.num_nodes, problem.gpus_per_node, problem.slots_per_gpu
+    c = problem.constraints
+    m = cp_model.CpModel()
+    groups_free = problem.allowed is None
+    if gpu_level:
+        x = [[m.new_bool_var(f"x{e}_{g}") for g in range(N * G)] for e in range(E)]
+        for e in range(E):
+            m.add_exactly_one(x[e])
+        for g in range(N * G):
+            m.add(sum(x[e][g] for e in range(E)) <= S)
+        cap = problem.gpu_load_cap()
+        if cap is not None:
+            for g in range(N * G):
+                m.add(sum(int(problem.loads[e]) * x[e][g] for e in range(E)) <= int(np.floor(cap)))
+        u = [[sum(x[e][n * G:(n + 1) * G]) for n in range(N)] for e in range(E)]
+        if groups_free:  # nodes (and GPUs within them) sorted by their smallest expert
+            for e in range(E):
+                for g in range(N * G):
+                    if g // G > e or g % G > e:
+                        m.add(x[e][g] == 0)
+    else:
+        xn = [[m.new_bool_var(f"u{e}_{n}") for n in range(N)] for e in range(E)]
+        for e in range(E):
+            m.add_exactly_one(xn[e])
+        for n in range(N):
+            m.add(sum(xn[e][n] for e in range(E)) <= G * S)
+        u = xn
+        if groups_free:
+            for e in range(E):
+                for n in range(e + 1, N):
+                    m.add(xn[e][n] == 0)
+    if problem.allowed is not None:
+        for e in range(E):
+            for n in range(N):
+                if not problem.allowed[e, n]:
+                    m.add(u[e][n] == 0)
+    sets, w = merge_projected(problem.nets, problem.weights, np.arange(E))
+    y = []
+    touch = [[] for _ in range(N)]
+    lam_terms = []
+    for j, members in enumerate(sets):
+        yj = [m.new_bool_var(f"y{j}_{n}") for n in range(N)]
+        for n in range(N):
+            for e in members:
+                m.add(yj[n] >= u[e][n])
+            touch[n].append(int(w[j]) * yj[n])
+        y.append(yj)
+        lam_terms.append(int(w[j]) * sum(yj))
+        if c.max_nodes is not None and c.max_nodes_coverage is None:
+            m.add(sum(yj) <= c.max_nodes)
+    if c.max_nodes is not None and c.max_nodes_coverage is not None:
+        ok = []
+        for j, yj in enumerate(y):
+            b = m.new_bool_var(f"ok{j}")
+            m.add(sum(yj) <= c.max_nodes).only_enforce_if(b)
+            ok.append(int(w[j]) * b)
+        m.add(sum(ok) * 1_000_000 >= int(np.ceil(c.max_nodes_coverage * 1_000_000)) * int(w.sum()))
+    objective = sum(lam_terms)
+    if alpha > 0:
+        z = m.new_int_var(0, int(w.sum()), "peak_touch")
+        for n in range(N):
+            m.add(z >= sum(touch[n]))
+        # alpha is scaled to an integer ratio (x100) to keep the objective integral
+        objective = 100 * objective + int(round(alpha * 100)) * z
+    m.minimize(objective)
+    if hint is not None:
+        if gpu_level:
+            for e in range(E):
+                for g in range(N * G):
+                    m.add_hint(x[e][g], int(hint[e] == g))
+        else:
+            for e in range(E):
+                for n in range(N):
+                    m.add_hint(u[e][n], int(hint[e] == n))
+    solver = _solver(dtime, seed)
+    status = solver.solve(m)
+    scale = 100.0 if alpha > 0 else 1.0
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return CpResult(None, float("inf"), solver.best_objective_bound / scale, status == cp_model.INFEASIBLE)
+    if gpu_level:
+        assign = np.array([next(g for g in range(N * G) if solver.value(x[e][g])) for e in range(E)])
+    else:
+        assign = np.array([next(n for n in range(N) if solver.value(u[e][n])) for e in range(E)])
+    return CpResult(assign, solver.objective_value / scale, solver.best_objective_bound / scale,
+                    status == cp_model.OPTIMAL)
+
+
+def improve_pair(problem, node: np.ndarray, a: int, b: int, *, alpha: float, other_peak: float,
+                 dtime: float, seed: int) -> CpResult:
+    """LNS neighbourhood: re-split the experts of nodes a and b (counts kept), rest fixed.
+
+    Objective (integer, x100 when alpha > 0): weight of projected nets touching a plus
+    touching b, plus alpha * max(touch_a, touch_b, other_peak); constant parts dropped.
+    Respects max_nodes (hard), groups, and pooled node slots. Returns node (a or b) per
+    member of ``np.flatnonzero((node == a) | (node == b))``.
+    """
+    members = np.flatnonzero((node == a) | (node == b))
+    c = problem.constraints
+    sets, w = merge_projected(problem.nets, problem.weights, members)
+    # fixed spans of each projected net outside {a, b} are needed for max_nodes
+    m = cp_model.CpModel()
+    xb = [m.new_bool_var(f"b{i}") for i in range(len(members))]  # 1 = on node b
+    count_a = int((node == a).sum())
+    m.add(sum(xb) == len(members) - count_a)
+    if problem.allowed is not None:
+        for i, e in enumerate(members):
+            if not problem.allowed[e, a]:
+                m.add(xb[i] == 1)
+            if not problem.allowed[e, b]:
+                m.add(xb[i] == 0)
+    ta, tb, obj = [], [], []
+    for j, loc in enumerate(sets):
+        ya = m.new_bool_var("")
+        yb = m.new_bool_var("")
+        for i in loc:
+            m.add_implication(xb[i].Not(), ya)
+            m.add_implication(xb[i], yb)
+        ta.append(int(w[j]) * ya)
+        tb.append(int(w[j]) * yb)
+        obj.append(int(w[j]) * (ya + yb))
+    if c.max_nodes is not None and c.max_nodes_coverage is None:
+        _pair_max_nodes(m, problem, node, members, a, b, xb)
+    objective = sum(obj)
+    if alpha > 0:
+        z = m.new_int_var(int(other_peak), int(problem.weights.sum()), "z")
+        m.add(z >= sum(ta))
+        m.add(z >= sum(tb))
+        objective = 100 * objective + int(round(alpha * 100)) * z
+    m.minimize(objective)
+    for i, e in enumerate(members):
+        m.add_hint(xb[i], int(node[e] == b))
+    solver = _solver(dtime, seed)
+    status = solver.solve(m)
+    scale = 100.0 if alpha > 0 else 1.0
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return CpResult(None, float("inf"), float("-inf"), False)
+    assign = np.array([b if solver.value(xb[i]) else a for i in range(len(members))])
+    return CpResult(assign, solver.objective_value / scale, solver.best_objective_bound / scale,
+                    status == cp_model.OPTIMAL)
+
+
+def _pair_max_nodes(m, problem, node, members, a, b, xb) -> None:
+    """Hard max_nodes inside a pair neighbourhood: span outside {a, b} is fixed."""
+    M = problem.constraints.max_nodes
+    index = {int(e): i for i, e in enumerate(members)}
+    seen: dict[tuple, None] = {}
+    for row in problem.nets.tolist():
+        inside = tuple(sorted(index[e] for e in row if e in index))
+        outside = len({int(node[e]) for e in row if e >= 0 and e not in index})
+        key = (inside, outside)
+        if not inside or key in seen:
+            continue
+        seen[key] = None
+        if outside + 2 > M:
+            if outside + 1 > M:
+                continue  # already violated outside the neighbourhood; cannot fix here
+            # both a and b may not be touched: all inside experts on one side
+            for i in inside[1:]:
+                m.add(xb[i] == xb[inside[0]])
+
+
+def gpu_within_node(members: np.ndarray, nets: np.ndarray, weights: np.ndarray, loads: np.ndarray,
+                    gpus: int, slots: int, load_cap: float, hint: np.ndarray, *, dtime: float,
+                    seed: int) -> CpResult:
+    """Assign one node's experts to its GPUs: minimise sum_j w_j * (GPUs of net j) under slots
+    and ``max GPU load <= load_cap``. hint: [members] local GPU 0..gpus-1 (feasible)."""
+    sets, w = merge_projected(nets, weights, members, min_size=2)
+    n = len(members)
+    m = cp_model.CpModel()
+    x = [[m.new_bool_var("") for _ in range(gpus)] for _ in range(n)]
+    for i in range(n):
+        m.add_exactly_one(x[i])
+    for g in range(gpus):
+        m.add(sum(x[i][g] for i in range(n)) <= slots)
+        m.add(sum(int(loads[members[i]]) * x[i][g] for i in range(n)) <= int(np.floor(load_cap)))
+    obj = []
+    for j, loc in enumerate(sets):
+        for g in range(gpus):
+            y = m.new_bool_var("")
+            for i in loc:
+                m.add_implication(x[i][g], y)
+            obj.append(int(w[j]) * y)
+    m.minimize(sum(obj) if obj else 0)
+    for i in range(n):
+        for g in range(gpus):
+            m.add_hint(x[i][g], int(hint[i] == g))
+    solver = _solver(dtime, seed)
+    status = solver.solve(m)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return CpResult(None, float("inf"), float("-inf"), False)
+    assign = np.array([next(g for g in range(gpus) if solver.value(x[i][g])) for i in range(n)])
+    return CpResult(assign, solver.objective_value, solver.best_objective_bound, status == cp_model.OPTIMAL)

@@ -1,0 +1,76 @@
+"""`placer place` end to end on the embedded sample: files, formats, determinism, held-out replay."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import invoke
+from placer import load_model
+from placer.bundled import sample_trace
+from placer.placement_io import read_placement
+
+TRAIN, TEST = str(sample_trace("train")), str(sample_trace("test"))
+
+
+@pytest.fixture(scope="module")
+def placed(tmp_path_factory):
+    """Spectral placements of the sample with 1 and 2 worker processes."""
+    folder = tmp_path_factory.mktemp("place")
+    outputs = {}
+    for workers in (1, 2):
+        out = folder / f"w{workers}.json"
+        code = invoke("place", "--trace", TRAIN, "--solver", "spectral", "--out", out, "--workers", workers)
+        assert code == 0
+        outputs[workers] = out
+    return outputs
+
+
+def test_same_inputs_give_byte_identical_files_for_any_workers(placed):
+    assert placed[1].read_bytes() == placed[2].read_bytes()
+
+
+def test_placement_file_carries_solver_facts_and_validates(placed, cli):
+    doc = json.loads(placed[1].read_text())
+    assert doc["solver"]["name"] == "spectral" and "gap" in doc["solver"]
+    assert doc["trace"]["tokens"] == 4112 and len(doc["trace"]["sha256"]) == 64
+    assert "wall" not in json.dumps(doc)
+    result = cli("validate", placed[1], "--nodes", "4", "--model", "deepseek-v2-lite", "--json")
+    assert result.code == 0, result.err
+
+
+def test_heldout_replay_beats_contiguous(tmp_path, cli):
+    result = cli("place", "--trace", TRAIN, "--solver", "spectral", "--out", tmp_path / "p.json",
+                 "--evaluate", TEST, "--json")
+    assert result.code == 0, result.err
+    evaluation = result.json()["evaluation"]
+    assert set(evaluation) == {"contiguous", "round-robin", "random", "placer spectral"}
+    ratio = evaluation["placer spectral"]["internode_tokens_dedup"] / evaluation["contiguous"]["internode_tokens_dedup"]
+    assert ratio < 0.8
+
+
+def test_sglang_format_has_one_key_and_dense_rows(tmp_path, cli):
+    out = tmp_path / "sglang.json"
+    result = cli("place", "--trace", TRAIN, "--solver", "contiguous", "--model", "deepseek-v2-lite",
+                 "--out", out, "--format", "sglang")
+    assert result.code == 0, result.err
+    doc = json.loads(out.read_text())
+    assert list(doc) == ["physical_to_logical_map"] and len(doc["physical_to_logical_map"]) == 27
+    back = read_placement(out, num_gpus=32, gpus_per_node=8, model=load_model("deepseek-v2-lite"))
+    assert back.num_layers == 26
+
+
+def test_out_may_not_overwrite_the_trace(tmp_path, cli):
+    trace = tmp_path / "t.npz"
+    trace.write_bytes(open(TRAIN, "rb").read())
+    result = cli("place", "--trace", trace, "--solver", "contiguous", "--out", trace)
+    assert result.code == 2 and "would overwrite the input" in result.err
+    assert trace.read_bytes() == open(TRAIN, "rb").read()
+
+
+def test_infeasible_balance_is_explained(tmp_path, cli):
+    result = cli("place", "--trace", TRAIN, "--solver", "spectral", "--balance", "0", "--nodes", "8",
+                 "--out", tmp_path / "p.json")
+    assert result.code == 2 and "balance" in result.err
+    assert not (tmp_path / "p.json").exists()
