@@ -60,6 +60,12 @@ ModelOpt = Annotated[
 ]
 MaxNodesOpt = Annotated[Optional[int], typer.Option("--max-nodes", help="Report tokens touching more than M nodes.")]
 SourceOpt = Annotated[Source, typer.Option(help="token: token t on GPU t mod P (or src_rank); sequence: sequence i on GPU i mod P.")]
+class Rule(str, Enum):
+    nearest = "nearest"
+    sglang_static = "sglang-static"
+
+
+RuleOpt = Annotated[Rule, typer.Option(help="Which replica serves a token when experts are replicated.")]
 DispatchOpt = Annotated[Dispatch, typer.Option(help="normal: one copy per remote node; low-latency: one per remote expert.")]
 
 
@@ -146,6 +152,7 @@ def evaluate_command(
     max_nodes: MaxNodesOpt = None,
     source: SourceOpt = Source.token,
     dispatch: DispatchOpt = Dispatch.normal,
+    rule: RuleOpt = Rule.nearest,
     as_json: JsonOpt = False,
 ) -> None:
     """Replay a trace against placements: traffic per link tier, NIC and GPU load, a2a time."""
@@ -155,7 +162,8 @@ def evaluate_command(
     results = []
     for spec in placement:
         label, chosen = _placement(spec, source_trace, topo, mdl)
-        report = evaluate(source_trace, chosen, topo, mdl, source=source.value, dispatch=dispatch.value, max_nodes=max_nodes)
+        report = evaluate(source_trace, chosen, topo, mdl, source=source.value, dispatch=dispatch.value,
+                          max_nodes=max_nodes, rule=rule.value)
         results.append((label, report))
     _report_results(results, _title(trace, source_trace, topo, mdl), as_json)
 
@@ -164,6 +172,7 @@ class SolverChoice(str, Enum):
     auto = "auto"
     spectral = "spectral"
     ilp = "ilp"
+    eplb = "eplb"
     contiguous = "contiguous"
     round_robin = "round-robin"
     random = "random"

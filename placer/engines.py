@@ -1,30 +1,320 @@
-"""Placement exports in the formats serving and training engines load."""
+"""Placement exports in the formats serving and training engines load, and low-churn re-placement.
+
+Every function takes a :class:`Placement` (``phy2log: [layers, gpus * slots_per_gpu]``,
+-1 = empty slot, slot ``p`` on GPU ``p // slots_per_gpu``) and returns plain data.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from placer.atomic import atomic_output
 from placer.errors import InputError
-from placer.placement import Placement
+from placer.placement import EMPTY, Placement, contiguous_gpus
 from placer.topology import Model
+
+
+def _check_filled(placement: Placement, model: Model | None, field: str) -> None:
+    """Raise unless every slot holds an expert, every expert has a slot and ``model`` fits."""
+    if model is not None and (model.num_experts, model.num_moe_layers) != (
+        placement.num_experts, placement.num_layers
+    ):
+        raise InputError(
+            None, field,
+            f"placement has {placement.num_layers} MoE layers of {placement.num_experts} experts; "
+            f"model {model.name} has {model.num_moe_layers} of {model.num_experts}",
+        )
+    if (placement.phy2log < 0).any():
+        layer, slot = np.argwhere(placement.phy2log < 0)[0]
+        raise InputError(
+            None, field,
+            f"the engine needs every slot filled, but layer {layer} slot {slot} is empty "
+            f"({placement.num_experts} experts on {placement.phy2log.shape[1]} slots); "
+            "choose --slots-per-gpu so that GPUs x slots equals the expert count",
+        )
+    missing = np.argwhere(placement.expert_copies() == 0)
+    if missing.size:
+        layer, expert = missing[0]
+        raise InputError(None, field, f"layer {layer} expert {expert} has no slot")
 
 
 def to_sglang(placement: Placement, model: Model | None = None) -> dict:
     """SGLang ``--init-expert-location`` JSON: ``{"physical_to_logical_map": [[...]]}``.
 
     One row per MoE layer (slot p on GPU p // slots_per_gpu); with ``model``,
-    preceded by trivial rows (slot p -> p mod E) for its ``first_dense_layers``.
-    SGLang needs every slot filled.
+    preceded by trivial rows (slot p -> p mod E) for its ``first_dense_layers``,
+    so there are ``num_hidden_layers`` rows as SGLang expects. SGLang needs every
+    slot filled; slots = experts + redundant experts, a multiple of the EP size.
     """
-    if (placement.phy2log < 0).any():
-        layer, slot = np.argwhere(placement.phy2log < 0)[0]
-        raise InputError(
-            None, "--format sglang",
-            f"SGLang needs every slot filled, but layer {layer} slot {slot} is empty "
-            f"({placement.num_experts} experts on {placement.phy2log.shape[1]} slots); "
-            "choose --slots-per-gpu so that GPUs x slots equals the expert count",
-        )
+    _check_filled(placement, model, "--format sglang")
     slots = placement.phy2log.shape[1]
     dense = model.first_dense_layers if model is not None else 0
     trivial = (np.arange(slots) % placement.num_experts).tolist()
     return {"physical_to_logical_map": [trivial] * dense + placement.phy2log.tolist()}
+
+
+def to_trtllm(placement: Placement, model: Model | None = None) -> dict:
+    """TensorRT-LLM static MoE load-balancer config (``moe_config.load_balancer`` YAML).
+
+    ``{"num_slots": S, "layer_updates_per_iter": 0, "initial_global_assignments":
+    {layer_index: [S expert ids]}}``; slot j of a layer holds expert ``[j]`` and
+    rank r owns slots r*S/EP .. (r+1)*S/EP - 1, the same slot order as ``phy2log``.
+    ``layer_index`` is the model's decoder-layer index (the MoE module's
+    ``layer_idx``), so with ``model`` the keys start at ``first_dense_layers``;
+    without it they are MoE-layer indices, right only for models without dense
+    layers. Upstream: ``MoeLoadBalancerConfig.get_layer_initial_global_assignments``
+    (tensorrt_llm/llmapi/llm_args.py) is called with the MoE module's
+    ``layer_idx``; the static-EPLB accuracy test keys layers
+    ``range(first_k_dense_replace, num_hidden_layers)``
+    (tests/integration/defs/accuracy/test_llm_api_pytorch.py) and
+    examples/wide_ep/ep_load_balancer/README.md shows DeepSeek-R1 keys 3..60.
+    TensorRT-LLM asserts every expert appears in every row, so no slot may be empty.
+    """
+    _check_filled(placement, model, "--format trtllm")
+    first = model.first_dense_layers if model is not None else 0
+    return {
+        "num_slots": int(placement.phy2log.shape[1]),
+        "layer_updates_per_iter": 0,
+        "initial_global_assignments": {
+            first + layer: row.tolist() for layer, row in enumerate(placement.phy2log)
+        },
+    }
+
+
+def dumps_trtllm_yaml(doc: dict) -> str:
+    """YAML text of a :func:`to_trtllm` document: scalars, then one flow list per layer.
+
+    A fixed emitter rather than PyYAML: the schema is flat (int scalars and an
+    int -> int-list mapping), the output is byte-identical everywhere, and the
+    integer keys stay integers when TensorRT-LLM reads the file with ``yaml.safe_load``.
+    """
+    lines = []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            lines.append(f"{key}:")
+            lines += [f"  {int(k)}: [{', '.join(map(str, map(int, row)))}]" for k, row in value.items()]
+        else:
+            lines.append(f"{key}: {int(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def to_eplb(placement: Placement) -> dict[str, np.ndarray]:
+    """The EPLB triple, as DeepSeek's ``rebalance_experts`` returns it.
+
+    Returns phy2log: [layers, slots] (-1 kept for empty slots),
+    log2phy: [layers, experts, max copies] slots of each expert in increasing
+    slot order, -1 padded, and logcnt: [layers, experts] copies per expert.
+    """
+    phy2log = placement.phy2log.astype(np.int64)
+    logcnt = placement.expert_copies()
+    layers = placement.num_layers
+    max_copies = max(int(logcnt.max()), 1)
+    log2phy = np.full((layers, placement.num_experts, max_copies), EMPTY, dtype=np.int64)
+    for layer, row in enumerate(phy2log):
+        slots = np.flatnonzero(row >= 0)
+        slots = slots[np.argsort(row[slots], kind="stable")]
+        experts = row[slots]
+        rank = np.arange(len(slots)) - np.searchsorted(experts, experts, side="left")
+        log2phy[layer, experts, rank] = slots
+    return {"phy2log": phy2log, "log2phy": log2phy, "logcnt": logcnt}
+
+
+def write_eplb(placement: Placement, path: str | Path) -> None:
+    """Write :func:`to_eplb`'s arrays to ``path`` as an uncompressed .npz, atomically."""
+    with atomic_output(path, "wb") as handle:
+        np.savez(handle, **to_eplb(placement))
+
+
+def expert_permutation(placement: Placement, model: Model | None = None) -> np.ndarray:
+    """Expert ids that make an engine's contiguous ownership realise the placement.
+
+    Returns perm: [layers, experts]; contiguous position i (GPU r owns positions
+    r*E/P .. (r+1)*E/P - 1; vLLM's ``linear`` strategy gives the first E mod P
+    GPUs one more) must hold logical expert ``perm[l, i]``. Possible only when no
+    expert is replicated or missing and GPU r holds exactly as many experts as
+    contiguous ownership gives it; otherwise :class:`InputError`. With ``model``
+    and group-limited routing (DeepSeek-V3 ``n_group``/``topk_group``), every
+    block of E/G positions must also hold one whole expert group.
+
+    Recipe for Megatron-Core and vLLM (MoE layer l = decoder layer
+    ``first_dense_layers + l``), at load time, for every MoE layer:
+
+    - Router: gate weight ``W [experts, hidden]`` becomes ``W[perm[l]]``, and
+      so do per-expert router vectors (``e_score_correction_bias`` /
+      ``expert_bias [experts]``); router output column i is then logical
+      expert ``perm[l, i]``.
+    - Experts: position i loads the weights (gate, up, down projections and
+      their scales) of checkpoint expert ``perm[l, i]``, i.e. rename
+      ``experts.{perm[l, i]}.*`` to ``experts.{i}.*``. Shared experts are unchanged.
+    - The top-k ids the engine routes with are positions: logical id =
+      ``perm[l, ids]``; a logical id e sits at position ``inv[l, e]`` with
+      ``inv = invert_permutation(perm)``. Per-position statistics (tokens per
+      expert, EPLB loads) map back as ``logical_load = position_load[inv[l]]``.
+    - To save a checkpoint trained in this layout, apply the inverse:
+      checkpoint expert e (and router row e) comes from position ``inv[l, e]``.
+    """
+    field = "--format permutation"
+    layers, experts, gpus = placement.num_layers, placement.num_experts, placement.num_gpus
+    copies = placement.expert_copies()
+    wrong = np.argwhere(copies != 1)
+    if wrong.size:
+        layer, expert = wrong[0]
+        raise InputError(
+            None, field,
+            f"layer {layer} expert {expert} has {copies[layer, expert]} copies; contiguous ownership "
+            "holds every expert exactly once, so a permutation cannot realise replicas; "
+            "export for SGLang, TensorRT-LLM or EPLB instead",
+        )
+    owned = np.bincount(contiguous_gpus(experts, gpus), minlength=gpus)
+    counts = placement.gpu_expert_counts()
+    uneven = np.argwhere(counts != owned)
+    if uneven.size:
+        layer, gpu = uneven[0]
+        raise InputError(
+            None, field,
+            f"layer {layer} GPU {gpu} holds {counts[layer, gpu]} experts but contiguous ownership of "
+            f"{experts} experts on {gpus} GPUs gives it {owned[gpu]}; a permutation cannot change "
+            "how many experts a GPU owns",
+        )
+    perm = placement.phy2log[placement.phy2log >= 0].reshape(layers, experts)
+    if model is not None and 0 < model.groups_per_token < model.num_groups:
+        group = (perm // (experts // model.num_groups)).reshape(layers, model.num_groups, -1)
+        split = np.argwhere((group != group[:, :, :1]).any(axis=2))
+        if split.size:
+            layer, block = split[0]
+            raise InputError(
+                None, field,
+                f"layer {layer} positions of group {block} hold experts of groups "
+                f"{sorted(set(group[layer, block].tolist()))}; {model.name} routes to "
+                f"{model.groups_per_token} of {model.num_groups} contiguous expert groups, "
+                "so each block of positions must hold one whole group (place with --keep-groups)",
+            )
+    return perm
+
+
+def invert_permutation(perm: np.ndarray) -> np.ndarray:
+    """Row-wise inverse: perm [layers, experts] -> inv [layers, experts], inv[l, perm[l, i]] = i."""
+    inv = np.empty_like(perm)
+    np.put_along_axis(inv, perm, np.arange(perm.shape[1])[None, :], axis=1)
+    return inv
+
+
+def _gpu_counts(placement: Placement, layer: int) -> np.ndarray:
+    """Copies of each expert on each GPU in one layer: [gpus, experts]."""
+    row = placement.phy2log[layer]
+    held = np.flatnonzero(row >= 0)
+    counts = np.zeros((placement.num_gpus, placement.num_experts), dtype=np.int64)
+    np.add.at(counts, (held // placement.slots_per_gpu, row[held]), 1)
+    return counts
+
+
+def _check_same_cluster(current: Placement, proposed: Placement) -> None:
+    """Raise unless both placements have the same layers, experts, GPUs and GPUs per node."""
+    shapes = [(p.num_layers, p.num_experts, p.num_gpus, p.gpus_per_node) for p in (proposed, current)]
+    if shapes[0] != shapes[1]:
+        raise InputError(
+            None, "proposed",
+            "(layers, experts, GPUs, GPUs per node) must match the current placement's: "
+            f"proposed {shapes[0]}, current {shapes[1]}",
+        )
+
+
+def moved_weights(current: Placement, proposed: Placement, expert_param_bytes: float) -> dict:
+    """Expert copies that must be loaded onto a GPU to go from ``current`` to ``proposed``.
+
+    A proposed copy counts as moved unless its GPU already holds that expert
+    (copies counted as a multiset; dropping copies is free). Returns
+    ``experts_moved_per_layer`` [layers], ``experts_moved`` and ``bytes_moved``
+    (``experts_moved * expert_param_bytes``).
+    """
+    _check_same_cluster(current, proposed)
+    per_layer = []
+    for layer in range(current.num_layers):
+        old, new = _gpu_counts(current, layer), _gpu_counts(proposed, layer)
+        per_layer.append(int(new.sum() - np.minimum(old, new).sum()))
+    total = sum(per_layer)
+    return {
+        "experts_moved_per_layer": per_layer,
+        "experts_moved": total,
+        "bytes_moved": total * float(expert_param_bytes),
+    }
+
+
+def _relabel_gpus(overlap: np.ndarray, gpus_per_node: int) -> np.ndarray:
+    """Best node permutation plus GPU permutations within nodes.
+
+    overlap: [gpus, gpus] weight of giving proposed GPU h (column) the label of
+    current GPU g (row). Returns label: [gpus], the current GPU id each proposed
+    GPU becomes. Exact: each (current node, proposed node) pair is worth its own
+    best GPU matching, and the node matching maximises the sum of those.
+    """
+    nodes = overlap.shape[0] // gpus_per_node
+    blocks = np.ascontiguousarray(
+        overlap.reshape(nodes, gpus_per_node, nodes, gpus_per_node).transpose(0, 2, 1, 3)
+    )
+    inner = np.empty((nodes, nodes, gpus_per_node), dtype=np.int64)
+    for m, n in np.ndindex(nodes, nodes):
+        inner[m, n] = linear_sum_assignment(blocks[m, n], maximize=True)[1]
+    value = np.take_along_axis(blocks, inner[..., None], axis=3)[..., 0].sum(axis=2)
+    label = np.empty(overlap.shape[0], dtype=np.int64)
+    for m, n in zip(*linear_sum_assignment(value, maximize=True)):
+        label[n * gpus_per_node + inner[m, n]] = m * gpus_per_node + np.arange(gpus_per_node)
+    return label
+
+
+def _arrange(wanted: np.ndarray, here: np.ndarray, slots: int) -> np.ndarray:
+    """One GPU's slots: ``wanted`` experts, each one already in ``here`` kept at its slot.
+
+    wanted: experts of the proposed GPU in slot order; here: [current slots]
+    of the GPU it replaces. Returns [slots], the rest filling free slots in order.
+    """
+    left = list(wanted)
+    result = np.full(slots, EMPTY, dtype=np.int64)
+    for slot, expert in enumerate(here[:slots]):
+        if expert >= 0 and expert in left:
+            result[slot] = expert
+            left.remove(expert)
+    result[np.flatnonzero(result < 0)[: len(left)]] = left
+    return result
+
+
+def minimize_moves(current: Placement, proposed: Placement) -> Placement:
+    """Relabel ``proposed``'s nodes and GPUs so that as many experts as possible stay put.
+
+    Per layer, solves assignment problems (scipy ``linear_sum_assignment``):
+    for every (current node, proposed node) pair the GPU matching keeping the
+    most expert copies, then the node matching maximising the total; ties keep
+    proposed GPU ids. An expert that stays on its GPU keeps its slot when the
+    new slot count allows. Returns a placement with ``proposed``'s slots per
+    GPU and metadata; per layer its GPU contents are ``proposed``'s, permuted.
+
+    Node and within-node GPU relabelings leave the per-node and per-GPU expert
+    sets unchanged, so load balance and traffic match ``proposed`` in
+    expectation over which tokens start on which GPU. They are not exactly
+    equal on a given trace: the evaluator's token source (``t mod P`` or the
+    trace's ``src_rank``), DeepEP normal mode's landing GPU (the source's local
+    index) and replica choice depend on GPU ids, and each layer is relabeled
+    independently.
+    """
+    _check_same_cluster(current, proposed)
+    gpus, gpn = proposed.num_gpus, proposed.gpus_per_node
+    old_slots, new_slots = current.slots_per_gpu, proposed.slots_per_gpu
+    result = np.full_like(proposed.phy2log, EMPTY)
+    for layer in range(proposed.num_layers):
+        old, new = _gpu_counts(current, layer), _gpu_counts(proposed, layer)
+        # kept[g, h]: copies proposed GPU h keeps if it becomes GPU g (sum_e min(old[g,e], new[h,e]));
+        # the identity bonus (< one copy in total) breaks ties towards unchanged GPU ids.
+        kept = sum(
+            (old >= k).astype(np.float64) @ (new >= k).astype(np.float64).T
+            for k in range(1, int(min(old.max(), new.max())) + 1)
+        )
+        label = _relabel_gpus(np.rint(kept) * (gpus + 1) + np.eye(gpus), gpn)
+        for gpu, target in enumerate(label):
+            wanted = proposed.phy2log[layer, gpu * new_slots : (gpu + 1) * new_slots]
+            here = current.phy2log[layer, target * old_slots : (target + 1) * old_slots]
+            arranged = _arrange(wanted[wanted >= 0], here, new_slots)
+            result[layer, target * new_slots : (target + 1) * new_slots] = arranged
+    return Placement(result, proposed.num_experts, gpn, new_slots, dict(proposed.metadata))

@@ -82,7 +82,7 @@ def _rectangular(path: Path, field: str, rows: object) -> np.ndarray:
 
 
 def check_phy2log(path: str | Path | None, field: str, phy2log: np.ndarray, num_experts: int) -> None:
-    """Every slot holds -1 or an id < num_experts; every expert sits in exactly one slot per layer."""
+    """Every slot holds -1 or an id < num_experts; every expert sits in at least one slot per layer."""
     if phy2log.min() < -1:
         raise InputError(path, field, f"slot holds {int(phy2log.min())}; expected an expert id or -1")
     if phy2log.max() >= num_experts:
@@ -91,12 +91,6 @@ def check_phy2log(path: str | Path | None, field: str, phy2log: np.ndarray, num_
         counts = np.bincount(row[row >= 0], minlength=num_experts)
         if (counts == 0).any():
             raise InputError(path, field, f"layer {layer}: expert {int(np.argmin(counts))} is in no slot")
-        if (counts > 1).any():
-            raise InputError(
-                path, field,
-                f"layer {layer}: expert {int(np.argmax(counts))} is listed {int(counts.max())} times "
-                "(redundant experts are not supported yet)",
-            )
 
 
 def _read_native(path: Path, doc: dict) -> Placement:

@@ -43,7 +43,7 @@ def test_sglang_file_drops_dense_rows(tmp_path):
 @pytest.mark.parametrize(
     "doc, expected",
     [
-        ({"physical_to_logical_map": [[0, 1, 1, 2]]}, "expert 1 is listed 2 times"),
+        ({"physical_to_logical_map": [[0, 2, 2, 3]]}, "layer 0: expert 1 is in no slot"),
         ({"physical_to_logical_map": [[0, 1, 2]]}, "3 slots per layer do not divide evenly over 2 GPUs"),
         ({"physical_to_logical_map": [[0, 1], [0]]}, "rows differ in length"),
         ({"physical_to_logical_map": [[0, "x"]]}, "expected integer expert ids"),
@@ -83,3 +83,9 @@ def test_cli_validate_and_evaluate_a_file(tmp_path, cli):
     assert both.code == 0, both.err
     results = both.json()["results"]
     assert results["rr.json"]["internode_tokens_dedup"] == results["round-robin"]["internode_tokens_dedup"]
+
+
+def test_replicas_are_read_back(tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({"physical_to_logical_map": [[0, 1, 1, 2]]}))
+    placement = read_placement(tmp_path / "r.json", num_gpus=2, gpus_per_node=2)
+    assert placement.expert_copies().tolist() == [[1, 2, 1]]

@@ -13,6 +13,9 @@ from placer.solvers.api import Options, solve_layer
 from placer.graph import summarize
 from placer.solvers.problem import Constraints, build_problems, connectivity
 from placer.topology import Topology
+from placer.bundled import sample_trace
+from placer.replay import evaluate
+from placer.trace import load_trace, validate_arrays
 from placer.trace import Trace
 
 
@@ -154,3 +157,33 @@ def test_auto_never_worse_than_spectral():
     s = solve_layer(problem, Options(solver="spectral", **opts))
     a = solve_layer(problem, Options(solver="auto", **opts))
     assert a.objective <= s.objective
+
+
+def test_spare_slots_hold_replicas_and_cut_traffic():
+    trace = load_trace(sample_trace("train"))
+    topology = Topology("t", 2, 4, 80e9, 1e15, 4.5e11, 5e10, 5e-6)
+    one_copy, _ = place(trace, topology, solver="spectral", time_limit=2)
+    replicated, report = place(trace, topology, solver="spectral", slots_per_gpu=10, time_limit=2)
+    copies = replicated.expert_copies()
+    assert (copies >= 1).all() and copies.sum(axis=1).tolist() == [80] * trace.num_layers
+    assert (replicated.gpu_expert_counts() <= 10).all()
+    for layer in range(trace.num_layers):  # never two copies of one expert on one GPU
+        per_gpu = replicated.phy2log[layer].reshape(8, 10)
+        assert all(len(set(row[row >= 0])) == len(row[row >= 0]) for row in per_gpu)
+    before = evaluate(trace, one_copy, topology).totals
+    after = evaluate(trace, replicated, topology).totals
+    assert after["internode_tokens_dedup"] < before["internode_tokens_dedup"]
+    assert after["gpu_peak_load"] < before["gpu_peak_load"]
+    assert any("spare slots" in message for message in report.messages)
+
+
+def test_eplb_solver_matches_the_reference_function():
+    from placer.eplb import rebalance_experts
+
+    rng = np.random.default_rng(3)
+    ids = np.stack([rng.permutation(16)[:4] for _ in range(200 * 2)]).reshape(200, 2, 4)
+    trace = validate_arrays("r", {"topk_ids": ids})
+    topology = Topology("t", 2, 2, 80e9, 1e15, 4.5e11, 5e10, 5e-6)
+    placement, _ = place(trace, topology, solver="eplb", slots_per_gpu=5)
+    expected, _, _ = rebalance_experts(summarize(trace).loads, 20, 1, 2, 4)
+    assert np.array_equal(placement.phy2log, expected)

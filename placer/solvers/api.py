@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from placer.eplb import rebalance_experts
 from placer.errors import InfeasibleError, InputError
 from placer.placement import Placement, from_expert_gpu
 from placer.solvers import cpsat
 from placer.solvers.problem import (
     Constraints, LayerProblem, build_problems, connectivity, gpu_load_lower_bound, node_touch,
 )
+from placer.solvers.replicas import replicate
 from placer.solvers.refine import SearchSpec, evaluate, local_search
 from placer.solvers.spectral import spectral_parts
 from placer.topology import Model, Topology
@@ -232,7 +234,7 @@ def lns(problem: LayerProblem, spec: SearchSpec, part: np.ndarray, alpha: float,
 # ---------------------------------------------------------------- GPU stage
 
 
-def _lpt(members: np.ndarray, loads: np.ndarray, gpus: int, slots: int) -> np.ndarray:
+def longest_first_pack(members: np.ndarray, loads: np.ndarray, gpus: int, slots: int) -> np.ndarray:
     """Longest-first packing with slot limits: local GPU of each member [m]."""
     order = members[np.argsort(-loads[members], kind="stable")]
     gl = np.zeros(gpus)
@@ -257,7 +259,7 @@ def _minmax_pack(members: np.ndarray, loads: np.ndarray, gpus: int, slots: int) 
             out[order[g]] = g
             out[order[m - 1 - g]] = g
         return out
-    return _lpt(members, loads, gpus, slots)
+    return longest_first_pack(members, loads, gpus, slots)
 
 
 def gpu_stage(problem: LayerProblem, node: np.ndarray, opts: Options
@@ -357,6 +359,20 @@ def expert_groups(model: Model | None, num_experts: int) -> np.ndarray:
     return np.arange(num_experts) // (num_experts // model.num_groups)
 
 
+def eplb_placement(loads: np.ndarray, topology: Topology, model: Model | None, slots_per_gpu: int | None) -> Placement:
+    """DeepSeek's EPLB on expert loads [layers, E]: hierarchical with the model's groups, else global."""
+    layers, experts = loads.shape
+    slots = slots_per_gpu or math.ceil(experts / topology.num_gpus)
+    groups = model.num_groups if model is not None and model.num_groups > 0 else 1
+    if slots * topology.num_gpus < experts:
+        raise InputError(None, "slots_per_gpu", f"{topology.num_gpus} GPUs x {slots} slots < {experts} experts")
+    if experts % groups:
+        raise InputError(None, "num_groups", f"{groups} groups do not divide {experts} experts")
+    phy2log, _, _ = rebalance_experts(loads, slots * topology.num_gpus, groups, topology.nodes, topology.num_gpus)
+    metadata = {"solver": {"name": "eplb", "groups": groups}, "topology": topology.to_dict()}
+    return Placement(phy2log, experts, topology.gpus_per_node, slots, metadata)
+
+
 def place(
     trace: Trace | TraceSource | TraceSummary,
     topology: Topology,
@@ -375,7 +391,9 @@ def place(
 ) -> tuple[Placement, SolveReport]:
     """Place every layer's experts on ``topology`` from ``trace``.
 
-    solver: "spectral" (seconds), "ilp" / "auto" (spectral, then CP-SAT within ``time_limit``).
+    solver: "spectral" (seconds), "ilp" / "auto" (spectral, then CP-SAT within ``time_limit``),
+    "eplb" (DeepSeek's load balancer on the loads alone).
+    slots_per_gpu: above ceil(E / GPUs), the spare slots hold replicas (see :mod:`replicas`).
     balance: EPS (max GPU load <= (1+EPS) x mean on the trace); max_nodes: M nodes per token,
     hard over the distinct top-k sets or, with ``max_nodes_coverage`` Q, for >= Q of tokens;
     keep_groups: each of ``model.num_groups`` contiguous expert groups on its own nodes.
@@ -383,7 +401,7 @@ def place(
     result never depends on machine speed or ``workers``). alpha: NIC-balance weight.
     Returns (Placement with metadata, SolveReport). Raises InfeasibleError / InputError.
     """
-    if solver not in SOLVERS:
+    if solver not in (*SOLVERS, "eplb"):
         raise InputError(None, "solver", f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
     if balance is not None and balance < 0:
         raise InputError(None, "balance", f"expected >= 0, got {balance}")
@@ -392,9 +410,15 @@ def place(
     if max_nodes_coverage is not None and max_nodes is None:
         raise InputError(None, "max_nodes_coverage", "needs max_nodes")
     summary = trace if isinstance(trace, TraceSummary) else summarize(trace)
+    if solver == "eplb":
+        return eplb_placement(summary.loads, topology, model, slots_per_gpu), SolveReport(solver)
     groups = expert_groups(model, summary.num_experts) if keep_groups else None
     constraints = Constraints(balance, max_nodes, max_nodes_coverage, groups)
-    problems = build_problems(summary, topology.nodes, topology.gpus_per_node, slots_per_gpu, constraints)
+    one_copy_slots = math.ceil(summary.num_experts / topology.num_gpus)
+    spare = slots_per_gpu is not None and slots_per_gpu > one_copy_slots
+    problems = build_problems(
+        summary, topology.nodes, topology.gpus_per_node, one_copy_slots if spare else slots_per_gpu, constraints
+    )
     layer_budget = max(0.2, 1.6 * time_limit / max(1, len(problems)))
     opts = Options(solver, seed, alpha, 15, layer_budget)
     if workers > 1 and len(problems) > 1:
@@ -418,4 +442,13 @@ def place(
                         "keep_groups": keep_groups},
     }
     slots = problems[0].slots_per_gpu
-    return from_expert_gpu(expert_gpu, topology.num_gpus, topology.gpus_per_node, slots, metadata), report
+    placement = from_expert_gpu(expert_gpu, topology.num_gpus, topology.gpus_per_node, slots, metadata)
+    if spare:
+        tokens = [np.repeat(part.sets, part.set_counts, axis=0) for part in summary.layers]
+        coactivation = [part.coactivation for part in summary.layers]
+        placement = replicate(placement, tokens, coactivation, summary.loads, slots_per_gpu)
+        report.messages.append(
+            f"{slots_per_gpu * topology.num_gpus - summary.num_experts} spare slots per layer hold replicas "
+            "(counts by load per copy, nodes by co-activation, GPUs by load served under the nearest rule)"
+        )
+    return placement, report

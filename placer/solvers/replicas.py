@@ -1,0 +1,142 @@
+"""Redundant experts: how many copies each expert gets and where they go.
+
+Given a placement of every expert once (the node and GPU stages), spare slots
+receive replicas:
+
+1. counts: each spare slot goes to the expert with the highest load per copy
+   (as EPLB does; ties to the lower id), which bounds the per-copy load; a
+   copy that finds no GPU without the expert is given instead to the
+   hottest expert (per copy) that GPU lacks, so every slot is filled;
+2. nodes: a replica goes to the node, among those not holding the expert and
+   with a free slot, whose experts it is most co-activated with (tokens
+   reaching that node anyway then find the expert there); once every node
+   holds the expert, an extra copy goes to the least-loaded open node;
+3. GPUs: inside each node the copies are re-packed longest-first by the load
+   each one serves when the layer's tokens are dispatched with the
+   ``nearest`` rule (a few rounds), never two copies of one expert on one GPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from placer.dispatch import Dispatcher
+from placer.placement import EMPTY, Placement
+
+REPACK_ROUNDS = 3
+
+
+def replica_counts(loads: np.ndarray, num_slots: int) -> np.ndarray:
+    """Copies per expert filling ``num_slots``: loads [E] -> counts [E] (each >= 1)."""
+    counts = np.ones(len(loads), dtype=np.int64)
+    per_copy = loads.astype(np.float64)
+    for _ in range(num_slots - len(loads)):
+        counts[int(np.argmax(per_copy / counts))] += 1
+    return counts
+
+
+def add_replicas(
+    expert_gpu: np.ndarray,
+    counts: np.ndarray,
+    coactivation: sp.csr_matrix,
+    loads: np.ndarray,
+    num_gpus: int,
+    gpus_per_node: int,
+    slots_per_gpu: int,
+) -> np.ndarray:
+    """One layer's slot map with replicas placed by co-activation affinity.
+
+    expert_gpu: [E] GPU of each expert's first copy; counts: [E] copies wanted;
+    coactivation: [E, E]; loads: [E]. Returns phy2log: [num_gpus * slots_per_gpu].
+    """
+    experts = len(expert_gpu)
+    held: list[list[int]] = [[] for _ in range(num_gpus)]
+    for expert in np.argsort(expert_gpu, kind="stable"):
+        held[expert_gpu[expert]].append(int(expert))
+    on_node = np.zeros((num_gpus // gpus_per_node, experts), dtype=bool)
+    on_node[expert_gpu // gpus_per_node, np.arange(experts)] = True
+    gpu_load = np.bincount(expert_gpu, weights=loads / counts, minlength=num_gpus)
+    affinity = coactivation.toarray().astype(np.float64)
+    hottest_first = np.argsort(-loads, kind="stable")
+    copies = np.ones(experts, dtype=np.int64)
+    for expert in np.repeat(hottest_first, counts[hottest_first] - 1):
+        open_gpus = [g for g in range(num_gpus) if len(held[g]) < slots_per_gpu and expert not in held[g]]
+        if not open_gpus:
+            continue
+        open_nodes = sorted({g // gpus_per_node for g in open_gpus})
+        fresh = [n for n in open_nodes if not on_node[n, expert]]
+        if fresh:
+            node = fresh[int(np.argmax([affinity[expert, on_node[n]].sum() for n in fresh]))]
+        else:
+            node_load = [gpu_load[n * gpus_per_node:(n + 1) * gpus_per_node].sum() for n in open_nodes]
+            node = open_nodes[int(np.argmin(node_load))]
+        gpu = min((g for g in open_gpus if g // gpus_per_node == node), key=lambda g: (gpu_load[g], g))
+        held[gpu].append(int(expert))
+        gpu_load[gpu] += loads[expert] / counts[expert]
+        on_node[node, expert] = True
+        copies[expert] += 1
+    for gpu, members in enumerate(held):
+        while len(members) < slots_per_gpu:
+            per_copy = np.where(np.isin(np.arange(experts), members), -1.0, loads / copies)
+            expert = int(np.argmax(per_copy))
+            members.append(expert)
+            copies[expert] += 1
+    return _slot_map(held, slots_per_gpu)
+
+
+def _slot_map(held: list[list[int]], slots_per_gpu: int) -> np.ndarray:
+    """phy2log [gpus * slots] from the experts each GPU holds, in order."""
+    phy2log = np.full(len(held) * slots_per_gpu, EMPTY, dtype=np.int64)
+    for gpu, members in enumerate(held):
+        phy2log[gpu * slots_per_gpu: gpu * slots_per_gpu + len(members)] = members
+    return phy2log
+
+
+def repack_node(phy2log: np.ndarray, slot_load: np.ndarray, node: int, gpus_per_node: int, slots_per_gpu: int) -> None:
+    """Re-pack one node's copies onto its GPUs longest-first by served load (in place).
+
+    phy2log: [slots] one layer; slot_load: [slots] pairs each copy served.
+    """
+    first = node * gpus_per_node * slots_per_gpu
+    span = np.arange(first, first + gpus_per_node * slots_per_gpu)
+    span = span[phy2log[span] >= 0]
+    gpu_load = np.zeros(gpus_per_node)
+    held: list[list[int]] = [[] for _ in range(gpus_per_node)]
+    for slot in span[np.argsort(-slot_load[span], kind="stable")]:
+        expert = int(phy2log[slot])
+        open_gpus = [g for g in range(gpus_per_node) if len(held[g]) < slots_per_gpu and expert not in held[g]]
+        gpu = min(open_gpus, key=lambda g: (gpu_load[g], g))
+        held[gpu].append(expert)
+        gpu_load[gpu] += slot_load[slot]
+    phy2log[first: first + gpus_per_node * slots_per_gpu] = _slot_map(held, slots_per_gpu)
+
+
+def replicate(
+    placement: Placement,
+    tokens: list[np.ndarray],
+    coactivation: list[sp.csr_matrix],
+    loads: np.ndarray,
+    slots_per_gpu: int,
+) -> Placement:
+    """Fill ``slots_per_gpu`` slots per GPU with replicas of a one-copy placement.
+
+    tokens: per layer [tokens, k] expert ids replayed to measure served load
+    (sources t mod P); coactivation: per layer [E, E]; loads: [layers, E].
+    """
+    gpus, per_node = placement.num_gpus, placement.gpus_per_node
+    expert_gpu = placement.expert_gpu()
+    rows = []
+    for layer in range(placement.num_layers):
+        counts = replica_counts(loads[layer], gpus * slots_per_gpu)
+        rows.append(add_replicas(expert_gpu[layer], counts, coactivation[layer], loads[layer],
+                                 gpus, per_node, slots_per_gpu))
+    phy2log = np.stack(rows)
+    for _ in range(REPACK_ROUNDS):
+        current = Placement(phy2log, placement.num_experts, per_node, slots_per_gpu)
+        dispatcher = Dispatcher(current, "nearest")
+        for layer, ids in enumerate(tokens):
+            dispatcher.route(layer, ids, np.arange(len(ids)) % gpus)
+            for node in range(placement.num_nodes):
+                repack_node(phy2log[layer], dispatcher.slot_load[layer], node, per_node, slots_per_gpu)
+    return Placement(phy2log, placement.num_experts, per_node, slots_per_gpu, dict(placement.metadata))
