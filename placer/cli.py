@@ -18,8 +18,8 @@ from rich.console import Console
 
 from placer import calc, instances, placement_io
 from placer.stats import trace_stats
-from placer.atomic import refuse_overwriting_input, write_text_atomic
-from placer.engines import to_sglang
+from placer.atomic import refuse_overwriting_input
+from placer.engines import write_output
 from placer.bundled import sample_trace
 from placer.errors import InfeasibleError, InputError
 from placer.esft import ESFT_TASKS, import_esft
@@ -27,7 +27,9 @@ from placer.placement import BASELINES, Placement, baseline
 from placer.render import comparison_table, key_value_table, stats_table
 from placer.replay import ReplayReport, evaluate
 from placer.topology import Model, Topology
+from placer.importers import ExpertCounts, load_routing, read_megatron, read_sglang_dump, read_trtllm, read_vllm, save_counts
 from placer.solvers import place
+from placer.solvers.api import eplb_placement
 from placer.trace import Trace, TraceSource, save_trace, trace_digest
 
 app = typer.Typer(
@@ -69,6 +71,22 @@ RuleOpt = Annotated[Rule, typer.Option(help="Which replica serves a token when e
 DispatchOpt = Annotated[Dispatch, typer.Option(help="normal: one copy per remote node; low-latency: one per remote expert.")]
 
 
+def _open_routing(path: str) -> TraceSource | Trace | ExpertCounts:
+    """Native .npz traces stream from disk; every other format is read whole (see load_routing)."""
+    given = Path(path)
+    if given.suffix == ".npz" or (given.is_dir() and any(given.glob("*.npz"))):
+        return TraceSource(given)
+    return load_routing(given)
+
+
+def _open_trace(path: str) -> TraceSource | Trace:
+    """A routing input that must hold tokens (replay and statistics need who is routed together)."""
+    routing = _open_routing(path)
+    if isinstance(routing, ExpertCounts):
+        raise InputError(path, "trace", "holds expert counts only; this command needs token-level routing")
+    return routing
+
+
 def _print_json(obj: object) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
@@ -81,12 +99,12 @@ def _topology(name: str, nodes: int | None, gpus_per_node: int | None) -> Topolo
     return topology.resized(nodes, gpus_per_node)
 
 
-def _model(name: str | None, num_experts: int, top_k: int) -> Model | None:
+def _model(name: str | None, num_experts: int, top_k: int | None) -> Model | None:
     """The named model, else the unique preset with this expert count and top-k, else None."""
     if name is None:
-        return instances.match_model(num_experts, top_k)
+        return None if top_k is None else instances.match_model(num_experts, top_k)
     model = instances.load_model(name)
-    if model.num_experts < num_experts or model.top_k != top_k:
+    if model.num_experts < num_experts or top_k not in (None, model.top_k):
         raise InputError(
             name, "model",
             f"{model.num_experts} experts, top-{model.top_k} does not fit a trace with "
@@ -127,7 +145,7 @@ def stats_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Trace statistics per layer and averaged: load skew, entropy, distinct sets, density."""
-    stats = trace_stats(TraceSource(trace))
+    stats = trace_stats(_open_trace(trace))
     if as_json:
         _print_json(stats.to_dict())
         return
@@ -156,7 +174,7 @@ def evaluate_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Replay a trace against placements: traffic per link tier, NIC and GPU load, a2a time."""
-    source_trace = TraceSource(trace)
+    source_trace = _open_trace(trace)
     topo = _topology(topology, nodes, gpus_per_node)
     mdl = _model(model, source_trace.num_experts, source_trace.top_k)
     results = []
@@ -181,6 +199,9 @@ class SolverChoice(str, Enum):
 class OutputFormat(str, Enum):
     placer = "placer"
     sglang = "sglang"
+    trtllm = "trtllm"
+    eplb = "eplb"
+    permutation = "permutation"
 
 
 @app.command("place")
@@ -202,20 +223,29 @@ def place_command(
     time_limit: Annotated[float, typer.Option(help="Solver budget in seconds (deterministic effort).")] = 60.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workers: Annotated[int, typer.Option(help="Processes solving layers in parallel (result unchanged).")] = 1,
-    output_format: Annotated[OutputFormat, typer.Option("--format", help="placer JSON or SGLang --init-expert-location JSON.")] = OutputFormat.placer,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option("--format", help="placer JSON, SGLang JSON, TensorRT-LLM YAML, EPLB .npz or expert permutation JSON."),
+    ] = OutputFormat.placer,
     heldout: Annotated[Optional[str], typer.Option("--evaluate", help="Held-out trace to replay against the result and the baselines.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Place every layer's experts on GPUs and nodes from a trace, and write the placement."""
     refuse_overwriting_input(out, trace, *( [heldout] if heldout else []))
     started = time.perf_counter()
-    source = TraceSource(trace)
+    source = _open_routing(trace)
+    counts_only = isinstance(source, ExpertCounts)
+    if counts_only and solver.value not in (*BASELINES, "eplb"):
+        raise InputError(trace, "trace", "expert counts carry no co-activation; use --solver eplb or a routing trace")
     topo = _topology(topology, nodes, gpus_per_node)
-    mdl = _model(model, source.num_experts, source.top_k)
+    mdl = _model(model, source.num_experts, None if counts_only else source.top_k)
     experts = mdl.num_experts if mdl is not None else source.num_experts
     if solver.value in BASELINES:
         chosen = baseline(solver.value, source.num_layers, experts, topo.num_gpus, topo.gpus_per_node)
         solve_facts: dict = {"solver": solver.value}
+    elif counts_only:
+        chosen = eplb_placement(source.counts, topo, mdl, slots_per_gpu)
+        solve_facts = {"solver": "eplb"}
     else:
         chosen, report = place(
             source, topo, solver=solver.value, balance=balance, max_nodes=max_nodes,
@@ -227,15 +257,13 @@ def place_command(
         **chosen.metadata,
         "topology": topo.to_dict(),
         "model": None if mdl is None else mdl.to_dict(),
-        "trace": {"sha256": trace_digest(source), "tokens": source.num_tokens, "layers": source.num_layers},
+        "trace": {"sha256": trace_digest(source), "layers": source.num_layers,
+                  "tokens": None if counts_only else source.num_tokens},
     }
     chosen = replace(chosen, metadata=metadata)
-    if output_format is OutputFormat.sglang:
-        write_text_atomic(out, json.dumps(to_sglang(chosen, mdl)) + "\n")
-    else:
-        placement_io.write_placement(chosen, out)
+    write_output(chosen, out, output_format.value, mdl)
     wall = time.perf_counter() - started
-    test = TraceSource(heldout) if heldout else None
+    test = _open_trace(heldout) if heldout else None
     results = _against_baselines(test, f"placer {solver.value}", chosen, topo, mdl, max_nodes) if test else []
     if as_json:
         _print_json({"out": out, "wall_s": wall, "solve": solve_facts,
@@ -356,6 +384,77 @@ def import_esft_command(
         for path, facts in summary.items():
             console.print(f"wrote {path}: {facts['tokens']:,} tokens, {facts['sequences']} sequences, "
                           f"{facts['layers']} layers, top-{facts['top_k']}")
+
+
+NumExpertsOpt = Annotated[
+    Optional[int], typer.Option(help="Experts per layer, for formats that do not record it (default: largest id + 1).")
+]
+ImportOutOpt = Annotated[str, typer.Option(help="Output: .npz for a routing trace, .npy for expert counts.")]
+
+
+def _write_imported(result: Trace | ExpertCounts, out: str, inputs: list[str], as_json: bool) -> None:
+    """Save an import (trace -> .npz, counts -> .npy) and say what was written."""
+    for given in inputs:
+        refuse_overwriting_input(out, given)
+    wanted = ".npy" if isinstance(result, ExpertCounts) else ".npz"
+    if Path(out).suffix != wanted:
+        kind = "expert counts" if wanted == ".npy" else "a routing trace"
+        raise InputError(out, "--out", f"this input holds {kind}; write a {wanted} file")
+    if isinstance(result, ExpertCounts):
+        save_counts(result, out)
+        facts = {"out": out, "kind": "counts", "layers": result.num_layers, "experts": result.num_experts}
+    else:
+        save_trace(result, out)
+        facts = {"out": out, "kind": "trace", "tokens": result.num_tokens, "layers": result.num_layers,
+                 "top_k": result.top_k, "experts": result.num_experts}
+    if as_json:
+        _print_json(facts)
+    else:
+        details = ", ".join(f"{key} {value:,}" for key, value in facts.items() if isinstance(value, int))
+        console.print(f"wrote {out}: {facts['kind']}, {details}", markup=False, highlight=False)
+
+
+@import_app.command("megatron")
+def import_megatron_command(
+    source: Annotated[str, typer.Argument(help="Directory of router_trace_rank<R>.jsonl files, or one file.")],
+    out: ImportOutOpt,
+    num_experts: NumExpertsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import Megatron-Core --moe-routing-trace-path output."""
+    _write_imported(read_megatron(source, num_experts), out, [source], as_json)
+
+
+@import_app.command("vllm")
+def import_vllm_command(
+    files: Annotated[list[str], typer.Argument(help="routed_experts .npy files [tokens, moe_layers, top_k], one per request.")],
+    out: ImportOutOpt,
+    num_experts: NumExpertsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import vLLM routed_experts arrays."""
+    _write_imported(read_vllm(files, num_experts), out, files, as_json)
+
+
+@import_app.command("sglang")
+def import_sglang_command(
+    dump: Annotated[str, typer.Argument(help="SGLang expert-distribution dump (torch.save file; stat or per_token mode).")],
+    out: ImportOutOpt,
+    num_experts: NumExpertsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import an SGLang expert-distribution dump (needs the `sglang` extra: torch)."""
+    _write_imported(read_sglang_dump(dump, num_experts), out, [dump], as_json)
+
+
+@import_app.command("trtllm")
+def import_trtllm_command(
+    directory: Annotated[str, typer.Argument(help="TensorRT-LLM expert statistics directory (meta_info.json).")],
+    out: ImportOutOpt,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import TensorRT-LLM expert statistics (needs the `trtllm` extra: safetensors)."""
+    _write_imported(read_trtllm(directory), out, [directory], as_json)
 
 
 @app.command("demo")

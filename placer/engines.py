@@ -6,13 +6,15 @@ Every function takes a :class:`Placement` (``phy2log: [layers, gpus * slots_per_
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from placer.atomic import atomic_output
+from placer.atomic import atomic_output, write_text_atomic
 from placer.errors import InputError
+from placer.placement_io import write_placement
 from placer.placement import EMPTY, Placement, contiguous_gpus
 from placer.topology import Model
 
@@ -318,3 +320,23 @@ def minimize_moves(current: Placement, proposed: Placement) -> Placement:
             arranged = _arrange(wanted[wanted >= 0], here, new_slots)
             result[layer, target * new_slots : (target + 1) * new_slots] = arranged
     return Placement(result, proposed.num_experts, gpn, new_slots, dict(proposed.metadata))
+
+
+OUTPUT_FORMATS = ("placer", "sglang", "trtllm", "eplb", "permutation")
+
+
+def write_output(placement: Placement, path: str | Path, output_format: str, model: Model | None = None) -> None:
+    """Write ``placement`` atomically in one of :data:`OUTPUT_FORMATS`."""
+    if output_format == "placer":
+        write_placement(placement, path)
+    elif output_format == "sglang":
+        write_text_atomic(path, json.dumps(to_sglang(placement, model)) + "\n")
+    elif output_format == "trtllm":
+        write_text_atomic(path, dumps_trtllm_yaml(to_trtllm(placement, model)))
+    elif output_format == "eplb":
+        write_eplb(placement, path)
+    elif output_format == "permutation":
+        permutation = expert_permutation(placement, model)
+        write_text_atomic(path, json.dumps({"expert_permutation": permutation.tolist()}) + "\n")
+    else:
+        raise InputError(None, "--format", f"expected one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")

@@ -41,6 +41,17 @@ class Placement:
     def num_nodes(self) -> int:
         return self.num_gpus // self.gpus_per_node
 
+    @property
+    def excluded_gpus(self) -> list[int]:
+        """GPUs out of service when placed (``metadata["excluded_gpus"]``, sorted; [] = none)."""
+        return sorted(int(g) for g in self.metadata.get("excluded_gpus", []))
+
+    def live_gpus(self) -> np.ndarray:
+        """Ids of the GPUs in service (not in :attr:`excluded_gpus`), ascending: [live] int64."""
+        live = np.ones(self.num_gpus, dtype=bool)
+        live[np.asarray(self.excluded_gpus, dtype=np.int64)] = False
+        return np.flatnonzero(live)
+
     def expert_gpu(self) -> np.ndarray:
         """GPU of every expert: [layers, experts] (each expert held exactly once)."""
         result = np.full((self.num_layers, self.num_experts), EMPTY, dtype=np.int64)
@@ -53,6 +64,50 @@ class Placement:
     def expert_copies(self) -> np.ndarray:
         """Slots holding each expert: [layers, experts]."""
         return np.stack([np.bincount(row[row >= 0], minlength=self.num_experts) for row in self.phy2log])
+
+    def evaluate(self, trace, topology=None, model=None, **options):
+        """Replay ``trace`` against this placement (see :func:`placer.replay.evaluate`).
+
+        topology defaults to the one the placement was solved for (its metadata).
+        """
+        from placer.replay import evaluate
+        from placer.topology import Topology
+
+        if topology is None:
+            if "topology" not in self.metadata:
+                raise ValueError("this placement records no topology: pass one")
+            topology = Topology(**self.metadata["topology"])
+        return evaluate(trace, self, topology, model, **options)
+
+    def to_sglang(self, model=None) -> dict:
+        """SGLang ``--init-expert-location`` document (see :func:`placer.engines.to_sglang`)."""
+        from placer.engines import to_sglang
+
+        return to_sglang(self, model)
+
+    def to_trtllm(self, model=None) -> dict:
+        """TensorRT-LLM load-balancer config (see :func:`placer.engines.to_trtllm`)."""
+        from placer.engines import to_trtllm
+
+        return to_trtllm(self, model)
+
+    def to_eplb(self) -> dict[str, np.ndarray]:
+        """EPLB triple phy2log, log2phy, logcnt (see :func:`placer.engines.to_eplb`)."""
+        from placer.engines import to_eplb
+
+        return to_eplb(self)
+
+    def expert_permutation(self, model=None) -> np.ndarray:
+        """[layers, experts] permutation for contiguous-ownership engines (Megatron, vLLM)."""
+        from placer.engines import expert_permutation
+
+        return expert_permutation(self, model)
+
+    def closest_to(self, current: Placement) -> Placement:
+        """This placement relabelled (nodes, GPUs) to move as few experts as possible from ``current``."""
+        from placer.engines import minimize_moves
+
+        return minimize_moves(current, self)
 
     def gpu_expert_counts(self) -> np.ndarray:
         """Experts held per GPU: [layers, gpus]."""

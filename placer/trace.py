@@ -343,8 +343,14 @@ def save_trace(trace: Trace, path: str | Path) -> None:
 
 
 def trace_digest(source: Trace | TraceSource) -> str:
-    """SHA-256 of the routing decisions (ids as little-endian int32, token-major, plus num_experts)."""
+    """SHA-256 of the routing decisions (ids as little-endian int32, token-major, plus num_experts).
+
+    Anything else with a ``counts`` array (expert load counts) is digested as int64 counts.
+    """
     digest = hashlib.sha256()
+    if hasattr(source, "counts"):
+        digest.update(np.ascontiguousarray(source.counts, dtype="<i8").tobytes())
+        return digest.hexdigest()
     chunks = source.chunks() if isinstance(source, TraceSource) else [TraceChunk(source, 0, 0)]
     for chunk in chunks:
         digest.update(np.ascontiguousarray(chunk.trace.topk_ids, dtype="<i4").tobytes())

@@ -11,6 +11,12 @@ Per layer (a pure function, :func:`solve_layer`, run in parallel processes):
 2. GPU stage: per node, GPUs by longest-first packing (peak load target), then
    local search / CP-SAT on the intra-node spread under that load cap.
 
+Excluded GPUs (``exclude_gpus``, e.g. failed ones in elastic serving) get no
+slots: node capacities are live GPUs x slots per GPU, experts are spread over
+nodes in proportion to them, the GPU stage and the replicas use live GPUs only.
+The placement keeps the full GPU count (excluded GPUs' slots stay empty) and
+records the sorted ids as ``metadata["excluded_gpus"]``.
+
 Every budget is deterministic (kick counts, CP-SAT deterministic time, fixed
 CP-SAT workers), so the same inputs and seed give the same phy2log for any
 ``workers`` and machine speed.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -27,10 +34,10 @@ import numpy as np
 
 from placer.eplb import rebalance_experts
 from placer.errors import InfeasibleError, InputError
-from placer.placement import Placement, from_expert_gpu
+from placer.placement import EMPTY, Placement, from_expert_gpu
 from placer.solvers import cpsat
 from placer.solvers.problem import (
-    Constraints, LayerProblem, build_problems, connectivity, gpu_load_lower_bound, node_touch,
+    Constraints, LayerProblem, build_problems, connectivity, gpu_load_lower_bound, live_mask, node_touch,
 )
 from placer.solvers.replicas import replicate
 from placer.solvers.refine import SearchSpec, evaluate, local_search
@@ -130,14 +137,14 @@ def _spec(problem: LayerProblem, alpha: float) -> SearchSpec:
     ptr, inc = problem.incidence()
     c = problem.constraints
     cap = problem.gpu_load_cap()
-    load_cap = np.full(N, np.inf if cap is None else cap * problem.gpus_per_node)
+    load_cap = np.full(N, np.inf) if cap is None else cap * problem.node_live().astype(np.float64)
     allowed = problem.allowed if problem.allowed is not None else np.ones((problem.num_experts, N), bool)
     M = c.max_nodes or 0
     unc = -1.0
     if M and c.max_nodes_coverage is not None:
         unc = float(math.floor((1.0 - c.max_nodes_coverage) * problem.weights.sum() + 1e-9))
     return SearchSpec(ptr, inc, problem.nets, problem.weights.astype(np.float64),
-                      problem.loads.astype(np.float64), np.full(N, problem.node_slots, np.int64),
+                      problem.loads.astype(np.float64), problem.node_capacity(),
                       load_cap, allowed, float(alpha), int(M), unc)
 
 
@@ -200,9 +207,10 @@ def _repair(problem: LayerProblem, spec: SearchSpec, part: np.ndarray, opts: Opt
 
 
 def trivial_bound(problem: LayerProblem) -> float:
-    """Each set spans >= ceil(size / node slots) nodes: a valid but weak lower bound on the cut."""
+    """Each set spans >= ceil(size / node slots) nodes (with excluded GPUs: the fewest largest
+    nodes holding it): a valid but weak lower bound on the cut."""
     size = (problem.nets >= 0).sum(axis=1)
-    return float((problem.weights * np.ceil(size / problem.node_slots)).sum())
+    return float((problem.weights * problem.min_nodes(size)).sum())
 
 
 def lns(problem: LayerProblem, spec: SearchSpec, part: np.ndarray, alpha: float, *, budget: float,
@@ -264,15 +272,19 @@ def _minmax_pack(members: np.ndarray, loads: np.ndarray, gpus: int, slots: int) 
 
 def gpu_stage(problem: LayerProblem, node: np.ndarray, opts: Options
               ) -> tuple[np.ndarray, float, float, list[str]]:
-    """GPU of every expert [experts], intra-node spread, layer peak GPU load, messages."""
-    G, S = problem.gpus_per_node, problem.slots_per_gpu
+    """GPU of every expert [experts], intra-node spread, layer peak GPU load, messages.
+
+    Each node's experts go to its live GPUs only (local index i = i-th live GPU of the node).
+    """
+    S = problem.slots_per_gpu
     loads = problem.loads
     packs = {}
     peak = 0.0
     for n in range(problem.num_nodes):
         members = np.flatnonzero(node == n)
-        packs[n] = _minmax_pack(members, loads, G, S)
-        for g in range(G):
+        live = len(problem.live_gpus(n))
+        packs[n] = _minmax_pack(members, loads, live, S)
+        for g in range(live):
             peak = max(peak, float(loads[members[packs[n] == g]].sum()))
     cap = problem.gpu_load_cap()
     messages = []
@@ -287,16 +299,18 @@ def gpu_stage(problem: LayerProblem, node: np.ndarray, opts: Options
     for n in range(problem.num_nodes):
         members = np.flatnonzero(node == n)
         local = packs[n]
+        gpus = problem.live_gpus(n)
         if S > 1 and len(members) > 1:
-            local = _spread_search(problem, members, local, target, opts)
-        expert_gpu[members] = n * G + local
+            local = _spread_search(problem, members, local, len(gpus), target, opts)
+        expert_gpu[members] = gpus[local]
     spread = _intra_spread(problem, expert_gpu)
     return expert_gpu, spread, peak, messages
 
 
-def _spread_search(problem: LayerProblem, members: np.ndarray, local: np.ndarray, target: float,
+def _spread_search(problem: LayerProblem, members: np.ndarray, local: np.ndarray, G: int, target: float,
                    opts: Options) -> np.ndarray:
-    G, S = problem.gpus_per_node, problem.slots_per_gpu
+    """Local GPU (0..G-1 over the node's G live GPUs) per member minimising the intra-node spread."""
+    S = problem.slots_per_gpu
     sets, w = cpsat.merge_projected(problem.nets, problem.weights, members, min_size=2)
     if not sets:
         return local
@@ -359,17 +373,43 @@ def expert_groups(model: Model | None, num_experts: int) -> np.ndarray:
     return np.arange(num_experts) // (num_experts // model.num_groups)
 
 
-def eplb_placement(loads: np.ndarray, topology: Topology, model: Model | None, slots_per_gpu: int | None) -> Placement:
-    """DeepSeek's EPLB on expert loads [layers, E]: hierarchical with the model's groups, else global."""
+def eplb_placement(loads: np.ndarray, topology: Topology, model: Model | None, slots_per_gpu: int | None,
+                   exclude_gpus: Sequence[int] = ()) -> Placement:
+    """DeepSeek's EPLB on expert loads [layers, E]: hierarchical with the model's groups, else global.
+
+    exclude_gpus: GPUs out of service. EPLB assumes uniform nodes, so it runs on the live
+    GPUs as a smaller cluster (the nodes with live GPUs, in order) and its GPU i is mapped
+    back to the i-th live GPU id; when the nodes keep different numbers of live GPUs it
+    uses EPLB's global policy (one node, one group) over the live GPUs. Excluded GPUs'
+    slots stay empty (-1); ``metadata["excluded_gpus"]`` lists them.
+    """
     layers, experts = loads.shape
-    slots = slots_per_gpu or math.ceil(experts / topology.num_gpus)
+    total = topology.num_gpus
+    live = live_mask(exclude_gpus, total, experts, slots_per_gpu)
+    live_ids = np.flatnonzero(live)
+    slots = slots_per_gpu or math.ceil(experts / len(live_ids))
     groups = model.num_groups if model is not None and model.num_groups > 0 else 1
-    if slots * topology.num_gpus < experts:
-        raise InputError(None, "slots_per_gpu", f"{topology.num_gpus} GPUs x {slots} slots < {experts} experts")
+    if slots * total < experts:
+        raise InputError(None, "slots_per_gpu", f"{total} GPUs x {slots} slots < {experts} experts")
     if experts % groups:
         raise InputError(None, "num_groups", f"{groups} groups do not divide {experts} experts")
-    phy2log, _, _ = rebalance_experts(loads, slots * topology.num_gpus, groups, topology.nodes, topology.num_gpus)
     metadata = {"solver": {"name": "eplb", "groups": groups}, "topology": topology.to_dict()}
+    if live.all():
+        phy2log, _, _ = rebalance_experts(loads, slots * total, groups, topology.nodes, total)
+        return Placement(phy2log, experts, topology.gpus_per_node, slots, metadata)
+    per_node = live.reshape(topology.nodes, topology.gpus_per_node).sum(axis=1)
+    used = per_node[per_node > 0]
+    if (used == used[0]).all():
+        nodes, policy = len(used), "hierarchical" if groups % len(used) == 0 else "global"
+        live_phy2log, _, _ = rebalance_experts(loads, slots * len(live_ids), groups, nodes, len(live_ids))
+    else:
+        policy = "global"
+        live_phy2log, _, _ = rebalance_experts(loads, slots * len(live_ids), 1, 1, len(live_ids))
+    phy2log = np.full((layers, total * slots), EMPTY, dtype=np.int64)
+    target = (live_ids[:, None] * slots + np.arange(slots)[None, :]).ravel()
+    phy2log[:, target] = live_phy2log
+    metadata["solver"]["policy"] = policy
+    metadata["excluded_gpus"] = np.flatnonzero(~live).tolist()
     return Placement(phy2log, experts, topology.gpus_per_node, slots, metadata)
 
 
@@ -388,6 +428,7 @@ def place(
     workers: int = 1,
     slots_per_gpu: int | None = None,
     alpha: float | None = None,
+    exclude_gpus: Sequence[int] = (),
 ) -> tuple[Placement, SolveReport]:
     """Place every layer's experts on ``topology`` from ``trace``.
 
@@ -399,6 +440,12 @@ def place(
     keep_groups: each of ``model.num_groups`` contiguous expert groups on its own nodes.
     time_limit: total budget in seconds, converted to deterministic per-layer effort (the
     result never depends on machine speed or ``workers``). alpha: NIC-balance weight.
+    exclude_gpus: GPU ids out of service (e.g. failed): they get no slots, every expert and
+    replica lands on a live GPU, node capacities are live GPUs x slots per GPU (experts
+    spread over nodes in proportion), slots_per_gpu defaults to ceil(E / live GPUs); the
+    placement keeps every GPU (excluded ones empty) and records ``metadata["excluded_gpus"]``
+    (sorted ids). Raises InputError(field "exclude_gpus") for ids out of range, all GPUs
+    excluded, or too few live slots for the experts.
     Returns (Placement with metadata, SolveReport). Raises InfeasibleError / InputError.
     """
     if solver not in (*SOLVERS, "eplb"):
@@ -410,14 +457,18 @@ def place(
     if max_nodes_coverage is not None and max_nodes is None:
         raise InputError(None, "max_nodes_coverage", "needs max_nodes")
     summary = trace if isinstance(trace, TraceSummary) else summarize(trace)
+    live = live_mask(exclude_gpus, topology.num_gpus, summary.num_experts, slots_per_gpu)
+    excluded = np.flatnonzero(~live).tolist()
     if solver == "eplb":
-        return eplb_placement(summary.loads, topology, model, slots_per_gpu), SolveReport(solver)
+        return eplb_placement(summary.loads, topology, model, slots_per_gpu, excluded), SolveReport(solver)
     groups = expert_groups(model, summary.num_experts) if keep_groups else None
     constraints = Constraints(balance, max_nodes, max_nodes_coverage, groups)
-    one_copy_slots = math.ceil(summary.num_experts / topology.num_gpus)
+    live_gpus = int(live.sum())
+    one_copy_slots = math.ceil(summary.num_experts / live_gpus)
     spare = slots_per_gpu is not None and slots_per_gpu > one_copy_slots
     problems = build_problems(
-        summary, topology.nodes, topology.gpus_per_node, one_copy_slots if spare else slots_per_gpu, constraints
+        summary, topology.nodes, topology.gpus_per_node, one_copy_slots if spare else slots_per_gpu, constraints,
+        excluded,
     )
     layer_budget = max(0.2, 1.6 * time_limit / max(1, len(problems)))
     opts = Options(solver, seed, alpha, 15, layer_budget)
@@ -441,14 +492,16 @@ def place(
         "constraints": {"balance": balance, "max_nodes": max_nodes, "max_nodes_coverage": max_nodes_coverage,
                         "keep_groups": keep_groups},
     }
+    if excluded:
+        metadata["excluded_gpus"] = excluded
     slots = problems[0].slots_per_gpu
     placement = from_expert_gpu(expert_gpu, topology.num_gpus, topology.gpus_per_node, slots, metadata)
     if spare:
         tokens = [np.repeat(part.sets, part.set_counts, axis=0) for part in summary.layers]
         coactivation = [part.coactivation for part in summary.layers]
-        placement = replicate(placement, tokens, coactivation, summary.loads, slots_per_gpu)
+        placement = replicate(placement, tokens, coactivation, summary.loads, slots_per_gpu, excluded)
         report.messages.append(
-            f"{slots_per_gpu * topology.num_gpus - summary.num_experts} spare slots per layer hold replicas "
+            f"{slots_per_gpu * live_gpus - summary.num_experts} spare slots per layer hold replicas "
             "(counts by load per copy, nodes by co-activation, GPUs by load served under the nearest rule)"
         )
     return placement, report

@@ -61,17 +61,24 @@ def solve_exact(problem, *, alpha: float = 0.0, hint: np.ndarray | None = None, 
     With ``gpu_level`` experts go to GPUs (slots and the balance cap exact); else to nodes
     (slots pooled per node). Side constraints: max_nodes (hard or coverage), groups.
     hint: [experts] GPU (gpu_level) or node of each expert. Returns GPU / node assignment.
+    Excluded GPUs (``problem.live``) hold nothing; node slots are the live GPUs' slots.
     """
     E, N, G, S = problem.num_experts, problem.num_nodes, problem.gpus_per_node, problem.slots_per_gpu
     c = problem.constraints
     m = cp_model.CpModel()
     groups_free = problem.allowed is None
+    live = problem.live if problem.live is not None else np.ones(N * G, bool)
+    capacity = problem.node_capacity()
+    # symmetry breaking: interchangeable nodes (same capacity) sorted by their smallest expert,
+    # so the r-th node of its capacity class holds no expert below r (likewise live GPUs in a node)
+    node_rank = np.array([int((capacity[:n] == capacity[n]).sum()) for n in range(N)])
     if gpu_level:
+        gpu_rank = np.array([int(live[(g // G) * G:g].sum()) for g in range(N * G)])
         x = [[m.new_bool_var(f"x{e}_{g}") for g in range(N * G)] for e in range(E)]
         for e in range(E):
             m.add_exactly_one(x[e])
         for g in range(N * G):
-            m.add(sum(x[e][g] for e in range(E)) <= S)
+            m.add(sum(x[e][g] for e in range(E)) <= (S if live[g] else 0))
         cap = problem.gpu_load_cap()
         if cap is not None:
             for g in range(N * G):
@@ -80,19 +87,20 @@ def solve_exact(problem, *, alpha: float = 0.0, hint: np.ndarray | None = None, 
         if groups_free:  # nodes (and GPUs within them) sorted by their smallest expert
             for e in range(E):
                 for g in range(N * G):
-                    if g // G > e or g % G > e:
+                    if node_rank[g // G] > e or gpu_rank[g] > e:
                         m.add(x[e][g] == 0)
     else:
         xn = [[m.new_bool_var(f"u{e}_{n}") for n in range(N)] for e in range(E)]
         for e in range(E):
             m.add_exactly_one(xn[e])
         for n in range(N):
-            m.add(sum(xn[e][n] for e in range(E)) <= G * S)
+            m.add(sum(xn[e][n] for e in range(E)) <= int(capacity[n]))
         u = xn
         if groups_free:
             for e in range(E):
-                for n in range(e + 1, N):
-                    m.add(xn[e][n] == 0)
+                for n in range(N):
+                    if node_rank[n] > e:
+                        m.add(xn[e][n] == 0)
     if problem.allowed is not None:
         for e in range(E):
             for n in range(N):

@@ -7,11 +7,15 @@ count). Placing experts on nodes, a token of net ``j`` crosses to
 over nodes the expected node-deduplicated inter-node copies are
 ``sum_j w_j * lambda_j * (1 - 1/N)`` (the *connectivity* objective). Node ``n``
 receives about ``touch_n * (1 - 1/N)`` copies, ``touch_n = sum_{j: n in nodes(j)} w_j``.
+
+Excluded (failed) GPUs have no slots: a node's capacity is its live GPUs x
+slots per GPU, and loads are balanced over the live GPUs only.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +50,7 @@ class LayerProblem:
     loads: [experts] int64 token-expert pairs per expert (GPU load unit).
     num_tokens: tokens in the layer's trace (incl. tokens with only padding).
     allowed: [experts, nodes] bool, nodes each expert may sit on (groups), or None.
+    live: [nodes * gpus_per_node] bool, GPUs in service (None = all); excluded GPUs have no slots.
     """
 
     num_experts: int
@@ -59,18 +64,47 @@ class LayerProblem:
     constraints: Constraints = field(default_factory=Constraints)
     allowed: np.ndarray | None = None
     layer: int = 0
+    live: np.ndarray | None = None
 
     @property
     def num_gpus(self) -> int:
+        """All GPUs of the topology, excluded ones included."""
         return self.num_nodes * self.gpus_per_node
 
     @property
+    def num_live_gpus(self) -> int:
+        return self.num_gpus if self.live is None else int(self.live.sum())
+
+    @property
     def node_slots(self) -> int:
+        """Slots of a node with every GPU live (the largest node capacity)."""
         return self.gpus_per_node * self.slots_per_gpu
+
+    def live_gpus(self, node: int | None = None) -> np.ndarray:
+        """Ids of the live GPUs (of ``node`` when given), ascending: [live] int64."""
+        G = self.gpus_per_node
+        ids = np.arange(self.num_gpus) if node is None else np.arange(node * G, (node + 1) * G)
+        return ids if self.live is None else ids[self.live[ids]]
+
+    def node_live(self) -> np.ndarray:
+        """Live GPUs per node: [nodes] int64."""
+        if self.live is None:
+            return np.full(self.num_nodes, self.gpus_per_node, dtype=np.int64)
+        return self.live.reshape(self.num_nodes, self.gpus_per_node).sum(axis=1).astype(np.int64)
+
+    def node_capacity(self) -> np.ndarray:
+        """Slots per node: live GPUs x slots per GPU, [nodes] int64."""
+        return self.node_live() * self.slots_per_gpu
+
+    def min_nodes(self, sizes: np.ndarray) -> np.ndarray:
+        """Fewest nodes able to hold sets of ``sizes`` experts (largest capacities first): [n] int64."""
+        reach = np.cumsum(np.sort(self.node_capacity())[::-1])
+        return np.searchsorted(reach, np.asarray(sizes), side="left").astype(np.int64) + 1
 
     @property
     def mean_gpu_load(self) -> float:
-        return float(self.loads.sum()) / self.num_gpus
+        """Mean load over the live GPUs."""
+        return float(self.loads.sum()) / self.num_live_gpus
 
     def gpu_load_cap(self) -> float | None:
         """Max GPU load allowed by ``balance`` (None without a balance constraint)."""
@@ -78,9 +112,20 @@ class LayerProblem:
         return None if eps is None else (1.0 + eps) * self.mean_gpu_load
 
     def node_counts(self) -> np.ndarray:
-        """Experts per node [nodes]: as even as possible (spread of the E mod N extra ones)."""
-        base, extra = divmod(self.num_experts, self.num_nodes)
-        return np.full(self.num_nodes, base, dtype=np.int64) + (np.arange(self.num_nodes) < extra)
+        """Experts per node [nodes]: proportional to node capacity, as even as possible.
+
+        Largest-remainder apportionment of E over the live slots (remainder ties to the
+        lower node); with every GPU live this is E // N each, the first E mod N one more.
+        """
+        cap = self.node_capacity()
+        quota = self.num_experts * cap
+        base = quota // cap.sum()
+        frac = quota - base * cap.sum()
+        extra = self.num_experts - int(base.sum())
+        order = np.lexsort((np.arange(self.num_nodes), -frac))
+        counts = base.astype(np.int64)
+        counts[order[:extra]] += 1
+        return counts
 
     def incidence(self) -> tuple[np.ndarray, np.ndarray]:
         """CSR expert -> nets: (ptr [experts + 1], nets [nnz]) int64."""
@@ -94,22 +139,53 @@ class LayerProblem:
         return ptr, rows[order].astype(np.int64)
 
 
+def live_mask(excluded_gpus: Sequence[int], num_gpus: int, num_experts: int | None = None,
+              slots_per_gpu: int | None = None) -> np.ndarray:
+    """Validated [num_gpus] bool mask of the GPUs in service (``excluded_gpus`` out).
+
+    Raises InputError(None, "exclude_gpus", ...) for ids that are not integers in
+    [0, num_gpus), for excluding every GPU, and (given ``num_experts`` and
+    ``slots_per_gpu``) when the live GPUs' slots cannot hold every expert once.
+    """
+    live = np.ones(num_gpus, dtype=bool)
+    for gpu in excluded_gpus:
+        if isinstance(gpu, (bool, np.bool_)) or not isinstance(gpu, (int, np.integer)):
+            raise InputError(None, "exclude_gpus", f"expected integer GPU ids, got {gpu!r}")
+        if not 0 <= int(gpu) < num_gpus:
+            raise InputError(None, "exclude_gpus", f"GPU id {int(gpu)} is out of range: the topology has "
+                             f"{num_gpus} GPUs (ids 0..{num_gpus - 1})")
+        live[int(gpu)] = False
+    count = int(live.sum())
+    if count == 0:
+        raise InputError(None, "exclude_gpus", f"all {num_gpus} GPUs are excluded: at least one must stay in service")
+    if num_experts is not None and slots_per_gpu is not None and count * slots_per_gpu < num_experts:
+        raise InputError(None, "exclude_gpus", f"{count} live GPUs x {slots_per_gpu} slots = "
+                         f"{count * slots_per_gpu} slots < {num_experts} experts (exclude fewer GPUs "
+                         f"or use slots_per_gpu >= {math.ceil(num_experts / count)})")
+    return live
+
+
 def build_problems(
     summary: TraceSummary,
     num_nodes: int,
     gpus_per_node: int,
     slots_per_gpu: int | None = None,
     constraints: Constraints | None = None,
+    excluded_gpus: Sequence[int] = (),
 ) -> list[LayerProblem]:
     """One :class:`LayerProblem` per summarised layer; checks the request is feasible.
 
-    Raises InputError for impossible shapes (too few slots) and InfeasibleError
-    for constraints no placement can meet (with what is achievable).
+    excluded_gpus: GPU ids out of service (no slots); slots_per_gpu defaults to
+    ceil(E / live GPUs). Raises InputError for impossible shapes (too few slots,
+    bad exclusions) and InfeasibleError for constraints no placement can meet
+    (with what is achievable).
     """
     constraints = constraints or Constraints()
     experts = summary.num_experts
     gpus = num_nodes * gpus_per_node
-    slots = slots_per_gpu if slots_per_gpu is not None else math.ceil(experts / gpus)
+    live = live_mask(excluded_gpus, gpus, experts, slots_per_gpu)
+    live_count = int(live.sum())
+    slots = slots_per_gpu if slots_per_gpu is not None else math.ceil(experts / live_count)
     if slots * gpus < experts:
         raise InputError(None, "slots_per_gpu", f"{gpus} GPUs x {slots} slots < {experts} experts")
     allowed = group_mask(constraints.groups, experts, num_nodes) if constraints.groups is not None else None
@@ -118,6 +194,7 @@ def build_problems(
         problem = LayerProblem(
             experts, num_nodes, gpus_per_node, slots, part.sets.astype(np.int32), part.set_counts,
             part.loads, summary.num_tokens, constraints, allowed, layer,
+            None if live.all() else live,
         )
         check_feasible(problem)
         problems.append(problem)
@@ -150,12 +227,15 @@ def check_feasible(problem: LayerProblem) -> None:
     c = problem.constraints
     where = f"layer {problem.layer}"
     if problem.allowed is not None:
+        capacity = problem.node_capacity()
         for node_set in {tuple(np.flatnonzero(row)) for row in problem.allowed}:
             members = int((problem.allowed[:, list(node_set)].all(axis=1)).sum())
-            if members > len(node_set) * problem.node_slots:
+            room = int(capacity[list(node_set)].sum())
+            if members > room:
                 raise InfeasibleError(
                     f"keep_groups: a group of {members} experts does not fit its {len(node_set)} "
-                    f"node(s) x {problem.node_slots} slots"
+                    + (f"node(s) x {problem.node_slots} slots" if problem.live is None else
+                       f"node(s) ({room} slots on their live GPUs)")
                 )
     cap = problem.gpu_load_cap()
     if cap is not None:
@@ -175,14 +255,16 @@ def check_feasible(problem: LayerProblem) -> None:
         if m < 1:
             raise InputError(None, "max_nodes", f"expected >= 1, got {m}")
         need = (problem.nets >= 0).sum(axis=1)
-        min_nodes = -(-need // problem.node_slots)
+        min_nodes = problem.min_nodes(need)
         if c.max_nodes_coverage is None:
             bad = min_nodes > m
             if bad.any():
                 j = int(np.flatnonzero(bad)[0])
                 raise InfeasibleError(
                     f"max_nodes {m} is infeasible on {where}: top-k set {problem.nets[j][problem.nets[j] >= 0].tolist()} "
-                    f"has {need[j]} experts but a node holds only {problem.node_slots}"
+                    + (f"has {need[j]} experts but a node holds only {problem.node_slots}" if problem.live is None else
+                       f"has {need[j]} experts but its {m} largest nodes hold only "
+                       f"{int(np.sort(problem.node_capacity())[::-1][:m].sum())} on their live GPUs")
                 )
         else:
             share = problem.weights[min_nodes <= m].sum() / max(1, problem.weights.sum())
@@ -197,7 +279,7 @@ def gpu_load_lower_bound(problem: LayerProblem) -> float:
     """A lower bound on any placement's max GPU load: hottest expert, mean, and slot pigeonholes."""
     loads = np.sort(problem.loads)[::-1]
     bound = max(float(loads[0]), problem.mean_gpu_load)
-    gpus, slots = problem.num_gpus, problem.slots_per_gpu
+    gpus, slots = problem.num_live_gpus, problem.slots_per_gpu
     # The hottest P+1 experts: two of them share a GPU (if more experts than GPUs), etc.
     for s in range(1, slots):
         if len(loads) > s * gpus:

@@ -14,9 +14,14 @@ receive replicas:
 3. GPUs: inside each node the copies are re-packed longest-first by the load
    each one serves when the layer's tokens are dispatched with the
    ``nearest`` rule (a few rounds), never two copies of one expert on one GPU.
+
+Excluded GPUs (``metadata["excluded_gpus"]``) receive no copy: their slots stay
+empty, and the replay that measures served load sends tokens from live GPUs only.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -44,13 +49,16 @@ def add_replicas(
     num_gpus: int,
     gpus_per_node: int,
     slots_per_gpu: int,
+    live: np.ndarray | None = None,
 ) -> np.ndarray:
     """One layer's slot map with replicas placed by co-activation affinity.
 
     expert_gpu: [E] GPU of each expert's first copy; counts: [E] copies wanted;
-    coactivation: [E, E]; loads: [E]. Returns phy2log: [num_gpus * slots_per_gpu].
+    coactivation: [E, E]; loads: [E]; live: [num_gpus] bool GPUs in service (None = all;
+    the others get no copy). Returns phy2log: [num_gpus * slots_per_gpu].
     """
     experts = len(expert_gpu)
+    live = np.ones(num_gpus, dtype=bool) if live is None else np.asarray(live, dtype=bool)
     held: list[list[int]] = [[] for _ in range(num_gpus)]
     for expert in np.argsort(expert_gpu, kind="stable"):
         held[expert_gpu[expert]].append(int(expert))
@@ -61,7 +69,8 @@ def add_replicas(
     hottest_first = np.argsort(-loads, kind="stable")
     copies = np.ones(experts, dtype=np.int64)
     for expert in np.repeat(hottest_first, counts[hottest_first] - 1):
-        open_gpus = [g for g in range(num_gpus) if len(held[g]) < slots_per_gpu and expert not in held[g]]
+        open_gpus = [g for g in range(num_gpus)
+                     if live[g] and len(held[g]) < slots_per_gpu and expert not in held[g]]
         if not open_gpus:
             continue
         open_nodes = sorted({g // gpus_per_node for g in open_gpus})
@@ -77,7 +86,7 @@ def add_replicas(
         on_node[node, expert] = True
         copies[expert] += 1
     for gpu, members in enumerate(held):
-        while len(members) < slots_per_gpu:
+        while live[gpu] and len(members) < slots_per_gpu:
             per_copy = np.where(np.isin(np.arange(experts), members), -1.0, loads / copies)
             expert = int(np.argmax(per_copy))
             members.append(expert)
@@ -93,11 +102,15 @@ def _slot_map(held: list[list[int]], slots_per_gpu: int) -> np.ndarray:
     return phy2log
 
 
-def repack_node(phy2log: np.ndarray, slot_load: np.ndarray, node: int, gpus_per_node: int, slots_per_gpu: int) -> None:
-    """Re-pack one node's copies onto its GPUs longest-first by served load (in place).
+def repack_node(phy2log: np.ndarray, slot_load: np.ndarray, node: int, gpus_per_node: int, slots_per_gpu: int,
+                live: np.ndarray | None = None) -> None:
+    """Re-pack one node's copies onto its live GPUs longest-first by served load (in place).
 
-    phy2log: [slots] one layer; slot_load: [slots] pairs each copy served.
+    phy2log: [slots] one layer; slot_load: [slots] pairs each copy served;
+    live: [gpus] bool GPUs in service (None = all).
     """
+    first_gpu = node * gpus_per_node
+    usable = [g for g in range(gpus_per_node) if live is None or live[first_gpu + g]]
     first = node * gpus_per_node * slots_per_gpu
     span = np.arange(first, first + gpus_per_node * slots_per_gpu)
     span = span[phy2log[span] >= 0]
@@ -105,7 +118,7 @@ def repack_node(phy2log: np.ndarray, slot_load: np.ndarray, node: int, gpus_per_
     held: list[list[int]] = [[] for _ in range(gpus_per_node)]
     for slot in span[np.argsort(-slot_load[span], kind="stable")]:
         expert = int(phy2log[slot])
-        open_gpus = [g for g in range(gpus_per_node) if len(held[g]) < slots_per_gpu and expert not in held[g]]
+        open_gpus = [g for g in usable if len(held[g]) < slots_per_gpu and expert not in held[g]]
         gpu = min(open_gpus, key=lambda g: (gpu_load[g], g))
         held[gpu].append(expert)
         gpu_load[gpu] += slot_load[slot]
@@ -118,25 +131,33 @@ def replicate(
     coactivation: list[sp.csr_matrix],
     loads: np.ndarray,
     slots_per_gpu: int,
+    excluded_gpus: Sequence[int] | None = None,
 ) -> Placement:
-    """Fill ``slots_per_gpu`` slots per GPU with replicas of a one-copy placement.
+    """Fill ``slots_per_gpu`` slots per live GPU with replicas of a one-copy placement.
 
     tokens: per layer [tokens, k] expert ids replayed to measure served load
-    (sources t mod P); coactivation: per layer [E, E]; loads: [layers, E].
+    (sources: token t on the (t mod L)-th of the L live GPUs); coactivation: per layer
+    [E, E]; loads: [layers, E]. excluded_gpus: GPUs out of service (no copies); None
+    reads ``placement.metadata["excluded_gpus"]`` (absent = none).
     """
     gpus, per_node = placement.num_gpus, placement.gpus_per_node
+    if excluded_gpus is None:
+        excluded_gpus = placement.metadata.get("excluded_gpus", [])
+    live = np.ones(gpus, dtype=bool)
+    live[np.asarray(list(excluded_gpus), dtype=np.int64)] = False
+    live_ids = np.flatnonzero(live)
     expert_gpu = placement.expert_gpu()
     rows = []
     for layer in range(placement.num_layers):
-        counts = replica_counts(loads[layer], gpus * slots_per_gpu)
+        counts = replica_counts(loads[layer], len(live_ids) * slots_per_gpu)
         rows.append(add_replicas(expert_gpu[layer], counts, coactivation[layer], loads[layer],
-                                 gpus, per_node, slots_per_gpu))
+                                 gpus, per_node, slots_per_gpu, live))
     phy2log = np.stack(rows)
     for _ in range(REPACK_ROUNDS):
         current = Placement(phy2log, placement.num_experts, per_node, slots_per_gpu)
         dispatcher = Dispatcher(current, "nearest")
         for layer, ids in enumerate(tokens):
-            dispatcher.route(layer, ids, np.arange(len(ids)) % gpus)
+            dispatcher.route(layer, ids, live_ids[np.arange(len(ids)) % len(live_ids)])
             for node in range(placement.num_nodes):
-                repack_node(phy2log[layer], dispatcher.slot_load[layer], node, per_node, slots_per_gpu)
+                repack_node(phy2log[layer], dispatcher.slot_load[layer], node, per_node, slots_per_gpu, live)
     return Placement(phy2log, placement.num_experts, per_node, slots_per_gpu, dict(placement.metadata))
