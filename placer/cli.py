@@ -11,25 +11,33 @@ import time
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from placer import calc, instances, placement_io
-from placer.stats import trace_stats
 from placer.atomic import refuse_overwriting_input
-from placer.engines import write_output
 from placer.bundled import sample_trace
+from placer.engines import moved_weights, write_output
 from placer.errors import InfeasibleError, InputError
 from placer.esft import ESFT_TASKS, import_esft
+from placer.importers import (
+    ExpertCounts,
+    load_routing,
+    read_megatron,
+    read_sglang_dump,
+    read_trtllm,
+    read_vllm,
+    save_counts,
+)
 from placer.placement import BASELINES, Placement, baseline
 from placer.render import comparison_table, key_value_table, stats_table
 from placer.replay import ReplayReport, evaluate
-from placer.topology import Model, Topology
-from placer.importers import ExpertCounts, load_routing, read_megatron, read_sglang_dump, read_trtllm, read_vllm, save_counts
 from placer.solvers import place
 from placer.solvers.api import eplb_placement
+from placer.stats import trace_stats
+from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource, save_trace, trace_digest
 
 app = typer.Typer(
@@ -55,12 +63,12 @@ class Dispatch(str, Enum):
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 TopologyOpt = Annotated[str, typer.Option(help="Topology preset name or .toml file.")]
-NodesOpt = Annotated[Optional[int], typer.Option("--nodes", help="Override the topology's node count.")]
-GpnOpt = Annotated[Optional[int], typer.Option("--gpus-per-node", help="Override the GPUs per node.")]
+NodesOpt = Annotated[int | None, typer.Option("--nodes", help="Override the topology's node count.")]
+GpnOpt = Annotated[int | None, typer.Option("--gpus-per-node", help="Override the GPUs per node.")]
 ModelOpt = Annotated[
-    Optional[str], typer.Option(help="Model preset name or .toml file (default: the preset matching the trace).")
+    str | None, typer.Option(help="Model preset name or .toml file (default: the preset matching the trace).")
 ]
-MaxNodesOpt = Annotated[Optional[int], typer.Option("--max-nodes", help="Report tokens touching more than M nodes.")]
+MaxNodesOpt = Annotated[int | None, typer.Option("--max-nodes", help="Report tokens touching more than M nodes.")]
 SourceOpt = Annotated[Source, typer.Option(help="token: token t on GPU t mod P (or src_rank); sequence: sequence i on GPU i mod P.")]
 class Rule(str, Enum):
     nearest = "nearest"
@@ -213,13 +221,13 @@ def place_command(
     nodes: NodesOpt = None,
     gpus_per_node: GpnOpt = None,
     model: ModelOpt = None,
-    balance: Annotated[Optional[float], typer.Option(help="Max GPU load <= (1+EPS) x mean on the trace.")] = None,
-    max_nodes: Annotated[Optional[int], typer.Option("--max-nodes", help="A token may touch at most M nodes.")] = None,
+    balance: Annotated[float | None, typer.Option(help="Max GPU load <= (1+EPS) x mean on the trace.")] = None,
+    max_nodes: Annotated[int | None, typer.Option("--max-nodes", help="A token may touch at most M nodes.")] = None,
     max_nodes_coverage: Annotated[
-        Optional[float], typer.Option(help="With --max-nodes: the limit must hold for at least this share of tokens.")
+        float | None, typer.Option(help="With --max-nodes: the limit must hold for at least this share of tokens.")
     ] = None,
     keep_groups: Annotated[bool, typer.Option(help="Keep each expert group of the model on its own nodes.")] = False,
-    slots_per_gpu: Annotated[Optional[int], typer.Option(help="Expert slots per GPU (default: ceil(E / GPUs)).")] = None,
+    slots_per_gpu: Annotated[int | None, typer.Option(help="Expert slots per GPU (default: ceil(E / GPUs)).")] = None,
     time_limit: Annotated[float, typer.Option(help="Solver budget in seconds (deterministic effort).")] = 60.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workers: Annotated[int, typer.Option(help="Processes solving layers in parallel (result unchanged).")] = 1,
@@ -227,7 +235,10 @@ def place_command(
         OutputFormat,
         typer.Option("--format", help="placer JSON, SGLang JSON, TensorRT-LLM YAML, EPLB .npz or expert permutation JSON."),
     ] = OutputFormat.placer,
-    heldout: Annotated[Optional[str], typer.Option("--evaluate", help="Held-out trace to replay against the result and the baselines.")] = None,
+    heldout: Annotated[str | None, typer.Option("--evaluate", help="Held-out trace to replay against the result and the baselines.")] = None,
+    current: Annotated[
+        str | None, typer.Option(help="Placement in service now: relabel nodes/GPUs of the result to move the fewest experts.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Place every layer's experts on GPUs and nodes from a trace, and write the placement."""
@@ -261,6 +272,14 @@ def place_command(
                   "tokens": None if counts_only else source.num_tokens},
     }
     chosen = replace(chosen, metadata=metadata)
+    if current:
+        in_service = placement_io.read_placement(current, topo.num_gpus, topo.gpus_per_node, mdl)
+        naive = moved_weights(in_service, chosen, mdl.expert_param_bytes if mdl else 0.0)
+        chosen = chosen.closest_to(in_service)
+        solve_facts["moves"] = {
+            "without_relabel": naive["experts_moved"],
+            **moved_weights(in_service, chosen, mdl.expert_param_bytes if mdl else 0.0),
+        }
     write_output(chosen, out, output_format.value, mdl)
     wall = time.perf_counter() - started
     test = _open_trace(heldout) if heldout else None
@@ -280,6 +299,13 @@ def place_command(
         )
         for message in solve_facts["messages"]:
             console.print(f"note: {message}", markup=False, highlight=False)
+    if "moves" in solve_facts:
+        moves = solve_facts["moves"]
+        console.print(
+            f"from {current}: {moves['experts_moved']:,} expert copies to load "
+            f"({moves['bytes_moved'] / 1e9:,.2f} GB of weights), {moves['without_relabel']:,} without relabelling",
+            markup=False, highlight=False,
+        )
     if test is not None:
         console.print(comparison_table(results, _title(heldout, test, topo, mdl, " | held-out replay")))
 
@@ -328,9 +354,9 @@ def calc_command(
     tokens_per_gpu: Annotated[int, typer.Option(help="Tokens per GPU per micro-batch.")] = 4096,
     gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs per node.")] = 8,
     max_nodes: MaxNodesOpt = None,
-    dispatch_bytes: Annotated[Optional[float], typer.Option(help="Override bytes per element for dispatch.")] = None,
-    combine_bytes: Annotated[Optional[float], typer.Option(help="Override bytes per element for combine.")] = None,
-    topology: Annotated[Optional[str], typer.Option(help="Topology for time estimates.")] = None,
+    dispatch_bytes: Annotated[float | None, typer.Option(help="Override bytes per element for dispatch.")] = None,
+    combine_bytes: Annotated[float | None, typer.Option(help="Override bytes per element for combine.")] = None,
+    topology: Annotated[str | None, typer.Option(help="Topology for time estimates.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """All-to-all volume under uniform routing, without a trace (per GPU, per layer, one way)."""
@@ -362,14 +388,14 @@ def import_esft_command(
     directory: Annotated[str, typer.Argument(help="ESFT traces root (task folders inside) .")],
     out: Annotated[str, typer.Option(help="Output .npz (with --split: OUT-train.npz and OUT-test.npz).")],
     split: Annotated[bool, typer.Option(help="Write a train (first half of each task) and a test file.")] = False,
-    task: Annotated[Optional[str], typer.Option(help=f"Keep one task: {', '.join(ESFT_TASKS)}.")] = None,
+    task: Annotated[str | None, typer.Option(help=f"Keep one task: {', '.join(ESFT_TASKS)}.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Import the ESFT expert-score traces (weights and sequence boundaries kept)."""
     result = import_esft(directory, task=task, split=split)
     outputs: dict[str, Trace]
     if split:
-        stem = out[:-4] if out.endswith(".npz") else out
+        stem = out.removesuffix(".npz")
         outputs = {f"{stem}-train.npz": result[0], f"{stem}-test.npz": result[1]}
     else:
         outputs = {out if out.endswith(".npz") else out + ".npz": result}
@@ -387,7 +413,7 @@ def import_esft_command(
 
 
 NumExpertsOpt = Annotated[
-    Optional[int], typer.Option(help="Experts per layer, for formats that do not record it (default: largest id + 1).")
+    int | None, typer.Option(help="Experts per layer, for formats that do not record it (default: largest id + 1).")
 ]
 ImportOutOpt = Annotated[str, typer.Option(help="Output: .npz for a routing trace, .npy for expert counts.")]
 

@@ -14,8 +14,8 @@ from scipy.optimize import linear_sum_assignment
 
 from placer.atomic import atomic_output, write_text_atomic
 from placer.errors import InputError
-from placer.placement_io import write_placement
 from placer.placement import EMPTY, Placement, contiguous_gpus
+from placer.placement_io import write_placement
 from placer.topology import Model
 
 

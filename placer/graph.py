@@ -352,7 +352,7 @@ def summarize(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for chunk in _chunks(source):
             ids = chunk.trace.topk_ids
-            parts = pool.map(lambda layer: layer_summary(ids[:, layer, :], experts), layer_ids)
+            parts = pool.map(layer_summary, [ids[:, layer, :] for layer in layer_ids], [experts] * len(layer_ids))
             _push(stack, TraceSummary(experts, ids.shape[2], ids.shape[0], layer_ids, tuple(parts)))
     return reduce(TraceSummary.merge, stack)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from placer.errors import InputError
 from placer.topology import Model, Topology

@@ -95,7 +95,7 @@ def _finite_mean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else math.nan
 
 
-def _plain(value: float | int) -> float | int | None:
+def _plain(value: float) -> float | int | None:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 

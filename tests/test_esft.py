@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,7 @@ def write_task(folder, seq_lens, layers=3, k=6):
     bounds = np.concatenate([[0], np.cumsum(seq_lens)])
     for layer in range(layers):
         lines = []
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
+        for lo, hi in itertools.pairwise(bounds):
             id_text = "\t".join(map(str, ids[lo:hi, layer].ravel()))
             weight_text = "\t".join(f"{w:.4f}" for w in weights[lo:hi, layer].ravel())
             lines.append(f"{id_text}\t\t{weight_text}\n")

@@ -214,7 +214,7 @@ def test_sharded_source_streams_to_the_same_summary(tmp_path):
     ids = random_ids(700, 2, 3, 10, seed=5)
     whole = validate_arrays("whole", {"topk_ids": ids, "num_experts": np.int64(10)})
     bounds = [0, 100, 150, 400, 410, 700]
-    for n, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+    for n, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         save_trace(validate_arrays("s", {"topk_ids": ids[lo:hi]}, num_experts=10), tmp_path / f"{n:02d}.npz")
     assert_same_summary(graph.summarize(TraceSource(tmp_path), workers=2), graph.summarize(whole))
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-
 from conftest import invoke
+
 from placer import load_model
 from placer.bundled import sample_trace
 from placer.placement_io import read_placement
@@ -63,10 +64,11 @@ def test_sglang_format_has_one_key_and_dense_rows(tmp_path, cli):
 
 def test_out_may_not_overwrite_the_trace(tmp_path, cli):
     trace = tmp_path / "t.npz"
-    trace.write_bytes(open(TRAIN, "rb").read())
+    original = Path(TRAIN).read_bytes()
+    trace.write_bytes(original)
     result = cli("place", "--trace", trace, "--solver", "contiguous", "--out", trace)
     assert result.code == 2 and "would overwrite the input" in result.err
-    assert trace.read_bytes() == open(TRAIN, "rb").read()
+    assert trace.read_bytes() == original
 
 
 def test_infeasible_balance_is_explained(tmp_path, cli):
@@ -74,3 +76,13 @@ def test_infeasible_balance_is_explained(tmp_path, cli):
                  "--out", tmp_path / "p.json")
     assert result.code == 2 and "balance" in result.err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_current_placement_reduces_moves(tmp_path, cli):
+    assert cli("place", "--trace", TRAIN, "--solver", "contiguous", "--out", tmp_path / "now.json").code == 0
+    result = cli("place", "--trace", TRAIN, "--solver", "spectral", "--out", tmp_path / "next.json",
+                 "--current", tmp_path / "now.json", "--model", "deepseek-v2-lite", "--json")
+    assert result.code == 0, result.err
+    moves = result.json()["solve"]["moves"]
+    assert moves["experts_moved"] < moves["without_relabel"]
+    assert moves["bytes_moved"] == moves["experts_moved"] * load_model("deepseek-v2-lite").expert_param_bytes

@@ -7,16 +7,15 @@ import itertools
 import numpy as np
 import pytest
 
+from placer.bundled import sample_trace
 from placer.errors import InfeasibleError
+from placer.graph import summarize
+from placer.replay import evaluate
 from placer.solvers import place
 from placer.solvers.api import Options, solve_layer
-from placer.graph import summarize
-from placer.solvers.problem import Constraints, build_problems, connectivity
+from placer.solvers.problem import build_problems, connectivity
 from placer.topology import Topology
-from placer.bundled import sample_trace
-from placer.replay import evaluate
-from placer.trace import load_trace, validate_arrays
-from placer.trace import Trace
+from placer.trace import Trace, load_trace, validate_arrays
 
 
 def topo(nodes: int, gpus: int) -> Topology:
@@ -153,7 +152,7 @@ def test_deterministic_and_worker_independent():
 def test_auto_never_worse_than_spectral():
     trace = random_trace(400, 1, 32, 4, 10, skew=2.0)
     problem = build_problems(summarize(trace), 4, 2)[0]
-    opts = dict(seed=0, alpha=0.0, kicks=40, layer_budget=2.0)
+    opts = {"seed": 0, "alpha": 0.0, "kicks": 40, "layer_budget": 2.0}
     s = solve_layer(problem, Options(solver="spectral", **opts))
     a = solve_layer(problem, Options(solver="auto", **opts))
     assert a.objective <= s.objective

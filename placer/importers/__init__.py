@@ -17,7 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from placer.errors import InputError
-from placer.importers.counts import ExpertCounts, read_counts_npy, read_npy, save_counts, validate_counts
+from placer.importers.counts import (
+    ExpertCounts,
+    read_counts_npy,
+    read_npy,
+    save_counts,
+    validate_counts,
+)
 from placer.importers.megatron import megatron_files, read_megatron
 from placer.importers.sglang import read_sglang_dump
 from placer.importers.trtllm import META_INFO, read_trtllm

@@ -47,7 +47,7 @@ def _load(path: Path) -> object:
             return torch.load(path, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise InputError(path, None, "no such file") from None
-    except Exception as err:  # a corrupt or refused pickle raises many types
+    except Exception as err:  # noqa: BLE001 - a corrupt or refused pickle raises many types
         detail = (str(err).splitlines() or [""])[0][:160]
         raise InputError(
             path, None, f"not a readable torch file ({err.__class__.__name__}: {detail})"

@@ -75,7 +75,7 @@ def _load(path: Path) -> Records:
         tensors = load_file(path)
     except FileNotFoundError:
         raise InputError(path, None, "no such file") from None
-    except Exception as err:  # SafetensorError and dtype errors of a corrupt file
+    except Exception as err:  # noqa: BLE001 - SafetensorError and dtype errors of a corrupt file
         raise InputError(path, None, f"not a readable safetensors file ({err})") from None
     records: Records = {}
     for key, value in tensors.items():

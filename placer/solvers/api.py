@@ -34,16 +34,22 @@ import numpy as np
 
 from placer.eplb import rebalance_experts
 from placer.errors import InfeasibleError, InputError
+from placer.graph import TraceSummary, summarize
 from placer.placement import EMPTY, Placement, from_expert_gpu
 from placer.solvers import cpsat
 from placer.solvers.problem import (
-    Constraints, LayerProblem, build_problems, connectivity, gpu_load_lower_bound, live_mask, node_touch,
+    Constraints,
+    LayerProblem,
+    build_problems,
+    connectivity,
+    gpu_load_lower_bound,
+    live_mask,
+    node_touch,
 )
-from placer.solvers.replicas import replicate
 from placer.solvers.refine import SearchSpec, evaluate, local_search
+from placer.solvers.replicas import replicate
 from placer.solvers.spectral import spectral_parts
 from placer.topology import Model, Topology
-from placer.graph import TraceSummary, summarize
 from placer.trace import Trace, TraceSource
 
 SOLVERS = ("auto", "spectral", "ilp")
@@ -160,7 +166,7 @@ def node_stage(problem: LayerProblem, opts: Options) -> tuple[np.ndarray, float,
                           seed=opts.seed)
     spec = _spec(problem, alpha)
     kicks = opts.kicks if opts.solver == "spectral" else max(opts.kicks, int(opts.layer_budget * 30))
-    part, value = local_search(spec, part, seed=opts.seed, kicks=kicks)
+    part, _value = local_search(spec, part, seed=opts.seed, kicks=kicks)
     _, cut, viol = evaluate(spec, part)
     bound = trivial_bound(problem)
     status = "feasible"

@@ -133,7 +133,7 @@ def solve_exact(problem, *, alpha: float = 0.0, hint: np.ndarray | None = None, 
         for n in range(N):
             m.add(z >= sum(touch[n]))
         # alpha is scaled to an integer ratio (x100) to keep the objective integral
-        objective = 100 * objective + int(round(alpha * 100)) * z
+        objective = 100 * objective + round(alpha * 100) * z
     m.minimize(objective)
     if hint is not None:
         if gpu_level:
@@ -197,7 +197,7 @@ def improve_pair(problem, node: np.ndarray, a: int, b: int, *, alpha: float, oth
         z = m.new_int_var(int(other_peak), int(problem.weights.sum()), "z")
         m.add(z >= sum(ta))
         m.add(z >= sum(tb))
-        objective = 100 * objective + int(round(alpha * 100)) * z
+        objective = 100 * objective + round(alpha * 100) * z
     m.minimize(objective)
     for i, e in enumerate(members):
         m.add_hint(xb[i], int(node[e] == b))

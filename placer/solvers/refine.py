@@ -188,8 +188,7 @@ def _cost_after(cut, touch, a, b, dcut, dta, dtb, viol_m, over, dvh, dov, M, unc
             t += dta
         elif p == b:
             t += dtb
-        if t > mt:
-            mt = t
+        mt = max(mt, t)
     v = 0.0
     if M > 0:
         if unc_allowed < 0:
@@ -455,7 +454,7 @@ def _ils(part0, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alpha,
 def evaluate(spec: SearchSpec, part: np.ndarray, big: float = BIG) -> tuple[float, float, float]:
     """(J, cut, violation) of ``part`` [experts] under ``spec``."""
     K = len(spec.slot_cap)
-    cnt, lam, touch, pload, pcount, cut = _state(part.astype(np.int64), K, spec.nets, spec.weights, spec.loads)
+    _cnt, lam, touch, pload, _pcount, cut = _state(part.astype(np.int64), K, spec.nets, spec.weights, spec.loads)
     viol = _violation(lam, spec.weights, spec.max_parts, spec.uncovered_allowed, pload, spec.load_cap)
     return float(cut + spec.alpha * touch.max() + big * viol), float(cut), float(viol)
 

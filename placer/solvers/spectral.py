@@ -35,7 +35,7 @@ def embedding(A: np.ndarray, dims: int) -> np.ndarray:
     deg = A.sum(axis=1)
     inv = 1.0 / np.sqrt(np.maximum(deg, 1e-12))
     L = np.eye(len(A)) - inv[:, None] * A * inv[None, :]
-    vals, vecs = eigh(L)
+    _vals, vecs = eigh(L)
     X = vecs[:, 1:dims + 1] * inv[:, None]
     # fix eigenvector signs deterministically
     signs = np.sign(X[np.abs(X).argmax(axis=0), np.arange(X.shape[1])])
