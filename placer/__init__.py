@@ -4,19 +4,23 @@ Data flows one way: trace -> graph -> solver -> placement -> replay/report.
 """
 
 from placer.errors import InfeasibleError, InputError
+from placer.importers import ExpertCounts, load_routing
 from placer.instances import load_model, load_topology
 from placer.placement import Placement, baseline, from_expert_gpu
 from placer.placement_io import read_placement, write_placement
 from placer.replay import ReplayReport, evaluate
+from placer.solvers import SolveReport, place
 from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource, load_trace, save_trace
 
 __all__ = [
+    "ExpertCounts",
     "InfeasibleError",
     "InputError",
     "Model",
     "Placement",
     "ReplayReport",
+    "SolveReport",
     "Topology",
     "Trace",
     "TraceSource",
@@ -24,8 +28,10 @@ __all__ = [
     "evaluate",
     "from_expert_gpu",
     "load_model",
+    "load_routing",
     "load_topology",
     "load_trace",
+    "place",
     "read_placement",
     "save_trace",
     "write_placement",
