@@ -6,6 +6,7 @@ Bad input exits with code 2 and one line naming the file and field; success exit
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -37,7 +38,7 @@ from placer.replay import ReplayReport, evaluate
 from placer.solvers import place
 from placer.solvers.api import eplb_placement
 from placer.stats import trace_stats
-from placer.topology import Model, Topology
+from placer.topology import Model, Topology, memory_slots
 from placer.trace import Trace, TraceSource, save_trace, trace_digest
 
 app = typer.Typer(
@@ -227,7 +228,13 @@ def place_command(
         float | None, typer.Option(help="With --max-nodes: the limit must hold for at least this share of tokens.")
     ] = None,
     keep_groups: Annotated[bool, typer.Option(help="Keep each expert group of the model on its own nodes.")] = False,
-    slots_per_gpu: Annotated[int | None, typer.Option(help="Expert slots per GPU (default: ceil(E / GPUs)).")] = None,
+    slots_per_gpu: Annotated[
+        str | None,
+        typer.Option(help="Expert slots per GPU and layer: a number, or 'memory' for as many as fit (default: ceil(E / GPUs))."),
+    ] = None,
+    memory_reserve: Annotated[
+        float, typer.Option(help="Share of GPU memory kept for non-expert use when checking that experts fit.")
+    ] = 0.0,
     time_limit: Annotated[float, typer.Option(help="Solver budget in seconds (deterministic effort).")] = 60.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workers: Annotated[int, typer.Option(help="Processes solving layers in parallel (result unchanged).")] = 1,
@@ -251,17 +258,18 @@ def place_command(
     topo = _topology(topology, nodes, gpus_per_node)
     mdl = _model(model, source.num_experts, None if counts_only else source.top_k)
     experts = mdl.num_experts if mdl is not None else source.num_experts
+    slots = _slots(slots_per_gpu, memory_reserve, experts, topo, mdl)
     if solver.value in BASELINES:
         chosen = baseline(solver.value, source.num_layers, experts, topo.num_gpus, topo.gpus_per_node)
         solve_facts: dict = {"solver": solver.value}
     elif counts_only:
-        chosen = eplb_placement(source.counts, topo, mdl, slots_per_gpu)
+        chosen = eplb_placement(source.counts, topo, mdl, slots)
         solve_facts = {"solver": "eplb"}
     else:
         chosen, report = place(
             source, topo, solver=solver.value, balance=balance, max_nodes=max_nodes,
             max_nodes_coverage=max_nodes_coverage, keep_groups=keep_groups, model=mdl,
-            time_limit=time_limit, seed=seed, workers=workers, slots_per_gpu=slots_per_gpu,
+            time_limit=time_limit, seed=seed, workers=workers, slots_per_gpu=slots,
         )
         solve_facts = report.to_dict()
     metadata = {
@@ -289,7 +297,7 @@ def place_command(
                      "evaluation": {name: r.totals for name, r in results}})
         return
     console.print(f"wrote {out} ({output_format.value} format) in {wall:.1f} s wall", markup=False, highlight=False)
-    if "gap" in solve_facts:
+    if solve_facts.get("layers"):
         optimal = sum(layer["status"] == "optimal" for layer in solve_facts["layers"])
         console.print(
             f"{solver.value}: train objective {solve_facts['objective']:,.0f} token-node copies, "
@@ -308,6 +316,36 @@ def place_command(
         )
     if test is not None:
         console.print(comparison_table(results, _title(heldout, test, topo, mdl, " | held-out replay")))
+
+
+def _slots(requested: str | None, reserve: float, experts: int, topo: Topology, mdl: Model | None) -> int | None:
+    """Slots per GPU from --slots-per-gpu, checked against what fits in GPU memory."""
+    if not 0.0 <= reserve < 1.0:
+        raise InputError(None, "--memory-reserve", f"expected a share in [0, 1), got {reserve}")
+    fits = memory_slots(topo, mdl, reserve) if mdl is not None else None
+    needed = math.ceil(experts / topo.num_gpus)
+    if requested == "memory":
+        if fits is None:
+            raise InputError(None, "--slots-per-gpu", "'memory' needs a model with expert_param_bytes (--model)")
+        slots = fits
+    elif requested is None:
+        slots = None
+    elif requested.isdigit() and int(requested) > 0:
+        slots = int(requested)
+    else:
+        raise InputError(None, "--slots-per-gpu", f"expected a positive integer or 'memory', got {requested!r}")
+    wanted = slots or needed
+    if wanted < needed:
+        raise InputError(None, "--slots-per-gpu", f"{wanted} slots x {topo.num_gpus} GPUs cannot hold {experts} experts")
+    if fits is not None and wanted > fits:
+        per_layer = mdl.expert_param_bytes * mdl.num_moe_layers
+        raise InputError(
+            None, "--slots-per-gpu",
+            f"{wanted} experts per GPU and layer need {wanted * per_layer / 1e9:.1f} GB, but "
+            f"{topo.gpu_memory_bytes * (1 - reserve) / 1e9:.1f} GB of GPU memory is free for experts "
+            f"({fits} fit); use more GPUs, a smaller --memory-reserve or fewer slots",
+        )
+    return slots
 
 
 def _against_baselines(

@@ -86,3 +86,17 @@ def test_current_placement_reduces_moves(tmp_path, cli):
     moves = result.json()["solve"]["moves"]
     assert moves["experts_moved"] < moves["without_relabel"]
     assert moves["bytes_moved"] == moves["experts_moved"] * load_model("deepseek-v2-lite").expert_param_bytes
+
+
+def test_slots_respect_gpu_memory(tmp_path, cli):
+    # DeepSeek-V2-Lite experts: 3 x 2048 x 1408 x 2 bytes x 26 layers = 450 MB per slot; 80 GB GPUs.
+    too_small = cli("place", "--trace", TRAIN, "--solver", "spectral", "--model", "deepseek-v2-lite",
+                    "--nodes", "1", "--gpus-per-node", "1", "--memory-reserve", "0.8", "--out", tmp_path / "p.json")
+    assert too_small.code == 2 and "GB of GPU memory is free for experts" in too_small.err
+    filled = cli("place", "--trace", TRAIN, "--solver", "eplb", "--model", "deepseek-v2-lite",
+                 "--slots-per-gpu", "memory", "--memory-reserve", "0.95", "--out", tmp_path / "m.json")
+    assert filled.code == 0, filled.err
+    placement = read_placement(tmp_path / "m.json")
+    assert placement.slots_per_gpu == 8  # floor(4 GB / 450 MB)
+    bad = cli("place", "--trace", TRAIN, "--slots-per-gpu", "lots", "--out", tmp_path / "x.json")
+    assert bad.code == 2 and "positive integer or 'memory'" in bad.err

@@ -1,0 +1,502 @@
+"""Figures of placements and replays (matplotlib, Agg, no display).
+
+Every function takes plain data (arrays, :class:`~placer.replay.ReplayReport`
+objects keyed by placement name) and either draws on a given matplotlib
+``Axes`` or, when ``ax`` is None, creates and returns its own ``Figure``.
+Figures are built with :class:`matplotlib.figure.Figure` on an Agg canvas, never
+through ``pyplot``: importing this module changes no global backend and opens
+no window. Save with :func:`save_png`.
+
+matplotlib is an optional dependency (extra ``plots``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+import numpy as np
+
+try:
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm, to_rgb
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "placer's plots and reports need matplotlib: pip install 'placer[plots]' (or pip install matplotlib)"
+    ) from err
+
+from placer.placement import BASELINES
+
+__all__ = [
+    "coactivation_heatmap",
+    "expert_gpu_map",
+    "expert_order",
+    "gpu_load",
+    "internode_per_layer",
+    "new_figure",
+    "nic_bytes_per_node",
+    "nodes_per_token",
+    "pareto_front",
+    "placement_colours",
+    "save_png",
+    "tradeoff",
+    "within_block_share",
+]
+
+FONT = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "figure.titlesize": 12,
+}
+"""Font sizes used by every figure (applied while a figure is drawn and saved)."""
+
+MAX_TICK_LABELS = 9
+"""Most tick labels an index axis (experts, GPUs, layers) gets; every k-th index is labelled."""
+
+_BASELINE_COLOURS = {"contiguous": "#8c8c8c", "round-robin": "#c9a227", "random": "#b5b5b5"}
+_PLACEMENT_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#e377c2", "#8c564b"]
+_NODE_COLOURS = [
+    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
+    "#9c755f", "#bab0ac",
+]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def new_figure(width: float = 8.0, height: float = 4.5, dpi: int = 120) -> Figure:
+    """A Figure on an Agg canvas with constrained layout (labels and legends never overlap axes)."""
+    with matplotlib.rc_context(FONT):
+        fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Figure, target: str | IO[bytes], dpi: int | None = None) -> None:
+    """Write ``fig`` as PNG to a path or a binary file handle."""
+    with matplotlib.rc_context(FONT):
+        fig.savefig(target, format="png", dpi=dpi or fig.dpi, facecolor="white")
+
+
+def _axes(ax, width: float, height: float):
+    """(fig, ax): the given Axes and its figure, or a fresh figure with one Axes."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = new_figure(width, height)
+    with matplotlib.rc_context(FONT):
+        return fig, fig.add_subplot()
+
+
+def _result(fig, ax, own: bool):
+    return fig if own else ax
+
+
+def tick_step(count: int, max_labels: int = MAX_TICK_LABELS) -> int:
+    """Label every k-th of ``count`` indices so at most ``max_labels`` labels show (k = 1, 2, 4, 5, 8, 10, 16...)."""
+    for step in (1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128, 200, 256, 500, 1000):
+        if -(-count // step) <= max_labels:
+            return step
+    return -(-count // max_labels)
+
+
+def _index_ticks(axis, count: int, max_labels: int = MAX_TICK_LABELS, first: int = 0) -> None:
+    """Integer ticks 0, k, 2k, ... on an index axis (``axis`` = ax.xaxis or ax.yaxis)."""
+    step = tick_step(count, max_labels)
+    ticks = np.arange(0, count, step)
+    axis.set_ticks(ticks, labels=[str(t + first) for t in ticks])
+
+
+def placement_colours(names: Sequence[str]) -> dict[str, str]:
+    """A stable colour per placement: fixed colours for the baselines, strong colours for the rest."""
+    colours: dict[str, str] = {}
+    others = iter(_PLACEMENT_COLOURS * (1 + len(names) // len(_PLACEMENT_COLOURS)))
+    for name in names:
+        colours[name] = _BASELINE_COLOURS.get(name) or next(others)
+    return colours
+
+
+def _hatch(name: str) -> str | None:
+    """Baselines are hatched so the figures read in grey-scale too."""
+    return {"contiguous": None, "round-robin": "//", "random": ".."}.get(name) if name in BASELINES else None
+
+
+def _scale(values: np.ndarray, kind: str) -> tuple[float, str]:
+    """(divisor, unit) for bytes (decimal kB/MB/GB/TB) or token counts (thousands when large)."""
+    peak = float(np.max(values)) if np.size(values) else 0.0
+    if kind == "bytes":
+        for divisor, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+            if peak >= divisor:
+                return divisor, unit
+        return 1.0, "bytes"
+    if peak >= 1e6:
+        return 1e6, "million"
+    if peak >= 1e4:
+        return 1e3, "thousand"
+    return 1.0, ""
+
+
+def _legend_below(ax, ncol: int | None = None, handles=None, labels=None) -> None:
+    """A legend under the plot area, outside the data (constrained layout makes room for it)."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    count = len(handles)
+    ax.legend(
+        handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False,
+        ncol=ncol or min(count, 4),
+    )
+
+
+def _grouped_bars(
+    ax, categories: int, series: Mapping[str, np.ndarray], labels: Mapping[str, str] | None = None
+) -> None:
+    """Bars of several placements side by side per category; series: name -> [categories]."""
+    colours = placement_colours(list(series))
+    count = len(series)
+    width = 0.8 / max(count, 1)
+    positions = np.arange(categories)
+    for index, (name, values) in enumerate(series.items()):
+        offset = (index - (count - 1) / 2) * width
+        hatch = _hatch(name)
+        ax.bar(
+            positions + offset, values, width, label=(labels or {}).get(name, name), color=colours[name],
+            hatch=hatch, edgecolor="white" if hatch is None else "#444444", linewidth=0.5,
+        )
+
+
+def _reports_dict(reports) -> dict:
+    """Accept a mapping name -> report or a sequence of (name, report) pairs."""
+    return dict(reports.items() if isinstance(reports, Mapping) else reports)
+
+
+# ---------------------------------------------------------------- placement figures
+
+
+def expert_order(expert_gpu_layer: np.ndarray, gpus_per_node: int) -> tuple[np.ndarray, np.ndarray]:
+    """Experts ordered by node, then GPU, then id; and the node boundaries in that order.
+
+    expert_gpu_layer: [E] GPU of each expert (one layer). Returns (order [E], boundaries
+    [nodes - 1]: positions in ``order`` where a new node starts, empty nodes included once).
+    """
+    gpu = np.asarray(expert_gpu_layer)
+    order = np.lexsort((np.arange(len(gpu)), gpu))
+    nodes = gpu[order] // gpus_per_node
+    num_nodes = int(nodes.max()) + 1 if len(nodes) else 0
+    boundaries = np.searchsorted(nodes, np.arange(1, num_nodes))
+    return order, boundaries
+
+
+def within_block_share(coactivation, boundaries: Sequence[int], order: np.ndarray | None = None) -> float:
+    """Share of co-activation mass inside the diagonal blocks (pairs of experts on one node).
+
+    coactivation: [E, E] dense or scipy sparse; order: [E] row/column order (default identity);
+    boundaries: positions where a new block starts in that order.
+    """
+    matrix = coactivation.toarray() if hasattr(coactivation, "toarray") else np.asarray(coactivation)
+    if order is not None:
+        matrix = matrix[np.ix_(order, order)]
+    edges = [0, *[int(b) for b in boundaries], matrix.shape[0]]
+    inside = sum(matrix[a:b, a:b].sum() for a, b in zip(edges[:-1], edges[1:]))
+    total = matrix.sum()
+    return float(inside / total) if total else 0.0
+
+
+def coactivation_heatmap(
+    coactivation,
+    order: np.ndarray | None = None,
+    boundaries: Sequence[int] = (),
+    ax=None,
+    *,
+    title: str | None = None,
+    vmax: float | None = None,
+    colorbar: bool = True,
+    block_labels: Sequence[str] | None = None,
+):
+    """Co-activation matrix with rows/columns in placement order and lines at node boundaries.
+
+    coactivation: [E, E] tokens choosing both experts (dense or scipy sparse);
+    order: [E] experts in display order (see :func:`expert_order`); boundaries: positions
+    where a new node starts. Log colour scale, zero pairs left white. Returns the Figure
+    when ``ax`` is None, else the image (for a shared colour bar).
+    """
+    matrix = coactivation.toarray() if hasattr(coactivation, "toarray") else np.asarray(coactivation)
+    experts = matrix.shape[0]
+    order = np.arange(experts) if order is None else np.asarray(order)
+    shown = matrix[np.ix_(order, order)].astype(float)
+    own = ax is None
+    fig, ax = _axes(ax, 6.4, 5.4)
+    positive = shown[shown > 0]
+    top = vmax if vmax is not None else (positive.max() if positive.size else 1.0)
+    norm = LogNorm(vmin=1.0, vmax=max(top, 10.0))
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white", under="white")
+    image = ax.imshow(np.ma.masked_less_equal(shown, 0), cmap=cmap, norm=norm, interpolation="nearest")
+    for boundary in boundaries:
+        for line in (ax.axhline, ax.axvline):
+            line(boundary - 0.5, color="#d62728", linewidth=1.2)
+    edges = [0, *[int(b) for b in boundaries], experts]
+    centres = [(a + b - 1) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    labels = list(block_labels) if block_labels is not None else [f"node {n}" for n in range(len(centres))]
+    step = tick_step(len(centres), 8)
+    kept = range(0, len(centres), step)
+    ax.set_xticks([centres[i] for i in kept], labels=[labels[i] for i in kept])
+    ax.set_yticks([centres[i] for i in kept], labels=[labels[i] for i in kept])
+    if len(kept) > 4:
+        ax.tick_params(axis="x", labelrotation=45)
+    ax.tick_params(length=0)
+    ax.set_xlabel("expert (ordered by node, then GPU)")
+    ax.set_ylabel("expert (ordered by node, then GPU)")
+    if title:
+        ax.set_title(title)
+    if colorbar:
+        bar = fig.colorbar(image, ax=ax, shrink=0.9)
+        bar.set_label("tokens choosing both experts")
+    return _result(fig, image, own)
+
+
+def expert_gpu_map(
+    expert_gpu: np.ndarray,
+    gpus_per_node: int,
+    ax=None,
+    *,
+    color_by: str = "node",
+    title: str | None = None,
+    legend: bool = True,
+    first_layer: int = 0,
+):
+    """Layers x experts image of where each expert sits, coloured by node (or by GPU id).
+
+    expert_gpu: [layers, E] GPU of every expert (-1 = nowhere, drawn white). With
+    ``color_by="node"`` each node has one colour (legend); ``"gpu"`` shades GPUs of
+    a node from dark to light in the node's colour.
+    """
+    data = np.asarray(expert_gpu)
+    layers, experts = data.shape
+    num_gpus = int(data.max()) + 1 if data.size else gpus_per_node
+    nodes = -(-num_gpus // gpus_per_node)
+    own = ax is None
+    fig, ax = _axes(ax, 9.0, 3.6)
+    palette = [_NODE_COLOURS[n % len(_NODE_COLOURS)] for n in range(nodes)]
+    if color_by == "node":
+        values = np.where(data >= 0, data // gpus_per_node, -1)
+        colours = ["white", *palette]
+    elif color_by == "gpu":
+        values = data
+        colours = ["white"]
+        for gpu in range(nodes * gpus_per_node):
+            base = np.array(to_rgb(palette[gpu // gpus_per_node]))
+            shade = 0.55 + 0.45 * (gpu % gpus_per_node) / max(gpus_per_node - 1, 1)
+            colours.append(tuple(base * shade))
+    else:
+        raise ValueError(f"color_by must be 'node' or 'gpu', got {color_by!r}")
+    cmap = ListedColormap(colours)
+    norm = BoundaryNorm(np.arange(-1.5, len(colours) - 1), cmap.N)
+    ax.imshow(values, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+    _index_ticks(ax.xaxis, experts)
+    _index_ticks(ax.yaxis, layers, max_labels=6, first=first_layer)
+    ax.set_xlabel("expert id")
+    ax.set_ylabel("MoE layer")
+    if title:
+        ax.set_title(title)
+    if legend:
+        handles = [Patch(facecolor=palette[n], label=f"node {n}") for n in range(nodes)]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+                  title="GPU's node", ncol=1 if nodes <= 12 else 2)
+    return _result(fig, ax, own)
+
+
+# ---------------------------------------------------------------- replay figures
+
+
+def nic_bytes_per_node(reports, ax=None, *, direction: str = "recv", title: str | None = None, legend: bool = True):
+    """Grouped bars: NIC traffic of each node per placement, summed over layers.
+
+    reports: {name: ReplayReport}. Bytes (auto-scaled to kB/MB/GB) when the replays had a
+    model, else token copies. direction: "recv" or "sent".
+    """
+    if direction not in ("recv", "sent"):
+        raise ValueError(f"direction must be 'recv' or 'sent', got {direction!r}")
+    reports = _reports_dict(reports)
+    with_bytes = all(f"nic_bytes_{direction}_per_node" in r.totals for r in reports.values())
+    key = f"nic_bytes_{direction}_per_node" if with_bytes else f"nic_{direction}_tokens_per_node"
+    series = {name: np.asarray(r.totals[key], dtype=float) for name, r in reports.items()}
+    divisor, unit = _scale(np.concatenate(list(series.values())), "bytes" if with_bytes else "tokens")
+    series = {name: values / divisor for name, values in series.items()}
+    nodes = len(next(iter(series.values())))
+    own = ax is None
+    fig, ax = _axes(ax, 8.0, 4.2)
+    _grouped_bars(ax, nodes, series)
+    ax.set_xticks(np.arange(nodes), labels=[f"node {n}" for n in range(nodes)])
+    if nodes > MAX_TICK_LABELS:
+        _index_ticks(ax.xaxis, nodes)
+        ax.set_xlabel("node")
+    verb = "received" if direction == "recv" else "sent"
+    what = f"{unit} {verb}" if with_bytes else f"token copies {verb}" + (f" ({unit})" if unit else "")
+    ax.set_ylabel(f"{what}, all layers")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.set_title(title or f"Inter-node traffic {verb} per node (NIC)")
+    if legend:
+        _legend_below(ax)
+    return _result(fig, ax, own)
+
+
+def gpu_load(reports, ax=None, *, gpus_per_node: int | None = None, title: str | None = None, legend: bool = True):
+    """Token-expert pairs served by each GPU, summed over layers: one line per placement.
+
+    Dotted vertical lines separate nodes; the dashed line is the mean (the same for
+    every placement of one trace).
+    """
+    reports = _reports_dict(reports)
+    series = {name: r.per_layer["gpu_load"].sum(axis=0).astype(float) for name, r in reports.items()}
+    first = next(iter(reports.values()))
+    gpus_per_node = gpus_per_node or first.config.get("gpus_per_node") or len(next(iter(series.values())))
+    divisor, unit = _scale(np.concatenate(list(series.values())), "tokens")
+    colours = placement_colours(list(series))
+    own = ax is None
+    fig, ax = _axes(ax, 9.0, 4.2)
+    gpus = len(next(iter(series.values())))
+    positions = np.arange(gpus)
+    markers = "os^Dv<>ph"
+    for index, (name, values) in enumerate(series.items()):
+        ax.plot(positions, values / divisor, marker=markers[index % len(markers)], markersize=4,
+                linewidth=1.3, color=colours[name], label=name)
+    mean = np.mean(next(iter(series.values()))) / divisor
+    ax.axhline(mean, color="black", linestyle="--", linewidth=0.9, label="mean")
+    for boundary in range(gpus_per_node, gpus, gpus_per_node):
+        ax.axvline(boundary - 0.5, color="#555555", linestyle=":", linewidth=1.0)
+    nodes = -(-gpus // gpus_per_node)
+    if nodes <= MAX_TICK_LABELS:
+        ax.set_xticks(np.arange(0, gpus, gpus_per_node))
+        top = ax.secondary_xaxis("top")
+        centres = np.arange(nodes) * gpus_per_node + (gpus_per_node - 1) / 2
+        top.set_xticks(centres, labels=[f"node {n}" for n in range(nodes)])
+        top.tick_params(length=0)
+    else:
+        _index_ticks(ax.xaxis, gpus)
+    ax.set_xlim(-0.5, gpus - 0.5)
+    ax.set_xlabel(f"GPU id ({gpus_per_node} GPUs per node, dotted lines between nodes)")
+    ax.set_ylabel("token-expert pairs, all layers" + (f" ({unit})" if unit else ""))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title or "Load per GPU")
+    if legend:
+        _legend_below(ax, ncol=min(len(series) + 1, 5))
+    return _result(fig, ax, own)
+
+
+def nodes_per_token(reports, ax=None, *, title: str | None = None, legend: bool = True):
+    """Grouped bars: share of (token, layer) pairs reaching 1, 2, ... nodes, per placement."""
+    reports = _reports_dict(reports)
+    series = {}
+    for name, r in reports.items():
+        histogram = np.asarray(r.totals["nodes_per_token_histogram"], dtype=float)
+        series[name] = 100.0 * histogram / histogram.sum() if histogram.sum() else histogram
+    width = len(next(iter(series.values())))
+    start = 0 if any(values[0] > 0 for values in series.values()) else 1
+    series = {name: values[start:] for name, values in series.items()}
+    labels = {name: f"{name} (mean {reports[name].totals['nodes_per_token_mean']:.2f})" for name in series}
+    own = ax is None
+    fig, ax = _axes(ax, 8.0, 4.2)
+    _grouped_bars(ax, width - start, series, labels)
+    counts = np.arange(start, width)
+    ax.set_xticks(np.arange(width - start), labels=[str(c) for c in counts])
+    if width - start > MAX_TICK_LABELS:
+        step = tick_step(width - start)
+        ax.set_xticks(np.arange(0, width - start, step), labels=[str(c) for c in counts[::step]])
+    ax.set_xlabel("nodes a token's experts span (in one layer)")
+    ax.set_ylabel("share of (token, layer) pairs (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.set_title(title or "Nodes reached per token")
+    if legend:
+        _legend_below(ax, ncol=2)
+    return _result(fig, ax, own)
+
+
+def internode_per_layer(reports, ax=None, *, title: str | None = None, legend: bool = True, first_layer: int = 0):
+    """Inter-node token copies (dedup per node) in each layer, one line per placement."""
+    reports = _reports_dict(reports)
+    series = {name: r.per_layer["internode_tokens_dedup"].astype(float) for name, r in reports.items()}
+    divisor, unit = _scale(np.concatenate(list(series.values())), "tokens")
+    colours = placement_colours(list(series))
+    own = ax is None
+    fig, ax = _axes(ax, 9.0, 4.2)
+    layers = len(next(iter(series.values())))
+    markers = "os^Dv<>ph"
+    for index, (name, values) in enumerate(series.items()):
+        ax.plot(np.arange(layers), values / divisor, marker=markers[index % len(markers)], markersize=4,
+                linewidth=1.3, color=colours[name], label=name)
+    _index_ticks(ax.xaxis, layers, first=first_layer)
+    ax.set_xlim(-0.5, layers - 0.5)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("MoE layer")
+    ax.set_ylabel("inter-node token copies" + (f" ({unit})" if unit else ""))
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "Inter-node tokens per layer")
+    if legend:
+        _legend_below(ax, ncol=min(len(series), 5))
+    return _result(fig, ax, own)
+
+
+# ---------------------------------------------------------------- trade-off
+
+
+def pareto_front(points) -> np.ndarray:
+    """Indices of the non-dominated points when both coordinates are minimised, by ascending x.
+
+    points: [n, 2] (x, y) pairs, e.g. x = GPU peak load or imbalance, y = inter-node tokens.
+    A point is dominated when another is no worse in both and better in one; equal
+    points are all kept.
+    """
+    xy = np.asarray(points, dtype=float).reshape(-1, 2)
+    kept = []
+    for i, (x, y) in enumerate(xy):
+        no_worse = (xy[:, 0] <= x) & (xy[:, 1] <= y)
+        better = (xy[:, 0] < x) | (xy[:, 1] < y)
+        if not np.any(no_worse & better):
+            kept.append(i)
+    kept = np.asarray(kept, dtype=np.int64)
+    return kept[np.lexsort((xy[kept, 1], xy[kept, 0]))] if kept.size else kept
+
+
+_TRADEOFF_LABELS = {
+    "gpu_load_imbalance": "GPU load imbalance (max/mean per layer, averaged)",
+    "gpu_peak_load": "GPU peak load (busiest GPU's pairs, summed over layers)",
+    "internode_tokens_dedup": "inter-node token copies (all layers)",
+    "nic_peak_tokens": "NIC peak (busiest node's received copies, summed over layers)",
+    "all_to_all_s": "all-to-all time estimate (s)",
+}
+
+
+def tradeoff(
+    reports, ax=None, *, x: str = "gpu_load_imbalance", y: str = "internode_tokens_dedup", title: str | None = None
+):
+    """Scatter of one figure against another per placement, with the Pareto front (lower-left is better)."""
+    reports = _reports_dict(reports)
+    names = list(reports)
+    xy = np.array([[float(reports[n].totals[x]), float(reports[n].totals[y])] for n in names])
+    colours = placement_colours(names)
+    own = ax is None
+    fig, ax = _axes(ax, 7.0, 4.8)
+    front = pareto_front(xy)
+    if len(front) > 1:
+        ax.step(xy[front, 0], xy[front, 1], where="post", color="#444444", linestyle="--", linewidth=1.0,
+                label="Pareto front")
+    for name, (px, py) in zip(names, xy):
+        ax.scatter([px], [py], s=60, color=colours[name], edgecolor="black", linewidth=0.6, zorder=3, label=name)
+    span_x = np.ptp(xy[:, 0]) or abs(xy[0, 0]) or 1.0
+    span_y = np.ptp(xy[:, 1]) or abs(xy[0, 1]) or 1.0
+    ax.set_xlim(xy[:, 0].min() - 0.12 * span_x, xy[:, 0].max() + 0.12 * span_x)
+    ax.set_ylim(xy[:, 1].min() - 0.12 * span_y, xy[:, 1].max() + 0.12 * span_y)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
+    ax.set_xlabel(_TRADEOFF_LABELS.get(x, x))
+    ax.set_ylabel(_TRADEOFF_LABELS.get(y, y))
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "Traffic vs balance (lower-left is better)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _result(fig, ax, own)
