@@ -243,6 +243,9 @@ def place_command(
         typer.Option("--format", help="placer JSON, SGLang JSON, TensorRT-LLM YAML, EPLB .npz or expert permutation JSON."),
     ] = OutputFormat.placer,
     heldout: Annotated[str | None, typer.Option("--evaluate", help="Held-out trace to replay against the result and the baselines.")] = None,
+    exclude_gpus: Annotated[
+        str | None, typer.Option(help="Comma-separated GPU ids out of service (e.g. failed): they get no experts.")
+    ] = None,
     current: Annotated[
         str | None, typer.Option(help="Placement in service now: relabel nodes/GPUs of the result to move the fewest experts.")
     ] = None,
@@ -259,17 +262,18 @@ def place_command(
     mdl = _model(model, source.num_experts, None if counts_only else source.top_k)
     experts = mdl.num_experts if mdl is not None else source.num_experts
     slots = _slots(slots_per_gpu, memory_reserve, experts, topo, mdl)
+    dead = _gpu_list(exclude_gpus)
     if solver.value in BASELINES:
-        chosen = baseline(solver.value, source.num_layers, experts, topo.num_gpus, topo.gpus_per_node)
+        chosen = baseline(solver.value, source.num_layers, experts, topo.num_gpus, topo.gpus_per_node, dead)
         solve_facts: dict = {"solver": solver.value}
     elif counts_only:
-        chosen = eplb_placement(source.counts, topo, mdl, slots)
+        chosen = eplb_placement(source.counts, topo, mdl, slots, dead)
         solve_facts = {"solver": "eplb"}
     else:
         chosen, report = place(
             source, topo, solver=solver.value, balance=balance, max_nodes=max_nodes,
             max_nodes_coverage=max_nodes_coverage, keep_groups=keep_groups, model=mdl,
-            time_limit=time_limit, seed=seed, workers=workers, slots_per_gpu=slots,
+            time_limit=time_limit, seed=seed, workers=workers, slots_per_gpu=slots, exclude_gpus=dead,
         )
         solve_facts = report.to_dict()
     metadata = {
@@ -318,6 +322,16 @@ def place_command(
         console.print(comparison_table(results, _title(heldout, test, topo, mdl, " | held-out replay")))
 
 
+def _gpu_list(text: str | None) -> list[int]:
+    """GPU ids from "3,7,12" (range checks happen where the topology is known)."""
+    if not text:
+        return []
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(None, "--exclude-gpus", f"expected comma-separated GPU ids, got {text!r}") from None
+
+
 def _slots(requested: str | None, reserve: float, experts: int, topo: Topology, mdl: Model | None) -> int | None:
     """Slots per GPU from --slots-per-gpu, checked against what fits in GPU memory."""
     if not 0.0 <= reserve < 1.0:
@@ -353,7 +367,8 @@ def _against_baselines(
 ) -> list[tuple[str, ReplayReport]]:
     """Replay ``test`` against the three baselines and ``chosen`` (last)."""
     placements = [
-        (name, baseline(name, test.num_layers, chosen.num_experts, topo.num_gpus, topo.gpus_per_node))
+        (name, baseline(name, test.num_layers, chosen.num_experts, topo.num_gpus, topo.gpus_per_node,
+                        chosen.excluded_gpus))
         for name in BASELINES
     ]
     return [(name, evaluate(test, p, topo, mdl, max_nodes=max_nodes)) for name, p in [*placements, (label, chosen)]]
@@ -549,3 +564,6 @@ def main() -> None:
     except (InputError, InfeasibleError) as err:
         Console(stderr=True).print(f"placer: error: {err}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("placer: interrupted; no output was written", markup=False, highlight=False)
+        sys.exit(130)

@@ -289,8 +289,8 @@ def minimize_moves(current: Placement, proposed: Placement) -> Placement:
     Per layer, solves assignment problems (scipy ``linear_sum_assignment``):
     for every (current node, proposed node) pair the GPU matching keeping the
     most expert copies, then the node matching maximising the total; ties keep
-    proposed GPU ids. An expert that stays on its GPU keeps its slot when the
-    new slot count allows. Returns a placement with ``proposed``'s slots per
+    proposed GPU ids; GPUs excluded in ``proposed`` stay out of service. An
+    expert that stays on its GPU keeps its slot when the new slot count allows. Returns a placement with ``proposed``'s slots per
     GPU and metadata; per layer its GPU contents are ``proposed``'s, permuted.
 
     Node and within-node GPU relabelings leave the per-node and per-GPU expert
@@ -305,6 +305,10 @@ def minimize_moves(current: Placement, proposed: Placement) -> Placement:
     gpus, gpn = proposed.num_gpus, proposed.gpus_per_node
     old_slots, new_slots = current.slots_per_gpu, proposed.slots_per_gpu
     result = np.full_like(proposed.phy2log, EMPTY)
+    # a GPU out of service in ``proposed`` may only take the label of another excluded GPU
+    dead_penalty = np.zeros((gpus, gpus))
+    dead = proposed.excluded_gpus
+    dead_penalty[np.ix_(dead, np.setdiff1d(np.arange(gpus), dead))] = -float(gpus + 1) ** 2 * proposed.phy2log.shape[1]
     for layer in range(proposed.num_layers):
         old, new = _gpu_counts(current, layer), _gpu_counts(proposed, layer)
         # kept[g, h]: copies proposed GPU h keeps if it becomes GPU g (sum_e min(old[g,e], new[h,e]));
@@ -313,7 +317,7 @@ def minimize_moves(current: Placement, proposed: Placement) -> Placement:
             (old >= k).astype(np.float64) @ (new >= k).astype(np.float64).T
             for k in range(1, int(min(old.max(), new.max())) + 1)
         )
-        label = _relabel_gpus(np.rint(kept) * (gpus + 1) + np.eye(gpus), gpn)
+        label = _relabel_gpus(np.rint(kept) * (gpus + 1) + np.eye(gpus) + dead_penalty, gpn)
         for gpu, target in enumerate(label):
             wanted = proposed.phy2log[layer, gpu * new_slots : (gpu + 1) * new_slots]
             here = current.phy2log[layer, target * old_slots : (target + 1) * old_slots]

@@ -7,6 +7,7 @@ physical slot (-1 = empty); slot ``p`` is on GPU ``p // slots_per_gpu`` and GPU
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -173,8 +174,18 @@ def baseline_expert_gpu(name: str, num_layers: int, num_experts: int, num_gpus: 
 
 
 def baseline(
-    name: str, num_layers: int, num_experts: int, num_gpus: int, gpus_per_node: int
+    name: str,
+    num_layers: int,
+    num_experts: int,
+    num_gpus: int,
+    gpus_per_node: int,
+    excluded_gpus: Sequence[int] = (),
 ) -> Placement:
-    """A named baseline placement (see :func:`baseline_expert_gpu`)."""
-    expert_gpu = baseline_expert_gpu(name, num_layers, num_experts, num_gpus)
-    return from_expert_gpu(expert_gpu, num_gpus, gpus_per_node, metadata={"solver": {"name": name}})
+    """A named baseline placement (see :func:`baseline_expert_gpu`) over the GPUs in service."""
+    live = np.setdiff1d(np.arange(num_gpus), np.asarray(excluded_gpus, dtype=np.int64))
+    expert_gpu = live[baseline_expert_gpu(name, num_layers, num_experts, len(live))]
+    metadata: dict = {"solver": {"name": name}}
+    if len(live) < num_gpus:
+        metadata["excluded_gpus"] = sorted(int(g) for g in excluded_gpus)
+    slots = -(-num_experts // len(live))
+    return from_expert_gpu(expert_gpu, num_gpus, gpus_per_node, slots, metadata)

@@ -20,7 +20,7 @@ from placer.topology import Model, Topology
 
 FORMAT = "placer-placement"
 VERSION = 1
-METADATA_KEYS = ("topology", "model", "solver", "trace")
+METADATA_KEYS = ("topology", "model", "solver", "constraints", "excluded_gpus", "trace")
 
 
 def placement_schema() -> dict:
@@ -111,6 +111,12 @@ def _read_native(path: Path, doc: dict) -> Placement:
     if gpus % gpn:
         raise InputError(path, "gpus_per_node", f"{gpn} does not divide num_gpus {gpus}")
     check_phy2log(path, "phy2log", phy2log, doc["num_experts"])
+    dead = doc.get("excluded_gpus") or []
+    if any(gpu >= gpus for gpu in dead):
+        raise InputError(path, "excluded_gpus", f"GPU {max(dead)} is not among the {gpus} GPUs")
+    busy = [gpu for gpu in dead if (phy2log.reshape(len(phy2log), gpus, slots)[:, gpu] >= 0).any()]
+    if busy:
+        raise InputError(path, "excluded_gpus", f"GPU {busy[0]} is out of service but holds experts")
     metadata = {key: doc[key] for key in METADATA_KEYS if doc.get(key) is not None}
     return Placement(phy2log, doc["num_experts"], gpn, slots, metadata)
 

@@ -12,6 +12,8 @@ matplotlib is an optional dependency (extra ``plots``).
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import IO
 
@@ -20,9 +22,11 @@ import numpy as np
 try:
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm, to_rgb
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         "placer's plots and reports need matplotlib: pip install 'placer[plots]' (or pip install matplotlib)"
@@ -35,13 +39,16 @@ __all__ = [
     "expert_gpu_map",
     "expert_order",
     "gpu_load",
+    "imbalance_per_layer",
     "internode_per_layer",
     "new_figure",
     "nic_bytes_per_node",
+    "node_palette",
     "nodes_per_token",
     "pareto_front",
     "placement_colours",
     "save_png",
+    "short",
     "tradeoff",
     "within_block_share",
 ]
@@ -71,6 +78,28 @@ _NODE_COLOURS = [
 # ---------------------------------------------------------------- helpers
 
 
+MAX_LEGEND_NODES = 20
+"""Above this many nodes the expert map shows a colour bar instead of a legend."""
+
+
+def node_palette(nodes: int) -> list:
+    """Distinct colours for up to 20 nodes (categorical), a sampled colour map beyond."""
+    if nodes <= len(_NODE_COLOURS):
+        return _NODE_COLOURS[:nodes]
+    if nodes <= MAX_LEGEND_NODES:
+        return [matplotlib.colormaps["tab20"](i) for i in range(nodes)]
+    cmap = matplotlib.colormaps["turbo"]
+    return [cmap(i / (nodes - 1)) for i in range(nodes)]
+
+
+def short(name: str, limit: int = 36) -> str:
+    """``name`` cut to ``limit`` characters with an ellipsis in the middle (titles stay on one line)."""
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 2
+    return name[:head] + "\u2026" + name[-(limit - 1 - head):]
+
+
 def new_figure(width: float = 8.0, height: float = 4.5, dpi: int = 120) -> Figure:
     """A Figure on an Agg canvas with constrained layout (labels and legends never overlap axes)."""
     with matplotlib.rc_context(FONT):
@@ -85,13 +114,23 @@ def save_png(fig: Figure, target: str | IO[bytes], dpi: int | None = None) -> No
         fig.savefig(target, format="png", dpi=dpi or fig.dpi, facecolor="white")
 
 
+def _styled(draw):
+    """Run a drawing function under :data:`FONT`, so text sizes do not depend on global rcParams."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(FONT):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
 def _axes(ax, width: float, height: float):
     """(fig, ax): the given Axes and its figure, or a fresh figure with one Axes."""
     if ax is not None:
         return ax.figure, ax
     fig = new_figure(width, height)
-    with matplotlib.rc_context(FONT):
-        return fig, fig.add_subplot()
+    return fig, fig.add_subplot()
 
 
 def _result(fig, ax, own: bool):
@@ -135,10 +174,10 @@ def _scale(values: np.ndarray, kind: str) -> tuple[float, str]:
             if peak >= divisor:
                 return divisor, unit
         return 1.0, "bytes"
-    if peak >= 1e6:
-        return 1e6, "million"
+    if peak >= 1e7:
+        return 1e6, "millions"
     if peak >= 1e4:
-        return 1e3, "thousand"
+        return 1e3, "thousands"
     return 1.0, ""
 
 
@@ -202,11 +241,12 @@ def within_block_share(coactivation, boundaries: Sequence[int], order: np.ndarra
     if order is not None:
         matrix = matrix[np.ix_(order, order)]
     edges = [0, *[int(b) for b in boundaries], matrix.shape[0]]
-    inside = sum(matrix[a:b, a:b].sum() for a, b in zip(edges[:-1], edges[1:]))
+    inside = sum(matrix[a:b, a:b].sum() for a, b in itertools.pairwise(edges))
     total = matrix.sum()
     return float(inside / total) if total else 0.0
 
 
+@_styled
 def coactivation_heatmap(
     coactivation,
     order: np.ndarray | None = None,
@@ -236,11 +276,12 @@ def coactivation_heatmap(
     norm = LogNorm(vmin=1.0, vmax=max(top, 10.0))
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white", under="white")
     image = ax.imshow(np.ma.masked_less_equal(shown, 0), cmap=cmap, norm=norm, interpolation="nearest")
+    width = 1.2 if len(boundaries) < 8 else 0.8 if len(boundaries) < 16 else 0.5
     for boundary in boundaries:
         for line in (ax.axhline, ax.axvline):
-            line(boundary - 0.5, color="#d62728", linewidth=1.2)
+            line(boundary - 0.5, color="#d62728", linewidth=width)
     edges = [0, *[int(b) for b in boundaries], experts]
-    centres = [(a + b - 1) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    centres = [(a + b - 1) / 2 for a, b in itertools.pairwise(edges)]
     labels = list(block_labels) if block_labels is not None else [f"node {n}" for n in range(len(centres))]
     step = tick_step(len(centres), 8)
     kept = range(0, len(centres), step)
@@ -259,6 +300,7 @@ def coactivation_heatmap(
     return _result(fig, image, own)
 
 
+@_styled
 def expert_gpu_map(
     expert_gpu: np.ndarray,
     gpus_per_node: int,
@@ -281,7 +323,7 @@ def expert_gpu_map(
     nodes = -(-num_gpus // gpus_per_node)
     own = ax is None
     fig, ax = _axes(ax, 9.0, 3.6)
-    palette = [_NODE_COLOURS[n % len(_NODE_COLOURS)] for n in range(nodes)]
+    palette = node_palette(nodes)
     if color_by == "node":
         values = np.where(data >= 0, data // gpus_per_node, -1)
         colours = ["white", *palette]
@@ -303,16 +345,22 @@ def expert_gpu_map(
     ax.set_ylabel("MoE layer")
     if title:
         ax.set_title(title)
-    if legend:
+    if legend and nodes <= MAX_LEGEND_NODES:
         handles = [Patch(facecolor=palette[n], label=f"node {n}") for n in range(nodes)]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-                  title="GPU's node", ncol=1 if nodes <= 12 else 2)
+                  title="node", ncol=1 if nodes <= 10 else 2)
+    elif legend:
+        mappable = ScalarMappable(norm=BoundaryNorm(np.arange(-0.5, nodes), nodes), cmap=ListedColormap(palette))
+        bar = ax.figure.colorbar(mappable, ax=ax, pad=0.01)
+        bar.set_label("node")
+        bar.set_ticks(np.arange(0, nodes, tick_step(nodes)))
     return _result(fig, ax, own)
 
 
 # ---------------------------------------------------------------- replay figures
 
 
+@_styled
 def nic_bytes_per_node(reports, ax=None, *, direction: str = "recv", title: str | None = None, legend: bool = True):
     """Grouped bars: NIC traffic of each node per placement, summed over layers.
 
@@ -346,6 +394,7 @@ def nic_bytes_per_node(reports, ax=None, *, direction: str = "recv", title: str 
     return _result(fig, ax, own)
 
 
+@_styled
 def gpu_load(reports, ax=None, *, gpus_per_node: int | None = None, title: str | None = None, legend: bool = True):
     """Token-expert pairs served by each GPU, summed over layers: one line per placement.
 
@@ -389,6 +438,7 @@ def gpu_load(reports, ax=None, *, gpus_per_node: int | None = None, title: str |
     return _result(fig, ax, own)
 
 
+@_styled
 def nodes_per_token(reports, ax=None, *, title: str | None = None, legend: bool = True):
     """Grouped bars: share of (token, layer) pairs reaching 1, 2, ... nodes, per placement."""
     reports = _reports_dict(reports)
@@ -396,8 +446,11 @@ def nodes_per_token(reports, ax=None, *, title: str | None = None, legend: bool 
     for name, r in reports.items():
         histogram = np.asarray(r.totals["nodes_per_token_histogram"], dtype=float)
         series[name] = 100.0 * histogram / histogram.sum() if histogram.sum() else histogram
-    width = len(next(iter(series.values())))
-    start = 0 if any(values[0] > 0 for values in series.values()) else 1
+    stacked = np.stack(list(series.values()))
+    used = np.flatnonzero(stacked.sum(axis=0) > 0)
+    width = max(int(used[-1]) + 1 if used.size else stacked.shape[1], 2)
+    start = 0 if stacked[:, 0].any() else 1
+    series = {name: values[:width] for name, values in series.items()}
     series = {name: values[start:] for name, values in series.items()}
     labels = {name: f"{name} (mean {reports[name].totals['nodes_per_token_mean']:.2f})" for name in series}
     own = ax is None
@@ -418,6 +471,7 @@ def nodes_per_token(reports, ax=None, *, title: str | None = None, legend: bool 
     return _result(fig, ax, own)
 
 
+@_styled
 def internode_per_layer(reports, ax=None, *, title: str | None = None, legend: bool = True, first_layer: int = 0):
     """Inter-node token copies (dedup per node) in each layer, one line per placement."""
     reports = _reports_dict(reports)
@@ -438,6 +492,32 @@ def internode_per_layer(reports, ax=None, *, title: str | None = None, legend: b
     ax.set_ylabel("inter-node token copies" + (f" ({unit})" if unit else ""))
     ax.grid(alpha=0.3)
     ax.set_title(title or "Inter-node tokens per layer")
+    if legend:
+        _legend_below(ax, ncol=min(len(series), 5))
+    return _result(fig, ax, own)
+
+
+@_styled
+def imbalance_per_layer(reports, ax=None, *, title: str | None = None, legend: bool = True, first_layer: int = 0):
+    """Busiest GPU's load over the mean GPU load in each layer, one line per placement (1 = perfect)."""
+    reports = _reports_dict(reports)
+    series = {name: np.asarray(r.per_layer["gpu_load_imbalance"], dtype=float) for name, r in reports.items()}
+    colours = placement_colours(list(series))
+    own = ax is None
+    fig, ax = _axes(ax, 9.0, 4.2)
+    layers = len(next(iter(series.values())))
+    markers = "os^Dv<>ph"
+    for index, (name, values) in enumerate(series.items()):
+        ax.plot(np.arange(layers), values, marker=markers[index % len(markers)], markersize=4,
+                linewidth=1.3, color=colours[name], label=name)
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=0.9)
+    _index_ticks(ax.xaxis, layers, first=first_layer)
+    ax.set_xlim(-0.5, layers - 0.5)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("MoE layer")
+    ax.set_ylabel("GPU load max / mean")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "GPU load imbalance per layer")
     if legend:
         _legend_below(ax, ncol=min(len(series), 5))
     return _result(fig, ax, own)
@@ -465,38 +545,56 @@ def pareto_front(points) -> np.ndarray:
 
 
 _TRADEOFF_LABELS = {
-    "gpu_load_imbalance": "GPU load imbalance (max/mean per layer, averaged)",
-    "gpu_peak_load": "GPU peak load (busiest GPU's pairs, summed over layers)",
-    "internode_tokens_dedup": "inter-node token copies (all layers)",
-    "nic_peak_tokens": "NIC peak (busiest node's received copies, summed over layers)",
-    "all_to_all_s": "all-to-all time estimate (s)",
+    "gpu_load_imbalance": ("GPU load imbalance (max/mean per layer, averaged)", None),
+    "gpu_peak_load": ("GPU peak load (busiest GPU's pairs per layer, summed)", "tokens"),
+    "internode_tokens_dedup": ("inter-node token copies, all layers", "tokens"),
+    "nic_peak_tokens": ("NIC peak (busiest node's copies per layer, summed)", "tokens"),
+    "all_to_all_s": ("all-to-all time estimate (s)", None),
 }
 
 
+def _axis_label(key: str) -> tuple[str, bool]:
+    """Axis label of a totals key and whether its values are counts (shown with thousands separators)."""
+    label, kind = _TRADEOFF_LABELS.get(key, (key, None))
+    return label, kind == "tokens"
+
+
+@_styled
 def tradeoff(
-    reports, ax=None, *, x: str = "gpu_load_imbalance", y: str = "internode_tokens_dedup", title: str | None = None
+    reports, ax=None, *, x: str = "gpu_load_imbalance", y: str = "internode_tokens_dedup", title: str | None = None,
+    legend: bool = True,
 ):
-    """Scatter of one figure against another per placement, with the Pareto front (lower-left is better)."""
+    """Scatter of one total against another per placement, with the Pareto front (lower-left is better).
+
+    x, y: keys of ``ReplayReport.totals`` (default: GPU load imbalance vs inter-node tokens).
+    """
     reports = _reports_dict(reports)
     names = list(reports)
-    xy = np.array([[float(reports[n].totals[x]), float(reports[n].totals[y])] for n in names])
+    raw = np.array([[float(reports[n].totals[x]), float(reports[n].totals[y])] for n in names])
+    xs, ys = raw[:, 0], raw[:, 1]
+    (x_label, x_counts), (y_label, y_counts) = _axis_label(x), _axis_label(y)
     colours = placement_colours(names)
     own = ax is None
-    fig, ax = _axes(ax, 7.0, 4.8)
-    front = pareto_front(xy)
+    fig, ax = _axes(ax, 8.0, 4.8)
+    front = pareto_front(raw)
     if len(front) > 1:
-        ax.step(xy[front, 0], xy[front, 1], where="post", color="#444444", linestyle="--", linewidth=1.0,
+        ax.step(xs[front], ys[front], where="post", color="#444444", linestyle="--", linewidth=1.0,
                 label="Pareto front")
-    for name, (px, py) in zip(names, xy):
-        ax.scatter([px], [py], s=60, color=colours[name], edgecolor="black", linewidth=0.6, zorder=3, label=name)
-    span_x = np.ptp(xy[:, 0]) or abs(xy[0, 0]) or 1.0
-    span_y = np.ptp(xy[:, 1]) or abs(xy[0, 1]) or 1.0
-    ax.set_xlim(xy[:, 0].min() - 0.12 * span_x, xy[:, 0].max() + 0.12 * span_x)
-    ax.set_ylim(xy[:, 1].min() - 0.12 * span_y, xy[:, 1].max() + 0.12 * span_y)
-    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
-    ax.set_xlabel(_TRADEOFF_LABELS.get(x, x))
-    ax.set_ylabel(_TRADEOFF_LABELS.get(y, y))
+    markers = "os^Dv<>ph"
+    for index, (name, px, py) in enumerate(zip(names, xs, ys)):
+        on_front = index in set(front.tolist())
+        ax.scatter([px], [py], s=70, color=colours[name], marker=markers[index % len(markers)],
+                   edgecolor="black", linewidth=1.4 if on_front else 0.5, zorder=3, label=name)
+    for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
+        span = np.ptp(values) or abs(values[0]) * 0.1 or 1.0
+        setter(values.min() - 0.12 * span, values.max() + 0.12 * span)
+    for counts, axis in ((x_counts, ax.xaxis), (y_counts, ax.yaxis)):
+        if counts:
+            axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
     ax.grid(alpha=0.3)
     ax.set_title(title or "Traffic vs balance (lower-left is better)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if legend:
+        _legend_below(ax, ncol=min(len(names) + (len(front) > 1), 5))
     return _result(fig, ax, own)

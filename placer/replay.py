@@ -4,7 +4,8 @@ Conventions (shared by every figure placer prints):
 
 - Token source: token ``t`` (0-based row of the replayed trace) starts on GPU
   ``src_rank[t]`` when the trace has it, else on GPU ``t mod P``; with
-  ``source="sequence"`` sequence ``i`` sits whole on GPU ``i mod P``.
+  ``source="sequence"`` sequence ``i`` sits whole on GPU ``i mod P``. When the
+  placement excludes GPUs, ``P`` counts and indexes the GPUs in service only.
 - ``dispatch="normal"`` (DeepEP normal mode): one RDMA copy per remote node a
   token reaches, landing on the GPU with the source's local index, then
   forwarded over NVLink to the target GPUs there; on the source node one
@@ -70,21 +71,24 @@ class ReplayReport:
         }
 
 
-def source_gpus(chunk: TraceChunk, num_gpus: int, source: str) -> np.ndarray:
-    """GPU each token of the chunk starts on: [tokens]."""
+def source_gpus(chunk: TraceChunk, live: np.ndarray, source: str) -> np.ndarray:
+    """GPU each token of the chunk starts on: [tokens].
+
+    live: [L] ids of the GPUs in service (all GPUs unless some are excluded);
+    token t starts on live[t mod L], sequence i on live[i mod L].
+    """
     trace = chunk.trace
     if source == "sequence":
         if trace.seq_lens is None:
             raise InputError(None, "seq_lens", "--source sequence needs a trace with seq_lens")
         sequence = chunk.sequence_offset + np.repeat(np.arange(len(trace.seq_lens)), trace.seq_lens)
-        return sequence % num_gpus
+        return live[sequence % len(live)]
     if trace.src_rank is not None:
-        if int(trace.src_rank.max()) >= num_gpus:
-            raise InputError(
-                None, "src_rank", f"GPU rank {int(trace.src_rank.max())} >= the topology's {num_gpus} GPUs"
-            )
+        outside = np.setdiff1d(np.unique(trace.src_rank), live)
+        if outside.size:
+            raise InputError(None, "src_rank", f"GPU rank {int(outside[0])} is not a GPU in service")
         return trace.src_rank
-    return (chunk.token_offset + np.arange(trace.num_tokens)) % num_gpus
+    return live[(chunk.token_offset + np.arange(trace.num_tokens)) % len(live)]
 
 
 def _first_distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +197,7 @@ def count_traffic(
     totals: dict[str, np.ndarray] = {}
     for chunk in chunks:
         _check_compatible(chunk.trace.num_experts, chunk.trace.num_layers, placement, topology)
-        src = source_gpus(chunk, topology.num_gpus, source)
+        src = source_gpus(chunk, placement.live_gpus(), source)
         for layer in range(chunk.trace.num_layers):
             ids = chunk.trace.topk_ids[:, layer, :]
             gpu = dispatcher.route(layer, ids, src)
@@ -239,11 +243,12 @@ def summarize(
     model: Model | None,
     dispatch: str,
     max_nodes: int | None,
+    live: np.ndarray,
 ) -> tuple[dict[str, np.ndarray], dict[str, float | None]]:
-    """Derived per-layer figures and totals from the raw counters."""
+    """Derived per-layer figures and totals from the raw counters (live: [L] GPUs in service)."""
     tier = "dedup" if dispatch == "normal" else "naive"
     load = counts["gpu_load"]
-    imbalance = _ratio(load.max(axis=1).astype(float), load.mean(axis=1))
+    imbalance = _ratio(load.max(axis=1).astype(float), load[:, live].mean(axis=1))
     recv = counts[f"node_recv_{tier}"].sum(axis=0)
     sent = counts[f"node_sent_{tier}"].sum(axis=0)
     histogram = counts["nodes_per_token"].sum(axis=0)
@@ -319,7 +324,7 @@ def evaluate(
     counts = count_traffic(
         trace, placement, topology, source=source, dispatch=dispatch, max_nodes=max_nodes, rule=rule
     )
-    per_layer, totals = summarize(counts, topology, model, dispatch, max_nodes)
+    per_layer, totals = summarize(counts, topology, model, dispatch, max_nodes, placement.live_gpus())
     config = {
         "source": source,
         "dispatch": dispatch,

@@ -177,8 +177,8 @@ def summary_rows(
 
 
 COLUMN_NOTES = (
-    "inter-node tokens: token copies crossing a NIC, one per (token, layer, remote node) in DeepEP normal "
-    "dispatch (one per remote expert in low-latency mode), summed over layers; "
+    "inter-node tokens: token copies crossing a NIC, one per (token, layer, remote node) as DeepEP normal "
+    "dispatch sends them, summed over layers; "
     "NIC peak: the busiest node's received copies per layer, summed over layers; "
     "GPU peak: the busiest GPU's token-expert pairs per layer, summed; "
     "GPU max/mean: per-layer max over mean GPU load, averaged over layers; "
@@ -218,15 +218,16 @@ def _coactivation_figure(coactivation, entries, layer: int, num_experts: int) ->
         shares.append(share)
         image = plots.coactivation_heatmap(
             dense, order, boundaries, ax, vmax=vmax, colorbar=False,
-            title=f"{name}: {share:.0%} of co-activations within a node",
+            title=f"{plots.short(name)}\n{share:.0%} of co-activations within a node",
         )
     for ax in list(axes.flat)[len(entries):]:
-        ax.set_visible(False)
+        fig.delaxes(ax)
     for ax in axes[:, 1:].flat:
         ax.set_ylabel("")
-    for ax in axes[:-1, :].flat:
-        ax.set_xlabel("")
-    bar = fig.colorbar(image, ax=axes, shrink=0.8 if rows > 1 else 0.95)
+    for index, ax in enumerate(list(axes.flat)[: len(entries)]):
+        if index + columns < len(entries):  # a panel below this one carries the label
+            ax.set_xlabel("")
+    bar = fig.colorbar(image, ax=list(axes.flat)[: len(entries)], shrink=0.8 if rows > 1 else 0.95)
     bar.set_label("tokens choosing both experts (log scale)")
     fig.suptitle(f"Expert co-activation in MoE layer {layer}, rows and columns in each placement's order")
     return _png(fig), shares
@@ -241,7 +242,7 @@ def _expert_map_figure(entries, num_experts: int) -> bytes:
     for index, (ax, (name, placement)) in enumerate(zip(axes, entries)):
         plots.expert_gpu_map(
             placement.expert_gpu()[:, :num_experts], placement.gpus_per_node, ax,
-            title=name, legend=index == 0,
+            title=plots.short(name, 60), legend=index == 0,
         )
         if index < count - 1:
             ax.set_xlabel("")
@@ -259,6 +260,17 @@ def _nic_figure(reports: dict[str, ReplayReport]) -> bytes:
     handles, labels = left.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), frameon=False)
     fig.suptitle("Inter-node (NIC) traffic per node, all layers")
+    return _png(fig)
+
+
+def _per_layer_figure(reports: dict[str, ReplayReport]) -> bytes:
+    fig = plots.new_figure(9.0, 7.4)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    plots.internode_per_layer(reports, top, legend=False)
+    plots.imbalance_per_layer(reports, bottom, legend=False)
+    top.set_xlabel("")
+    handles, labels = top.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), frameon=False)
     return _png(fig)
 
 
@@ -317,16 +329,18 @@ def build_figures(
             _single(plots.nodes_per_token, reports),
         ),
         ReportFigure(
-            "internode_per_layer", "Inter-node tokens per layer",
-            "Each line gives the token copies crossing the network in every MoE layer; the gap between a "
-            "placement and the baselines is the traffic it saves in that layer.",
-            _single(plots.internode_per_layer, reports),
+            "per_layer", "Traffic and balance per layer",
+            "Top: token copies crossing the network in every MoE layer (the gap to the baselines is the traffic "
+            "a placement saves there); bottom: the busiest GPU's load over the mean in every layer "
+            "(1 = perfectly even, the dashed line).",
+            _per_layer_figure(reports),
         ),
         ReportFigure(
             "tradeoff", "Traffic vs balance",
-            "Each point is a placement: left is better balanced, lower sends less across nodes; the dashed "
-            "staircase joins the placements no other beats on both.",
-            _single(plots.tradeoff, reports, 9.0, 4.8),
+            "Each point is a placement: further left is better balanced, lower sends less across nodes; "
+            "points with a thick outline (joined by a dashed staircase when several) are the placements no "
+            "other beats on both.",
+            _single(plots.tradeoff, reports, 9.0, 5.0),
         ),
     ]
     notes = [f"{name}: {share:.0%} of layer {layer}'s co-activations fall within a node"
@@ -433,6 +447,8 @@ def render_html(data: ReportData) -> str:
         "</head>",
         "<body>",
         f"<h1>{e(data.title)}</h1>",
+        '<p class="note">Contents: <a href="#summary">summary</a> &middot; <a href="#config">configuration</a>'
+        + "".join(f' &middot; <a href="#{e(f.name)}">{e(f.title.lower())}</a>' for f in data.figures) + "</p>",
         '<h2 id="summary">Summary</h2>',
         '<table class="summary">',
         "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>",
@@ -487,7 +503,7 @@ def write_report(
     out_dir: str | Path,
     *,
     title: str | None = None,
-    format: str = "html",  # noqa: A002 - mirrors the CLI option
+    format: str = "html",  # mirrors the CLI option --format
     baselines: Sequence[str] = BASELINES,
     layer: int | None = None,
     source: str = "token",

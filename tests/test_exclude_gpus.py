@@ -197,3 +197,34 @@ def test_sample_trace_beats_contiguous_on_live_gpus():
     ours = evaluate(train, placement, topology).totals["internode_tokens_dedup"]
     base = evaluate(train, contiguous, topology).totals["internode_tokens_dedup"]
     assert ours < 0.8 * base
+
+
+def test_replay_sources_skip_excluded_gpus():
+    from placer.placement import Placement
+    from placer.replay import evaluate
+    from placer.trace import validate_arrays
+
+    # 2 nodes x 2 GPUs, GPU 0 out of service; experts 0, 1, 2 on GPUs 1, 2, 3.
+    placement = Placement(np.array([[-1, 0, 1, 2]]), 3, 2, 1, {"excluded_gpus": [0]})
+    trace = validate_arrays("hand", {"topk_ids": np.array([[[0]], [[0]], [[0]]])})
+    result = evaluate(trace, placement, Topology("t", 2, 2, 1e9, 1e12, 1e9, 1e9, 0.0))
+    # tokens start on GPUs 1, 2, 3 (live ids in turn): only the first is on expert 0's node
+    assert result.totals["internode_tokens_dedup"] == 2
+    assert result.totals["gpu_load_imbalance"] == pytest.approx(3 / 1.0)
+
+
+def test_cli_exclusions_survive_file_and_relabel(tmp_path, cli):
+    from placer.bundled import sample_trace
+    from placer.placement_io import read_placement
+
+    train = sample_trace("train")
+    assert cli("place", "--trace", train, "--solver", "contiguous", "--out", tmp_path / "now.json").code == 0
+    result = cli("place", "--trace", train, "--solver", "spectral", "--exclude-gpus", "3,12",
+                 "--current", tmp_path / "now.json", "--out", tmp_path / "next.json")
+    assert result.code == 0, result.err
+    placement = read_placement(tmp_path / "next.json")
+    assert placement.excluded_gpus == [3, 12]
+    per_gpu = placement.phy2log.reshape(placement.num_layers, placement.num_gpus, -1)
+    assert (per_gpu[:, [3, 12]] == -1).all()
+    bad = cli("place", "--trace", train, "--exclude-gpus", "1,x", "--out", tmp_path / "bad.json")
+    assert bad.code == 2 and "--exclude-gpus" in bad.err

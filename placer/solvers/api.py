@@ -149,8 +149,10 @@ def _spec(problem: LayerProblem, alpha: float) -> SearchSpec:
     unc = -1.0
     if M and c.max_nodes_coverage is not None:
         unc = float(math.floor((1.0 - c.max_nodes_coverage) * problem.weights.sum() + 1e-9))
+    # with GPUs out of service, the proportional counts are a hard cap so no live GPU is left idle
+    slot_cap = problem.node_capacity() if problem.live is None else problem.node_counts()
     return SearchSpec(ptr, inc, problem.nets, problem.weights.astype(np.float64),
-                      problem.loads.astype(np.float64), problem.node_capacity(),
+                      problem.loads.astype(np.float64), slot_cap,
                       load_cap, allowed, float(alpha), int(M), unc)
 
 
