@@ -137,9 +137,13 @@ def test_groups_kept_on_own_nodes():
     pl, _ = place(trace, topo(4, 2), solver="spectral", keep_groups=True, model=model)
     node = pl.expert_gpu()[0] // 2
     assert set(node[:8]) <= {0, 1} and set(node[8:]) <= {2, 3}
+    eight = Model("m", 16, 2, 8, 8, 1, num_groups=8, groups_per_token=2)
+    pl, _ = place(trace, topo(4, 2), solver="spectral", keep_groups=True, model=eight)
+    node = pl.expert_gpu()[0] // 2
+    assert all(node[2 * g] == node[2 * g + 1] for g in range(8))  # each group whole on one node
+    assert np.bincount(node, minlength=4).tolist() == [4, 4, 4, 4]
     with pytest.raises(InfeasibleError, match="groups"):
-        place(trace, topo(4, 2), keep_groups=True, model=Model("m", 16, 2, 8, 8, 1, num_groups=8),
-              solver="spectral")
+        place(trace, topo(3, 2), keep_groups=True, model=eight, solver="spectral")
 
 
 def test_deterministic_and_worker_independent():

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from placer.eplb import balanced_packing
 from placer.errors import InfeasibleError, InputError
 from placer.graph import TraceSummary
 
@@ -188,9 +189,9 @@ def build_problems(
     slots = slots_per_gpu if slots_per_gpu is not None else math.ceil(experts / live_count)
     if slots * gpus < experts:
         raise InputError(None, "slots_per_gpu", f"{gpus} GPUs x {slots} slots < {experts} experts")
-    allowed = group_mask(constraints.groups, experts, num_nodes) if constraints.groups is not None else None
     problems = []
     for layer, part in zip(summary.layer_ids, summary.layers):
+        allowed = None if constraints.groups is None else group_mask(constraints.groups, part.loads, num_nodes)
         problem = LayerProblem(
             experts, num_nodes, gpus_per_node, slots, part.sets.astype(np.int32), part.set_counts,
             part.loads, summary.num_tokens, constraints, allowed, layer,
@@ -201,25 +202,33 @@ def build_problems(
     return problems
 
 
-def group_mask(groups: np.ndarray, experts: int, num_nodes: int) -> np.ndarray:
+def group_mask(groups: np.ndarray, loads: np.ndarray, num_nodes: int) -> np.ndarray:
     """Nodes each expert may use when every group keeps to its own nodes: [experts, nodes] bool.
 
-    Groups (ids 0..g-1) get disjoint, contiguous node ranges of N // g nodes
-    (needs g <= N and g | N); the experts of a group must fit those nodes.
+    groups: [experts] group ids 0..g-1; loads: [experts]. With g <= N (g | N) each
+    group gets a disjoint, contiguous range of N // g nodes. With g > N (N | g)
+    each group sits whole on one node, g // N groups per node, packed by load as
+    EPLB packs groups onto nodes (heaviest first into the lightest open node).
     """
     groups = np.asarray(groups)
     count = int(groups.max()) + 1
-    if count > num_nodes or num_nodes % count:
-        raise InfeasibleError(
-            f"keep_groups: {count} expert groups cannot each own a disjoint set of nodes "
-            f"among {num_nodes} nodes (needs the group count to divide the node count)"
-        )
-    per = num_nodes // count
+    experts = len(groups)
     mask = np.zeros((experts, num_nodes), dtype=bool)
-    for e in range(experts):
-        g = int(groups[e])
-        mask[e, g * per:(g + 1) * per] = True
-    return mask
+    if count <= num_nodes and num_nodes % count == 0:
+        per = num_nodes // count
+        for g in range(count):
+            mask[groups == g, g * per:(g + 1) * per] = True
+        return mask
+    if count > num_nodes and count % num_nodes == 0:
+        group_load = np.bincount(groups, weights=loads, minlength=count)[None, :]
+        node_of_group = balanced_packing(group_load, num_nodes)[0][0]
+        mask[np.arange(experts), node_of_group[groups]] = True
+        return mask
+    raise InfeasibleError(
+        f"keep_groups: {count} expert groups cannot each own a disjoint set of nodes among "
+        f"{num_nodes} nodes (needs the group count to divide the node count or the node count "
+        "to divide the group count)"
+    )
 
 
 def check_feasible(problem: LayerProblem) -> None:
