@@ -19,8 +19,14 @@ from placer.placement_io import write_placement
 from placer.topology import Model
 
 
-def _check_filled(placement: Placement, model: Model | None, field: str) -> None:
-    """Raise unless every slot holds an expert, every expert has a slot and ``model`` fits."""
+def _engine_rows(placement: Placement, model: Model | None, field: str) -> np.ndarray:
+    """phy2log for engines that need every slot filled: [layers, slots].
+
+    Slots of GPUs out of service hold expert 0 as a placeholder, as SGLang's
+    elasticity-aware EPLB writes them (the engine never dispatches to inactive
+    ranks). Raises unless every live slot holds an expert, every expert has a
+    slot and ``model`` fits.
+    """
     if model is not None and (model.num_experts, model.num_moe_layers) != (
         placement.num_experts, placement.num_layers
     ):
@@ -29,8 +35,11 @@ def _check_filled(placement: Placement, model: Model | None, field: str) -> None
             f"placement has {placement.num_layers} MoE layers of {placement.num_experts} experts; "
             f"model {model.name} has {model.num_moe_layers} of {model.num_experts}",
         )
-    if (placement.phy2log < 0).any():
-        layer, slot = np.argwhere(placement.phy2log < 0)[0]
+    rows = placement.phy2log.copy()
+    per_gpu = rows.reshape(placement.num_layers, placement.num_gpus, placement.slots_per_gpu)
+    per_gpu[:, placement.excluded_gpus] = 0
+    if (rows < 0).any():
+        layer, slot = np.argwhere(rows < 0)[0]
         raise InputError(
             None, field,
             f"the engine needs every slot filled, but layer {layer} slot {slot} is empty "
@@ -41,6 +50,7 @@ def _check_filled(placement: Placement, model: Model | None, field: str) -> None
     if missing.size:
         layer, expert = missing[0]
         raise InputError(None, field, f"layer {layer} expert {expert} has no slot")
+    return rows
 
 
 def to_sglang(placement: Placement, model: Model | None = None) -> dict:
@@ -50,12 +60,12 @@ def to_sglang(placement: Placement, model: Model | None = None) -> dict:
     preceded by trivial rows (slot p -> p mod E) for its ``first_dense_layers``,
     so there are ``num_hidden_layers`` rows as SGLang expects. SGLang needs every
     slot filled; slots = experts + redundant experts, a multiple of the EP size.
+    Slots of excluded GPUs hold expert 0 as placeholders (see :func:`_engine_rows`).
     """
-    _check_filled(placement, model, "--format sglang")
-    slots = placement.phy2log.shape[1]
+    rows = _engine_rows(placement, model, "--format sglang")
     dense = model.first_dense_layers if model is not None else 0
-    trivial = (np.arange(slots) % placement.num_experts).tolist()
-    return {"physical_to_logical_map": [trivial] * dense + placement.phy2log.tolist()}
+    trivial = (np.arange(rows.shape[1]) % placement.num_experts).tolist()
+    return {"physical_to_logical_map": [trivial] * dense + rows.tolist()}
 
 
 def to_trtllm(placement: Placement, model: Model | None = None) -> dict:
@@ -75,14 +85,12 @@ def to_trtllm(placement: Placement, model: Model | None = None) -> dict:
     examples/wide_ep/ep_load_balancer/README.md shows DeepSeek-R1 keys 3..60.
     TensorRT-LLM asserts every expert appears in every row, so no slot may be empty.
     """
-    _check_filled(placement, model, "--format trtllm")
+    rows = _engine_rows(placement, model, "--format trtllm")
     first = model.first_dense_layers if model is not None else 0
     return {
-        "num_slots": int(placement.phy2log.shape[1]),
+        "num_slots": int(rows.shape[1]),
         "layer_updates_per_iter": 0,
-        "initial_global_assignments": {
-            first + layer: row.tolist() for layer, row in enumerate(placement.phy2log)
-        },
+        "initial_global_assignments": {first + layer: row.tolist() for layer, row in enumerate(rows)},
     }
 
 

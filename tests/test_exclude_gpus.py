@@ -228,3 +228,14 @@ def test_cli_exclusions_survive_file_and_relabel(tmp_path, cli):
     assert (per_gpu[:, [3, 12]] == -1).all()
     bad = cli("place", "--trace", train, "--exclude-gpus", "1,x", "--out", tmp_path / "bad.json")
     assert bad.code == 2 and "--exclude-gpus" in bad.err
+
+
+def test_engine_exports_fill_dead_gpus_with_placeholders():
+    from placer.engines import to_eplb, to_sglang
+
+    trace = random_trace(200, 1, 16, 2, 4)
+    # 7 live GPUs x 4 slots: one copy needs 3 per GPU, the rest hold replicas; GPU 6 = slots 24..27
+    placement, _ = place(trace, topo(2, 4), solver="spectral", exclude_gpus=[6], slots_per_gpu=4, time_limit=1)
+    rows = np.array(to_sglang(placement)["physical_to_logical_map"])
+    assert (rows >= 0).all() and (rows[:, 24:28] == 0).all()
+    assert (to_eplb(placement)["phy2log"][:, 24:28] == -1).all()
