@@ -354,7 +354,7 @@ def _slots(requested: str | None, reserve: float, experts: int, topo: Topology, 
     if fits is not None and wanted > fits:
         per_layer = mdl.expert_param_bytes * mdl.num_moe_layers
         raise InputError(
-            None, "--slots-per-gpu",
+            f"model {mdl.name}", "--slots-per-gpu",
             f"{wanted} experts per GPU and layer need {wanted * per_layer / 1e9:.1f} GB, but "
             f"{topo.gpu_memory_bytes * (1 - reserve) / 1e9:.1f} GB of GPU memory is free for experts "
             f"({fits} fit); use more GPUs, a smaller --memory-reserve or fewer slots",
@@ -372,6 +372,55 @@ def _against_baselines(
         for name in BASELINES
     ]
     return [(name, evaluate(test, p, topo, mdl, max_nodes=max_nodes)) for name, p in [*placements, (label, chosen)]]
+
+
+class ReportFormat(str, Enum):
+    html = "html"
+    md = "md"
+
+
+@app.command("report")
+def report_command(
+    trace: Annotated[str, typer.Option(help="Trace .npz file or directory of shards to replay.")],
+    placement: Annotated[list[str], typer.Option(help="contiguous, round-robin, random or a placement file; repeat.")],
+    out: Annotated[str, typer.Option(help="Output folder: index.html (or report.md) and the PNGs.")],
+    output_format: Annotated[ReportFormat, typer.Option("--format", help="html (one self-contained file) or md.")] = ReportFormat.html,
+    topology: TopologyOpt = "h100-dgx",
+    nodes: NodesOpt = None,
+    gpus_per_node: GpnOpt = None,
+    model: ModelOpt = None,
+    max_nodes: MaxNodesOpt = None,
+    source: SourceOpt = Source.token,
+    dispatch: DispatchOpt = Dispatch.normal,
+    rule: RuleOpt = Rule.nearest,
+    layer: Annotated[int | None, typer.Option(help="MoE layer of the co-activation heatmap (default: middle).")] = None,
+    no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Do not add the three baselines.")] = False,
+    title: Annotated[str | None, typer.Option(help="Report title.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay placements and write an HTML or Markdown report with figures (needs the `plots` extra)."""
+    try:
+        from placer.report import FIGURE_NAMES, write_report
+    except ImportError as err:
+        raise InputError(None, "report", f"{err}; install the plots extra: pip install 'placer[plots]'") from None
+    source_trace = _open_trace(trace)
+    topo = _topology(topology, nodes, gpus_per_node)
+    mdl = _model(model, source_trace.num_experts, source_trace.top_k)
+    chosen = [_placement(spec, source_trace, topo, mdl) for spec in placement]
+    labels = [label for label, _ in chosen]
+    placements = {
+        (spec if labels.count(label) > 1 else label): p for spec, (label, p) in zip(placement, chosen)
+    }
+    page = write_report(
+        source_trace, placements, topo, mdl, out, title=title, format=output_format.value,
+        baselines=() if no_baselines else BASELINES, layer=layer, source=source.value, dispatch=dispatch.value,
+        max_nodes=max_nodes, rule=rule.value, trace_label=trace, inputs=[s for s in placement if s not in BASELINES],
+    )
+    figures = [str(page.parent / f"{name}.png") for name in FIGURE_NAMES]
+    if as_json:
+        _print_json({"out": str(page), "figures": figures})
+    else:
+        console.print(f"wrote {page} and {len(figures)} figures", markup=False, highlight=False)
 
 
 @app.command("validate")

@@ -38,9 +38,11 @@ __all__ = [
     "coactivation_heatmap",
     "expert_gpu_map",
     "expert_order",
+    "figure_legend",
     "gpu_load",
     "imbalance_per_layer",
     "internode_per_layer",
+    "legend_columns",
     "new_figure",
     "nic_bytes_per_node",
     "node_palette",
@@ -181,15 +183,36 @@ def _scale(values: np.ndarray, kind: str) -> tuple[float, str]:
     return 1.0, ""
 
 
-def _legend_below(ax, ncol: int | None = None, handles=None, labels=None) -> None:
-    """A legend under the plot area, outside the data (constrained layout makes room for it)."""
-    if handles is None:
-        handles, labels = ax.get_legend_handles_labels()
-    count = len(handles)
-    ax.legend(
-        handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False,
-        ncol=ncol or min(count, 4),
-    )
+def legend_columns(labels: Sequence[str], width_in: float, max_columns: int = 5) -> int:
+    """Most legend columns (<= max_columns) whose entries fit across ``width_in`` inches at the legend font."""
+    if not labels:
+        return 1
+    size = FONT["legend.fontsize"]
+    entry = 0.6 + max(len(label) for label in labels) * size * 0.6 / 72  # handle + gap, ~0.6 em per character
+    fit = max(int(0.95 * width_in // entry), 1)
+    columns = min(fit, max_columns, len(labels))
+    rows = -(-len(labels) // columns)
+    return -(-len(labels) // rows)  # same rows, entries spread evenly
+
+
+def figure_legend(fig, handles, labels, max_columns: int = 5) -> None:
+    """One legend under all of the figure's panels (constrained layout makes room; never clipped)."""
+    with matplotlib.rc_context(FONT):
+        ncol = legend_columns(labels, fig.get_figwidth(), max_columns)
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False)
+
+
+def _legend(ax, own: bool, ncol: int = 5) -> None:
+    """The placements' legend, never over the data or the axis labels.
+
+    own figure: one legend row (or more) under the plot, laid out by constrained layout;
+    a caller's Axes: to the right of it (the caller's layout decides the room).
+    """
+    handles, labels = ax.get_legend_handles_labels()
+    if own:
+        figure_legend(ax.figure, handles, labels, ncol)
+    else:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
 def _grouped_bars(
@@ -384,13 +407,15 @@ def nic_bytes_per_node(reports, ax=None, *, direction: str = "recv", title: str 
         _index_ticks(ax.xaxis, nodes)
         ax.set_xlabel("node")
     verb = "received" if direction == "recv" else "sent"
-    what = f"{unit} {verb}" if with_bytes else f"token copies {verb}" + (f" ({unit})" if unit else "")
-    ax.set_ylabel(f"{what}, all layers")
+    if with_bytes:
+        ax.set_ylabel(f"{unit} {verb}, all layers")
+    else:
+        ax.set_ylabel(f"token copies {verb}, all layers" + (f" ({unit})" if unit else ""))
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.set_title(title or f"Inter-node traffic {verb} per node (NIC)")
     if legend:
-        _legend_below(ax)
+        _legend(ax, own)
     return _result(fig, ax, own)
 
 
@@ -434,7 +459,7 @@ def gpu_load(reports, ax=None, *, gpus_per_node: int | None = None, title: str |
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title or "Load per GPU")
     if legend:
-        _legend_below(ax, ncol=min(len(series) + 1, 5))
+        _legend(ax, own, ncol=min(len(series) + 1, 5))
     return _result(fig, ax, own)
 
 
@@ -467,7 +492,7 @@ def nodes_per_token(reports, ax=None, *, title: str | None = None, legend: bool 
     ax.set_axisbelow(True)
     ax.set_title(title or "Nodes reached per token")
     if legend:
-        _legend_below(ax, ncol=2)
+        _legend(ax, own, ncol=2)
     return _result(fig, ax, own)
 
 
@@ -487,13 +512,14 @@ def internode_per_layer(reports, ax=None, *, title: str | None = None, legend: b
                 linewidth=1.3, color=colours[name], label=name)
     _index_ticks(ax.xaxis, layers, first=first_layer)
     ax.set_xlim(-0.5, layers - 0.5)
-    ax.set_ylim(bottom=0)
+    peak = max(float(values.max()) for values in series.values()) / divisor
+    ax.set_ylim(0, peak * 1.08 or 1.0)
     ax.set_xlabel("MoE layer")
     ax.set_ylabel("inter-node token copies" + (f" ({unit})" if unit else ""))
     ax.grid(alpha=0.3)
     ax.set_title(title or "Inter-node tokens per layer")
     if legend:
-        _legend_below(ax, ncol=min(len(series), 5))
+        _legend(ax, own, ncol=min(len(series), 5))
     return _result(fig, ax, own)
 
 
@@ -513,13 +539,14 @@ def imbalance_per_layer(reports, ax=None, *, title: str | None = None, legend: b
     ax.axhline(1.0, color="black", linestyle="--", linewidth=0.9)
     _index_ticks(ax.xaxis, layers, first=first_layer)
     ax.set_xlim(-0.5, layers - 0.5)
-    ax.set_ylim(bottom=0)
+    peak = max(float(values.max()) for values in series.values())
+    ax.set_ylim(0, max(peak, 1.0) * 1.08)
     ax.set_xlabel("MoE layer")
     ax.set_ylabel("GPU load max / mean")
     ax.grid(alpha=0.3)
     ax.set_title(title or "GPU load imbalance per layer")
     if legend:
-        _legend_below(ax, ncol=min(len(series), 5))
+        _legend(ax, own, ncol=min(len(series), 5))
     return _result(fig, ax, own)
 
 
@@ -596,5 +623,5 @@ def tradeoff(
     ax.grid(alpha=0.3)
     ax.set_title(title or "Traffic vs balance (lower-left is better)")
     if legend:
-        _legend_below(ax, ncol=min(len(names) + (len(front) > 1), 5))
+        _legend(ax, own, ncol=min(len(names) + (len(front) > 1), 5))
     return _result(fig, ax, own)

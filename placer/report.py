@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from placer import plots
+from placer import __version__, plots
 from placer.atomic import atomic_output, refuse_overwriting_input, write_text_atomic
 from placer.errors import InputError
 from placer.graph import summarize
@@ -32,6 +32,8 @@ from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource
 
 FORMATS = ("html", "md")
+FIGURE_NAMES = ("coactivation", "expert_map", "nic_per_node", "gpu_load", "nodes_per_token", "per_layer", "tradeoff")
+"""PNG files of a report (``NAME.png``), in the order the page shows them."""
 INDEX = {"html": "index.html", "md": "report.md"}
 
 
@@ -59,20 +61,18 @@ class ReportData:
     config: dict[str, str]
     placements_info: list[tuple[str, str]]
     figures: list[ReportFigure]
-    notes: list[str]
 
 
 # ---------------------------------------------------------------- inputs
 
 
-def _open(trace: Trace | TraceSource | str | Path) -> Trace | TraceSource:
-    return TraceSource(trace) if isinstance(trace, (str, Path)) else trace
-
-
-def _trace_label(trace: Trace | TraceSource, given: str | None) -> str:
-    if given:
-        return given
-    return str(trace.path) if isinstance(trace, TraceSource) else "in-memory trace"
+def _open(trace: Trace | TraceSource | str | Path, label: str | None) -> tuple[Trace | TraceSource, str]:
+    """The trace (paths opened for streaming) and the name to show it under."""
+    if isinstance(trace, (str, Path)):
+        return TraceSource(trace), label or str(trace)
+    if isinstance(trace, TraceSource):
+        return trace, label or str(trace.path)
+    return trace, label or "in-memory trace"
 
 
 def with_baselines(
@@ -98,8 +98,10 @@ def with_baselines(
     return [*added, *given]
 
 
-def _reference(entries: list[tuple[str, Placement]], num_layers: int, num_experts: int, topology: Topology) -> str:
-    """The row ratios are taken against: the contiguous layout (by name or slots), else the first row."""
+def reference_placement(
+    entries: list[tuple[str, Placement]], num_layers: int, num_experts: int, topology: Topology
+) -> str:
+    """The row ratios are taken against: the contiguous layout (by name or by slots), else the first row."""
     names = [name for name, _ in entries]
     if "contiguous" in names:
         return "contiguous"
@@ -202,20 +204,18 @@ def _grid(count: int, max_columns: int) -> tuple[int, int]:
     return -(-count // columns), columns
 
 
-def _coactivation_figure(coactivation, entries, layer: int, num_experts: int) -> tuple[bytes, list[float]]:
-    """One heatmap panel per placement, same colour scale; returns the PNG and each within-node share."""
+def _coactivation_figure(coactivation, entries, layer: int, num_experts: int) -> bytes:
+    """One heatmap panel per placement on one colour scale, titled with its share of pairs within a node."""
     rows, columns = _grid(len(entries), 2 if len(entries) <= 4 else 3)
     fig = plots.new_figure(4.6 * columns + 1.2, 4.4 * rows)
     axes = fig.subplots(rows, columns, squeeze=False)
     dense = coactivation.toarray()
     vmax = float(dense.max()) if dense.size else 1.0
-    shares = []
     image = None
     for ax, (name, placement) in zip(axes.flat, entries):
         gpus = placement.expert_gpu()[layer, :num_experts]
         order, boundaries = plots.expert_order(gpus, placement.gpus_per_node)
         share = plots.within_block_share(dense, boundaries, order)
-        shares.append(share)
         image = plots.coactivation_heatmap(
             dense, order, boundaries, ax, vmax=vmax, colorbar=False,
             title=f"{plots.short(name)}\n{share:.0%} of co-activations within a node",
@@ -229,8 +229,9 @@ def _coactivation_figure(coactivation, entries, layer: int, num_experts: int) ->
             ax.set_xlabel("")
     bar = fig.colorbar(image, ax=list(axes.flat)[: len(entries)], shrink=0.8 if rows > 1 else 0.95)
     bar.set_label("tokens choosing both experts (log scale)")
-    fig.suptitle(f"Expert co-activation in MoE layer {layer}, rows and columns in each placement's order")
-    return _png(fig), shares
+    wrap = "\n" if columns == 1 else ", "
+    fig.suptitle(f"Expert co-activation in MoE layer {layer}{wrap}rows and columns in each placement's order")
+    return _png(fig)
 
 
 def _expert_map_figure(entries, num_experts: int) -> bytes:
@@ -257,8 +258,7 @@ def _nic_figure(reports: dict[str, ReplayReport]) -> bytes:
     plots.nic_bytes_per_node(reports, right, direction="sent", title="Sent per node", legend=False)
     right.set_ylabel("")
     right.tick_params(labelleft=True)
-    handles, labels = left.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), frameon=False)
+    plots.figure_legend(fig, *left.get_legend_handles_labels())
     fig.suptitle("Inter-node (NIC) traffic per node, all layers")
     return _png(fig)
 
@@ -269,14 +269,16 @@ def _per_layer_figure(reports: dict[str, ReplayReport]) -> bytes:
     plots.internode_per_layer(reports, top, legend=False)
     plots.imbalance_per_layer(reports, bottom, legend=False)
     top.set_xlabel("")
-    handles, labels = top.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), frameon=False)
+    plots.figure_legend(fig, *top.get_legend_handles_labels())
     return _png(fig)
 
 
 def _single(draw, reports, width: float = 9.0, height: float = 4.6, **options) -> bytes:
+    """A one-panel figure of ``draw`` with the legend under it."""
     fig = plots.new_figure(width, height)
-    draw(reports, fig.add_subplot(), **options)
+    ax = fig.add_subplot()
+    draw(reports, ax, legend=False, **options)
+    plots.figure_legend(fig, *ax.get_legend_handles_labels())
     return _png(fig)
 
 
@@ -286,12 +288,12 @@ def build_figures(
     results: list[tuple[str, ReplayReport]],
     layer: int,
     model: Model | None,
-) -> tuple[list[ReportFigure], list[str]]:
-    """The report's figures (PNG bytes with titles and captions) and notes drawn from them."""
+) -> list[ReportFigure]:
+    """The report's figures: PNG bytes with titles and captions, in :data:`FIGURE_NAMES` order."""
     reports = dict(results)
     num_experts = trace.num_experts
     coactivation = summarize(trace, layers=[layer]).layers[0].coactivation
-    heatmap, shares = _coactivation_figure(coactivation, entries, layer, num_experts)
+    heatmap = _coactivation_figure(coactivation, entries, layer, num_experts)
     unit = "bytes (scaled to kB/MB/GB)" if model is not None else "token copies (pass a model for bytes)"
     figures = [
         ReportFigure(
@@ -343,9 +345,8 @@ def build_figures(
             _single(plots.tradeoff, reports, 9.0, 5.0),
         ),
     ]
-    notes = [f"{name}: {share:.0%} of layer {layer}'s co-activations fall within a node"
-             for (name, _), share in zip(entries, shares)]
-    return figures, notes
+    assert tuple(f.name for f in figures) == FIGURE_NAMES
+    return figures
 
 
 # ---------------------------------------------------------------- the report
@@ -367,8 +368,7 @@ def build_report(
     trace_label: str | None = None,
 ) -> ReportData:
     """Replay every placement and draw the figures, without writing anything (see :func:`write_report`)."""
-    label = trace_label or (str(trace) if isinstance(trace, (str, Path)) else _trace_label(trace, None))
-    trace = _open(trace)
+    trace, label = _open(trace, trace_label)
     unknown = [name for name in baselines if name not in BASELINES]
     if unknown:
         raise InputError(None, "baselines", f"unknown {unknown}; expected some of {', '.join(BASELINES)}")
@@ -387,17 +387,16 @@ def build_report(
         (name, evaluate(trace, p, topology, model, source=source, dispatch=dispatch, max_nodes=max_nodes, rule=rule))
         for name, p in entries
     ]
-    reference = _reference(entries, num_layers, num_experts, topology)
-    figures, notes = build_figures(trace, entries, results, layer, model)
-    from placer import __version__
-
+    reference = reference_placement(entries, num_layers, num_experts, topology)
+    figures = build_figures(trace, entries, results, layer, model)
+    mode = "one copy per remote node" if dispatch == "normal" else "one copy per remote expert"
     config = {
         "trace": f"{label}: {trace.num_tokens:,} tokens x {num_layers} MoE layers, top-{trace.top_k} of "
                  f"{trace.num_experts} experts",
-        "topology": f"{topology.name}: {topology.nodes} nodes x {topology.gpus_per_node} GPUs, "
-                    f"NIC {topology.nic_bandwidth / 1e9:g} GB/s per GPU, NVLink {topology.nvlink_bandwidth / 1e9:g} GB/s",
+        "topology": f"{topology.name}: {topology.nodes} nodes x {topology.gpus_per_node} GPUs, NIC "
+                    f"{topology.nic_bandwidth / 1e9:g} GB/s per GPU, NVLink {topology.nvlink_bandwidth / 1e9:g} GB/s",
         "model": model.name if model is not None else "none (token counts only; give a model for bytes and times)",
-        "dispatch": f"{dispatch} ({'one copy per remote node, DeepEP normal' if dispatch == 'normal' else 'one copy per remote expert, DeepEP low-latency'})",
+        "dispatch": f"{dispatch} ({mode})",
         "token source": source,
         "replica rule": rule,
         "max nodes": str(max_nodes) if max_nodes else "-",
@@ -414,7 +413,6 @@ def build_report(
         config=config,
         placements_info=placements_info,
         figures=figures,
-        notes=notes,
     )
 
 
@@ -495,6 +493,34 @@ def render_markdown(data: ReportData) -> str:
     return "\n".join(out)
 
 
+def _check_output(out_dir: str | Path, format: str, protected: Sequence[str | Path]) -> Path:
+    """The output folder, after refusing a bad format, a file in the way or an output that is an input."""
+    if format not in FORMATS:
+        raise InputError(None, "format", f"expected one of {', '.join(FORMATS)}, got {format!r}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "--out", "exists and is not a directory")
+    for target in (out, out / INDEX[format], *(out / f"{name}.png" for name in FIGURE_NAMES)):
+        for given in protected:
+            refuse_overwriting_input(target, given)
+    return out
+
+
+def save_report(data: ReportData, out_dir: str | Path, format: str = "html",
+                protected: Sequence[str | Path] = ()) -> Path:
+    """Write a built report: the PNGs, then ``index.html`` or ``report.md`` (each file atomically).
+
+    protected: input files that must not be overwritten. Returns the page's path.
+    """
+    out = _check_output(out_dir, format, protected)
+    for figure in data.figures:
+        with atomic_output(out / figure.filename, "wb") as handle:
+            handle.write(figure.png)
+    page = out / INDEX[format]
+    write_text_atomic(page, render_html(data) if format == "html" else render_markdown(data))
+    return page
+
+
 def write_report(
     trace: Trace | TraceSource | str | Path,
     placements: Mapping[str, Placement],
@@ -519,33 +545,19 @@ def write_report(
     given (``baselines=()`` adds none). format: "html" writes ``index.html`` with the PNGs
     embedded (self-contained) or "md" writes ``report.md`` linking them; the PNGs are
     written beside it either way. layer: MoE layer of the co-activation heatmap (default:
-    the middle one). inputs: further files the report must not overwrite (placement files).
-    Returns the path of the page written.
+    the middle one). inputs: further files the report must not overwrite (placement files);
+    the trace's own files are always protected. Returns the path of the page written.
     """
-    if format not in FORMATS:
-        raise InputError(None, "format", f"expected one of {', '.join(FORMATS)}, got {format!r}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "--out", "exists and is not a directory")
-    protected = [*inputs, *([trace] if isinstance(trace, (str, Path)) else [])]
+    trace, trace_label = _open(trace, trace_label)
+    protected = [*inputs]
     if isinstance(trace, TraceSource):
         protected += [trace.path, *trace.shards]
-    for given in protected:
-        refuse_overwriting_input(out, given)
+    _check_output(out_dir, format, protected)  # fail before the slow part
     data = build_report(
         trace, placements, topology, model, title=title, baselines=baselines, layer=layer, source=source,
         dispatch=dispatch, max_nodes=max_nodes, rule=rule, trace_label=trace_label,
     )
-    targets = [out / INDEX[format], *(out / f.filename for f in data.figures)]
-    for target in targets:
-        for given in protected:
-            refuse_overwriting_input(target, given)
-    for figure in data.figures:
-        with atomic_output(out / figure.filename, "wb") as handle:
-            handle.write(figure.png)
-    page = out / INDEX[format]
-    write_text_atomic(page, render_html(data) if format == "html" else render_markdown(data))
-    return page
+    return save_report(data, out_dir, format, protected)
 
 
 def write_markdown_report(

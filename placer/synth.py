@@ -3,54 +3,54 @@
 Real traces of frontier-size models are not public, so this module generates
 them from a small latent model whose knobs map onto what real traces show.
 
-The model (per MoE layer ``l``, token ``t``)
--------------------------------------------
-Every token carries a *vocabulary item* ``v_t`` (Zipf-distributed: frequent
-tokens recur and, like ``the`` in a real model, route the same way every time)
-and a *topic* ``z_t`` (a cluster of co-activated experts; topics persist along a
-sequence). The router score of expert ``e`` is::
+The model
+---------
+Every token carries a *vocabulary item* ``v`` (Zipf-distributed, so frequent
+items recur and, like ``the`` in a real model, tend to route the same way) and a
+*topic* ``z`` (a cluster of co-activated experts; topics persist along a
+sequence). In MoE layer ``l`` the token's weight for expert ``e`` is::
 
-    x[t, l, e] = pop[l, e]                          expert popularity (log scale)
-               + topic_strength * [e in cluster(l, z_t)]   co-activation clusters
-               + ident[l] * N(l, v_t, e)             token identity, N ~ Normal(0, 1)
-               + G(t, l, e)                          Gumbel(0, 1) noise
+    w[e] = exp(pop[l, e])                           expert popularity
+         * exp(topic_strength)    if e in cluster(l, z)     co-activation clusters
+         * exp(identity[l])       if e in favourites(l, v)  token identity
 
-and the token's experts are the ``top_k`` largest scores. Top-k of log-weights
-plus Gumbel noise is sampling ``top_k`` experts without replacement from
-``softmax(pop + topic + identity)`` (Plackett-Luce), so every non-noise term is
-on the log-probability scale. With group-limited routing (``num_groups`` > 1,
-DeepSeek-V3 style) the experts are split into ``num_groups`` contiguous groups,
-each group is scored by the sum of its two best scores, and only the best
-``groups_per_token`` groups compete for the top-k.
+and the token draws its ``top_k`` experts from ``w`` without replacement
+(Plackett-Luce: first expert with probability ``w[e] / sum(w)``, the next from
+the rest, and so on; the same as the top-k of ``log w + Gumbel noise``).
+``cluster(l, z)`` is a random set of ``cluster_size`` experts per topic and
+layer; ``favourites(l, v)`` is ``identity_experts`` experts hashed from the item
+and layer.
 
-* Per-layer variation: every layer draws its own popularity vector (with its own
-  spread, ``popularity_sigma`` scaled by a per-layer log-normal factor of
-  ``popularity_jitter``), its own expert clusters and its own identity vectors;
-  the identity strength falls linearly with depth (``identity_decay``).
-* Sequences: lengths are log-normal. Each sequence may open with one of
-  ``templates`` fixed prompts (a system prompt, an instruction) whose tokens route
-  identically every time they occur, as in real evaluation traces.
+Group-limited routing (``num_groups`` > 1, DeepSeek-V3 style): the experts form
+``num_groups`` contiguous groups; the token first draws ``groups_per_token``
+groups without replacement, each with probability proportional to the group's
+total weight, then its experts from those groups only.
+
+* Per-layer variation: each layer draws its own popularity (log-normal, spread
+  ``popularity_sigma`` times a per-layer factor ``exp(popularity_jitter N(0,1))``),
+  its own clusters and favourites; the identity strength falls linearly with
+  depth (``identity_decay``), so early layers route more by token identity.
+* Sequences: log-normal lengths. A sequence may open with one of ``templates``
+  fixed prompts whose tokens route identically wherever they occur (real
+  evaluation traces repeat their instruction prefixes).
 * Topic persistence: after the template a sequence starts a topic segment; each
-  following token keeps the segment's topic with probability ``persistence``,
-  otherwise it starts a new segment with a fresh topic drawn from the topic
-  mixture weights (Dirichlet(``topic_concentration``) over ``topics``).
-* Drift: the ``test`` split perturbs the log topic weights by ``drift`` x N(0, 1)
-  and each layer's popularity by ``drift`` x (that layer's spread) x N(0, 1); the
-  ``train`` split is unperturbed. Both splits share everything else (the
-  "model": clusters, identity vectors, templates) but draw different tokens.
+  later token keeps the segment's topic with probability ``persistence``, or
+  starts a new segment with a topic drawn from the topic mixture weights
+  (Dirichlet(``topic_concentration``) over ``topics``).
+* Drift: the ``test`` split perturbs the log topic weights by
+  ``drift * N(0, 1)`` and each layer's log-popularity by ``drift * spread *
+  N(0, 1)``; ``train`` is unperturbed. Both splits share the "model" (clusters,
+  favourites, templates, vocabulary) and draw different tokens.
 
 Reproducibility and streaming
 -----------------------------
 All randomness is counter-based: a token's draws are hashes of (seed, split,
-global token index, layer, expert), the model tables are drawn per layer from
-``(seed, layer)``. Any window of a trace can therefore be generated on its own
-(:func:`generate` with ``start``) and equals the same rows of a larger trace;
-:func:`write_shards` writes a trace shard by shard in bounded memory, and the
-concatenated shards equal :func:`generate` of the whole token count. Layer
-``l`` of a preset does not depend on how many later layers are generated
-except through ``identity_decay`` (which depends on the layer's relative depth).
-The routing kernel is compiled with numba (parallel over tokens); a pure numpy
-path gives bit-identical results and serves as the reference.
+global token index, layer); the model tables come from ``(seed, layer)``. Any
+window of a trace can be generated on its own (:func:`generate` with ``start``)
+and equals the same rows of a longer trace, so :func:`write_shards` streams a
+trace of any size shard by shard and the concatenated shards equal one
+:func:`generate` call. The sampler is compiled with numba and runs in parallel
+over tokens.
 """
 
 from __future__ import annotations
@@ -58,35 +58,30 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import numba
 import numpy as np
+import tomllib
 from scipy.special import ndtri
 
 from placer.errors import InputError
 from placer.trace import Trace, id_dtype, save_trace
 
-try:
-    import numba
-except ImportError:  # pragma: no cover - numba is a dependency, the numpy path is the fallback
-    numba = None
-
 SPLITS = ("train", "test")
 SHARD_PATTERN = "shard-{:05d}.npz"
-SHARD_GLOB = "shard-*.npz"
+_SHARD_NAME = re.compile(r"shard-\d+\.npz")
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
-_TABLE_BITS = 16
 
 
 @dataclass(frozen=True)
 class SynthParams:
-    """Parameters of the synthetic trace generator (see the module docstring for the model).
+    """Parameters of the synthetic trace generator (the model is in the module docstring).
 
     Shape:
       num_experts: routed experts per layer (E).
@@ -94,45 +89,45 @@ class SynthParams:
       num_layers: MoE layers.
       num_groups: expert groups for group-limited routing (contiguous, E / num_groups
         experts each); 0 or 1 = no group limit.
-      groups_per_token: groups a token may use (DeepSeek-V3: 4 of 8); 0 when ungrouped.
+      groups_per_token: groups a token may use (DeepSeek-V3: 4 of 8); 0 without groups.
 
     Expert popularity (load skew, entropy):
-      popularity_sigma: standard deviation of the per-expert log-popularity ``pop[l, e]``;
-        0 = all experts equally popular. Mostly sets the max/mean load skew.
+      popularity_sigma: standard deviation of the log-popularity ``pop[l, e]``; 0 = all
+        experts equally popular. Mostly sets the max/mean load skew.
       popularity_jitter: per-layer variation of that spread: layer ``l`` uses
         ``popularity_sigma * exp(popularity_jitter * N(0, 1))``.
 
-    Co-activation clusters:
-      topics: latent topics (co-activation clusters) per layer.
-      cluster_size: experts in each topic's cluster (a random subset per topic and layer).
-      topic_strength: log-weight added to the experts of the token's topic cluster;
-        0 = no clusters. Sets how much a partitioner can gain (the co-activation strength).
+    Co-activation clusters (what a topology-aware placement can exploit):
+      topics: latent topics per layer, each with its own cluster of experts.
+      cluster_size: experts in a topic's cluster (a random subset per topic and layer).
+      topic_strength: log-weight boost of the token's topic cluster; 0 = no clusters.
       topic_concentration: Dirichlet concentration of the topic mixture weights
         (small = a few dominant topics, large = near-uniform).
       persistence: probability that a token keeps the previous token's topic within a
         sequence (adjacent tokens then share experts).
 
-    Token identity (repeated top-k sets, distinct-set share):
+    Token identity (repeated top-k sets: the distinct-set share):
       vocab_size: vocabulary items; item ``v`` (0-based) has frequency ~ (v + 1) ** -zipf.
       zipf: Zipf exponent of the vocabulary.
-      identity_strength: scale of the per-item Normal(0, 1) expert log-weights at the
-        first layer; large = a token's experts are fixed by what the token is.
+      identity_experts: favourite experts per item and layer (hashed; duplicates merge).
+      identity_strength: log-weight boost of the favourites at the first layer; large =
+        what a token is fixes its experts.
       identity_decay: relative drop of the identity strength from the first to the last
         layer (0 = constant, 1 = none at the last layer).
 
     Sequences and prompt templates:
       seq_len_median, seq_len_sigma: log-normal sequence lengths (median, log-space sd).
       seq_len_min, seq_len_max: clip of the sequence lengths.
-      templates: fixed prompt prefixes; each sequence opens with one, drawn uniformly
+      templates: fixed prompt prefixes; each sequence opens with one drawn uniformly
         (0 = none).
-      template_tokens: longest template; template lengths are drawn uniformly in
+      template_tokens: longest template; template lengths are uniform in
         [ceil(template_tokens / 4), template_tokens].
 
     Domain drift:
-      drift: perturbation of the ``test`` split (topic log-weights by drift x N(0, 1),
-        popularity by drift x layer spread x N(0, 1)); 0 = test drawn like train.
+      drift: perturbation of the ``test`` split (topic log-weights by drift * N(0, 1),
+        log-popularity by drift * layer spread * N(0, 1)); 0 = test drawn like train.
 
-    description: one line shown by ``placer synth --list``.
+    description: one line for listings.
     """
 
     num_experts: int
@@ -149,6 +144,7 @@ class SynthParams:
     persistence: float = 0.8
     vocab_size: int = 4096
     zipf: float = 1.0
+    identity_experts: int = 6
     identity_strength: float = 1.0
     identity_decay: float = 0.5
     seq_len_median: float = 128.0
@@ -165,15 +161,12 @@ class SynthParams:
         return self.num_groups > 1
 
 
-# The ``esft`` preset is calibrated against the ESFT DeepSeek-V2-Lite traces
-# (benchmarks/bench_synth_calibration.py). The frontier presets keep its routing
-# character (identity, topics, persistence; cluster size scaled with k) and
-# set the shape of each model; their popularity spread aims at a max/mean
-# skew of roughly 3-6 (PRESET_SKEW). FROZEN: do not retune after floors are measured.
+# ---------------------------------------------------------------- presets
+
 PRESETS: dict[str, SynthParams] = {}
 PRESET_SKEW: dict[str, tuple[float, float]] = {}
-"""Per preset, the range its mean per-layer max/mean load skew lies in (train split,
-seed 0, from 20k tokens upward; tests check it)."""
+"""Per preset, the range of its mean per-layer max/mean load skew (train split, seeds
+0-2, 20k to 1M tokens); tests check it."""
 
 
 def _register(name: str, params: SynthParams, skew: tuple[float, float]) -> None:
@@ -181,16 +174,19 @@ def _register(name: str, params: SynthParams, skew: tuple[float, float]) -> None
     PRESET_SKEW[name] = skew
 
 
-_ESFT = SynthParams(
+# FROZEN presets. ``esft`` is calibrated against the ESFT DeepSeek-V2-Lite traces
+# (benchmarks/bench_synth_calibration.py). The frontier presets keep its routing
+# character and set each model's shape; their popularity spread aims at a max/mean
+# skew of about 3-6. Do not retune them once floors are measured against them.
+_register("esft", SynthParams(
     num_experts=64, top_k=6, num_layers=26,
     popularity_sigma=0.5, popularity_jitter=0.2,
     topics=16, cluster_size=8, topic_strength=1.5, topic_concentration=2.0, persistence=0.8,
-    vocab_size=4096, zipf=1.0, identity_strength=1.0, identity_decay=0.5,
+    vocab_size=4096, zipf=1.0, identity_experts=6, identity_strength=1.0, identity_decay=0.5,
     seq_len_median=72.0, seq_len_sigma=1.2, seq_len_min=48, seq_len_max=2048,
     templates=4, template_tokens=20, drift=0.05,
     description="DeepSeek-V2-Lite on the ESFT tasks: 64 experts, top-6, 26 layers (calibrated)",
-)
-_register("esft", _ESFT, (2.0, 3.6))
+), (2.0, 3.6))
 
 
 # ---------------------------------------------------------------- validation
@@ -201,81 +197,62 @@ def _check(ok: bool, field: str, message: str, source: str | None = None) -> Non
         raise InputError(source, field, message)
 
 
+_KINDS = {"int": int, "float": float, "str": str}
+
+
 def validate_params(params: SynthParams, source: str | None = None) -> SynthParams:
     """Check every parameter; raise :class:`InputError` naming the field. Returns ``params``."""
     for f in fields(SynthParams):
-        value = getattr(params, f.name)
-        if f.type == "int" or f.type is int:
-            _check(isinstance(value, (int, np.integer)) and not isinstance(value, bool), f.name,
-                   f"expected an integer, got {value!r}", source)
-        elif f.type == "float" or f.type is float:
-            _check(isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-                   and math.isfinite(value), f.name, f"expected a finite number, got {value!r}", source)
-        elif f.type == "str" or f.type is str:
+        value, kind = getattr(params, f.name), _KINDS[f.type if isinstance(f.type, str) else f.type.__name__]
+        if kind is int:
+            ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            _check(ok, f.name, f"expected an integer, got {value!r}", source)
+        elif kind is float:
+            ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            _check(ok and math.isfinite(value), f.name, f"expected a finite number, got {value!r}", source)
+        else:
             _check(isinstance(value, str), f.name, f"expected a string, got {value!r}", source)
     p = params
-    _check(1 <= p.num_experts <= 32767, "num_experts", f"expected 1..32767, got {p.num_experts}", source)
-    _check(1 <= p.top_k <= p.num_experts, "top_k", f"expected 1..num_experts ({p.num_experts}), got {p.top_k}", source)
-    _check(p.num_layers >= 1, "num_layers", f"expected a positive count, got {p.num_layers}", source)
-    _check(p.num_groups >= 0, "num_groups", f"expected >= 0, got {p.num_groups}", source)
+
+    def at_least(name: str, low: float, high: float | None = None) -> None:
+        value = getattr(p, name)
+        span = f"{low}..{high}" if high is not None else f">= {low}"
+        _check(value >= low and (high is None or value <= high), name, f"expected {span}, got {value}", source)
+
+    at_least("num_experts", 1, 32767)
+    at_least("top_k", 1, p.num_experts)
+    at_least("num_layers", 1)
+    at_least("num_groups", 0, p.num_experts)
     if p.grouped:
         _check(p.num_experts % p.num_groups == 0, "num_groups",
                f"num_experts {p.num_experts} is not a multiple of num_groups {p.num_groups}", source)
-        _check(1 <= p.groups_per_token <= p.num_groups, "groups_per_token",
-               f"expected 1..num_groups ({p.num_groups}), got {p.groups_per_token}", source)
+        at_least("groups_per_token", 1, p.num_groups)
         size = p.num_experts // p.num_groups
         _check(p.groups_per_token * size >= p.top_k, "groups_per_token",
-               f"{p.groups_per_token} groups of {size} experts hold fewer than top_k {p.top_k}", source)
+               f"{p.groups_per_token} group(s) of {size} experts hold fewer than top_k {p.top_k}", source)
     else:
         _check(p.groups_per_token in (0, 1), "groups_per_token",
                f"expected 0 without groups (num_groups <= 1), got {p.groups_per_token}", source)
-    _check(p.popularity_sigma >= 0, "popularity_sigma", f"expected >= 0, got {p.popularity_sigma}", source)
-    _check(p.popularity_jitter >= 0, "popularity_jitter", f"expected >= 0, got {p.popularity_jitter}", source)
-    _check(p.topics >= 1, "topics", f"expected a positive count, got {p.topics}", source)
-    _check(1 <= p.cluster_size <= p.num_experts, "cluster_size",
-           f"expected 1..num_experts ({p.num_experts}), got {p.cluster_size}", source)
-    _check(p.topic_strength >= 0, "topic_strength", f"expected >= 0, got {p.topic_strength}", source)
+    at_least("popularity_sigma", 0, 20)
+    at_least("popularity_jitter", 0, 5)
+    at_least("topics", 1, 1 << 16)
+    at_least("cluster_size", 1, p.num_experts)
+    at_least("topic_strength", 0, 50)
     _check(p.topic_concentration > 0, "topic_concentration", f"expected > 0, got {p.topic_concentration}", source)
     _check(0 <= p.persistence < 1, "persistence", f"expected 0 <= persistence < 1, got {p.persistence}", source)
-    _check(1 <= p.vocab_size <= 1 << 24, "vocab_size", f"expected 1..{1 << 24}, got {p.vocab_size}", source)
-    _check(p.zipf >= 0, "zipf", f"expected >= 0, got {p.zipf}", source)
-    _check(p.identity_strength >= 0, "identity_strength", f"expected >= 0, got {p.identity_strength}", source)
-    _check(0 <= p.identity_decay <= 1, "identity_decay", f"expected 0..1, got {p.identity_decay}", source)
-    _check(p.seq_len_min >= 1, "seq_len_min", f"expected a positive length, got {p.seq_len_min}", source)
-    _check(p.seq_len_max >= p.seq_len_min, "seq_len_max",
-           f"expected >= seq_len_min ({p.seq_len_min}), got {p.seq_len_max}", source)
+    at_least("vocab_size", 1, 1 << 24)
+    at_least("zipf", 0, 10)
+    at_least("identity_experts", 0, p.num_experts)
+    at_least("identity_strength", 0, 50)
+    at_least("identity_decay", 0, 1)
     _check(p.seq_len_median > 0, "seq_len_median", f"expected > 0, got {p.seq_len_median}", source)
-    _check(p.seq_len_sigma >= 0, "seq_len_sigma", f"expected >= 0, got {p.seq_len_sigma}", source)
-    _check(0 <= p.templates <= 1 << 16, "templates", f"expected 0..65536, got {p.templates}", source)
-    _check(1 <= p.template_tokens <= 1 << 16, "template_tokens",
-           f"expected 1..65536, got {p.template_tokens}", source)
-    _check(p.drift >= 0, "drift", f"expected >= 0, got {p.drift}", source)
+    at_least("seq_len_sigma", 0, 10)
+    at_least("seq_len_min", 1)
+    at_least("seq_len_max", p.seq_len_min)
+    at_least("templates", 0, 1 << 16)
+    at_least("template_tokens", 1, 1 << 16)
+    at_least("drift", 0, 10)
     return params
-
-
-def params_from_mapping(values: Mapping[str, object], source: str | None = None,
-                        base: SynthParams | None = None) -> SynthParams:
-    """Build parameters from a mapping (a TOML ``[synth]`` table), on top of ``base``.
-
-    A ``preset = "NAME"`` key starts from that preset; unknown keys are errors.
-    """
-    values = dict(values)
-    if "preset" in values:
-        name = values.pop("preset")
-        base = preset(str(name), source)
-    known = {f.name for f in fields(SynthParams)}
-    for key in values:
-        _check(key in known, key, f"unknown parameter; expected one of {', '.join(sorted(known))}", source)
-    if base is None:
-        for key in ("num_experts", "top_k", "num_layers"):
-            _check(key in values, key, "missing (required without a preset)", source)
-        try:
-            params = SynthParams(**values)  # type: ignore[arg-type]
-        except TypeError as err:  # pragma: no cover - keys are checked above
-            raise InputError(source, None, str(err)) from None
-    else:
-        params = replace(base, **values)  # type: ignore[arg-type]
-    return validate_params(params, source)
 
 
 def preset(name: str, source: str | None = None) -> SynthParams:
@@ -285,14 +262,35 @@ def preset(name: str, source: str | None = None) -> SynthParams:
     return PRESETS[name]
 
 
+def params_from_mapping(values: Mapping[str, object], source: str | None = None) -> SynthParams:
+    """Parameters from a mapping (a TOML ``[synth]`` table).
+
+    ``preset = "NAME"`` starts from that preset and the other keys override it;
+    without it ``num_experts``, ``top_k`` and ``num_layers`` are required. Unknown
+    keys and bad values raise :class:`InputError`.
+    """
+    values = dict(values)
+    base = preset(str(values.pop("preset")), source) if "preset" in values else None
+    known = {f.name for f in fields(SynthParams)}
+    for key in values:
+        _check(key in known, key, f"unknown parameter; expected one of {', '.join(sorted(known))}", source)
+    if base is None:
+        for key in ("num_experts", "top_k", "num_layers"):
+            _check(key in values, key, "missing (required without a preset)", source)
+        params = SynthParams(**values)  # type: ignore[arg-type]
+    else:
+        params = replace(base, **values)  # type: ignore[arg-type]
+    return validate_params(params, source)
+
+
 def load_params(name_or_path: str | Path) -> SynthParams:
-    """A preset name, or a TOML file with a ``[synth]`` table (optionally ``preset = NAME``
-    plus overrides)."""
+    """A preset name, or a TOML file whose ``[synth]`` table holds parameters
+    (optionally ``preset = "NAME"`` plus overrides)."""
     text = str(name_or_path)
     if text in PRESETS:
         return PRESETS[text]
     path = Path(text)
-    if not path.suffix == ".toml" and not path.exists():
+    if path.suffix != ".toml":
         raise InputError(None, "preset", f"unknown preset {text!r}; expected one of {', '.join(PRESETS)} "
                          "or a .toml file")
     try:
@@ -305,6 +303,11 @@ def load_params(name_or_path: str | Path) -> SynthParams:
     if not isinstance(table, dict):
         raise InputError(path, "synth", "missing [synth] table")
     return params_from_mapping(table, str(path))
+
+
+def describe(params: SynthParams) -> dict:
+    """The parameters as a plain dict (JSON-ready)."""
+    return asdict(params)
 
 
 # ---------------------------------------------------------------- counter-based hashing
@@ -325,19 +328,13 @@ def _derive(key: int, *parts: int) -> int:
     return key
 
 
-def _mix_np(z: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser on a uint64 array (wrapping arithmetic)."""
-    z = z ^ (z >> np.uint64(30))
-    z = z * np.uint64(_M1)
-    z = z ^ (z >> np.uint64(27))
-    z = z * np.uint64(_M2)
-    return z ^ (z >> np.uint64(31))
-
-
 def _hash(key: int, counter: np.ndarray) -> np.ndarray:
     """uint64 hashes of ``key`` at int64 ``counter`` values (splitmix64 in counter mode)."""
     with np.errstate(over="ignore"):
-        return _mix_np(np.uint64(key) + (counter.astype(np.uint64) + np.uint64(1)) * np.uint64(_GOLDEN))
+        z = np.uint64(key) + (counter.astype(np.uint64) + np.uint64(1)) * np.uint64(_GOLDEN)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(_M1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(_M2)
+    return z ^ (z >> np.uint64(31))
 
 
 def _uniform(key: int, counter: np.ndarray) -> np.ndarray:
@@ -346,13 +343,30 @@ def _uniform(key: int, counter: np.ndarray) -> np.ndarray:
 
 
 def _categorical(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Inverse-CDF draws: cdf [n] ascending ending at 1, u [m] in (0, 1). Returns [m] int64."""
+    """Inverse-CDF draws: cdf [n] ascending to 1, u [m] in (0, 1). Returns [m] int64."""
     return np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1).astype(np.int64)
 
 
-_QUANTILES = (np.arange(1 << _TABLE_BITS, dtype=np.float64) + 0.5) / (1 << _TABLE_BITS)
-_GUMBEL_TABLE = (-np.log(-np.log(_QUANTILES))).astype(np.float32)
-_NORMAL_TABLE = ndtri(_QUANTILES).astype(np.float32)
+def _cdf(weights: np.ndarray) -> np.ndarray:
+    cdf = np.cumsum(weights / weights.sum())
+    cdf[-1] = 1.0
+    return cdf
+
+
+def _alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vose's alias table of a distribution p [n]: (accept [n] float64, alias [n] int64)."""
+    n = len(p)
+    scaled = p * n / p.sum()
+    accept = np.ones(n)
+    alias = np.arange(n, dtype=np.int64)
+    small = [i for i in range(n) if scaled[i] < 1.0]
+    large = [i for i in range(n) if scaled[i] >= 1.0]
+    while small and large:
+        s, big = small.pop(), large.pop()
+        accept[s], alias[s] = scaled[s], big
+        scaled[big] += scaled[s] - 1.0
+        (large if scaled[big] >= 1.0 else small).append(big)
+    return accept, alias
 
 
 # ---------------------------------------------------------------- the model tables
@@ -360,16 +374,23 @@ _NORMAL_TABLE = ndtri(_QUANTILES).astype(np.float32)
 
 @dataclass(frozen=True)
 class _Model:
-    """Per-layer tables shared by both splits, and the split's mixture and popularity.
+    """The tables of one (params, seed, split); per-layer arrays have L rows.
 
-    pop: [L, E] float32 log-popularity (drifted for test); aff: [L, K, E] float32;
-    ident: [L] float32; noise_salt, vocab_salt: [L] uint64; topic_cdf: [K];
-    vocab_cdf: [V]; template_len: [templates] int64; template_topic: [templates] int64.
+    base: [L, E] float64 popularity weights (sum 1; drifted for test);
+    accept, alias: [L, E] alias tables of ``base`` within each group (alias holds global
+    expert ids; without groups one table over all experts); group_w: [L, G] base weight per group
+    (G = 1 without groups); clusters: [L, K, C] int64 expert ids; topic_boost: float;
+    ident_boost: [L] float64; noise_salt, vocab_salt: [L] uint64; topic_cdf: [K];
+    vocab_cdf: [V]; template_len, template_topic: [templates] int64; world, stream: keys.
     """
 
-    pop: np.ndarray
-    aff: np.ndarray
-    ident: np.ndarray
+    base: np.ndarray
+    accept: np.ndarray
+    alias: np.ndarray
+    group_w: np.ndarray
+    clusters: np.ndarray
+    topic_boost: float
+    ident_boost: np.ndarray
     noise_salt: np.ndarray
     vocab_salt: np.ndarray
     topic_cdf: np.ndarray
@@ -380,46 +401,51 @@ class _Model:
     stream: int
 
 
-def _cdf(weights: np.ndarray) -> np.ndarray:
-    cdf = np.cumsum(weights / weights.sum())
-    cdf[-1] = 1.0
-    return cdf
-
-
 def _build_model(p: SynthParams, seed: int, split: str) -> _Model:
     world = _derive(seed, 0)
     stream = _derive(seed, 1 + SPLITS.index(split))
     test = split == "test"
     L, E, K = p.num_layers, p.num_experts, p.topics
-    pop = np.zeros((L, E), np.float32)
-    aff = np.zeros((L, K, E), np.float32)
+    groups = p.num_groups if p.grouped else 1
+    base = np.zeros((L, E))
+    accept = np.zeros((L, E))
+    alias = np.zeros((L, E), np.int64)
+    clusters = np.zeros((L, K, p.cluster_size), np.int64)
     for layer in range(L):
         rng = np.random.default_rng([world, 1, layer])
         sigma = p.popularity_sigma * math.exp(p.popularity_jitter * rng.standard_normal())
-        base = sigma * rng.standard_normal(E)
-        base -= base.mean()
+        pop = sigma * rng.standard_normal(E)
         for topic in range(K):
-            aff[layer, topic, rng.choice(E, p.cluster_size, replace=False)] = p.topic_strength
+            clusters[layer, topic] = rng.choice(E, p.cluster_size, replace=False)
         shift = rng.standard_normal(E)
-        pop[layer] = base + (p.drift * sigma * shift if test else 0.0)
+        if test:
+            pop = pop + p.drift * sigma * shift
+        weights = np.exp(pop - pop.max())
+        base[layer] = weights / weights.sum()
+        size = E // groups
+        for g in range(groups):  # one alias table per group, over the group's experts
+            part = slice(g * size, (g + 1) * size)
+            accept[layer, part], local = _alias_table(base[layer, part])
+            alias[layer, part] = local + g * size
+    group_w = base.reshape(L, groups, E // groups).sum(axis=2)
     depth = np.arange(L) / max(L - 1, 1)
-    ident = (p.identity_strength * (1.0 - p.identity_decay * depth)).astype(np.float32)
+    ident_boost = np.exp(p.identity_strength * (1.0 - p.identity_decay * depth))
     rng = np.random.default_rng([world, 2])
-    weights = rng.dirichlet(np.full(K, p.topic_concentration))
-    weights = np.maximum(weights, 1e-300)
+    weights = np.maximum(rng.dirichlet(np.full(K, p.topic_concentration)), 1e-300)
     template_topic = _categorical(_cdf(weights), rng.random(max(p.templates, 1)))[: p.templates]
-    low = -(-p.template_tokens // 4)
-    template_len = rng.integers(low, p.template_tokens + 1, size=p.templates).astype(np.int64)
+    template_len = rng.integers(-(-p.template_tokens // 4), p.template_tokens + 1, size=p.templates)
     shift = rng.standard_normal(K)
     if test:
         weights = np.exp(np.log(weights) + p.drift * shift)
     vocab = (np.arange(p.vocab_size, dtype=np.float64) + 1.0) ** -p.zipf
     return _Model(
-        pop=pop, aff=aff, ident=ident,
+        base=base, accept=accept, alias=alias, group_w=group_w, clusters=clusters,
+        topic_boost=math.exp(p.topic_strength), ident_boost=ident_boost,
         noise_salt=np.array([_derive(world, 3, layer) for layer in range(L)], np.uint64),
         vocab_salt=np.array([_derive(world, 4, layer) for layer in range(L)], np.uint64),
         topic_cdf=_cdf(weights), vocab_cdf=_cdf(vocab),
-        template_len=template_len, template_topic=template_topic, world=world, stream=stream,
+        template_len=template_len.astype(np.int64), template_topic=template_topic,
+        world=world, stream=stream,
     )
 
 
@@ -427,28 +453,28 @@ def _build_model(p: SynthParams, seed: int, split: str) -> _Model:
 
 
 def _sequence_starts(p: SynthParams, m: _Model, end: int) -> np.ndarray:
-    """Start token of every sequence beginning before ``end``, plus the next start: [n + 1]."""
+    """Start token of every sequence beginning before ``end``, then the next start: [n + 1]."""
     key = _derive(m.stream, 10)
-    mean = p.seq_len_median * math.exp(p.seq_len_sigma**2 / 2)
-    count = max(16, int(end / max(min(mean, p.seq_len_max), p.seq_len_min) * 1.2) + 16)
+    mean = min(max(p.seq_len_median * math.exp(min(p.seq_len_sigma, 5.0) ** 2 / 2), p.seq_len_min),
+               p.seq_len_max)
+    count = int(end / mean * 1.1) + 64
     while True:
         z = ndtri(_uniform(key, np.arange(count)))
         lens = np.clip(np.rint(p.seq_len_median * np.exp(p.seq_len_sigma * z)), p.seq_len_min, p.seq_len_max)
         starts = np.concatenate([[0], np.cumsum(lens.astype(np.int64))])
         if starts[-1] >= end:
-            n = int(np.searchsorted(starts, end, side="left"))  # sequences 0..n-1 start before end
-            return starts[: n + 1]
+            return starts[: int(np.searchsorted(starts, end, side="left")) + 1]
         count *= 2
 
 
 def _token_inputs(p: SynthParams, m: _Model, start: int, stop: int):
-    """Per-token model inputs for tokens ``start..stop-1`` and the window's seq_lens.
+    """Per-token inputs of tokens ``start..stop-1`` and the window's sequence lengths.
 
     Returns (vocab [n] uint64, topic [n] int64, noise_key [n] uint64, seq_lens [s] int64).
     """
     starts = _sequence_starts(p, m, stop)
     first = int(np.searchsorted(starts, start, side="right")) - 1
-    lo = int(starts[first])
+    lo = int(starts[first])  # work from the start of the first sequence: topics persist
     t = np.arange(lo, stop, dtype=np.int64)
     seq = np.searchsorted(starts, t, side="right") - 1
     pos = t - starts[seq]
@@ -456,150 +482,214 @@ def _token_inputs(p: SynthParams, m: _Model, start: int, stop: int):
         template = (_hash(_derive(m.stream, 11), seq) % np.uint64(p.templates)).astype(np.int64)
         tlen = m.template_len[template]
     else:
-        template = np.zeros(len(t), np.int64)
-        tlen = np.zeros(len(t), np.int64)
+        template = tlen = np.zeros(len(t), np.int64)
     in_template = pos < tlen
-    # topic segments: a new segment right after the template and wherever persistence fails
-    fresh = (pos == tlen) | (_uniform(_derive(m.stream, 12), t) >= p.persistence) | in_template
+    fresh = in_template | (pos == tlen) | (_uniform(_derive(m.stream, 12), t) >= p.persistence)
     drawn = _categorical(m.topic_cdf, _uniform(_derive(m.stream, 13), t))
-    last = np.maximum.accumulate(np.where(fresh, np.arange(len(t)), 0))
-    topic = drawn[last]
+    topic = drawn[np.maximum.accumulate(np.where(fresh, np.arange(len(t)), 0))]
     vocab_u = _uniform(_derive(m.stream, 14), t)
     noise_key = _hash(_derive(m.stream, 15), t)
-    if p.templates and in_template.any():
-        slot = template[in_template] * (1 << 16) + pos[in_template]
-        topic[in_template] = m.template_topic[template[in_template]]
+    if in_template.any():
+        which = template[in_template]
+        slot = which * (1 << 16) + pos[in_template]
+        topic[in_template] = m.template_topic[which]
         vocab_u[in_template] = _uniform(_derive(m.world, 16), slot)
         noise_key[in_template] = _hash(_derive(m.world, 17), slot)
     vocab = _categorical(m.vocab_cdf, vocab_u).astype(np.uint64)
     cut = start - lo
-    bounds = np.clip(starts[first:], start, stop)
-    seq_lens = np.diff(bounds)
+    seq_lens = np.diff(np.clip(starts[first:], start, stop))
     return vocab[cut:], topic[cut:], noise_key[cut:], seq_lens[seq_lens > 0].astype(np.int64)
 
 
-# ---------------------------------------------------------------- the routing kernel
+# ---------------------------------------------------------------- the sampler
+
+_U = numba.uint64
+_ATTEMPTS = 64
 
 
-def _route_numpy(out, pop, aff, ident, vocab, topic, noise_key, noise_salt, vocab_salt,
-                 normal_table, gumbel_table, num_groups, groups_per_token):
-    """Reference routing: fills out [n, L, k] with each token's experts, best first."""
+@numba.njit(inline="always")
+def _mix(z):  # pragma: no cover - jitted
+    z = (z ^ (z >> _U(30))) * _U(_M1)
+    z = (z ^ (z >> _U(27))) * _U(_M2)
+    return z ^ (z >> _U(31))
+
+
+@numba.njit(inline="always")
+def _unit(r):  # pragma: no cover - jitted
+    return numba.float64(numba.int64(r >> _U(11))) * 2.0**-53
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _route(out, base, accept, alias, group_w, clusters, topic_boost, ident_boost, ident_experts,
+           vocab, topic, noise_key, noise_salt, vocab_salt, groups_per_token):  # pragma: no cover
+    """Fill out [n, L, k] with each token's experts, in draw order (Plackett-Luce)."""
     n, L, k = out.shape
-    E = pop.shape[1]
-    words = -(-E // 4)
-    shifts = np.array([0, 16, 32, 48], np.uint64)
-    step = (np.arange(words, dtype=np.uint64) + np.uint64(1)) * np.uint64(_GOLDEN)
-    with np.errstate(over="ignore"):
-        vkey = (vocab + np.uint64(1)) * np.uint64(_GOLDEN)
-        for layer in range(L):
-            noise_state = _mix_np(noise_key ^ noise_salt[layer])
-            vocab_state = _mix_np(vkey ^ vocab_salt[layer])
-            g = (_mix_np(noise_state[:, None] + step[None, :])[:, :, None] >> shifts) & np.uint64(0xFFFF)
-            v = (_mix_np(vocab_state[:, None] + step[None, :])[:, :, None] >> shifts) & np.uint64(0xFFFF)
-            g = g.reshape(n, -1)[:, :E].astype(np.intp)
-            v = v.reshape(n, -1)[:, :E].astype(np.intp)
-            x = pop[layer][None, :] + aff[layer][topic]
-            x = x + ident[layer] * normal_table[v]
-            x = x + gumbel_table[g]
-            if num_groups > 1:
-                grouped = x.reshape(n, num_groups, -1)
-                best = -np.sort(-grouped, axis=2)
-                score = best[:, :, 0] + best[:, :, 1] if grouped.shape[2] > 1 else best[:, :, 0]
-                keep = np.argsort(-score, axis=1, kind="stable")[:, :groups_per_token]
-                mask = np.zeros((n, num_groups), bool)
-                np.put_along_axis(mask, keep, True, axis=1)
-                x = np.where(np.repeat(mask, E // num_groups, axis=1), x, np.float32(-np.inf))
-            out[:, layer, :] = np.argsort(-x, axis=1, kind="stable")[:, :k]
-
-
-if numba is not None:
-    _U = numba.uint64
-
-    @numba.njit(inline="always")
-    def _mix_nb(z):  # pragma: no cover - jitted
-        z = (z ^ (z >> _U(30))) * _U(_M1)
-        z = (z ^ (z >> _U(27))) * _U(_M2)
-        return z ^ (z >> _U(31))
-
-    @numba.njit(parallel=True, nogil=True, cache=True)
-    def _route_numba(out, pop, aff, ident, vocab, topic, noise_key, noise_salt, vocab_salt,
-                     normal_table, gumbel_table, num_groups, groups_per_token):  # pragma: no cover
-        n, L, k = out.shape
-        E = pop.shape[1]
-        words = (E + 3) // 4
-        block = 512
-        blocks = (n + block - 1) // block
-        grouped = num_groups > 1
-        size = E // num_groups if grouped else E
-        neg = np.float32(-np.inf)
-        for b in numba.prange(blocks):
-            x = np.empty(words * 4, np.float32)
-            vals = np.empty(k, np.float32)
-            idx = np.empty(k, np.int64)
-            gvals = np.empty(max(groups_per_token, 1), np.float32)
-            gidx = np.empty(max(groups_per_token, 1), np.int64)
-            allowed = np.zeros(max(num_groups, 1), np.bool_)
+    E = base.shape[1]
+    G = group_w.shape[1]
+    gsize = E // G
+    C = clusters.shape[2]
+    cap = C + ident_experts
+    block = 256
+    for b in numba.prange((n + block - 1) // block):
+        mark = np.zeros(E, np.int64)  # == stamp: boosted (slot >= 0) or already drawn (slot -1)
+        slot = np.zeros(E, np.int64)
+        be = np.empty(cap, np.int64)  # boosted experts: id, weight, base weight, identity applied, taken
+        bw = np.empty(cap, np.float64)
+        bb = np.empty(cap, np.float64)
+        bid = np.empty(cap, np.bool_)
+        done = np.empty(cap, np.bool_)
+        gw = np.empty(G, np.float64)
+        allowed = np.empty(G, np.bool_)
+        group = np.arange(E) // gsize
+        chosen = np.empty(G, np.int64)  # allowed groups and their cumulative base weight
+        cumulative = np.empty(G, np.float64)
+        threshold = np.empty(G, np.int64)
+        stamp = 0
+        for layer in range(L):  # layer-major: one layer's tables stay in L1 across the block
             for t in range(b * block, min(n, (b + 1) * block)):
                 vkey = (vocab[t] + _U(1)) * _U(_GOLDEN)
                 z = topic[t]
-                for layer in range(L):
-                    ns = _mix_nb(noise_key[t] ^ noise_salt[layer])
-                    vs = _mix_nb(vkey ^ vocab_salt[layer])
-                    s = ident[layer]
-                    for w in range(words):
-                        step = _U(w + 1) * _U(_GOLDEN)
-                        g = _mix_nb(ns + step)
-                        v = _mix_nb(vs + step)
-                        for j in range(4):
-                            e = w * 4 + j
-                            if e < E:
-                                shift = _U(16 * j)
-                                gi = (g >> shift) & _U(0xFFFF)
-                                vi = (v >> shift) & _U(0xFFFF)
-                                x[e] = (pop[layer, e] + aff[layer, z, e]) + s * normal_table[vi] + gumbel_table[gi]
-                    if grouped:
-                        for i in range(groups_per_token):
-                            gvals[i] = neg
-                            gidx[i] = -1
-                        for grp in range(num_groups):
-                            m1 = neg
-                            m2 = neg
-                            for e in range(grp * size, (grp + 1) * size):
-                                if x[e] > m1:
-                                    m2 = m1
-                                    m1 = x[e]
-                                elif x[e] > m2:
-                                    m2 = x[e]
-                            score = m1 + m2 if size > 1 else m1
-                            if gidx[groups_per_token - 1] < 0 or score > gvals[groups_per_token - 1]:
-                                pos = groups_per_token - 1
-                                while pos > 0 and (gidx[pos - 1] < 0 or gvals[pos - 1] < score):
-                                    gvals[pos] = gvals[pos - 1]
-                                    gidx[pos] = gidx[pos - 1]
-                                    pos -= 1
-                                gvals[pos] = score
-                                gidx[pos] = grp
-                        for grp in range(num_groups):
-                            allowed[grp] = False
-                        for i in range(groups_per_token):
-                            allowed[gidx[i]] = True
-                    for i in range(k):
-                        vals[i] = neg
-                        idx[i] = -1
-                    for e in range(E):
-                        if grouped and not allowed[e // size]:
-                            continue
-                        xe = x[e]
-                        if idx[k - 1] < 0 or xe > vals[k - 1]:
-                            pos = k - 1
-                            while pos > 0 and (idx[pos - 1] < 0 or vals[pos - 1] < xe):
-                                vals[pos] = vals[pos - 1]
-                                idx[pos] = idx[pos - 1]
-                                pos -= 1
-                            vals[pos] = xe
-                            idx[pos] = e
-                    for i in range(k):
-                        out[t, layer, i] = idx[i]
+                stamp += 1
+                state = _mix(noise_key[t] ^ noise_salt[layer])
+                draws = 0
+                nb = 0
+                for j in range(C):
+                    e = clusters[layer, z, j]
+                    mark[e] = stamp
+                    slot[e] = nb
+                    be[nb] = e
+                    bb[nb] = base[layer, e]
+                    bw[nb] = bb[nb] * topic_boost
+                    bid[nb] = False
+                    done[nb] = False
+                    nb += 1
+                vstate = _mix(vkey ^ vocab_salt[layer])
+                boost = ident_boost[layer]
+                for j in range(ident_experts):
+                    e = numba.int64(((_mix(vstate + _U(j + 1) * _U(_GOLDEN)) >> _U(32)) * _U(E)) >> _U(32))
+                    if mark[e] == stamp:
+                        s = slot[e]
+                        if not bid[s]:
+                            bw[s] *= boost
+                            bid[s] = True
+                    else:
+                        mark[e] = stamp
+                        slot[e] = nb
+                        be[nb] = e
+                        bb[nb] = base[layer, e]
+                        bw[nb] = bb[nb] * boost
+                        bid[nb] = True
+                        done[nb] = False
+                        nb += 1
+                # groups: draw groups_per_token of them by total weight, without replacement
+                for g in range(G):
+                    gw[g] = group_w[layer, g]
+                    allowed[g] = G == 1
+                if G > 1:
+                    total = 1.0
+                    for s in range(nb):
+                        gw[group[be[s]]] += bw[s] - bb[s]
+                        total += bw[s] - bb[s]
+                    for i in range(groups_per_token):
+                        draws += 1
+                        u = _unit(_mix(state + _U(draws) * _U(_GOLDEN))) * total
+                        pick = -1
+                        acc = 0.0
+                        for g in range(G):
+                            if not allowed[g]:
+                                acc += gw[g]
+                                pick = g
+                                if u < acc:
+                                    break
+                        allowed[pick] = True
+                        total -= gw[pick]
+                rest = 0.0  # weight of the allowed experts that are neither boosted nor drawn
+                na = 0
+                for g in range(G):
+                    if allowed[g]:
+                        rest += group_w[layer, g]
+                        chosen[na] = g
+                        cumulative[na] = rest
+                        na += 1
+                for a in range(na):  # group thresholds on a 21-bit scale
+                    threshold[a] = numba.int64(cumulative[a] / rest * 2097152.0)
+                boosted = 0.0
+                for s in range(nb):
+                    if allowed[group[be[s]]]:
+                        boosted += bw[s]
+                        rest -= bb[s]
+                    else:
+                        done[s] = True
+                for i in range(k):
+                    rest = max(rest, 0.0)
+                    draws += 1
+                    u = _unit(_mix(state + _U(draws) * _U(_GOLDEN))) * (boosted + rest)
+                    e = -1
+                    if u < boosted:
+                        acc = 0.0
+                        last = -1
+                        for s in range(nb):
+                            if not done[s]:
+                                acc += bw[s]
+                                last = s
+                                if u < acc:
+                                    break
+                        if last >= 0:
+                            e = be[last]
+                            done[last] = True
+                            boosted -= bw[last]
+                    if e < 0:
+                        for _ in range(_ATTEMPTS):
+                            draws += 1
+                            r = _mix(state + _U(draws) * _U(_GOLDEN))
+                            # bits 43-63 pick an allowed group by base weight, 22-42 a column
+                            # of its alias table, 0-21 accept the column or take its alias
+                            bits = numba.int64(r >> _U(43))
+                            a = 0
+                            for c in range(na - 1):
+                                a += bits >= threshold[c]
+                            g = chosen[a]
+                            j = g * gsize + numba.int64((((r >> _U(22)) & _U(0x1FFFFF)) * _U(gsize)) >> _U(21))
+                            if numba.float64(numba.int64(r & _U(0x3FFFFF))) * 2.0**-22 >= accept[layer, j]:
+                                j = alias[layer, j]
+                            if mark[j] != stamp:
+                                e = j
+                                break
+                        if e < 0:  # exact scan over every allowed expert still free
+                            total = 0.0
+                            for j in range(E):
+                                if allowed[group[j]]:
+                                    if mark[j] != stamp:
+                                        total += base[layer, j]
+                                    elif slot[j] >= 0 and not done[slot[j]]:
+                                        total += bw[slot[j]]
+                            draws += 1
+                            u = _unit(_mix(state + _U(draws) * _U(_GOLDEN))) * total
+                            acc = 0.0
+                            for j in range(E):
+                                if allowed[group[j]]:
+                                    if mark[j] != stamp:
+                                        acc += base[layer, j]
+                                        e = j
+                                    elif slot[j] >= 0 and not done[slot[j]]:
+                                        acc += bw[slot[j]]
+                                        e = j
+                                    if e >= 0 and u < acc:
+                                        break
+                            if mark[e] == stamp and slot[e] >= 0:
+                                done[slot[e]] = True
+                                boosted -= bw[slot[e]]
+                                e = -e - 1  # flag: boosted, already accounted
+                        if e >= 0:
+                            mark[e] = stamp
+                            slot[e] = -1
+                            rest -= base[layer, e]
+                        else:
+                            e = -e - 1
+                    out[t, layer, i] = e
+
+
+# ---------------------------------------------------------------- public API
 
 
 def _check_run(p: SynthParams, tokens: int, seed: int, split: str, start: int) -> None:
@@ -610,61 +700,49 @@ def _check_run(p: SynthParams, tokens: int, seed: int, split: str, start: int) -
     _check(isinstance(start, (int, np.integer)) and start >= 0, "start", f"expected >= 0, got {start}")
 
 
-def generate(params: SynthParams, tokens: int, seed: int = 0, split: str = "train",
-             start: int = 0, engine: str = "auto") -> Trace:
-    """Tokens ``start .. start + tokens - 1`` of the synthetic trace (``params``, ``seed``, ``split``).
+def generate(params: SynthParams, tokens: int, seed: int = 0, split: str = "train", start: int = 0) -> Trace:
+    """Tokens ``start .. start + tokens - 1`` of the synthetic trace of (params, seed, split).
 
-    Returns a :class:`Trace` with ``topk_ids`` [tokens, layers, k] (each token's experts
-    best first) and ``seq_lens`` (the sequences clipped to the window). ``engine``:
-    ``"auto"`` (numba when installed), ``"numba"`` or ``"numpy"`` (the reference; same result).
+    Returns a :class:`Trace`: ``topk_ids`` [tokens, layers, k] (each token's experts in
+    draw order, no repeats, group-limited when ``params.num_groups`` > 1) and
+    ``seq_lens`` (the sequences clipped to the window). Raises :class:`InputError` on bad
+    parameters.
     """
     _check_run(params, tokens, seed, split, start)
-    model = _build_model(params, int(seed), split)
-    return _generate(params, model, int(start), int(tokens), engine)
+    return _generate(params, _build_model(params, int(seed), split), int(start), int(tokens))
 
 
-def _generate(p: SynthParams, model: _Model, start: int, tokens: int, engine: str = "auto") -> Trace:
+def _generate(p: SynthParams, model: _Model, start: int, tokens: int) -> Trace:
     vocab, topic, noise_key, seq_lens = _token_inputs(p, model, start, start + tokens)
     out = np.empty((tokens, p.num_layers, p.top_k), id_dtype(p.num_experts))
-    use_numba = engine == "numba" or (engine == "auto" and numba is not None)
-    _check(engine in ("auto", "numba", "numpy"), "engine", f"expected auto, numba or numpy, got {engine!r}")
-    if use_numba:
-        _check(numba is not None, "engine", "numba is not installed")
-        _route_numba(out, model.pop, model.aff, model.ident, vocab, topic, noise_key, model.noise_salt,
-                     model.vocab_salt, _NORMAL_TABLE, _GUMBEL_TABLE, p.num_groups, p.groups_per_token)
-    else:
-        step = 4096  # bound the numpy path's temporaries
-        for lo in range(0, tokens, step):
-            hi = min(tokens, lo + step)
-            _route_numpy(out[lo:hi], model.pop, model.aff, model.ident, vocab[lo:hi], topic[lo:hi],
-                         noise_key[lo:hi], model.noise_salt, model.vocab_salt, _NORMAL_TABLE,
-                         _GUMBEL_TABLE, p.num_groups, p.groups_per_token)
+    _route(out, model.base, model.accept, model.alias, model.group_w, model.clusters, model.topic_boost,
+           model.ident_boost, p.identity_experts, vocab, topic, noise_key, model.noise_salt,
+           model.vocab_salt, max(p.groups_per_token, 1))
     return Trace(topk_ids=out, num_experts=p.num_experts, seq_lens=seq_lens)
 
 
 def shard_bounds(params: SynthParams, tokens: int, shard_tokens: int, seed: int = 0,
                  split: str = "train") -> list[tuple[int, int]]:
-    """Token ranges of the shards: each cut at the first sequence start at or after a
-    multiple of ``shard_tokens`` (so no sequence straddles two shards; sizes vary by up
-    to one sequence, and a sequence longer than ``shard_tokens`` makes a longer shard)."""
+    """Token ranges [lo, hi) of the shards of a ``tokens``-token trace.
+
+    Each shard after the first starts at the first sequence start at or after a multiple
+    of ``shard_tokens``, so no sequence straddles two shards; a shard therefore holds
+    ``shard_tokens`` plus up to one sequence (or more if a sequence is that long).
+    """
     _check_run(params, tokens, seed, split, 0)
     _check(isinstance(shard_tokens, (int, np.integer)) and shard_tokens >= 1, "shard_tokens",
            f"expected a positive count, got {shard_tokens}")
-    model = _build_model(params, int(seed), split)
-    return _shard_bounds(params, model, int(tokens), int(shard_tokens))
-
-
-def _shard_bounds(p: SynthParams, model: _Model, tokens: int, shard_tokens: int) -> list[tuple[int, int]]:
-    starts = _sequence_starts(p, model, tokens)
-    targets = np.arange(shard_tokens, tokens, shard_tokens)
-    cuts = starts[np.searchsorted(starts, targets, side="left").clip(max=len(starts) - 1)]
-    edges = np.unique(np.concatenate([[0], cuts[cuts < tokens], [tokens]]))
+    starts = _sequence_starts(params, _build_model(params, int(seed), split), int(tokens))
+    targets = np.arange(int(shard_tokens), int(tokens), int(shard_tokens))
+    cuts = starts[np.searchsorted(starts, targets, side="left")]
+    edges = np.unique(np.concatenate([[0], cuts[cuts < tokens], [int(tokens)]]))
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def iter_shards(params: SynthParams, tokens: int, shard_tokens: int, seed: int = 0,
                 split: str = "train") -> Iterator[Trace]:
-    """The trace of :func:`generate` (``start=0``) as consecutive shards (see :func:`shard_bounds`)."""
+    """The trace of ``generate(params, tokens, seed, split)`` as consecutive shards
+    (:func:`shard_bounds`), one in memory at a time."""
     bounds = shard_bounds(params, tokens, shard_tokens, seed, split)
     model = _build_model(params, int(seed), split)
     for lo, hi in bounds:
@@ -675,27 +753,26 @@ def write_shards(params: SynthParams, tokens: int, out_dir: str | Path, shard_to
                  seed: int = 0, split: str = "train", overwrite: bool = False) -> list[Path]:
     """Write the trace as ``out_dir/shard-NNNNN.npz``, one shard in memory at a time.
 
-    Each shard is written atomically (:func:`placer.trace.save_trace`); the directory
-    reads back with :class:`placer.trace.TraceSource`. A directory already holding
-    ``.npz`` files is refused unless ``overwrite``, which first removes its
-    ``shard-*.npz`` files (other ``.npz`` files are still refused: they would join the trace).
-    Returns the shard paths in order.
+    Each shard is written atomically (:func:`placer.trace.save_trace`) and the directory
+    reads back with :class:`placer.trace.TraceSource` (concatenated, it equals
+    :func:`generate` of ``tokens``). A directory already holding ``.npz`` files is
+    refused unless ``overwrite``, which removes its old ``shard-*.npz`` files first (other
+    ``.npz`` files are always refused: they would join the trace). Returns the paths.
     """
     out = Path(out_dir)
     bounds = shard_bounds(params, tokens, shard_tokens, seed, split)
     if out.exists() and not out.is_dir():
         raise InputError(out, None, "exists and is not a directory")
     existing = sorted(out.glob("*.npz")) if out.is_dir() else []
-    if existing:
-        if not overwrite:
-            raise InputError(out, None, f"already holds {len(existing)} .npz file(s); choose an empty "
-                             "directory or overwrite")
-        foreign = [f for f in existing if not re.fullmatch(r"shard-\d+\.npz", f.name)]
-        if foreign:
-            raise InputError(out, None, f"holds .npz files that are not shards ({foreign[0].name})")
-        for old in existing:
-            os.unlink(old)
-    out.mkdir(parents=True, exist_ok=True)
+    foreign = [f.name for f in existing if not _SHARD_NAME.fullmatch(f.name)]
+    if foreign:
+        raise InputError(out, None, f"holds .npz files that are not shards ({foreign[0]}); "
+                         "choose an empty directory")
+    if existing and not overwrite:
+        raise InputError(out, None, f"already holds {len(existing)} shard(s); choose an empty "
+                         "directory or overwrite")
+    for old in existing:
+        os.unlink(old)
     model = _build_model(params, int(seed), split)
     paths = []
     for number, (lo, hi) in enumerate(bounds):
@@ -707,16 +784,12 @@ def write_shards(params: SynthParams, tokens: int, out_dir: str | Path, shard_to
 
 def write_trace(params: SynthParams, tokens: int, out: str | Path, seed: int = 0, split: str = "train",
                 shard_tokens: int | None = None, overwrite: bool = False) -> list[Path]:
-    """``out`` ending in ``.npz`` without ``shard_tokens``: one file; otherwise a shard directory."""
+    """Write a trace: to the file ``out`` if it ends in ``.npz`` and ``shard_tokens`` is
+    None, else as shards of ``shard_tokens`` (default 1,048,576) in the directory ``out``."""
     out = Path(out)
     if shard_tokens is None and out.suffix == ".npz":
         if out.exists() and not overwrite:
-            raise InputError(out, None, "already exists; overwrite to replace it")
+            raise InputError(out, None, "already exists; choose another name or overwrite")
         save_trace(generate(params, tokens, seed, split), out)
         return [out]
     return write_shards(params, tokens, out, shard_tokens or 1 << 20, seed, split, overwrite)
-
-
-def describe(params: SynthParams) -> dict:
-    """The parameters as a plain dict (for ``placer synth --show``)."""
-    return asdict(params)
