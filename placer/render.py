@@ -17,33 +17,49 @@ def _maybe(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def comparison_table(results: Sequence[tuple[str, ReplayReport]], title: str) -> Table:
-    """One row per placement; ratios are against the first row."""
-    table = Table(title=title, title_justify="left")
-    columns = [
-        "placement", "inter-node tokens", "x first", "NIC peak", "x first",
-        "GPU peak", "GPU max/mean", "nodes/token", "> M nodes", "a2a ms", "a2a/compute",
+def summary_rows(
+    results: Sequence[tuple[str, ReplayReport]], reference: str
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison table; ratios are against the ``reference`` row.
+
+    The "> M nodes" column appears only when some replay counted it (``--max-nodes``).
+    """
+    ref = dict(results)[reference].totals
+    with_max = any(r.totals.get("max_nodes") for _, r in results)
+    header = [
+        "placement", "inter-node tokens", f"x {reference}", "NIC peak tokens", f"x {reference}",
+        "GPU peak pairs", "GPU max/mean", "nodes/token",
+        *(["> M nodes"] if with_max else []), "a2a ms", "a2a/compute",
     ]
-    table.add_column(columns[0])
-    for name in columns[1:]:
-        table.add_column(name, justify="right")
-    reference = results[0][1].totals
+    rows = []
     for name, report in results:
         t = report.totals
         a2a = t.get("all_to_all_s")
-        table.add_row(
+        rows.append([
             name,
             f"{t['internode_tokens_dedup']:,}",
-            _ratio(t["internode_tokens_dedup"], reference["internode_tokens_dedup"]),
+            _ratio(t["internode_tokens_dedup"], ref["internode_tokens_dedup"]),
             f"{t['nic_peak_tokens']:,}",
-            _ratio(t["nic_peak_tokens"], reference["nic_peak_tokens"]),
+            _ratio(t["nic_peak_tokens"], ref["nic_peak_tokens"]),
             f"{t['gpu_peak_load']:,}",
             f"{t['gpu_load_imbalance']:.3f}",
             f"{t['nodes_per_token_mean']:.2f}",
-            _maybe(t["share_over_max_nodes"], ".1%"),
+            *([_maybe(t.get("share_over_max_nodes"), ".1%")] if with_max else []),
             _maybe(None if a2a is None else a2a * 1e3, ".3f"),
             _maybe(t.get("a2a_to_compute_ratio"), ".2f"),
-        )
+        ])
+    return header, rows
+
+
+def comparison_table(results: Sequence[tuple[str, ReplayReport]], title: str) -> Table:
+    """One row per placement; ratios are against the first row."""
+    header, rows = summary_rows(results, results[0][0])
+    table = Table(title=title, title_justify="left")
+    table.add_column(header[0])
+    for name in header[1:]:
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 

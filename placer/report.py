@@ -27,6 +27,7 @@ from placer.atomic import atomic_output, refuse_overwriting_input, write_text_at
 from placer.errors import InputError
 from placer.graph import summarize
 from placer.placement import BASELINES, Placement, baseline
+from placer.render import summary_rows
 from placer.replay import ReplayReport, evaluate
 from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource
@@ -134,48 +135,6 @@ def _solver_facts(name: str, placement: Placement) -> str:
 
 
 # ---------------------------------------------------------------- summary table
-
-
-def _ratio(value: float, reference: float) -> str:
-    return f"{value / reference:.3f}" if reference else "-"
-
-
-def _maybe(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def summary_rows(
-    results: Sequence[tuple[str, ReplayReport]], reference: str
-) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the summary table: the figures of the CLI comparison table.
-
-    Ratios are against the ``reference`` row (normally contiguous).
-    """
-    ref = dict(results)[reference].totals
-    with_max = any(r.totals.get("max_nodes") for _, r in results)
-    header = [
-        "placement", "inter-node tokens", f"x {reference}", "NIC peak tokens", f"x {reference}",
-        "GPU peak pairs", "GPU max/mean", "nodes/token",
-        *(["> M nodes"] if with_max else []), "a2a ms", "a2a/compute",
-    ]
-    rows = []
-    for name, report in results:
-        t = report.totals
-        a2a = t.get("all_to_all_s")
-        rows.append([
-            name,
-            f"{t['internode_tokens_dedup']:,}",
-            _ratio(t["internode_tokens_dedup"], ref["internode_tokens_dedup"]),
-            f"{t['nic_peak_tokens']:,}",
-            _ratio(t["nic_peak_tokens"], ref["nic_peak_tokens"]),
-            f"{t['gpu_peak_load']:,}",
-            f"{t['gpu_load_imbalance']:.3f}",
-            f"{t['nodes_per_token_mean']:.2f}",
-            *([_maybe(t.get("share_over_max_nodes"), ".1%")] if with_max else []),
-            _maybe(None if a2a is None else a2a * 1e3, ".3f"),
-            _maybe(t.get("a2a_to_compute_ratio"), ".2f"),
-        ])
-    return header, rows
 
 
 COLUMN_NOTES = (
