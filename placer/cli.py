@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from placer import calc, instances, placement_io
+from placer import calc, instances, placement_io, synth
 from placer.atomic import refuse_overwriting_input
 from placer.bundled import sample_trace
 from placer.engines import moved_weights, write_output
@@ -583,6 +583,38 @@ def import_trtllm_command(
 ) -> None:
     """Import TensorRT-LLM expert statistics (needs the `trtllm` extra: safetensors)."""
     _write_imported(read_trtllm(directory), out, [directory], as_json)
+
+
+class Split(str, Enum):
+    train = "train"
+    test = "test"
+
+
+@app.command("synth")
+def synth_command(
+    preset: Annotated[str, typer.Option(help="esft, deepseek-v3, kimi-k2, qwen3-235b, seed001, or a .toml with [synth].")],
+    tokens: Annotated[int, typer.Option(help="Tokens to generate.")],
+    out: Annotated[str, typer.Option(help=".npz file, or a directory of shards (with --shard-tokens).")],
+    split: Annotated[Split, typer.Option(help="train, or test (applies the preset's domain drift).")] = Split.train,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    shard_tokens: Annotated[int | None, typer.Option(help="Write shards of about T tokens (cut at sequence starts).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing shards in OUT.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate a synthetic routing trace calibrated to real traces (see placer/synth.py)."""
+    if tokens <= 0:
+        raise InputError(None, "--tokens", f"expected a positive count, got {tokens}")
+    params = synth.load_params(preset)
+    started = time.perf_counter()
+    paths = synth.write_trace(params, tokens, out, seed=seed, split=split.value,
+                              shard_tokens=shard_tokens, overwrite=overwrite)
+    seconds = time.perf_counter() - started
+    if as_json:
+        _print_json({"preset": preset, "params": synth.describe(params), "tokens": tokens, "split": split.value,
+                     "seed": seed, "files": [str(p) for p in paths], "seconds": seconds})
+    else:
+        console.print(f"wrote {tokens:,} {split.value} tokens of {preset} to {out} ({len(paths)} file(s)) "
+                      f"in {seconds:.1f} s", markup=False, highlight=False)
 
 
 @app.command("demo")

@@ -19,7 +19,10 @@ and the token draws its ``top_k`` experts from ``w`` without replacement
 the rest, and so on; the same as the top-k of ``log w + Gumbel noise``).
 ``cluster(l, z)`` is a random set of ``cluster_size`` experts per topic and
 layer; ``favourites(l, v)`` is ``identity_experts`` experts hashed from the item
-and layer.
+and layer. Experts also form ``families`` (a random partition per layer, experts
+that specialise alike): each cluster member and favourite comes from its topic's
+or item's home family with probability ``locality``, otherwise from all experts.
+Families are what makes co-activation partitionable; ``locality`` sets its strength.
 
 Group-limited routing (``num_groups`` > 1, DeepSeek-V3 style): the experts form
 ``num_groups`` contiguous groups; the token first draws ``groups_per_token``
@@ -29,7 +32,8 @@ total weight, then its experts from those groups only.
 * Per-layer variation: each layer draws its own popularity (log-normal, spread
   ``popularity_sigma`` times a per-layer factor ``exp(popularity_jitter N(0,1))``),
   its own clusters and favourites; the identity strength falls linearly with
-  depth (``identity_decay``), so early layers route more by token identity.
+  depth (``identity_decay``) and the topic strength may grow with depth
+  (``topic_ramp``): early layers route more by token identity, later ones by context.
 * Sequences: log-normal lengths. A sequence may open with one of ``templates``
   fixed prompts whose tokens route identically wherever they occur (real
   evaluation traces repeat their instruction prefixes).
@@ -55,6 +59,7 @@ over tokens.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -100,11 +105,20 @@ class SynthParams:
     Co-activation clusters (what a topology-aware placement can exploit):
       topics: latent topics per layer, each with its own cluster of experts.
       cluster_size: experts in a topic's cluster (a random subset per topic and layer).
-      topic_strength: log-weight boost of the token's topic cluster; 0 = no clusters.
+      topic_strength: log-weight boost of the token's topic cluster at the last layer;
+        0 = no clusters.
+      topic_ramp: relative weakening of the topic boost towards the first layer (0 =
+        constant, 1 = none at the first layer): context builds up with depth.
       topic_concentration: Dirichlet concentration of the topic mixture weights
         (small = a few dominant topics, large = near-uniform).
       persistence: probability that a token keeps the previous token's topic within a
         sequence (adjacent tokens then share experts).
+      families: expert families per layer (a random partition into equal parts; must
+        divide num_experts): experts that specialise alike.
+      locality: probability that a boosted expert (a cluster member or a favourite) is
+        drawn from the home family of its topic or vocabulary item rather than from all
+        experts; 0 = no family structure. With ``topic_strength`` it sets how much a
+        partitioner can gain.
 
     Token identity (repeated top-k sets: the distinct-set share):
       vocab_size: vocabulary items; item ``v`` (0-based) has frequency ~ (v + 1) ** -zipf.
@@ -140,8 +154,11 @@ class SynthParams:
     topics: int = 16
     cluster_size: int = 8
     topic_strength: float = 1.5
+    topic_ramp: float = 0.0
     topic_concentration: float = 2.0
     persistence: float = 0.8
+    families: int = 1
+    locality: float = 0.0
     vocab_size: int = 4096
     zipf: float = 1.0
     identity_experts: int = 6
@@ -180,13 +197,52 @@ def _register(name: str, params: SynthParams, skew: tuple[float, float]) -> None
 # skew of about 3-6. Do not retune them once floors are measured against them.
 _register("esft", SynthParams(
     num_experts=64, top_k=6, num_layers=26,
-    popularity_sigma=0.5, popularity_jitter=0.2,
-    topics=16, cluster_size=8, topic_strength=1.5, topic_concentration=2.0, persistence=0.8,
-    vocab_size=4096, zipf=1.0, identity_experts=6, identity_strength=1.0, identity_decay=0.5,
+    popularity_sigma=0.08, popularity_jitter=0.2,
+    topics=16, cluster_size=2, topic_strength=8.2, topic_ramp=0.0, topic_concentration=5.0,
+    persistence=0.8, families=8, locality=0.8,
+    vocab_size=512, zipf=0.94, identity_experts=5, identity_strength=8.0, identity_decay=0.25,
     seq_len_median=72.0, seq_len_sigma=1.2, seq_len_min=48, seq_len_max=2048,
     templates=4, template_tokens=20, drift=0.05,
     description="DeepSeek-V2-Lite on the ESFT tasks: 64 experts, top-6, 26 layers (calibrated)",
-), (2.0, 3.6))
+), (2.3, 3.2))
+
+# The frontier presets inherit the esft routing character, scaled to each shape: cluster
+# and favourite counts scale with k (2 and 5 at k = 6), the log boosts grow by ln(E / 64)
+# (a boosted expert keeps the same weight relative to an average one), topics scale with
+# E (16 per 64 experts) and families hold 16 experts (4 for top-2). Popularity spread,
+# vocabulary (8192 items, Zipf 1.0) and sequences (log-normal around 512 tokens, 8
+# system-prompt templates of up to 64 tokens) are assumptions, not calibrated; drift 0.25
+# makes the test split a moderately shifted domain.
+_FRONTIER: dict = {
+    "popularity_sigma": 0.3, "popularity_jitter": 0.2, "topic_ramp": 0.0, "topic_concentration": 5.0,
+    "persistence": 0.8, "locality": 0.8, "vocab_size": 8192, "zipf": 1.0, "identity_decay": 0.25,
+    "seq_len_median": 512.0, "seq_len_sigma": 1.0, "seq_len_min": 32, "seq_len_max": 16384,
+    "templates": 8, "template_tokens": 64, "drift": 0.25,
+}
+_register("deepseek-v3", SynthParams(
+    num_experts=256, top_k=8, num_layers=58, num_groups=8, groups_per_token=4,
+    topics=64, cluster_size=3, topic_strength=9.6, families=16, identity_experts=7, identity_strength=9.4,
+    description="DeepSeek-V3/R1: 256 experts, top-8, 58 MoE layers, 8 groups / top-4 groups",
+    **_FRONTIER,
+), (3.3, 4.6))
+_register("kimi-k2", SynthParams(
+    num_experts=384, top_k=8, num_layers=60,
+    topics=96, cluster_size=3, topic_strength=10.0, families=24, identity_experts=7, identity_strength=9.8,
+    description="Kimi K2: 384 experts, top-8, 60 MoE layers, no groups",
+    **_FRONTIER,
+), (5.0, 6.5))
+_register("qwen3-235b", SynthParams(
+    num_experts=128, top_k=8, num_layers=94,
+    topics=32, cluster_size=3, topic_strength=8.9, families=8, identity_experts=7, identity_strength=8.7,
+    description="Qwen3-235B-A22B: 128 experts, top-8, 94 MoE layers, no groups",
+    **_FRONTIER,
+), (2.7, 3.6))
+_register("seed001", SynthParams(
+    num_experts=64, top_k=2, num_layers=32,
+    topics=16, cluster_size=1, topic_strength=8.2, families=16, identity_experts=2, identity_strength=8.0,
+    description="Seed-001 simulation model: 64 experts, top-2, 32 layers (layers assumed)",
+    **_FRONTIER,
+), (3.8, 5.5))
 
 
 # ---------------------------------------------------------------- validation
@@ -238,8 +294,13 @@ def validate_params(params: SynthParams, source: str | None = None) -> SynthPara
     at_least("topics", 1, 1 << 16)
     at_least("cluster_size", 1, p.num_experts)
     at_least("topic_strength", 0, 50)
+    at_least("topic_ramp", 0, 1)
     _check(p.topic_concentration > 0, "topic_concentration", f"expected > 0, got {p.topic_concentration}", source)
     _check(0 <= p.persistence < 1, "persistence", f"expected 0 <= persistence < 1, got {p.persistence}", source)
+    at_least("families", 1, p.num_experts)
+    _check(p.num_experts % p.families == 0, "families",
+           f"num_experts {p.num_experts} is not a multiple of families {p.families}", source)
+    at_least("locality", 0, 1)
     at_least("vocab_size", 1, 1 << 24)
     at_least("zipf", 0, 10)
     at_least("identity_experts", 0, p.num_experts)
@@ -379,7 +440,8 @@ class _Model:
     base: [L, E] float64 popularity weights (sum 1; drifted for test);
     accept, alias: [L, E] alias tables of ``base`` within each group (alias holds global
     expert ids; without groups one table over all experts); group_w: [L, G] base weight per group
-    (G = 1 without groups); clusters: [L, K, C] int64 expert ids; topic_boost: float;
+    (G = 1 without groups); clusters: [L, K, C] int64 expert ids; families: [L, F, E / F]
+    int64 expert ids; topic_boost: [L] float64;
     ident_boost: [L] float64; noise_salt, vocab_salt: [L] uint64; topic_cdf: [K];
     vocab_cdf: [V]; template_len, template_topic: [templates] int64; world, stream: keys.
     """
@@ -389,7 +451,8 @@ class _Model:
     alias: np.ndarray
     group_w: np.ndarray
     clusters: np.ndarray
-    topic_boost: float
+    families: np.ndarray
+    topic_boost: np.ndarray
     ident_boost: np.ndarray
     noise_salt: np.ndarray
     vocab_salt: np.ndarray
@@ -411,12 +474,16 @@ def _build_model(p: SynthParams, seed: int, split: str) -> _Model:
     accept = np.zeros((L, E))
     alias = np.zeros((L, E), np.int64)
     clusters = np.zeros((L, K, p.cluster_size), np.int64)
+    families = np.zeros((L, p.families, E // p.families), np.int64)
     for layer in range(L):
         rng = np.random.default_rng([world, 1, layer])
         sigma = p.popularity_sigma * math.exp(p.popularity_jitter * rng.standard_normal())
         pop = sigma * rng.standard_normal(E)
-        for topic in range(K):
-            clusters[layer, topic] = rng.choice(E, p.cluster_size, replace=False)
+        families[layer] = rng.permutation(E).reshape(p.families, -1)
+        for topic in range(K):  # members from the topic's home family with probability locality
+            weights = np.full(E, (1.0 - p.locality) / E + 1e-12)
+            weights[families[layer, topic % p.families]] += p.locality / families.shape[2]
+            clusters[layer, topic] = rng.choice(E, p.cluster_size, replace=False, p=weights / weights.sum())
         shift = rng.standard_normal(E)
         if test:
             pop = pop + p.drift * sigma * shift
@@ -439,8 +506,8 @@ def _build_model(p: SynthParams, seed: int, split: str) -> _Model:
         weights = np.exp(np.log(weights) + p.drift * shift)
     vocab = (np.arange(p.vocab_size, dtype=np.float64) + 1.0) ** -p.zipf
     return _Model(
-        base=base, accept=accept, alias=alias, group_w=group_w, clusters=clusters,
-        topic_boost=math.exp(p.topic_strength), ident_boost=ident_boost,
+        base=base, accept=accept, alias=alias, group_w=group_w, clusters=clusters, families=families,
+        topic_boost=np.exp(p.topic_strength * (1.0 - p.topic_ramp * (1.0 - depth))), ident_boost=ident_boost,
         noise_salt=np.array([_derive(world, 3, layer) for layer in range(L)], np.uint64),
         vocab_salt=np.array([_derive(world, 4, layer) for layer in range(L)], np.uint64),
         topic_cdf=_cdf(weights), vocab_cdf=_cdf(vocab),
@@ -520,7 +587,7 @@ def _unit(r):  # pragma: no cover - jitted
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _route(out, base, accept, alias, group_w, clusters, topic_boost, ident_boost, ident_experts,
+def _route(out, base, accept, alias, group_w, clusters, families, locality, topic_boost, ident_boost, ident_experts,
            vocab, topic, noise_key, noise_salt, vocab_salt, groups_per_token):  # pragma: no cover
     """Fill out [n, L, k] with each token's experts, in draw order (Plackett-Luce)."""
     n, L, k = out.shape
@@ -528,6 +595,8 @@ def _route(out, base, accept, alias, group_w, clusters, topic_boost, ident_boost
     G = group_w.shape[1]
     gsize = E // G
     C = clusters.shape[2]
+    F = families.shape[1]
+    fsize = families.shape[2]
     cap = C + ident_experts
     block = 256
     for b in numba.prange((n + block - 1) // block):
@@ -559,14 +628,19 @@ def _route(out, base, accept, alias, group_w, clusters, topic_boost, ident_boost
                     slot[e] = nb
                     be[nb] = e
                     bb[nb] = base[layer, e]
-                    bw[nb] = bb[nb] * topic_boost
+                    bw[nb] = bb[nb] * topic_boost[layer]
                     bid[nb] = False
                     done[nb] = False
                     nb += 1
                 vstate = _mix(vkey ^ vocab_salt[layer])
                 boost = ident_boost[layer]
+                home = numba.int64(((vstate >> _U(32)) * _U(F)) >> _U(32))
                 for j in range(ident_experts):
-                    e = numba.int64(((_mix(vstate + _U(j + 1) * _U(_GOLDEN)) >> _U(32)) * _U(E)) >> _U(32))
+                    r = _mix(vstate + _U(j + 1) * _U(_GOLDEN))
+                    if numba.float64(numba.int64(r & _U(0xFFFFFFFF))) * 2.0**-32 < locality:
+                        e = families[layer, home, numba.int64(((r >> _U(32)) * _U(fsize)) >> _U(32))]
+                    else:
+                        e = numba.int64(((r >> _U(32)) * _U(E)) >> _U(32))
                     if mark[e] == stamp:
                         s = slot[e]
                         if not bid[s]:
@@ -715,7 +789,8 @@ def generate(params: SynthParams, tokens: int, seed: int = 0, split: str = "trai
 def _generate(p: SynthParams, model: _Model, start: int, tokens: int) -> Trace:
     vocab, topic, noise_key, seq_lens = _token_inputs(p, model, start, start + tokens)
     out = np.empty((tokens, p.num_layers, p.top_k), id_dtype(p.num_experts))
-    _route(out, model.base, model.accept, model.alias, model.group_w, model.clusters, model.topic_boost,
+    _route(out, model.base, model.accept, model.alias, model.group_w, model.clusters, model.families,
+           p.locality, model.topic_boost,
            model.ident_boost, p.identity_experts, vocab, topic, noise_key, model.noise_salt,
            model.vocab_salt, max(p.groups_per_token, 1))
     return Trace(topk_ids=out, num_experts=p.num_experts, seq_lens=seq_lens)
@@ -736,7 +811,7 @@ def shard_bounds(params: SynthParams, tokens: int, shard_tokens: int, seed: int 
     targets = np.arange(int(shard_tokens), int(tokens), int(shard_tokens))
     cuts = starts[np.searchsorted(starts, targets, side="left")]
     edges = np.unique(np.concatenate([[0], cuts[cuts < tokens], [int(tokens)]]))
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
 def iter_shards(params: SynthParams, tokens: int, shard_tokens: int, seed: int = 0,
