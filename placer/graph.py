@@ -244,13 +244,15 @@ def _numpy_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerS
 if numba is not None:
 
     @numba.njit(nogil=True, cache=True)
-    def _fused_kernel(ids, num_experts, loads, pairs, cols):  # pragma: no cover - jitted
+    def _fused_kernel(ids, num_experts, loads, pairs, keys):  # pragma: no cover - jitted
         """One pass over ids: [tokens, k] (padding read as E). Adds to loads: [E + 1] and to
-        pairs: [E + 1, E + 1] (each unordered pair once, either orientation); writes
-        cols: [k, tokens], each token's ids in ascending order."""
+        pairs: [E + 1, E + 1] (each unordered pair once, either orientation); writes keys:
+        [tokens, ceil(k / 4)] uint64, each token's ids in ascending order packed 16 bits per
+        id, id i of the token in word i // 4 (the first id in the top bits)."""
         k = ids.shape[1]
         row = np.empty(k, np.int64)
         rank = np.empty(k, np.int64)
+        ordered = np.empty(k, np.int64)
         for t in range(ids.shape[0]):
             for i in range(k):
                 row[i] = ids[t, i] if ids[t, i] >= 0 else num_experts
@@ -263,19 +265,82 @@ if numba is not None:
                     rank[j] += below
                     rank[i] += 1 - below
             for i in range(k):
-                cols[rank[i], t] = row[i]
+                ordered[rank[i]] = row[i]
+            for w in range(keys.shape[1]):
+                keys[t, w] = 0
+            for i in range(k):
+                keys[t, i >> 2] |= np.uint64(ordered[i]) << np.uint64(16 * (3 - (i & 3)))
+
+    @numba.njit(nogil=True, cache=True)
+    def _group_kernel(keys, k, num_experts):  # pragma: no cover - jitted
+        """Distinct sets of packed keys (:func:`_fused_kernel`), GIL released: a stable LSD
+        counting sort of the tokens by ids k-1 .. 0 (the canonical lexicographic order), then one
+        pass that counts each distinct set. Returns (sets [n, k] int64 with -1 padding,
+        counts [n] int64), canonical order, no empty set."""
+        m, words = keys.shape
+        radix = num_experts + 1
+        offsets = np.zeros((k, radix + 1), np.int64)
+        for t in range(m):
+            for c in range(k):
+                v = (keys[t, c >> 2] >> np.uint64(16 * (3 - (c & 3)))) & np.uint64(0xFFFF)
+                offsets[c, v + 1] += 1
+        src = keys
+        dst = np.empty_like(keys)
+        for c in range(k - 1, -1, -1):
+            if offsets[c].max() == m:  # every token has the same id here: the pass keeps the order
+                continue
+            for v in range(1, radix + 1):
+                offsets[c, v] += offsets[c, v - 1]
+            word = c >> 2
+            shift = np.uint64(16 * (3 - (c & 3)))
+            for t in range(m):
+                v = (src[t, word] >> shift) & np.uint64(0xFFFF)
+                p = offsets[c, v]
+                offsets[c, v] = p + 1
+                for w in range(words):
+                    dst[p, w] = src[t, w]
+            src, dst = dst, src
+        starts = np.empty(m + 1, np.int64)
+        n = 0
+        for i in range(m):
+            new = i == 0
+            if not new:
+                for w in range(words):
+                    if src[i, w] != src[i - 1, w]:
+                        new = True
+                        break
+            if new:
+                starts[n] = i
+                n += 1
+        starts[n] = m
+        sets = np.empty((n, k), np.int64)
+        counts = np.empty(n, np.int64)
+        kept = 0
+        for g in range(n):
+            first = src[starts[g]]
+            if (first[0] >> np.uint64(48)) >= np.uint64(num_experts):  # the empty set (all padding)
+                continue
+            for c in range(k):
+                v = np.int64((first[c >> 2] >> np.uint64(16 * (3 - (c & 3)))) & np.uint64(0xFFFF))
+                sets[kept, c] = v if v < num_experts else -1
+            counts[kept] = starts[g + 1] - starts[g]
+            kept += 1
+        return sets[:kept], counts[:kept]
 
 
 def _fused_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary:
     """topk_ids_layer: [tokens, k]. The numba path of :func:`layer_summary`."""
     size = num_experts + 1
+    k = topk_ids_layer.shape[1]
     loads = np.zeros(size, np.int64)
-    pairs = np.zeros((size, size), np.int64)
-    cols = np.empty(topk_ids_layer.shape[::-1], id_dtype(num_experts))
-    _fused_kernel(topk_ids_layer, num_experts, loads, pairs, cols)
-    sets, counts = _group_columns(cols, None, num_experts)
+    # a pair count is at most the token count: int32 halves the cache footprint of the hot table
+    pairs = np.zeros((size, size), np.int32 if topk_ids_layer.shape[0] < 2**31 else np.int64)
+    keys = np.empty((topk_ids_layer.shape[0], -(-k // 4)), np.uint64)
+    _fused_kernel(topk_ids_layer, num_experts, loads, pairs, keys)
+    sets, counts = _group_kernel(keys, k, num_experts)
     return LayerSummary(
-        loads[:num_experts], _symmetric_csr(pairs[:num_experts, :num_experts]), sets, counts
+        loads[:num_experts], _symmetric_csr(pairs[:num_experts, :num_experts].astype(np.int64)),
+        sets.astype(id_dtype(num_experts)), counts,
     )
 
 

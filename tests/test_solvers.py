@@ -190,3 +190,115 @@ def test_eplb_solver_matches_the_reference_function():
     placement, _ = place(trace, topology, solver="eplb", slots_per_gpu=5)
     expected, _, _ = rebalance_experts(summarize(trace).loads, 20, 1, 2, 4)
     assert np.array_equal(placement.phy2log, expected)
+
+
+# ---------------------------------------------------------------- large layers (sampling, fast paths)
+
+
+def _reference_spans(nets: np.ndarray, part: np.ndarray) -> np.ndarray:
+    nodes = np.where(nets >= 0, part[np.maximum(nets, 0)], -1)
+    nodes.sort(axis=1)
+    return (nodes[:, :1] >= 0).sum(axis=1) + ((nodes[:, 1:] != nodes[:, :-1]) & (nodes[:, 1:] >= 0)).sum(axis=1)
+
+
+def test_net_spans_match_a_numpy_reference():
+    from placer.solvers.problem import net_spans
+
+    rng = np.random.default_rng(0)
+    sets, counts = summarize(random_trace(300, 1, 20, 5, 1)).layers[0].sets, None
+    sets = np.where(rng.random(sets.shape) < 0.2, -1, sets)  # some padding inside rows
+    counts = rng.integers(1, 9, len(sets))
+    part = rng.integers(0, 6, 20)
+    lam, touch = net_spans(sets, counts, part, 6)
+    assert np.array_equal(lam, _reference_spans(sets, part))
+    nodes = np.where(sets >= 0, part[np.maximum(sets, 0)], -1)
+    assert touch.tolist() == [int(counts[(nodes == n).any(axis=1)].sum()) for n in range(6)]
+
+
+def test_merge_projected_arrays_match_the_dict_reference():
+    from placer.solvers.cpsat import merge_projected
+
+    rng = np.random.default_rng(1)
+    for trial in range(50):
+        experts, k = int(rng.integers(3, 30)), int(rng.integers(1, 7))
+        nets = np.full((int(rng.integers(0, 80)), k), -1, np.int32)
+        for row in nets:
+            size = int(rng.integers(1, min(k, experts) + 1))
+            row[:size] = np.sort(rng.choice(experts, size, replace=False))
+        weights = rng.integers(1, 100, len(nets))
+        members = rng.choice(experts, int(rng.integers(1, experts + 1)), replace=False)
+        for min_size in (1, 2):
+            local = {int(e): i for i, e in enumerate(members)}
+            acc: dict = {}
+            for row, w in zip(nets.tolist(), weights.tolist()):
+                key = tuple(sorted(local[e] for e in row if e in local))
+                if len(key) >= min_size:
+                    acc[key] = acc.get(key, 0) + w
+            sets, w = merge_projected(nets, weights, members, min_size)
+            assert sets == sorted(acc) and w.tolist() == [acc[s] for s in sorted(acc)], trial
+
+
+def test_fast_descent_equals_the_general_path():
+    """No load cap and no max-nodes: the O(1) cost and the bound-pruned swaps must choose exactly
+    what the general path (taken with a never-binding finite cap) chooses."""
+    from placer.solvers.api import _spec
+    from placer.solvers.refine import SearchSpec, local_search
+
+    for seed in range(3):
+        problem = build_problems(summarize(random_trace(600, 1, 48, 6, seed, skew=2.0)), 6, 2)[0]
+        spec = _spec(problem, 2.0)
+        capped = SearchSpec(**{**spec.__dict__, "load_cap": np.full(6, 1e300)})
+        start = np.arange(48) % 6
+        fast, fast_value = local_search(spec, start, seed=seed, kicks=8)
+        slow, slow_value = local_search(capped, start, seed=seed, kicks=8)
+        assert np.array_equal(fast, slow) and fast_value == slow_value
+
+
+def test_sample_nets_keeps_heavy_sets_and_reweights_the_rest():
+    from placer.solvers.problem import sample_nets
+
+    problem = build_problems(summarize(random_trace(3000, 1, 24, 3, 2, skew=4.0)), 4, 2)[0]
+    assert sample_nets(problem, len(problem.weights))[1] is None  # small enough: unchanged
+    sampled, info = sample_nets(problem, 200, seed=5)
+    r = info.rate
+    heavy = problem.weights >= r
+    assert info.nets == len(problem.weights) and info.kept == len(sampled.weights) <= 1.2 * 200
+    kept = {tuple(row): w for row, w in zip(sampled.nets.tolist(), sampled.weights.tolist())}
+    for row, w in zip(problem.nets[heavy].tolist(), problem.weights[heavy].tolist()):
+        assert kept[tuple(row)] == w  # heavy sets: exact
+    original = {tuple(row): w for row, w in zip(problem.nets.tolist(), problem.weights.tolist())}
+    assert r > 1 and all(w == (max(original[row], r)) for row, w in kept.items())
+    assert info.dropped_share > 0 and 0 < info.exact_share < 1
+    again, _ = sample_nets(problem, 200, seed=5)
+    assert np.array_equal(again.nets, sampled.nets)  # deterministic
+    assert abs(sampled.weights.sum() / problem.weights.sum() - 1) < 0.15  # unbiased total
+
+
+def test_large_layers_search_a_sample_but_report_exact_figures(monkeypatch):
+    from placer.solvers import api
+    from placer.solvers.problem import net_spans
+
+    monkeypatch.setattr(api, "SAMPLE_NETS", 400)
+    trace = random_trace(3000, 2, 64, 6, 4)
+    summary = summarize(trace)
+    placement, report = place(summary, topo(8, 2), solver="spectral", time_limit=2)
+    assert all(r.sample is not None and r.sample.kept < r.sample.nets for r in report.layers)
+    assert any("weighted sample" in m for m in report.messages)
+    for r, part in zip(report.layers, summary.layers):  # objective on every set, not the sample
+        lam, touch = net_spans(part.sets, part.set_counts, r.expert_gpu // 2, 8)
+        assert r.objective == float((part.set_counts * lam).sum()) and r.peak_touch == float(touch.max())
+    again, _ = place(summary, topo(8, 2), solver="spectral", time_limit=2, workers=2)
+    assert np.array_equal(placement.phy2log, again.phy2log)
+    contiguous = (np.arange(64) // 8)
+    for r, part in zip(report.layers, summary.layers):  # the sampled search still beats contiguous
+        cut = float((part.set_counts * net_spans(part.sets, part.set_counts, contiguous, 8)[0]).sum())
+        assert r.objective < cut
+
+
+def test_one_blas_thread_restores_the_thread_count():
+    from placer.solvers.spectral import _blas_controls, one_blas_thread
+
+    before = [int(get()) for _, get in _blas_controls()]
+    with one_blas_thread():
+        assert all(int(get()) == 1 for _, get in _blas_controls())
+    assert [int(get()) for _, get in _blas_controls()] == before

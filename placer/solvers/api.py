@@ -25,6 +25,7 @@ CP-SAT workers), so the same inputs and seed give the same phy2log for any
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -40,14 +41,18 @@ from placer.solvers import cpsat
 from placer.solvers.problem import (
     Constraints,
     LayerProblem,
+    NetSample,
     build_problems,
     connectivity,
     gpu_load_lower_bound,
     live_mask,
+    net_spans,
     node_touch,
+    sample_nets,
 )
 from placer.solvers.refine import SearchSpec, evaluate, local_search
 from placer.solvers.replicas import replicate
+from placer.solvers.spectral import one_blas_thread as _one_blas_thread
 from placer.solvers.spectral import spectral_parts
 from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource
@@ -61,6 +66,9 @@ EXACT_MAX_EXPERTS = 16
 LNS_MAX_MEMBERS = 16
 #: at most this many node pairs per layer are re-solved by CP-SAT (Python model building is slow)
 LNS_MAX_PAIRS = 4
+#: layers with more distinct top-k sets than this are searched on a weighted sample of them
+#: (:func:`placer.solvers.problem.sample_nets`; ``auto``/``ilp`` scale it with the layer budget)
+SAMPLE_NETS = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,7 @@ class LayerResult:
     gpu_load_bound: float
     intra_spread: float
     messages: tuple[str, ...] = ()
+    sample: NetSample | None = None
 
     @property
     def gap(self) -> float:
@@ -156,21 +165,78 @@ def _spec(problem: LayerProblem, alpha: float) -> SearchSpec:
                       load_cap, allowed, float(alpha), int(M), unc)
 
 
-def node_stage(problem: LayerProblem, opts: Options) -> tuple[np.ndarray, float, str, list[str]]:
-    """Node of every expert [experts], a proven lower bound on the cut, status, messages."""
+def search_problem(problem: LayerProblem, opts: Options) -> tuple[LayerProblem, NetSample | None]:
+    """The problem the searches run on: the layer itself, or for a layer with more distinct
+    sets than the effort allows, a weighted sample of them (:func:`sample_nets`).
+
+    ``spectral`` keeps up to :data:`SAMPLE_NETS` nets; ``auto``/``ilp`` up to SAMPLE_NETS x
+    layer budget (clamped to 1..8): at scale a larger sample helps held-out traffic more
+    than more kicks. Layers with a hard ``max_nodes`` limit are never sampled (the limit
+    must hold on every set). Deterministic (depends on the seed only).
+    """
+    if problem.constraints.max_nodes is not None:
+        return problem, None
+    limit = SAMPLE_NETS
+    if opts.solver != "spectral":
+        limit = int(SAMPLE_NETS * max(1.0, min(8.0, opts.layer_budget)))
+    return sample_nets(problem, limit, seed=opts.seed)
+
+
+def descent_cost(problem: LayerProblem) -> float:
+    """Estimated work of one local-search descent (E^2 x nodes swap candidates plus the pin
+    pairs of the nets), in units of about a second on one core."""
+    E = problem.num_experts
+    size = (problem.nets >= 0).sum(axis=1).astype(np.float64)
+    pins = float((size * (size - 1)).sum())
+    return DESCENT_COST[0] * E * E * problem.num_nodes + DESCENT_COST[1] * pins
+
+
+def kick_count(problem: LayerProblem, opts: Options, sampled: bool) -> int:
+    """Kicks of the node-stage iterated local search.
+
+    ``spectral``: ``opts.kicks``; ``auto``/``ilp``: ``max(opts.kicks, 30 x layer budget)``.
+    For large layers (sampled, or one descent estimated above :data:`LARGE_DESCENT`) the
+    count is capped so that the estimated work (:func:`descent_cost` per kick, one more for
+    the first descent) fits the layer budget (a quarter of it for ``spectral``, half for the
+    others): deterministic, no clock. ESFT-sized layers (64 experts, ~10k sets) are not large.
+    """
+    kicks = opts.kicks if opts.solver == "spectral" else max(opts.kicks, int(opts.layer_budget * 30))
+    descent = descent_cost(problem)
+    if not sampled and descent <= LARGE_DESCENT:
+        return kicks
+    budget = opts.layer_budget * (0.25 if opts.solver == "spectral" else 0.5)
+    return int(min(kicks, max(0.0, budget / descent - 1.0)))
+
+
+#: estimated seconds per descent of the node stage: per (E^2 x nodes) and per pin pair
+DESCENT_COST = (4e-9, 5e-8)
+#: layers whose descent is estimated above this are "large": their kicks follow the budget
+LARGE_DESCENT = 0.05
+
+
+def node_stage(problem: LayerProblem, opts: Options, search: LayerProblem | None = None
+               ) -> tuple[np.ndarray, float, str, list[str]]:
+    """Node of every expert [experts], a proven lower bound on the cut, status, messages.
+
+    search: the (sampled) problem the searches run on (default: ``problem``); the bound is
+    always on ``problem``.
+    """
     N = problem.num_nodes
     alpha = opts.alpha if opts.alpha is not None else DEFAULT_ALPHA.get(N, 2.0)
     messages: list[str] = []
+    full = problem
+    sampled = search is not None and search is not problem
+    problem = problem if search is None else search
     counts = problem.node_counts()
     if N == 1:
-        return np.zeros(problem.num_experts, np.int64), float(problem.weights.sum()), "optimal", messages
+        return np.zeros(problem.num_experts, np.int64), float(full.weights.sum()), "optimal", messages
     part = spectral_parts(problem.nets, problem.weights, problem.num_experts, counts, problem.allowed,
                           seed=opts.seed)
     spec = _spec(problem, alpha)
-    kicks = opts.kicks if opts.solver == "spectral" else max(opts.kicks, int(opts.layer_budget * 30))
+    kicks = kick_count(problem, opts, sampled)
     part, _value = local_search(spec, part, seed=opts.seed, kicks=kicks)
     _, cut, viol = evaluate(spec, part)
-    bound = trivial_bound(problem)
+    bound = trivial_bound(full)
     status = "feasible"
     if opts.solver != "spectral":
         if problem.num_experts <= EXACT_MAX_EXPERTS:
@@ -278,12 +344,16 @@ def _minmax_pack(members: np.ndarray, loads: np.ndarray, gpus: int, slots: int) 
     return longest_first_pack(members, loads, gpus, slots)
 
 
-def gpu_stage(problem: LayerProblem, node: np.ndarray, opts: Options
+def gpu_stage(problem: LayerProblem, node: np.ndarray, opts: Options, search: LayerProblem | None = None
               ) -> tuple[np.ndarray, float, float, list[str]]:
     """GPU of every expert [experts], intra-node spread, layer peak GPU load, messages.
 
     Each node's experts go to its live GPUs only (local index i = i-th live GPU of the node).
+    search: the (sampled) problem the spread search runs on (default: ``problem``); the
+    spread is always measured on ``problem``.
     """
+    full = problem
+    problem = problem if search is None else search
     S = problem.slots_per_gpu
     loads = problem.loads
     packs = {}
@@ -311,7 +381,7 @@ def gpu_stage(problem: LayerProblem, node: np.ndarray, opts: Options
         if S > 1 and len(members) > 1:
             local = _spread_search(problem, members, local, len(gpus), target, opts)
         expert_gpu[members] = gpus[local]
-    spread = _intra_spread(problem, expert_gpu)
+    spread = _intra_spread(full, expert_gpu)
     return expert_gpu, spread, peak, messages
 
 
@@ -319,14 +389,12 @@ def _spread_search(problem: LayerProblem, members: np.ndarray, local: np.ndarray
                    opts: Options) -> np.ndarray:
     """Local GPU (0..G-1 over the node's G live GPUs) per member minimising the intra-node spread."""
     S = problem.slots_per_gpu
-    sets, w = cpsat.merge_projected(problem.nets, problem.weights, members, min_size=2)
-    if not sets:
+    rows, w = cpsat.merge_projected_array(problem.nets, problem.weights, members, min_size=2)
+    if not len(rows):
         return local
-    k = max(len(s) for s in sets)
-    nets = np.full((len(sets), k), -1, np.int32)
-    for j, s in enumerate(sets):
-        nets[j, :len(s)] = s
-    rows = np.repeat(np.arange(len(sets)), k)
+    k = int((rows >= 0).sum(axis=1).max())
+    nets = np.ascontiguousarray(rows[:, :k], dtype=np.int32)
+    rows = np.repeat(np.arange(len(nets)), k)
     cols = nets.ravel()
     keep = cols >= 0
     order = np.argsort(cols[keep], kind="stable")
@@ -347,9 +415,7 @@ def _spread_search(problem: LayerProblem, members: np.ndarray, local: np.ndarray
 
 def _intra_spread(problem: LayerProblem, expert_gpu: np.ndarray) -> float:
     """sum_j w_j * (distinct GPUs of net j): the NVLink+NIC copy count at GPU level."""
-    gp = np.where(problem.nets >= 0, expert_gpu[np.maximum(problem.nets, 0)], -1)
-    gp.sort(axis=1)
-    distinct = (gp[:, :1] >= 0).sum(axis=1) + ((gp[:, 1:] != gp[:, :-1]) & (gp[:, 1:] >= 0)).sum(axis=1)
+    distinct, _ = net_spans(problem.nets, problem.weights, expert_gpu, problem.num_gpus)
     return float((problem.weights * distinct).sum())
 
 
@@ -357,19 +423,58 @@ def _intra_spread(problem: LayerProblem, expert_gpu: np.ndarray) -> float:
 
 
 def solve_layer(problem: LayerProblem, opts: Options) -> LayerResult:
-    """Solve one layer (pure: depends only on its arguments)."""
-    node, bound, status, messages = node_stage(problem, opts)
-    expert_gpu, spread, peak, gpu_messages = gpu_stage(problem, node, opts)
-    lam = connectivity(problem, node)
+    """Solve one layer (pure: depends only on its arguments).
+
+    Layers with many distinct sets are searched on a weighted sample of them
+    (:func:`search_problem`, recorded in ``LayerResult.sample``); the objective, peak
+    touch and spread are always measured on every set of the layer.
+    """
+    search, sample = search_problem(problem, opts)
+    with _one_blas_thread(sample is not None):
+        node, bound, status, messages = node_stage(problem, opts, search)
+    expert_gpu, spread, peak, gpu_messages = gpu_stage(problem, node, opts, search)
+    lam, touch = net_spans(problem.nets, problem.weights, node, problem.num_nodes)
     return LayerResult(
         problem.layer, expert_gpu, float((problem.weights * lam).sum()), bound, status,
-        float(node_touch(problem, node).max()), peak, gpu_load_lower_bound(problem), spread,
-        tuple(messages + gpu_messages),
+        float(touch.max()), peak, gpu_load_lower_bound(problem), spread,
+        tuple(messages + gpu_messages), sample,
     )
 
 
 def _solve_star(args: tuple[LayerProblem, Options]) -> LayerResult:
     return solve_layer(*args)
+
+
+#: (problems, options) of the running :func:`place`, read by forked workers (not pickled)
+_SHARED: tuple[list[LayerProblem], Options] | None = None
+
+
+def _solve_shared(index: int) -> LayerResult:
+    problems, opts = _SHARED
+    return solve_layer(problems[index], opts)
+
+
+def _solve_all(problems: list[LayerProblem], opts: Options, workers: int) -> list[LayerResult]:
+    """solve_layer over every layer, in a process pool when ``workers`` > 1.
+
+    With the ``fork`` start method the workers read the problems from the parent's memory
+    (copy-on-write) instead of receiving pickles (a 1M-token layer's nets are ~40 MB);
+    results are the same either way, in layer order.
+    """
+    count = min(workers, len(problems), os.cpu_count() or 1)
+    if count <= 1:
+        return [solve_layer(p, opts) for p in problems]
+    global _SHARED
+    context = multiprocessing.get_context()
+    if context.get_start_method() == "fork":
+        _SHARED = (problems, opts)
+        try:
+            with ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
+                return list(pool.map(_solve_shared, range(len(problems))))
+        finally:
+            _SHARED = None
+    with ProcessPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(_solve_star, [(p, opts) for p in problems]))
 
 
 def expert_groups(model: Model | None, num_experts: int) -> np.ndarray:
@@ -464,7 +569,7 @@ def place(
         raise InputError(None, "max_nodes_coverage", f"expected a share in (0, 1], got {max_nodes_coverage}")
     if max_nodes_coverage is not None and max_nodes is None:
         raise InputError(None, "max_nodes_coverage", "needs max_nodes")
-    summary = trace if isinstance(trace, TraceSummary) else summarize(trace)
+    summary = trace if isinstance(trace, TraceSummary) else summarize(trace, workers=max(1, workers))
     live = live_mask(exclude_gpus, topology.num_gpus, summary.num_experts, slots_per_gpu)
     excluded = np.flatnonzero(~live).tolist()
     if solver == "eplb":
@@ -480,14 +585,21 @@ def place(
     )
     layer_budget = max(0.2, 1.6 * time_limit / max(1, len(problems)))
     opts = Options(solver, seed, alpha, 15, layer_budget)
-    if workers > 1 and len(problems) > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(problems), os.cpu_count() or 1)) as pool:
-            results = list(pool.map(_solve_star, [(p, opts) for p in problems]))
-    else:
-        results = [solve_layer(p, opts) for p in problems]
+    results = _solve_all(problems, opts, workers)
     report = SolveReport(solver, results)
     for r in results:
         report.messages.extend(r.messages)
+    sampled = [r.sample for r in results if r.sample is not None]
+    if sampled:
+        kept = sum(x.kept for x in sampled)
+        nets = sum(x.nets for x in sampled)
+        dropped = [x.dropped_share for x in sampled]
+        report.messages.append(
+            f"{len(sampled)} of {len(results)} layers have more distinct top-k sets than the search "
+            f"uses: it ran on a weighted sample ({kept} of {nets} sets; sets of >= r tokens kept "
+            f"exactly, lighter ones with probability w/r at weight r, r = {min(x.rate for x in sampled)}"
+            f"..{max(x.rate for x in sampled)}), leaving out {min(dropped):.1%}..{max(dropped):.1%} "
+            "of each layer's tokens (unbiased: re-weighted); objectives and bounds are on every set")
     if solver != "spectral" and any(r.status != "optimal" for r in results):
         report.messages.append(
             "bounds of layers not proven optimal are the trivial bound (each set spans >= "

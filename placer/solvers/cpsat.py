@@ -44,14 +44,37 @@ def merge_projected(nets: np.ndarray, weights: np.ndarray, members: np.ndarray, 
 
     nets: [n, k]; weights: [n]; members: [m] expert ids. Returns (sets of local ids, weights [s]).
     """
-    local = {int(e): i for i, e in enumerate(members)}
-    acc: dict[tuple[int, ...], int] = {}
-    for row, w in zip(nets.tolist(), weights.tolist()):
-        key = tuple(sorted(local[e] for e in row if e in local))
-        if len(key) >= min_size:
-            acc[key] = acc.get(key, 0) + int(w)
-    keys = sorted(acc)
-    return keys, np.array([acc[k] for k in keys], dtype=np.int64)
+    rows, w = merge_projected_array(nets, weights, members, min_size)
+    sizes = (rows >= 0).sum(axis=1).tolist()
+    return [tuple(row[:size]) for row, size in zip(rows.tolist(), sizes)], w
+
+
+def merge_projected_array(nets: np.ndarray, weights: np.ndarray, members: np.ndarray, min_size: int = 1
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`merge_projected` as arrays: (sets [s, k] ascending local ids, -1 padding last,
+    in the order of the tuples (lexicographic, a prefix first); weights [s] int64)."""
+    members = np.asarray(members, dtype=np.int64)
+    k = nets.shape[1] if nets.ndim == 2 else 0
+    m = len(members)
+    if len(nets) == 0 or m == 0 or k == 0:
+        return np.zeros((0, max(k, 1)), np.int64), np.zeros(0, np.int64)
+    size = int(max(int(nets.max()), int(members.max()))) + 2
+    local = np.full(size, m, dtype=np.int64)  # m: not a member (sorts last)
+    local[members] = np.arange(m)
+    proj = local[np.where(nets >= 0, nets, size - 1)]
+    proj.sort(axis=1)
+    count = (proj < m).sum(axis=1)
+    keep = count >= min_size
+    proj, count, w = proj[keep], count[keep], np.asarray(weights)[keep].astype(np.int64)
+    if len(proj) == 0:
+        return np.zeros((0, k), np.int64), np.zeros(0, np.int64)
+    proj[proj >= m] = -1  # padding after the ids: (1, 2, -1) sorts before (1, 2, 3) like (1, 2) < (1, 2, 3)
+    order = np.lexsort(proj.T[::-1])
+    proj, w = proj[order], w[order]
+    first = np.ones(len(proj), bool)
+    first[1:] = (proj[1:] != proj[:-1]).any(axis=1)
+    starts = np.flatnonzero(first)
+    return proj[starts], np.add.reduceat(w, starts).astype(np.int64)
 
 
 def solve_exact(problem, *, alpha: float = 0.0, hint: np.ndarray | None = None, dtime: float = 10.0,

@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numba as nb
 import numpy as np
 
 from placer.eplb import balanced_packing
@@ -298,22 +299,121 @@ def gpu_load_lower_bound(problem: LayerProblem) -> float:
     return bound
 
 
+@nb.njit(cache=True, nogil=True)
+def _spans(nets, weights, part, parts):
+    """One pass over nets [n, k] (-1 padding): parts spanned by each net [n] int64 and the
+    weight of the nets touching each part [parts] int64 (part: [experts] part of each expert)."""
+    n, k = nets.shape
+    lam = np.zeros(n, np.int64)
+    touch = np.zeros(parts, np.int64)
+    seen = np.empty(k, np.int64)
+    for j in range(n):
+        m = 0
+        for i in range(k):
+            e = nets[j, i]
+            if e < 0:
+                continue
+            p = part[e]
+            new = True
+            for x in range(m):
+                if seen[x] == p:
+                    new = False
+                    break
+            if new:
+                seen[m] = p
+                m += 1
+                touch[p] += weights[j]
+        lam[j] = m
+    return lam, touch
+
+
+def net_spans(nets: np.ndarray, weights: np.ndarray, part: np.ndarray, parts: int) -> tuple[np.ndarray, np.ndarray]:
+    """(parts spanned by each net [n] int64, weight touching each part [parts] int64).
+
+    nets: [n, k] expert ids, -1 padding; weights: [n] integer; part: [experts] part ids 0..parts-1.
+    """
+    return _spans(np.ascontiguousarray(nets), np.ascontiguousarray(weights, dtype=np.int64),
+                  np.ascontiguousarray(part, dtype=np.int64), int(parts))
+
+
 def connectivity(problem: LayerProblem, expert_node: np.ndarray) -> np.ndarray:
     """Nodes spanned by each net: [n] int64 (expert_node: [experts])."""
-    nodes = np.where(problem.nets >= 0, expert_node[np.maximum(problem.nets, 0)], -1)
-    nodes.sort(axis=1)
-    first = nodes[:, :1] >= 0
-    later = (nodes[:, 1:] != nodes[:, :-1]) & (nodes[:, 1:] >= 0)
-    return first.sum(axis=1) + later.sum(axis=1)
+    return net_spans(problem.nets, problem.weights, expert_node, problem.num_nodes)[0]
 
 
 def node_touch(problem: LayerProblem, expert_node: np.ndarray) -> np.ndarray:
     """Tokens touching each node: [nodes] int64."""
-    nodes = np.where(problem.nets >= 0, expert_node[np.maximum(problem.nets, 0)], -1)
-    touch = np.zeros(problem.num_nodes, dtype=np.int64)
-    for n in range(problem.num_nodes):
-        touch[n] = problem.weights[(nodes == n).any(axis=1)].sum()
-    return touch
+    return net_spans(problem.nets, problem.weights, expert_node, problem.num_nodes)[1]
+
+
+# ---------------------------------------------------------------- net sampling (large layers)
+
+
+@dataclass(frozen=True)
+class NetSample:
+    """How a layer's nets were thinned for the search (:func:`sample_nets`).
+
+    nets / kept: distinct sets in the layer / in the sample; rate: r (nets lighter than r
+    tokens kept with probability w / r at weight r); exact_share: token share of the nets
+    kept with their own weight (w >= r); dropped_share: token share of the nets left out.
+    """
+
+    nets: int
+    kept: int
+    rate: int
+    exact_share: float
+    dropped_share: float
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on uint64 (wrapping arithmetic)."""
+    x = x.copy()
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def sample_nets(problem: LayerProblem, max_nets: int, seed: int = 0) -> tuple[LayerProblem, NetSample | None]:
+    """The layer with its nets thinned to about ``max_nets`` (unchanged, None, if it has no more).
+
+    Probability-proportional-to-size sampling with integer weights: with the smallest integer
+    rate r whose expected sample size sum_j min(1, w_j / r) is <= max_nets, a net of weight
+    w_j >= r is kept as it is and a lighter one is kept with probability w_j / r at weight r
+    (a deterministic hash of its index and ``seed``). For every placement the sample's cut
+    and node touches are unbiased estimates of the layer's, so the search optimises the same
+    objective on fewer nets; at scale (1M tokens, nearly every top-k set distinct) it is a
+    uniform sample re-weighted by r.
+    """
+    w = problem.weights
+    n = len(w)
+    if n <= max_nets:
+        return problem, None
+    total = int(w.sum())
+    wf = w.astype(np.float64)
+    lo, hi = 1, max(1, -(-total // max_nets))
+    while lo < hi:  # smallest r with expected count <= max_nets (the count falls as r grows)
+        mid = (lo + hi) // 2
+        if np.minimum(1.0, wf / mid).sum() <= max_nets:
+            hi = mid
+        else:
+            lo = mid + 1
+    r = lo
+    key = np.uint64((int(seed) * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & ((1 << 64) - 1))
+    u = (_splitmix(np.arange(n, dtype=np.uint64) ^ key) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    exact = w >= r
+    keep = exact | (u * r < wf)
+    new_w = np.where(exact, w, r)[keep].astype(np.int64)
+    sampled = LayerProblem(
+        problem.num_experts, problem.num_nodes, problem.gpus_per_node, problem.slots_per_gpu,
+        problem.nets[keep], new_w, problem.loads, problem.num_tokens, problem.constraints,
+        problem.allowed, problem.layer, problem.live,
+    )
+    info = NetSample(n, int(keep.sum()), r, float(w[exact].sum() / total) if total else 0.0,
+                     float(w[~keep].sum() / total) if total else 0.0)
+    return sampled, info
 
 
 def layer_cost(problem: LayerProblem, expert_node: np.ndarray) -> dict:

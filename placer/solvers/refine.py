@@ -207,6 +207,38 @@ def _cost_after(cut, touch, a, b, dcut, dta, dtb, viol_m, over, dvh, dov, M, unc
 
 
 @nb.njit(cache=True)
+def _top3(touch):
+    """Indices of the three largest touches (-1 when fewer parts)."""
+    i1 = -1
+    i2 = -1
+    i3 = -1
+    for p in range(touch.shape[0]):
+        t = touch[p]
+        if i1 < 0 or t > touch[i1]:
+            i3 = i2
+            i2 = i1
+            i1 = p
+        elif i2 < 0 or t > touch[i2]:
+            i3 = i2
+            i2 = p
+        elif i3 < 0 or t > touch[i3]:
+            i3 = p
+    return i1, i2, i3
+
+
+@nb.njit(cache=True)
+def _max_other(touch, i1, i2, i3, a, b):
+    """Largest touch over the parts other than a and b (0 when none)."""
+    if i1 >= 0 and i1 != a and i1 != b:
+        return touch[i1]
+    if i2 >= 0 and i2 != a and i2 != b:
+        return touch[i2]
+    if i3 >= 0 and i3 != a and i3 != b:
+        return touch[i3]
+    return 0.0
+
+
+@nb.njit(cache=True)
 def _pairs(E, nets):
     """CSR over ordered expert pairs (e, f) -> nets holding both: (pptr [E*E+1], pnet [..])."""
     n, k = nets.shape
@@ -318,6 +350,16 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
     every candidate is evaluated exactly net by net.
     """
     E = part.shape[0]
+    # fast path (no max-parts limit, no load caps): the objective is cut + alpha * max touch,
+    # evaluated in O(1) from the three largest touches, and a swap whose lower bound (the
+    # move tables without the shared-net correction, which is >= 0) cannot beat the best
+    # is skipped before its shared nets are scanned. Both give the same values and choices
+    # as the general path (float rounding is monotone), only sooner.
+    fast = M == 0 and alpha >= 0.0
+    for p in range(load_cap.shape[0]):
+        if load_cap[p] < np.inf:
+            fast = False
+    i1, i2, i3 = _top3(touch)
     viol_m = 0.0
     over = 0.0
     if M > 0:
@@ -339,6 +381,31 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
             for f in range(E):
                 b = part[f]
                 if b == a or not allowed[e, b] or not allowed[f, a]:
+                    continue
+                if fast:
+                    dta0 = -loss[e] + gain[f, a]
+                    dtb0 = -loss[f] + gain[e, b]
+                    mo = _max_other(touch, i1, i2, i3, a, b)
+                    mt = max(max(max(0.0, mo), touch[a] + dta0), touch[b] + dtb0)
+                    if cut + (dta0 + dtb0) + alpha * mt >= best:
+                        continue
+                    ca = 0.0
+                    cb = 0.0
+                    base = e * E + f
+                    for q in range(pptr[base], pptr[base + 1]):
+                        j = pnet[q]
+                        if cnt[j, a] == 1:
+                            ca += w[j]
+                        if cnt[j, b] == 1:
+                            cb += w[j]
+                    dta = dta0 + ca
+                    dtb = dtb0 + cb
+                    mt = max(max(max(0.0, mo), touch[a] + dta), touch[b] + dtb)
+                    c = cut + (dta + dtb) + alpha * mt + big * 0.0
+                    if c < best:
+                        best = c
+                        bf = f
+                        bb = b
                     continue
                 if M > 0:
                     tok += 2
@@ -369,6 +436,17 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
                     bb = b
             for b in range(K):
                 if b == a or pcount[b] >= slot_cap[b] or not allowed[e, b]:
+                    continue
+                if fast:
+                    dta = -loss[e]
+                    dtb = gain[e, b]
+                    mo = _max_other(touch, i1, i2, i3, a, b)
+                    mt = max(max(max(0.0, mo), touch[a] + dta), touch[b] + dtb)
+                    c = cut + (dta + dtb) + alpha * mt + big * 0.0
+                    if c < best:
+                        best = c
+                        bf = -1
+                        bb = b
                     continue
                 if M > 0:
                     tok += 2
@@ -401,6 +479,7 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
                             over += w[j]
                 cur = _cost_after(cut, touch, -1, -1, 0.0, 0.0, 0.0, viol_m, over, 0.0, 0.0, M,
                                   unc_allowed, pload, load_cap, 0.0, 0.0, alpha, big)
+                i1, i2, i3 = _top3(touch)
                 improved = True
     return cut, cur, tok
 

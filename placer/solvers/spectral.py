@@ -9,9 +9,67 @@ against centroids, alternating assignment and centroid updates (balanced k-means
 
 from __future__ import annotations
 
+import ctypes
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 from scipy.linalg import eigh
 from scipy.optimize import linear_sum_assignment
+
+_BLAS_CONTROLS: list[tuple[object, object]] | None = None
+
+
+def _blas_controls() -> list[tuple[object, object]]:
+    """(set_num_threads, get_num_threads) of every OpenBLAS loaded in this process (Linux)."""
+    global _BLAS_CONTROLS
+    if _BLAS_CONTROLS is None:
+        _BLAS_CONTROLS = []
+        try:
+            with open("/proc/self/maps") as maps:
+                paths = sorted({m for m in re.findall(r"(/\S*openblas\S*\.so\S*)", maps.read())})
+        except OSError:
+            paths = []
+        for path in paths:
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
+                                   ("openblas", "")):
+                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    getter.restype = ctypes.c_int
+                    _BLAS_CONTROLS.append((setter, getter))
+                    break
+    return _BLAS_CONTROLS
+
+
+@contextmanager
+def one_blas_thread(active: bool = True) -> Iterator[None]:
+    """Run the block with OpenBLAS on one thread (restored after; a no-op where unknown).
+
+    The eigensolver of a few hundred experts is fastest on one thread, and on a busy machine
+    (or under a process pool over layers) OpenBLAS's spinning threads slow it down 10-50x.
+    """
+    if not active:
+        yield
+        return
+    controls = _blas_controls()
+    saved = []
+    for setter, getter in controls:
+        try:
+            saved.append((setter, int(getter())))
+            setter(1)
+        except (OSError, ValueError, TypeError):  # pragma: no cover - foreign BLAS builds
+            continue
+    try:
+        yield
+    finally:
+        for setter, count in saved:
+            setter(count)
 
 
 def coactivation(nets: np.ndarray, weights: np.ndarray, num_experts: int) -> np.ndarray:
