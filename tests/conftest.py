@@ -7,9 +7,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from placer.cli import main
+from placer.topology import Topology
+from placer.trace import Trace
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ESFT_DIR = SHARED / "traces" / "esft-dsv2lite"
@@ -55,3 +58,20 @@ def esft_dir() -> Path:
     if not ESFT_DIR.is_dir():
         pytest.skip(f"real ESFT traces not found at {ESFT_DIR} (../shared beside the repo)")
     return ESFT_DIR
+
+
+def topo(nodes: int, gpus: int) -> Topology:
+    """An H100-like topology of ``nodes`` x ``gpus`` for solver tests."""
+    return Topology("t", nodes, gpus, 80e9, 1e15, 4.5e11, 5e10, 5e-6)
+
+
+def random_trace(tokens: int, layers: int, experts: int, k: int, seed: int, skew: float = 1.0) -> Trace:
+    """Random top-k routing with skewed popularity: topk_ids [tokens, layers, k]."""
+    rng = np.random.default_rng(seed)
+    p = rng.random(experts) ** skew
+    p /= p.sum()
+    ids = np.stack([
+        np.stack([rng.choice(experts, size=k, replace=False, p=p) for _ in range(tokens)])
+        for _ in range(layers)
+    ], axis=1)
+    return Trace(topk_ids=ids.astype(np.int16), num_experts=experts)

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import random_trace, topo
 
 from placer.bundled import sample_trace
 from placer.eplb import rebalance_experts
@@ -18,21 +19,6 @@ from placer.solvers import place
 from placer.solvers.problem import build_problems, connectivity
 from placer.topology import Model, Topology
 from placer.trace import Trace, load_trace
-
-
-def topo(nodes: int, gpus: int) -> Topology:
-    return Topology("t", nodes, gpus, 80e9, 1e15, 4.5e11, 5e10, 5e-6)
-
-
-def random_trace(tokens: int, layers: int, experts: int, k: int, seed: int, skew: float = 1.0) -> Trace:
-    rng = np.random.default_rng(seed)
-    p = rng.random(experts) ** skew
-    p /= p.sum()
-    ids = np.stack([
-        np.stack([rng.choice(experts, size=k, replace=False, p=p) for _ in range(tokens)])
-        for _ in range(layers)
-    ], axis=1)
-    return Trace(topk_ids=ids.astype(np.int16), num_experts=experts)
 
 
 def check_live(placement, excluded, num_gpus: int, slots: int, distinct: bool = True) -> None:
