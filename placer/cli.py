@@ -495,6 +495,7 @@ def sweep_command(
     peer_latency: Annotated[float, typer.Option(help="Seconds per inter-node peer per all-to-all phase (0: bandwidth + fixed latency).")] = 0.0,
     solver: Annotated[str, typer.Option(help="placer's solver: spectral, auto, ilp, eplb.")] = "spectral",
     seed: Annotated[int, typer.Option(help="Solver seed.")] = 0,
+    alpha: Annotated[float | None, typer.Option(help="placer's NIC-balance weight (default: the solver's per node count).")] = None,
     out: Annotated[str | None, typer.Option(help="Directory for sweep.json and sweep.png.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -507,7 +508,7 @@ def sweep_command(
     step = sweep.StepModel(tokens_per_step, dispatch.value, peer_latency)
     result = sweep.run_sweep(
         mdl, topo, None if trace is None else _open_trace(trace), None if eval_trace is None else _open_trace(eval_trace),
-        eps=_ep_list(ep), step=step, solver=solver, seed=seed,
+        eps=_ep_list(ep), step=step, solver=solver, seed=seed, alpha=alpha,
     )
     facts = {**result.to_dict(), "trace": trace, "eval_trace": eval_trace}
     if out is not None:

@@ -631,6 +631,11 @@ def tradeoff(
 # ---------------------------------------------------------------- EP sweep
 
 
+def _solver_label(sweep: Mapping) -> str:
+    alpha = sweep.get("alpha")
+    return sweep["solver"] if alpha is None else f"{sweep['solver']}, alpha {alpha:g}"
+
+
 @_styled
 def network_cliff(sweep: Mapping, reference: Mapping[int, Mapping[str, float]] | None = None) -> Figure:
     """Two panels over EP size: traffic per step, and all-to-all / expert compute time.
@@ -646,7 +651,7 @@ def network_cliff(sweep: Mapping, reference: Mapping[int, Mapping[str, float]] |
     traffic, ratio = fig.subplots(1, 2)
     # under uniform routing both placements are contiguous's expectation: draw one
     shown = [("contiguous", "contiguous = placer (uniform routing)")] if sweep["routing"] == "uniform" else [
-        ("contiguous", "contiguous"), ("placer", f"placer ({sweep['solver']})")]
+        ("contiguous", "contiguous"), ("placer", f"placer ({_solver_label(sweep)})")]
     for name, label in shown:
         inter = np.array([p[name]["internode_gb"] for p in points])
         intra = np.array([p[name]["intranode_gb"] for p in points])
@@ -676,7 +681,7 @@ def network_cliff(sweep: Mapping, reference: Mapping[int, Mapping[str, float]] |
     traffic.set_ylabel("GB per training step (whole cluster)")
     traffic.set_title("All-to-all traffic per step")
     ratio.set_ylabel("all-to-all time / expert compute time")
-    ratio.set_title("All-to-all vs expert compute (busiest GPU)")
+    ratio.set_title("All-to-all (busiest NIC / NVLink) over expert compute")
     step = sweep["assumptions"]
     fig.suptitle(f"{sweep['model']['name']} on {sweep['topology']['name']}: {step['tokens_per_step']:,} tokens "
                  f"per step, {sweep['routing']} routing, {step['dispatch']} dispatch")

@@ -149,6 +149,7 @@ class SweepResult:
     step: StepModel
     solver: str
     seed: int
+    alpha: float | None
     routing: str
     points: list[EpPoint] = field(default_factory=list)
 
@@ -159,6 +160,7 @@ class SweepResult:
             "assumptions": self.step.to_dict(),
             "solver": self.solver,
             "seed": self.seed,
+            "alpha": self.alpha,
             "routing": self.routing,
             "points": [p.to_dict() for p in self.points],
         }
@@ -254,8 +256,11 @@ def ep_point(
     replay: Trace | TraceSource | None = None,
     solver: str = "spectral",
     seed: int = 0,
+    alpha: float | None = None,
 ) -> EpPoint:
     """One EP size: place (on ``summary``) and replay (``replay``), or uniform expectations.
+
+    alpha: the solver's NIC-balance weight (None: its default per node count).
 
     A pure function of picklable arguments, so a parallel backend can map it over EP sizes.
     """
@@ -268,7 +273,7 @@ def ep_point(
     else:
         contiguous = baseline("contiguous", len(summary.layer_ids), model.num_experts, ep, group.gpus_per_node)
         # one GPU leaves no choice: every placement is contiguous
-        placed = contiguous if ep == 1 else place(summary, group, solver=solver, seed=seed, model=model)[0]
+        placed = contiguous if ep == 1 else place(summary, group, solver=solver, seed=seed, model=model, alpha=alpha)[0]
         shares = {name: replay_shares(replay, p, group, step.dispatch)
                   for name, p in (("contiguous", contiguous), ("placer", placed))}
         routing = "trace"
@@ -308,16 +313,20 @@ def run_sweep(
     step: StepModel = StepModel(),
     solver: str = "spectral",
     seed: int = 0,
+    alpha: float | None = None,
     mapper: Callable = map,
 ) -> SweepResult:
     """Sweep EP sizes: contiguous vs placer's placement, GB and a2a/compute per step.
 
     trace: routing to solve placer's placement on (and to replay, unless ``eval_trace``
-    is given); without one, uniform routing. mapper: a ``map``-like callable over EP
+    is given); without one, uniform routing. alpha: placer's NIC-balance weight (weight
+    of the busiest node's traffic against the total; None: the solver's default). mapper: a ``map``-like callable over EP
     sizes (e.g. a parallel backend's), applied to :func:`ep_point`.
     """
     sizes = check_eps(list(eps), model, topology)
     check_step(step)
+    if alpha is not None and not (np.isfinite(alpha) and alpha >= 0):
+        raise InputError(None, "alpha", f"expected a finite number >= 0, got {alpha!r}")
     if eval_trace is not None and trace is None:
         raise InputError(None, "eval_trace", "needs a trace to solve placer's placement on")
     summary = None
@@ -330,5 +339,5 @@ def run_sweep(
         routing = "held-out trace" if eval_trace is not None else "in-sample trace"
     replay = eval_trace if eval_trace is not None else trace
     point = partial(ep_point, model=model, topology=topology, step=step, summary=summary, replay=replay,
-                    solver=solver, seed=seed)
-    return SweepResult(model, topology, step, solver, seed, routing, list(mapper(point, sizes)))
+                    solver=solver, seed=seed, alpha=alpha)
+    return SweepResult(model, topology, step, solver, seed, alpha, routing, list(mapper(point, sizes)))
