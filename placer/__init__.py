@@ -10,6 +10,7 @@ from placer.placement import Placement, baseline, from_expert_gpu
 from placer.placement_io import read_placement, write_placement
 from placer.replay import ReplayReport, evaluate
 from placer.solvers import SolveReport, place
+from placer.sweep import SweepResult, run_sweep
 from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource, load_trace, save_trace
 
@@ -21,6 +22,7 @@ __all__ = [
     "Placement",
     "ReplayReport",
     "SolveReport",
+    "SweepResult",
     "Topology",
     "Trace",
     "TraceSource",
@@ -33,6 +35,7 @@ __all__ = [
     "load_trace",
     "place",
     "read_placement",
+    "run_sweep",
     "save_trace",
     "write_placement",
 ]

@@ -124,8 +124,23 @@ def expected_remote_nodes(num_experts: int, top_k: int, nodes: int) -> float:
     Each node holds E / N experts (E divisible by N); a given node is missed with
     probability C(E - E/N, k) / C(E, k), so the answer is (N-1)(1 - that).
     """
-    missed = Fraction(comb(num_experts - num_experts // nodes, top_k), comb(num_experts, top_k))
-    return float((nodes - 1) * (1 - missed))
+    return float((nodes - 1) * _hit_probability(num_experts, top_k, nodes))
+
+
+def expected_nvlink_copies(num_experts: int, top_k: int, ep_size: int, gpus_per_node: int) -> float:
+    """Expected NVLink copies one token causes per layer and way under DeepEP normal dispatch.
+
+    Contiguous experts, uniform routing: every GPU of the group other than the source and
+    the N-1 remote landing GPUs gets one copy if it holds >= 1 of the token's experts,
+    (P - N)(1 - C(E - E/P, k) / C(E, k)). (Per-pair dispatch: ``intra_node_vectors`` / T.)
+    """
+    nodes = ep_size // min(gpus_per_node, ep_size)
+    return float((ep_size - nodes) * _hit_probability(num_experts, top_k, ep_size))
+
+
+def _hit_probability(num_experts: int, top_k: int, holders: int) -> Fraction:
+    """Probability that a token's k uniform experts include >= 1 of one holder's E / holders experts."""
+    return 1 - Fraction(comb(num_experts - num_experts // holders, top_k), comb(num_experts, top_k))
 
 
 def _with_times(volume: AllToAllVolume, model: Model, topology: Topology) -> AllToAllVolume:

@@ -17,8 +17,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from placer import calc, instances, placement_io, synth
-from placer.atomic import refuse_overwriting_input
+from placer import calc, instances, placement_io, sweep, synth
+from placer.atomic import atomic_output, refuse_overwriting_input, write_text_atomic
 from placer.bundled import sample_trace
 from placer.engines import moved_weights, write_output
 from placer.errors import InfeasibleError, InputError
@@ -33,7 +33,7 @@ from placer.importers import (
     save_counts,
 )
 from placer.placement import BASELINES, Placement, baseline
-from placer.render import comparison_table, key_value_table, stats_table
+from placer.render import comparison_table, key_value_table, stats_table, sweep_notes, sweep_table
 from placer.replay import ReplayReport, evaluate
 from placer.solvers import place
 from placer.solvers.api import eplb_placement
@@ -473,6 +473,63 @@ def calc_command(
         _print_json(volume.to_dict())
     else:
         console.print(key_value_table(volume.to_dict(), f"{mdl.name} at EP {ep}, {tokens_per_gpu:,} tokens per GPU"))
+
+
+def _ep_list(text: str) -> list[int]:
+    """EP sizes from "1,2,4" (checked against the model and topology by the sweep)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(None, "--ep", f"expected comma-separated EP sizes, got {text!r}") from None
+
+
+@app.command("sweep")
+def sweep_command(
+    model: Annotated[str, typer.Option(help="Model preset name or .toml file.")],
+    topology: Annotated[str, typer.Option(help="Topology preset or .toml file: the whole cluster.")],
+    trace: Annotated[str | None, typer.Option(help="Routing trace to solve placer's placement on (default: uniform routing).")] = None,
+    eval_trace: Annotated[str | None, typer.Option(help="Trace to replay (ideally held out; default: --trace).")] = None,
+    ep: Annotated[str, typer.Option(help="Comma-separated EP sizes.")] = ",".join(map(str, sweep.DEFAULT_EPS)),
+    tokens_per_step: Annotated[int, typer.Option(help="Tokens per training step, whole cluster.")] = sweep.DEFAULT_TOKENS_PER_STEP,
+    dispatch: DispatchOpt = Dispatch.normal,
+    peer_latency: Annotated[float, typer.Option(help="Seconds per inter-node peer per all-to-all phase (0: bandwidth + fixed latency).")] = 0.0,
+    solver: Annotated[str, typer.Option(help="placer's solver: spectral, auto, ilp, eplb.")] = "spectral",
+    seed: Annotated[int, typer.Option(help="Solver seed.")] = 0,
+    alpha: Annotated[float | None, typer.Option(help="placer's NIC-balance weight (default: the solver's per node count).")] = None,
+    out: Annotated[str | None, typer.Option(help="Directory for sweep.json and sweep.png.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Inter- and intra-node GB per training step and a2a/compute time as EP grows: contiguous vs placer."""
+    mdl, topo = instances.load_model(model), instances.load_topology(topology)
+    inputs = [p for p in (trace, eval_trace) if p is not None]
+    targets = [] if out is None else [Path(out), Path(out) / "sweep.json", Path(out) / "sweep.png"]
+    for target in targets:
+        refuse_overwriting_input(target, *inputs)
+    step = sweep.StepModel(tokens_per_step, dispatch.value, peer_latency)
+    result = sweep.run_sweep(
+        mdl, topo, None if trace is None else _open_trace(trace), None if eval_trace is None else _open_trace(eval_trace),
+        eps=_ep_list(ep), step=step, solver=solver, seed=seed, alpha=alpha,
+    )
+    facts = {**result.to_dict(), "trace": trace, "eval_trace": eval_trace}
+    if out is not None:
+        write_text_atomic(targets[1], json.dumps(facts, indent=2) + "\n")
+        _write_sweep_png(result, targets[2])
+    if as_json:
+        _print_json(facts)
+    else:
+        console.print(sweep_table(result), sweep_notes(result))
+        if out is not None:
+            console.print(f"wrote {targets[1]} and {targets[2]}", markup=False, highlight=False)
+
+
+def _write_sweep_png(result: sweep.SweepResult, path: Path) -> None:
+    """The sweep's figure, with seed 001's figures marked when the model is seed001."""
+    from placer import plots
+
+    reference = sweep.SEED001_REFERENCE if result.model.name == "seed001" else None
+    fig = plots.network_cliff(result.to_dict(), reference)
+    with atomic_output(path) as handle:
+        plots.save_png(fig, handle)
 
 
 @app.command("instances")

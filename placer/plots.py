@@ -43,6 +43,7 @@ __all__ = [
     "imbalance_per_layer",
     "internode_per_layer",
     "legend_columns",
+    "network_cliff",
     "new_figure",
     "nic_bytes_per_node",
     "node_palette",
@@ -625,3 +626,65 @@ def tradeoff(
     if legend:
         _legend(ax, own, ncol=min(len(names) + (len(front) > 1), 5))
     return _result(fig, ax, own)
+
+
+# ---------------------------------------------------------------- EP sweep
+
+
+def _solver_label(sweep: Mapping) -> str:
+    alpha = sweep.get("alpha")
+    return sweep["solver"] if alpha is None else f"{sweep['solver']}, alpha {alpha:g}"
+
+
+@_styled
+def network_cliff(sweep: Mapping, reference: Mapping[int, Mapping[str, float]] | None = None) -> Figure:
+    """Two panels over EP size: traffic per step, and all-to-all / expert compute time.
+
+    sweep: :meth:`placer.sweep.SweepResult.to_dict` (``points``: one dict per EP size with
+    ``contiguous`` and ``placer`` traffic). reference: EP -> {"internode_gb", "a2a_to_compute"}
+    marked as published figures (e.g. :data:`placer.sweep.SEED001_REFERENCE`).
+    """
+    points = sweep["points"]
+    eps = np.array([p["ep"] for p in points])
+    colours = placement_colours(["contiguous", "placer"])
+    fig = new_figure(11.0, 4.4)
+    traffic, ratio = fig.subplots(1, 2)
+    # under uniform routing both placements are contiguous's expectation: draw one
+    shown = [("contiguous", "contiguous = placer (uniform routing)")] if sweep["routing"] == "uniform" else [
+        ("contiguous", "contiguous"), ("placer", f"placer ({_solver_label(sweep)})")]
+    for name, label in shown:
+        inter = np.array([p[name]["internode_gb"] for p in points])
+        intra = np.array([p[name]["intranode_gb"] for p in points])
+        marker = "o" if name == "contiguous" else "s"
+        traffic.plot(eps, inter, marker=marker, color=colours[name], linewidth=1.6, label=f"{label}, inter-node")
+        traffic.plot(eps, intra, marker=marker, color=colours[name], linewidth=1.0, linestyle="--", alpha=0.45,
+                     markersize=4, label=f"{label}, intra-node (NVLink)")
+        ratio.plot(eps, [p[name]["a2a_to_compute"] for p in points], marker=marker, color=colours[name],
+                   linewidth=1.6)
+    if reference:
+        marked = sorted(reference)
+        traffic.plot(marked, [reference[e]["internode_gb"] for e in marked], linestyle="none", marker="X",
+                     markersize=9, color="black", label="seed 001 figure (inter-node, a2a/compute)")
+        ratio.plot(marked, [reference[e]["a2a_to_compute"] for e in marked], linestyle="none", marker="X",
+                   markersize=9, color="black")
+        for e in marked:
+            ratio.annotate(f"seed {reference[e]['a2a_to_compute']:g}x", (e, reference[e]["a2a_to_compute"]),
+                           textcoords="offset points", xytext=(-10, 0), ha="right", va="center", fontsize=8)
+    ratio.axhline(1.0, color="#444444", linewidth=0.8, linestyle=":")
+    for ax in (traffic, ratio):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(eps, labels=[str(e) for e in eps])
+        ax.minorticks_off()
+        ax.set_xlabel("expert parallelism (GPUs per EP group)")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.08)
+    traffic.set_ylabel("GB per training step (whole cluster)")
+    traffic.set_title("All-to-all traffic per step")
+    ratio.set_ylabel("all-to-all time / expert compute time")
+    ratio.set_title("All-to-all (busiest NIC / NVLink) over expert compute")
+    step = sweep["assumptions"]
+    fig.suptitle(f"{sweep['model']['name']} on {sweep['topology']['name']}: {step['tokens_per_step']:,} tokens "
+                 f"per step, {sweep['routing']} routing, {step['dispatch']} dispatch")
+    handles, labels = traffic.get_legend_handles_labels()
+    figure_legend(fig, handles, labels, max_columns=3)
+    return fig

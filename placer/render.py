@@ -93,3 +93,40 @@ def stats_table(stats: dict) -> Table:
         table.add_row(str(layer), *(_maybe(per_layer[name][row], ".3f") for name in STAT_COLUMNS))
     table.add_row("mean", *(_maybe(stats["mean"][name], ".3f") for name in STAT_COLUMNS), style="bold")
     return table
+
+
+def sweep_table(result) -> Table:
+    """One row per EP size of a :class:`placer.sweep.SweepResult`: GB per step and a2a/compute."""
+    step = result.step
+    copies = "one copy per remote node" if step.dispatch == "normal" else "one copy per remote pair"
+    table = Table(
+        title=f"{result.model.name} on {result.topology.name}: {step.tokens_per_step:,} tokens per step, "
+              f"{result.routing} routing, {step.dispatch} dispatch ({copies}); GB per step, whole cluster",
+        title_justify="left",
+    )
+    for name in ("EP", "nodes/group", "inter GB contiguous", "inter GB placer", "placer/contig",
+                 "intra GB contiguous", "intra GB placer", "a2a/compute contiguous", "a2a/compute placer"):
+        table.add_column(name, justify="right")
+    for p in result.points:
+        table.add_row(
+            str(p.ep), str(p.nodes),
+            f"{p.contiguous.internode_gb:,.1f}", f"{p.placer.internode_gb:,.1f}", _maybe(p.internode_ratio, ".3f"),
+            f"{p.contiguous.intranode_gb:,.1f}", f"{p.placer.intranode_gb:,.1f}",
+            f"{p.contiguous.a2a_to_compute:.3f}", f"{p.placer.a2a_to_compute:.3f}",
+        )
+    return table
+
+
+def sweep_notes(result) -> str:
+    """The assumptions behind a sweep's figures, one paragraph."""
+    m, t, s = result.model, result.topology, result.step
+    return (
+        f"Assumptions: {m.num_moe_layers} MoE layers, hidden {m.hidden_size} x {m.dispatch_bytes_per_element:g} B "
+        f"dispatch / {m.combine_bytes_per_element:g} B combine per element, expert width {m.moe_intermediate_size}; "
+        f"forward + backward = {s.to_dict()['a2a_passes']} all-to-all rounds (dispatch + combine each) and "
+        f"{s.to_dict()['compute_passes']}x forward expert FLOPs; NIC {t.nic_bandwidth / 1e9:g} GB/s per GPU, "
+        f"NVLink {t.nvlink_bandwidth / 1e9:g} GB/s, {t.latency_s * 1e6:g} us per phase"
+        f" + {s.peer_latency_s * 1e6:g} us per inter-node peer, {t.gpu_flops / 1e12:g} TFLOP/s per GPU; "
+        f"all-to-all on the busiest NIC / NVLink GPU, compute at balanced load; placer solver {result.solver}, seed {result.seed}"
+        f"{'' if result.alpha is None else f', alpha {result.alpha:g}'}."
+    )

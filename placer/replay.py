@@ -208,29 +208,53 @@ def count_traffic(
     return totals
 
 
-def estimate_times(
-    counts: dict[str, np.ndarray], topology: Topology, model: Model, dispatch: str
-) -> dict[str, np.ndarray]:
-    """Per-layer time estimates in seconds: dispatch, combine, expert compute: [layers] each.
+def bottlenecks(counts: dict[str, np.ndarray], dispatch: str) -> dict[str, np.ndarray]:
+    """Per-layer bottleneck copies of a replay: [layers] each.
 
-    A phase takes max(bottleneck node's NIC bytes / node NIC bandwidth,
-    bottleneck GPU's NVLink bytes / NVLink bandwidth) + latency; compute is
-    the busiest GPU's pairs x FLOPs per pair / GPU throughput.
+    nic_copies: the busiest node's NIC copies (max of sent and received; deduplicated per
+    node in normal mode, per pair in low-latency mode); nvlink_copies: the busiest GPU's
+    NVLink copies (max of sent and received); gpu_pairs: the busiest GPU's (token, expert) pairs.
     """
     tier = "dedup" if dispatch == "normal" else "naive"
-    nic_copies = np.maximum(counts[f"node_sent_{tier}"], counts[f"node_recv_{tier}"]).max(axis=1)
-    nvlink_copies = np.maximum(counts["nvlink_sent"], counts["nvlink_recv"]).max(axis=1)
+    return {
+        "nic_copies": np.maximum(counts[f"node_sent_{tier}"], counts[f"node_recv_{tier}"]).max(axis=1),
+        "nvlink_copies": np.maximum(counts["nvlink_sent"], counts["nvlink_recv"]).max(axis=1),
+        "gpu_pairs": counts["gpu_load"].max(axis=1),
+    }
 
-    def phase(bytes_per_token: float) -> np.ndarray:
-        nic = nic_copies * bytes_per_token / topology.node_nic_bandwidth
-        nvlink = nvlink_copies * bytes_per_token / topology.nvlink_bandwidth
+
+def layer_times(
+    nic_copies: np.ndarray | float,
+    nvlink_copies: np.ndarray | float,
+    gpu_pairs: np.ndarray | float,
+    topology: Topology,
+    model: Model,
+) -> dict[str, np.ndarray | float]:
+    """Forward time of one MoE layer from its bottleneck copies (any shape, e.g. [layers]).
+
+    A phase (dispatch or combine) takes max(NIC copies x bytes per token / node NIC
+    bandwidth, NVLink copies x bytes per token / NVLink bandwidth) + latency; expert
+    compute is the busiest GPU's pairs x FLOPs per pair / GPU throughput. Seconds.
+    """
+
+    def phase(bytes_per_token: float) -> np.ndarray | float:
+        nic = np.multiply(nic_copies, bytes_per_token) / topology.node_nic_bandwidth
+        nvlink = np.multiply(nvlink_copies, bytes_per_token) / topology.nvlink_bandwidth
         return np.maximum(nic, nvlink) + topology.latency_s
 
     return {
         "dispatch_s": phase(model.dispatch_bytes_per_token),
         "combine_s": phase(model.combine_bytes_per_token),
-        "compute_s": counts["gpu_load"].max(axis=1) * model.flops_per_pair / topology.gpu_flops,
+        "compute_s": np.multiply(gpu_pairs, model.flops_per_pair) / topology.gpu_flops,
     }
+
+
+def estimate_times(
+    counts: dict[str, np.ndarray], topology: Topology, model: Model, dispatch: str
+) -> dict[str, np.ndarray]:
+    """Per-layer time estimates in seconds: dispatch, combine, expert compute: [layers] each
+    (:func:`layer_times` of the replay's :func:`bottlenecks`)."""
+    return layer_times(**bottlenecks(counts, dispatch), topology=topology, model=model)
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
