@@ -576,6 +576,7 @@ _TRADEOFF_LABELS = {
     "gpu_load_imbalance": ("GPU load imbalance (max/mean per layer, averaged)", None),
     "gpu_peak_load": ("GPU peak load (busiest GPU's pairs per layer, summed)", "tokens"),
     "internode_tokens_dedup": ("inter-node token copies, all layers", "tokens"),
+    "intranode_tokens": ("intra-node (NVLink) token copies, all layers", "tokens"),
     "nic_peak_tokens": ("NIC peak (busiest node's copies per layer, summed)", "tokens"),
     "all_to_all_s": ("all-to-all time estimate (s)", None),
 }
