@@ -52,6 +52,14 @@ class Cluster:
         """Workers connected now."""
         return len(self.client.scheduler_info()["workers"])
 
+    def wait_for_workers(self, spec: str, timeout: float) -> None:
+        """Wait until one worker is connected; InputError after ``timeout`` seconds."""
+        try:
+            self.client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError:
+            message = f"no worker joined the Dask scheduler within {timeout:g} s"
+            raise InputError(spec, FIELD, message) from None
+
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """``[fn(item) for item in items]`` as one Dask task per item (``fn`` must be pure and
         importable on the workers); the items are scattered to workers, not put in the graph."""
@@ -96,7 +104,7 @@ def connect(spec: str, timeout: float = CONNECT_TIMEOUT) -> Iterator[Cluster]:
     cluster of N single-threaded worker processes, closed on exit).
 
     Raises InputError (field ``--scheduler``) when Dask is not installed, ``local:N`` is
-    malformed, or the scheduler cannot be reached within ``timeout`` seconds.
+    malformed, the scheduler cannot be reached or no worker joins it within ``timeout`` seconds.
     """
     local = spec.startswith(LOCAL)
     workers = _local_workers(spec) if local else 0
@@ -112,14 +120,15 @@ def connect(spec: str, timeout: float = CONNECT_TIMEOUT) -> Iterator[Cluster]:
                 silence_logs=logging.ERROR,
             )
         client = Client(local_cluster or spec, timeout=timeout)
-        client.wait_for_workers(1, timeout=timeout)
     except (OSError, TimeoutError, ValueError) as err:
         if local_cluster is not None:
             local_cluster.close()
         reason = str(err).splitlines()[0] if str(err) else err.__class__.__name__
-        raise InputError(spec, FIELD, f"cannot reach the Dask scheduler within {timeout:g} s ({reason})") from None
+        message = f"cannot reach the Dask scheduler within {timeout:g} s ({reason})"
+        raise InputError(spec, FIELD, message) from None
     cluster = Cluster(client, local_cluster)
     try:
+        cluster.wait_for_workers(spec, timeout)
         yield cluster
     finally:
         cluster.close()

@@ -18,7 +18,7 @@ from placer.cluster import connect
 from placer.errors import InputError
 from placer.trace import TraceSource, save_trace, validate_arrays
 
-distributed = pytest.importorskip("distributed", reason="the Dask backend needs placer[dask] (in placer[test])")
+distributed = pytest.importorskip("distributed", reason="needs placer[dask] (part of placer[test])")
 
 #: uneven shard sizes, so the merge tree is not a balanced one
 SHARD_TOKENS = (700, 300, 300, 900, 120, 500)
@@ -125,6 +125,13 @@ def test_unreachable_scheduler_is_an_input_error():
     with pytest.raises(InputError, match="cannot reach the Dask scheduler within 0.5 s"):
         with connect("tcp://127.0.0.1:9", timeout=0.5):
             pass
+
+
+def test_scheduler_without_workers_is_an_input_error():
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty:
+        with pytest.raises(InputError, match="no worker joined the Dask scheduler within 0.5 s"):
+            with connect(empty.scheduler_address, timeout=0.5):
+                pass
 
 
 def test_bad_local_spec_and_non_npz_input(cli, shards, tmp_path):
