@@ -11,13 +11,14 @@ Writes a sharded synthetic trace once (``placer synth``, cached in ``--cache-dir
    merge of the merge tree (:func:`placer.graph.merge_in_order`), of each layer's solve
    (:func:`placer.solvers.api.solve_layer`) and of the trace digest;
 2. the same work on ``local:1`` and ``local:2`` (:mod:`placer.cluster`; worker start-up
-   and numba loading are not timed): wall seconds of the summary (shards + merges on the
-   workers, the result gathered by the client), of ``place`` on that summary (problems
-   built on the client, scattered, solved one task per layer, gathered) and of the digest
-   (one task, overlapping the rest), and whether the placements are identical;
+   and numba loading are not timed): wall seconds of the summary (shards, then merges one
+   task per layer, on the workers; the result gathered by the client), of ``place`` on
+   that summary (problems built on the client, scattered, solved one task per layer,
+   gathered) and of the digest (one task, overlapping the rest), and whether the
+   placements are identical;
 3. a model fitted on step 1: W workers take about ``client + shards / W + merge chain +
-   LPT(layer solves, W)``, where the merge chain is the serial path of merges that
-   cannot start before their last input (simulated on the tree), and ``client`` is what
+   LPT(layer solves, W)``, where the merge chain is the path of merges that cannot start
+   before their last input (simulated on the tree, per layer), and ``client`` is what
    step 2 measured beyond the workers' compute at W = 1 (transfers, problem building).
 
 Prints markdown tables. Wall-clock figures on a shared machine are noisy.
@@ -104,9 +105,11 @@ def in_process(source: TraceSource, topology, args: argparse.Namespace) -> dict:
 
 def merge_chain(source: TraceSource, shard_s: list[float], merge_s: list[float], workers: int) -> float:
     """Seconds of the summary on ``workers`` workers, simulated on the merge tree: shards start
-    in order on the first free worker, a merge when both inputs are done (and a worker is free)."""
+    in order on the first free worker; a merge, as one task per layer (its measured seconds
+    split evenly), when both inputs are done (and a worker is free)."""
     free = [0.0] * workers
     done_merges = iter(merge_s)
+    layers = source.num_layers
 
     def run(ready: float, seconds: float) -> float:
         start = max(heapq.heappop(free), ready)
@@ -116,7 +119,11 @@ def merge_chain(source: TraceSource, shard_s: list[float], merge_s: list[float],
     def shard(index: int) -> tuple[int, float]:
         return source.shard_tokens[index], run(0.0, shard_s[index])
 
-    return merge_in_order(map(shard, range(len(shard_s))), lambda a, b: run(max(a, b), next(done_merges)))
+    def merge(a: float, b: float) -> float:
+        seconds = next(done_merges) / layers
+        return max(run(max(a, b), seconds) for _ in range(layers))
+
+    return merge_in_order(map(shard, range(len(shard_s))), merge)
 
 
 def lpt(seconds: list[float], workers: int) -> float:
@@ -180,7 +187,8 @@ def main() -> None:
     client = max(0.0, runs[1]["summarise_s"] + runs[1]["solve_s"] - compute_1)
     print(f"Model: client + summary(W) + LPT(layer solves, W), client = {client:.1f} s (measured at "
           "W = 1 beyond the workers' compute: transfers of the merged summary and of the problems, "
-          "building the problems). Summary(W) is simulated on the merge tree; the layer solves cap "
+          "building the problems). Summary(W) is simulated on the merge tree (merges one task per "
+          "layer); the layer solves cap "
           f"the solve's speed-up at {len(layers)} workers (one task per layer).\n")
     print("| workers W | summary (s) | of which serial merge chain (s) | solve (s) | total (s) | speed-up |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -5,8 +5,9 @@ scheduler is asked for. What runs where:
 
 * workers: each trace shard is opened *by path* on a worker, validated and summarised
   (:func:`placer.graph.summarize` of the one shard); the shard summaries are merged on
-  workers in the merge tree of the in-process path (:func:`placer.graph.merge_in_order`,
-  same order, same pairs), so the result is the one ``summarize`` gives, byte for byte;
+  workers, layer by layer in parallel, each layer in the merge tree of the in-process path
+  (:func:`placer.graph.merge_in_order`: same order, same pairs, ``TraceSummary.merge``),
+  so the result is the one ``summarize`` gives, byte for byte;
 * workers: any pure function mapped over items (:meth:`Cluster.map`), e.g. the per-layer
   solves of :func:`placer.solvers.place`, results in item order;
 * client: the last merged summary, building the per-layer problems, writing outputs.
@@ -18,8 +19,10 @@ same placer version.
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from placer.errors import InputError
@@ -33,11 +36,22 @@ LOCAL = "local:"
 #: seconds to wait for a scheduler (and, for ``local:N``, its workers) before giving up
 CONNECT_TIMEOUT = 10.0
 FIELD = "--scheduler"
+#: Dask's nannies set this for their workers; it makes glibc map and unmap every large
+#: array, which slows placer's summaries and merges (merges ~1.7x), so local:N unsets it
+TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 
-def _shard_summary(source: TraceSource, index: int, layer_ids: tuple[int, ...]) -> TraceSummary:
-    """Runs on a worker: read, validate and summarise shard ``index`` of ``source``."""
-    return summarize(source.read_shard(index), layer_ids)
+def _shard_layers(source: TraceSource, index: int, layer_ids: tuple[int, ...]) -> list[TraceSummary]:
+    """Runs on a worker: read, validate and summarise shard ``index`` of ``source``; one
+    single-layer summary per layer (layers merge independently, so in parallel)."""
+    summary = summarize(source.read_shard(index), layer_ids)
+    return [replace(summary, layer_ids=(i,), layers=(layer,)) for i, layer in zip(layer_ids, summary.layers)]
+
+
+def _joined(parts: list[TraceSummary]) -> TraceSummary:
+    """The summary of all layers of single-layer summaries of the same tokens."""
+    return replace(parts[0], layer_ids=tuple(i for part in parts for i in part.layer_ids),
+                   layers=tuple(layer for part in parts for layer in part.layers))
 
 
 class Cluster:
@@ -77,13 +91,16 @@ class Cluster:
         the workers (identical result). Workers open the shard files themselves."""
         layer_ids = tuple(range(source.num_layers)) if layers is None else tuple(int(i) for i in layers)
         _ = source.num_experts  # computed once here (declared counts), shipped with ``source``
-        # submitted lazily, so each shard summary is released once merged
-        parts = (self.submit(_shard_summary, source, index, layer_ids) for index in range(len(source.shards)))
 
-        def merge(first: Any, second: Any) -> Any:
-            return self.submit(TraceSummary.merge, first, second)
+        def shard(index: int) -> list[Any]:  # submitted lazily, so each part is released once merged
+            layers = self.submit(_shard_layers, source, index, layer_ids)
+            return [self.submit(operator.getitem, layers, i) for i in range(len(layer_ids))]
 
-        return merge_in_order(zip(source.shard_tokens, parts), merge).result()
+        def merge(first: list[Any], second: list[Any]) -> list[Any]:
+            return [self.submit(TraceSummary.merge, a, b) for a, b in zip(first, second)]
+
+        parts = zip(source.shard_tokens, map(shard, range(len(source.shards))))
+        return _joined(self.client.gather(merge_in_order(parts, merge)))
 
     def close(self) -> None:
         self.client.close()
@@ -109,16 +126,18 @@ def connect(spec: str, timeout: float = CONNECT_TIMEOUT) -> Iterator[Cluster]:
     local = spec.startswith(LOCAL)
     workers = _local_workers(spec) if local else 0
     try:
+        import dask
         from distributed import Client, LocalCluster
     except ImportError:
         raise InputError(None, FIELD, "needs Dask: pip install 'placer[dask]'") from None
     local_cluster = None
     try:
         if local:
-            local_cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                silence_logs=logging.ERROR,
-            )
+            with dask.config.set({TRIM: None}):
+                local_cluster = LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                    silence_logs=logging.ERROR,
+                )
         client = Client(local_cluster or spec, timeout=timeout)
     except (OSError, TimeoutError, ValueError) as err:
         if local_cluster is not None:
