@@ -2,4 +2,5 @@
 
 from placer.cli import main
 
-main()
+if __name__ == "__main__":  # worker processes spawned by --scheduler local:N import this module
+    main()

@@ -9,6 +9,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
@@ -20,6 +22,7 @@ from rich.console import Console
 from placer import calc, instances, placement_io, sweep, synth
 from placer.atomic import atomic_output, refuse_overwriting_input, write_text_atomic
 from placer.bundled import sample_trace
+from placer.cluster import Cluster, connect
 from placer.engines import moved_weights, write_output
 from placer.errors import InfeasibleError, InputError
 from placer.esft import ESFT_TASKS, import_esft
@@ -36,8 +39,8 @@ from placer.placement import BASELINES, Placement, baseline
 from placer.render import comparison_table, key_value_table, stats_table, sweep_notes, sweep_table
 from placer.replay import ReplayReport, evaluate
 from placer.solvers import place
-from placer.solvers.api import eplb_placement
-from placer.stats import trace_stats
+from placer.solvers.api import SolveReport, eplb_placement
+from placer.stats import summary_stats, trace_stats
 from placer.topology import Model, Topology, memory_slots
 from placer.trace import Trace, TraceSource, save_trace, trace_digest
 
@@ -78,6 +81,9 @@ class Rule(str, Enum):
 
 RuleOpt = Annotated[Rule, typer.Option(help="Which replica serves a token when experts are replicated.")]
 DispatchOpt = Annotated[Dispatch, typer.Option(help="normal: one copy per remote node; low-latency: one per remote expert.")]
+SchedulerOpt = Annotated[str | None, typer.Option(
+    help="Dask scheduler address (tcp://host:8786) or local:N: summarise shards and solve layers on "
+         "its workers, which open the trace files themselves (result unchanged; needs placer[dask]).")]
 
 
 def _open_routing(path: str) -> TraceSource | Trace | ExpertCounts:
@@ -94,6 +100,15 @@ def _open_trace(path: str) -> TraceSource | Trace:
     if isinstance(routing, ExpertCounts):
         raise InputError(path, "trace", "holds expert counts only; this command needs token-level routing")
     return routing
+
+
+@contextmanager
+def _cluster(scheduler: str, source: TraceSource | Trace | ExpertCounts) -> Iterator[Cluster]:
+    """The Dask cluster ``scheduler`` (see placer.cluster); the trace must be native .npz files."""
+    if not isinstance(source, TraceSource):
+        raise InputError(None, "--scheduler", "needs a native .npz trace or shard directory (convert with placer import)")
+    with connect(scheduler) as cluster:
+        yield cluster
 
 
 def _print_json(obj: object) -> None:
@@ -151,10 +166,16 @@ def _title(trace_path: str, trace: TraceSource, topology: Topology, model: Model
 @app.command("stats")
 def stats_command(
     trace: Annotated[str, typer.Argument(help="Trace .npz file or directory of shards.")],
+    scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Trace statistics per layer and averaged: load skew, entropy, distinct sets, density."""
-    stats = trace_stats(_open_trace(trace))
+    source = _open_trace(trace)
+    if scheduler is None:
+        stats = trace_stats(source)
+    else:
+        with _cluster(scheduler, source) as cluster:
+            stats = summary_stats(cluster.summarize(source))
     if as_json:
         _print_json(stats.to_dict())
         return
@@ -249,6 +270,7 @@ def place_command(
     current: Annotated[
         str | None, typer.Option(help="Placement in service now: relabel nodes/GPUs of the result to move the fewest experts.")
     ] = None,
+    scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Place every layer's experts on GPUs and nodes from a trace, and write the placement."""
@@ -263,6 +285,7 @@ def place_command(
     experts = mdl.num_experts if mdl is not None else source.num_experts
     slots = _slots(slots_per_gpu, memory_reserve, experts, topo, mdl)
     dead = _gpu_list(exclude_gpus)
+    digest = None
     if solver.value in BASELINES:
         chosen = baseline(solver.value, source.num_layers, experts, topo.num_gpus, topo.gpus_per_node, dead)
         solve_facts: dict = {"solver": solver.value}
@@ -270,8 +293,8 @@ def place_command(
         chosen = eplb_placement(source.counts, topo, mdl, slots, dead)
         solve_facts = {"solver": "eplb"}
     else:
-        chosen, report = place(
-            source, topo, solver=solver.value, balance=balance, max_nodes=max_nodes,
+        chosen, report, digest = _solve(
+            scheduler, source, topo, solver=solver.value, balance=balance, max_nodes=max_nodes,
             max_nodes_coverage=max_nodes_coverage, keep_groups=keep_groups, model=mdl,
             time_limit=time_limit, seed=seed, workers=workers, slots_per_gpu=slots, exclude_gpus=dead,
         )
@@ -280,7 +303,7 @@ def place_command(
         **chosen.metadata,
         "topology": topo.to_dict(),
         "model": None if mdl is None else mdl.to_dict(),
-        "trace": {"sha256": trace_digest(source), "layers": source.num_layers,
+        "trace": {"sha256": digest or trace_digest(source), "layers": source.num_layers,
                   "tokens": None if counts_only else source.num_tokens},
     }
     chosen = replace(chosen, metadata=metadata)
@@ -320,6 +343,18 @@ def place_command(
         )
     if test is not None:
         console.print(comparison_table(results, _title(heldout, test, topo, mdl, " | held-out replay")))
+
+
+def _solve(scheduler: str | None, source: TraceSource | Trace, topology: Topology, **options: object
+           ) -> tuple[Placement, SolveReport, str]:
+    """place() and the trace digest, in-process or on the Dask cluster ``scheduler`` (the shard
+    summaries, the per-layer solves and the digest run on its workers; same result)."""
+    if scheduler is None:
+        return *place(source, topology, **options), trace_digest(source)
+    with _cluster(scheduler, source) as cluster:
+        digest = cluster.submit(trace_digest, source)
+        chosen, report = place(cluster.summarize(source), topology, mapper=cluster.map, **options)
+        return chosen, report, digest.result()
 
 
 def _gpu_list(text: str | None) -> list[int]:

@@ -18,6 +18,10 @@ class InputError(ValueError):
         parts = [p for p in (self.source, self.field) if p]
         super().__init__(": ".join([*parts, message]))
 
+    def __reduce__(self) -> tuple:
+        """Pickle by the constructor's arguments (errors raised on Dask workers reach the client)."""
+        return type(self), (self.source, self.field, self.message)
+
 
 class InfeasibleError(ValueError):
     """A placement request no assignment can satisfy; the message says why and what is achievable."""

@@ -22,11 +22,12 @@ reference and the fallback without numba or for E above ``DENSE_PAIR_LIMIT``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import reduce
 from itertools import combinations
+from typing import TypeVar
 
 import networkx as nx
 import numpy as np
@@ -39,6 +40,8 @@ try:
     import numba
 except ImportError:  # pragma: no cover - numba is optional
     numba = None
+
+T = TypeVar("T")
 
 DENSE_PAIR_LIMIT = 2048
 """Largest expert count whose pair counts are accumulated in a dense [E, E] array."""
@@ -393,12 +396,18 @@ def _chunks(source: TraceSource | Trace) -> Iterator[TraceChunk]:
     return source.chunks()
 
 
-def _push(stack: list[TraceSummary], part: TraceSummary) -> None:
-    """Push ``part`` and merge like a binary counter: each token is re-merged O(log chunks) times."""
-    stack.append(part)
-    while len(stack) > 1 and stack[-2].num_tokens <= stack[-1].num_tokens:
-        top = stack.pop()
-        stack[-1] = stack[-1].merge(top)
+def merge_in_order(parts: Iterable[tuple[int, T]], merge: Callable[[T, T], T]) -> T:
+    """Merge ``(tokens, part)`` pairs in order like a binary counter (each token is re-merged
+    O(log parts) times), then fold what is left from the left: the merge tree of :func:`summarize`,
+    also replayed over shard summaries computed elsewhere (``merge`` may return futures)."""
+    stack: list[tuple[int, T]] = []
+    for tokens, part in parts:
+        stack.append((tokens, part))
+        while len(stack) > 1 and stack[-2][0] <= stack[-1][0]:
+            top_tokens, top = stack.pop()
+            tokens_below, below = stack[-1]
+            stack[-1] = (tokens_below + top_tokens, merge(below, top))
+    return reduce(merge, [part for _, part in stack])
 
 
 def summarize(
@@ -413,13 +422,14 @@ def summarize(
     for layer in layer_ids:
         if not 0 <= layer < num_layers:
             raise InputError(None, "layers", f"layer {layer} is out of range 0..{num_layers - 1}")
-    stack: list[TraceSummary] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for chunk in _chunks(source):
+
+        def part(chunk: TraceChunk) -> tuple[int, TraceSummary]:
             ids = chunk.trace.topk_ids
             parts = pool.map(layer_summary, [ids[:, layer, :] for layer in layer_ids], [experts] * len(layer_ids))
-            _push(stack, TraceSummary(experts, ids.shape[2], ids.shape[0], layer_ids, tuple(parts)))
-    return reduce(TraceSummary.merge, stack)
+            return ids.shape[0], TraceSummary(experts, ids.shape[2], ids.shape[0], layer_ids, tuple(parts))
+
+        return merge_in_order(map(part, _chunks(source)), TraceSummary.merge)
 
 
 # ---------------------------------------------------------------- networkx export

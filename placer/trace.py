@@ -215,14 +215,19 @@ def _seq_lens(source: str, arrays: Mapping[str, np.ndarray], tokens: int) -> np.
 # ---------------------------------------------------------------- files
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def _unreadable(path: Path, err: Exception) -> InputError:
+    return InputError(path, None, f"not a readable .npz trace ({err.__class__.__name__}: {err})")
+
+
+def _read_npz(path: Path, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays ``names`` (default: all) that the .npz file holds; the others are not read."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
+            return {name: npz[name] for name in npz.files if names is None or name in names}
     except FileNotFoundError:
         raise InputError(path, None, "no such file") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
-        raise InputError(path, None, f"not a readable .npz trace ({err.__class__.__name__}: {err})") from None
+        raise _unreadable(path, err) from None
 
 
 def _header_shape(path: Path) -> tuple[int, ...]:
@@ -238,7 +243,7 @@ def _header_shape(path: Path) -> tuple[int, ...]:
     except KeyError:
         raise InputError(path, "topk_ids", "missing (the native trace format requires it)") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise InputError(path, None, f"not a readable .npz trace ({err.__class__.__name__}: {err})") from None
+        raise _unreadable(path, err) from None
 
 
 @dataclass(frozen=True)
@@ -276,7 +281,8 @@ class TraceSource:
                     shard, "topk_ids",
                     f"layers x k {shape[1:]} differs from the first shard's {shapes[0][1:]}",
                 )
-        self.num_tokens = sum(shape[0] for shape in shapes)
+        self.shard_tokens = [int(shape[0]) for shape in shapes]
+        self.num_tokens = sum(self.shard_tokens)
         self.num_layers, self.top_k = shapes[0][1], shapes[0][2]
         self._num_experts: int | None = None
 
@@ -291,25 +297,29 @@ class TraceSource:
         return self._num_experts
 
     def _shard_num_experts(self) -> int:
+        """The count the shards declare (read alone, without the ids), else the largest id + 1."""
         declared: set[int] = set()
-        highest = 0
         for shard in self.shards:
-            arrays = _read_npz(shard)
-            number = _declared_num_experts(str(shard), arrays)
+            number = _declared_num_experts(str(shard), _read_npz(shard, ("num_experts",)))
             if number is not None:
                 declared.add(number)
-            elif "topk_ids" in arrays:
-                highest = max(highest, int(np.asarray(arrays["topk_ids"]).max()) + 1)
         if len(declared) > 1:
             raise InputError(self.path, "num_experts", f"shards declare different counts {sorted(declared)}")
-        return declared.pop() if declared else highest
+        if declared:
+            return declared.pop()
+        return max(int(np.asarray(_read_npz(shard)["topk_ids"]).max()) + 1 for shard in self.shards)
+
+    def read_shard(self, index: int) -> Trace:
+        """Shard ``index`` read and validated (against the shards' common expert count)."""
+        shard = self.shards[index]
+        return validate_arrays(str(shard), _read_npz(shard), self.num_experts if len(self.shards) > 1 else None)
 
     def chunks(self) -> Iterator[TraceChunk]:
         """Validated shards in order, with their global token and sequence offsets."""
         token_offset = sequence_offset = 0
         with_sequences: bool | None = None
-        for shard in self.shards:
-            trace = validate_arrays(str(shard), _read_npz(shard), self.num_experts if len(self.shards) > 1 else None)
+        for index, shard in enumerate(self.shards):
+            trace = self.read_shard(index)
             has = trace.seq_lens is not None
             if with_sequences is not None and has != with_sequences:
                 raise InputError(shard, "seq_lens", "present in some shards but not in others")

@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -542,6 +543,7 @@ def place(
     slots_per_gpu: int | None = None,
     alpha: float | None = None,
     exclude_gpus: Sequence[int] = (),
+    mapper: Callable[[Callable[[LayerProblem], LayerResult], list[LayerProblem]], list[LayerResult]] | None = None,
 ) -> tuple[Placement, SolveReport]:
     """Place every layer's experts on ``topology`` from ``trace``.
 
@@ -559,6 +561,8 @@ def place(
     placement keeps every GPU (excluded ones empty) and records ``metadata["excluded_gpus"]``
     (sorted ids). Raises InputError(field "exclude_gpus") for ids out of range, all GPUs
     excluded, or too few live slots for the experts.
+    mapper: runs the per-layer solves, ``mapper(fn, problems) -> [fn(p) for p in problems]``
+    (e.g. :meth:`placer.cluster.Cluster.map`); default: a pool of ``workers`` processes.
     Returns (Placement with metadata, SolveReport). Raises InfeasibleError / InputError.
     """
     if solver not in (*SOLVERS, "eplb"):
@@ -585,7 +589,7 @@ def place(
     )
     layer_budget = max(0.2, 1.6 * time_limit / max(1, len(problems)))
     opts = Options(solver, seed, alpha, 15, layer_budget)
-    results = _solve_all(problems, opts, workers)
+    results = _solve_all(problems, opts, workers) if mapper is None else mapper(partial(solve_layer, opts=opts), problems)
     report = SolveReport(solver, results)
     for r in results:
         report.messages.extend(r.messages)
