@@ -10,7 +10,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
@@ -532,6 +532,9 @@ def sweep_command(
     seed: Annotated[int, typer.Option(help="Solver seed.")] = 0,
     alpha: Annotated[float | None, typer.Option(help="placer's NIC-balance weight (default: the solver's per node count).")] = None,
     out: Annotated[str | None, typer.Option(help="Directory for sweep.json and sweep.png.")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="Dask scheduler address or local:N: solve and replay each EP size as a task on its workers "
+             "(result unchanged; needs placer[dask]).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Inter- and intra-node GB per training step and a2a/compute time as EP grows: contiguous vs placer."""
@@ -541,10 +544,13 @@ def sweep_command(
     for target in targets:
         refuse_overwriting_input(target, *inputs)
     step = sweep.StepModel(tokens_per_step, dispatch.value, peer_latency)
-    result = sweep.run_sweep(
-        mdl, topo, None if trace is None else _open_trace(trace), None if eval_trace is None else _open_trace(eval_trace),
-        eps=_ep_list(ep), step=step, solver=solver, seed=seed, alpha=alpha,
-    )
+    with nullcontext() if scheduler is None else connect(scheduler) as cluster:
+        result = sweep.run_sweep(
+            mdl, topo, None if trace is None else _open_trace(trace),
+            None if eval_trace is None else _open_trace(eval_trace),
+            eps=_ep_list(ep), step=step, solver=solver, seed=seed, alpha=alpha,
+            mapper=map if cluster is None else cluster.map,
+        )
     facts = {**result.to_dict(), "trace": trace, "eval_trace": eval_trace}
     if out is not None:
         write_text_atomic(targets[1], json.dumps(facts, indent=2) + "\n")

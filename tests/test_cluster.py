@@ -156,3 +156,19 @@ def test_dask_is_not_imported_without_the_option(shards):
             "assert not {'dask', 'distributed'} & set(sys.modules), 'dask imported'")
     run = subprocess.run([sys.executable, "-c", code, str(shards)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_sweep_identical_with_ep_sizes_as_cluster_tasks(cli, shards, address, tmp_path):
+    model = tmp_path / "m32.toml"  # the shape of the sharded trace: 32 experts, top-4, 3 layers
+    model.write_text(
+        '[model]\nname = "m32"\nnum_experts = 32\ntop_k = 4\nhidden_size = 1024\n'
+        'moe_intermediate_size = 512\nnum_moe_layers = 3\n'
+    )
+    common = ["sweep", "--model", str(model), "--topology", "h100-512", "--trace", str(shards),
+              "--ep", "1,8,16,32", "--json"]
+    here = cli(*common)
+    there = cli(*common, "--scheduler", address)
+    assert here.code == 0, here.err
+    assert there.code == 0, there.err
+    assert there.json() == here.json()
+    assert [p["ep"] for p in here.json()["points"]] == [1, 8, 16, 32]
