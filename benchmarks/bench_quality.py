@@ -49,16 +49,23 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from placer import Placement, Topology, baseline, evaluate, from_expert_gpu, load_topology  # noqa: E402
-from placer import synth  # noqa: E402
-from placer.esft import ESFT_TASKS, import_esft, read_esft_task  # noqa: E402
-from placer.graph import TraceSummary, summarize  # noqa: E402
-from placer.instances import load_model  # noqa: E402
-from placer.replay import count_traffic  # noqa: E402
-from placer.solvers import place  # noqa: E402
-from placer.solvers.api import longest_first_pack  # noqa: E402
-from placer.topology import Model  # noqa: E402
-from placer.trace import Trace, concatenate, load_trace  # noqa: E402
+from placer import (
+    Placement,
+    Topology,
+    baseline,
+    evaluate,
+    from_expert_gpu,
+    load_topology,
+    synth,
+)
+from placer.esft import ESFT_TASKS, import_esft, read_esft_task
+from placer.graph import TraceSummary, summarize
+from placer.instances import load_model
+from placer.replay import count_traffic
+from placer.solvers import place
+from placer.solvers.api import longest_first_pack
+from placer.topology import Model
+from placer.trace import Trace, concatenate, load_trace
 
 ESFT = ROOT.parent / "shared" / "traces" / "esft-dsv2lite"
 METRICS = ("internode_tokens_dedup", "nic_peak_tokens", "gpu_peak_load")
@@ -261,8 +268,8 @@ def all_placements_table(entries: list[Entry], test: Trace, topology: Topology, 
     """Held-out figures of every entry with ratios to contiguous and EPLB (when present)."""
     totals = {e.name: evaluate(test, e.placement, topology, model=model).totals for e in entries}
     contiguous, eplb = totals.get("contiguous"), totals.get("eplb")
-    lines = ["| placement | solve s | inter-node GB | x contiguous | x EPLB | NIC peak x contiguous | x EPLB "
-             "| GPU peak x contiguous | x EPLB | nodes per token | all-to-all s | x EPLB |", "|---" * 12 + "|"]
+    lines = [("| placement | solve s | inter-node GB | x contiguous | x EPLB | NIC peak x contiguous | x EPLB "
+             "| GPU peak x contiguous | x EPLB | nodes per token | all-to-all s | x EPLB |"), "|---" * 12 + "|"]
     for e in entries:
         t = totals[e.name]
         gb = f"{t['internode_bytes'] / 1e9:,.2f}" if "internode_bytes" in t else "n/a"
@@ -348,8 +355,8 @@ def scale_suite(args: argparse.Namespace) -> list[str]:
                 verdicts += [
                     f"- {'PASS' if inter <= 0.85 else 'FAIL'}: {where}: inter-node <= 0.85 x EPLB (measured {inter:.3f})",
                     f"- {'PASS' if peak <= 1.05 else 'FAIL'}: {where}: GPU peak <= 1.05 x EPLB (measured {peak:.3f})",
-                    f"- {'PASS' if kept else 'FAIL'}: {where}: each group on its own nodes "
-                    f"(max nodes per token {int(np.flatnonzero(t['nodes_per_token_histogram']).max())})",
+                    (f"- {'PASS' if kept else 'FAIL'}: {where}: each group on its own nodes "
+                    f"(max nodes per token {int(np.flatnonzero(t['nodes_per_token_histogram']).max())})"),
                 ]
     print("\n### Floors\n\n" + "\n".join(verdicts))
     return verdicts
