@@ -1,39 +1,80 @@
-"""Placement quality on held-out ESFT tokens: placer vs Mt-KaHyPar vs the baselines.
+"""Placement quality on held-out tokens: every solver and baseline, ESFT and synthetic presets.
 
-Run from the repository root (needs ../shared/traces/esft-dsv2lite; Mt-KaHyPar
-rows need `pip install -e ".[bench]"`):
+Run from the repository root (the ESFT part needs ../shared/traces/esft-dsv2lite;
+Mt-KaHyPar rows need `pip install -e ".[bench]"`):
 
-    python benchmarks/bench_quality.py [--topologies 4x8,8x8] [--solvers spectral,auto]
+    python benchmarks/bench_quality.py [--suites esft,synth,scale] [--quick]
+        [--topologies 4x8,8x8] [--solvers spectral,ilp,auto] [--placements NAMES]
+        [--presets esft,deepseek-v3,kimi-k2,qwen3-235b,seed001] [--train-tokens 200000]
+        [--test-tokens 100000] [--scale-train-tokens 500000] [--cache-dir DIR]
         [--time-limit 60] [--boot 200] [--no-loto]
 
-Prints markdown: per topology the held-out figures of every placement with
-ratios to contiguous and to Mt-KaHyPar (same run, same split, same
-topology), the issue's floors as PASS/FAIL, bootstrap 95% confidence
-intervals of the ratios over test sequences, and leave-one-task-out results.
-Every figure comes from placer's evaluator (token source t mod P, normal
-dispatch, no replicas).
+Suites (markdown on stdout; every figure from placer's evaluator: token source
+t mod P, normal dispatch, ``nearest`` replica rule):
+
+- ``esft``: the ESFT split (solve on train, replay the held-out half) per
+  topology: every placement with ratios to contiguous and Mt-KaHyPar, the
+  floors as PASS/FAIL, bootstrap 95% intervals over test sequences,
+  leave-one-task-out; plus the all-placement table below.
+- ``synth``: each synthetic preset at its topology (esft 4 x 8, deepseek-v3
+  32 x 8, kimi-k2 48 x 8, qwen3-235b 16 x 8, seed001 8 x 8), solved on the
+  ``train`` split, replayed on the drifted ``test`` split: held-out inter-node
+  bytes, NIC peak, GPU peak, mean nodes per token, estimated all-to-all time
+  and solve time, with ratios to contiguous and to EPLB.
+- ``scale``: the quality-at-scale floor: DeepSeek-V3 preset on 32 x 8 (and
+  16 x 8), placer ``--keep-groups`` vs EPLB at the same slots per GPU (1: no
+  redundant experts, EPLB = contiguous there; 2: 256 redundant experts for
+  both), same dispatch rule; PASS/FAIL of inter-node <= 0.85 x EPLB and GPU
+  peak <= 1.05 x EPLB, plus whether the groups kept disjoint node sets.
+
+Placements: contiguous, round-robin, random, eplb, mtkahypar (when installed),
+spectral, ilp, auto (``--placements`` selects). Synthetic traces are cached in
+``--cache-dir``. ``--quick``: 20k/10k-token synthetic traces, spectral only,
+no bootstrap or leave-one-task-out. Solve times are wall seconds (noisy on a
+shared machine); everything else is deterministic.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from placer import Placement, Topology, baseline, evaluate, from_expert_gpu, load_topology
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from placer import (
+    Placement,
+    Topology,
+    baseline,
+    evaluate,
+    from_expert_gpu,
+    load_topology,
+    synth,
+)
 from placer.esft import ESFT_TASKS, import_esft, read_esft_task
 from placer.graph import TraceSummary, summarize
+from placer.instances import load_model
 from placer.replay import count_traffic
 from placer.solvers import place
 from placer.solvers.api import longest_first_pack
-from placer.trace import Trace, concatenate
+from placer.topology import Model
+from placer.trace import Trace, concatenate, load_trace
 
-ESFT = Path(__file__).resolve().parents[2] / "shared" / "traces" / "esft-dsv2lite"
+ESFT = ROOT.parent / "shared" / "traces" / "esft-dsv2lite"
 METRICS = ("internode_tokens_dedup", "nic_peak_tokens", "gpu_peak_load")
+BASELINES = ("contiguous", "round-robin", "random")
+PLACEMENTS = (*BASELINES, "eplb", "mtkahypar", "spectral", "ilp", "auto")
+#: synthetic preset -> (model preset, nodes x GPUs)
+PRESETS = {"esft": ("deepseek-v2-lite", "4x8"), "deepseek-v3": ("deepseek-v3", "32x8"),
+           "kimi-k2": ("kimi-k2", "48x8"), "qwen3-235b": ("qwen3-235b-a22b", "16x8"),
+           "seed001": ("seed001", "8x8")}
 
 
 def mtkahypar_placement(summary: TraceSummary, topology: Topology) -> Placement:
@@ -73,22 +114,36 @@ class Entry:
     note: str = ""
 
 
-def placements(train: Trace, topology: Topology, solvers: list[str], time_limit: float,
-               baselines: tuple[str, ...] = ("contiguous", "round-robin", "random")) -> list[Entry]:
-    """Baselines, Mt-KaHyPar (when installed) and placer's solvers, all solved on ``train``."""
-    entries = [Entry(name, baseline(name, train.num_layers, train.num_experts, topology.num_gpus,
-                                    topology.gpus_per_node), 0.0) for name in baselines]
-    summary = summarize(train)
-    try:
+def solve(summary: TraceSummary, topology: Topology, names: list[str], time_limit: float,
+          model: Model | None = None, **options) -> list[Entry]:
+    """The named placements (see :data:`PLACEMENTS`), all from ``summary`` (Mt-KaHyPar skipped
+    when not installed); ``options`` go to :func:`place` for EPLB and placer's solvers."""
+    layers, experts = len(summary.layers), summary.num_experts
+    entries = []
+    for name in names:
         started = time.perf_counter()
-        entries.append(Entry("mtkahypar", mtkahypar_placement(summary, topology), time.perf_counter() - started))
-    except ImportError:
-        pass
-    for solver in solvers:
-        started = time.perf_counter()
-        chosen, report = place(summary, topology, solver=solver, time_limit=time_limit, workers=2)
-        entries.append(Entry(f"placer {solver}", chosen, time.perf_counter() - started, report.summary()))
+        if name in BASELINES:
+            chosen = baseline(name, layers, experts, topology.num_gpus, topology.gpus_per_node)
+            entries.append(Entry(name, chosen, 0.0))
+        elif name == "mtkahypar":
+            try:
+                chosen = mtkahypar_placement(summary, topology)
+            except ImportError:
+                continue
+            entries.append(Entry(name, chosen, time.perf_counter() - started))
+        else:
+            eplb = name == "eplb"
+            chosen, report = place(summary, topology, solver=name, time_limit=time_limit, workers=2, model=model,
+                                   **{k: v for k, v in options.items() if not (eplb and k == "keep_groups")})
+            entries.append(Entry(name if eplb else f"placer {name}", chosen, time.perf_counter() - started,
+                                 "" if eplb else report.summary()))
     return entries
+
+
+def placements(train: Trace, topology: Topology, solvers: list[str], time_limit: float,
+               baselines: tuple[str, ...] = BASELINES) -> list[Entry]:
+    """Baselines, Mt-KaHyPar (when installed) and placer's solvers, all solved on ``train``."""
+    return solve(summarize(train), topology, [*baselines, "mtkahypar", *solvers], time_limit)
 
 
 def ratio(value: float, reference: dict | None, key: str) -> str:
@@ -208,21 +263,112 @@ def leave_one_task_out(topology: Topology, solvers: list[str], time_limit: float
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--esft", type=Path, default=ESFT, help="ESFT traces root")
-    parser.add_argument("--topologies", default="4x8,8x8")
-    parser.add_argument("--solvers", default="spectral,auto")
-    parser.add_argument("--loto-solvers", default="spectral")
-    parser.add_argument("--time-limit", type=float, default=60.0)
-    parser.add_argument("--boot", type=int, default=200)
-    parser.add_argument("--loto", action=argparse.BooleanOptionalAction, default=True)
-    args = parser.parse_args(argv)
+def all_placements_table(entries: list[Entry], test: Trace, topology: Topology, model: Model | None
+                         ) -> tuple[str, dict]:
+    """Held-out figures of every entry with ratios to contiguous and EPLB (when present)."""
+    totals = {e.name: evaluate(test, e.placement, topology, model=model).totals for e in entries}
+    contiguous, eplb = totals.get("contiguous"), totals.get("eplb")
+    lines = [("| placement | solve s | inter-node GB | x contiguous | x EPLB | NIC peak x contiguous | x EPLB "
+             "| GPU peak x contiguous | x EPLB | nodes per token | all-to-all s | x EPLB |"), "|---" * 12 + "|"]
+    for e in entries:
+        t = totals[e.name]
+        gb = f"{t['internode_bytes'] / 1e9:,.2f}" if "internode_bytes" in t else "n/a"
+        a2a = f"{t['all_to_all_s']:.4f}" if "all_to_all_s" in t else "n/a"
+        lines.append(
+            f"| {e.name} | {e.seconds:.1f} | {gb} "
+            f"| {ratio(t['internode_tokens_dedup'], contiguous, 'internode_tokens_dedup')} "
+            f"| {ratio(t['internode_tokens_dedup'], eplb, 'internode_tokens_dedup')} "
+            f"| {ratio(t['nic_peak_tokens'], contiguous, 'nic_peak_tokens')} "
+            f"| {ratio(t['nic_peak_tokens'], eplb, 'nic_peak_tokens')} "
+            f"| {ratio(t['gpu_peak_load'], contiguous, 'gpu_peak_load')} "
+            f"| {ratio(t['gpu_peak_load'], eplb, 'gpu_peak_load')} | {t['nodes_per_token_mean']:.2f} | {a2a} "
+            f"| {ratio(t['all_to_all_s'], eplb, 'all_to_all_s') if 'all_to_all_s' in t else 'n/a'} |")
+    return "\n".join(lines), totals
+
+
+def synthetic_split(preset: str, train_tokens: int, test_tokens: int, cache: Path) -> tuple[Trace, Trace]:
+    """The preset's ``train`` and ``test`` traces (seed 0), generated once into ``cache``."""
+    cache.mkdir(parents=True, exist_ok=True)
+    traces = []
+    for split, tokens in (("train", train_tokens), ("test", test_tokens)):
+        path = cache / f"{preset}-{split}-{tokens}.npz"
+        if not path.exists():
+            synth.write_trace(synth.preset(preset), tokens, path, seed=0, split=split)
+        traces.append(load_trace(path))
+    return traces[0], traces[1]
+
+
+def synthetic_suite(args: argparse.Namespace, names: list[str]) -> None:
+    hardware = load_topology("h100-dgx")
+    for preset in args.presets.split(","):
+        model_name, shape = PRESETS[preset]
+        nodes, gpus = map(int, shape.split("x"))
+        topology, model = hardware.resized(nodes, gpus), load_model(model_name)
+        train, test = synthetic_split(preset, args.train_tokens, args.test_tokens, args.cache_dir)
+        print(f"\n## Synthetic `{preset}` on {nodes} x {gpus} (model {model_name}; train {train.num_tokens:,}, "
+              f"held-out test {test.num_tokens:,} tokens)\n")
+        entries = solve(summarize(train, workers=2), topology, names, args.time_limit, model)
+        print(all_placements_table(entries, test, topology, model)[0])
+
+
+def groups_disjoint(placement: Placement, groups: np.ndarray) -> bool:
+    """Whether, in every layer, the nodes holding each group's copies are disjoint from the others'."""
+    slot_node = np.arange(placement.phy2log.shape[1]) // (placement.slots_per_gpu * placement.gpus_per_node)
+    for row in placement.phy2log:
+        held = row >= 0
+        owner = np.full(placement.num_nodes, -1)
+        for node, group in zip(slot_node[held], groups[row[held]]):
+            if owner[node] not in (-1, group):
+                return False
+            owner[node] = group
+    return True
+
+
+def scale_suite(args: argparse.Namespace) -> list[str]:
+    """The quality-at-scale floor on the DeepSeek-V3 preset: placer --keep-groups vs EPLB."""
+    model = load_model("deepseek-v3")
+    train, test = synthetic_split("deepseek-v3", args.scale_train_tokens, args.test_tokens, args.cache_dir)
+    summary = summarize(train, workers=2)
+    groups = np.arange(model.num_experts) // (model.num_experts // model.num_groups)
+    verdicts = []
+    print(f"\n## Quality at scale: synthetic `deepseek-v3`, train {train.num_tokens:,} tokens, "
+          f"held-out test {test.num_tokens:,} tokens\n")
+    for shape in args.scale_topologies.split(","):
+        nodes, gpus = map(int, shape.split("x"))
+        topology = load_topology("h100-dgx").resized(nodes, gpus)
+        one_copy = -(-model.num_experts // topology.num_gpus)
+        for slots in (one_copy, one_copy + 1):
+            spare = slots * topology.num_gpus - model.num_experts
+            names = ["contiguous", "eplb", *args.scale_solvers.split(",")]
+            entries = solve(summary, topology, names, args.time_limit, model, slots_per_gpu=slots, keep_groups=True)
+            print(f"\n### {nodes} x {gpus}, {slots} slot(s) per GPU ({spare} redundant experts for EPLB and "
+                  "placer alike), placer with keep-groups\n")
+            table, totals = all_placements_table(entries, test, topology, model)
+            print(table + "\n")
+            eplb = totals["eplb"]
+            for e in entries[2:]:
+                t = totals[e.name]
+                inter = t["internode_tokens_dedup"] / eplb["internode_tokens_dedup"]
+                peak = t["gpu_peak_load"] / eplb["gpu_peak_load"]
+                kept = groups_disjoint(e.placement, groups)
+                where = f"{nodes} x {gpus}, {slots} slot(s)/GPU, {e.name}"
+                verdicts += [
+                    f"- {'PASS' if inter <= 0.85 else 'FAIL'}: {where}: inter-node <= 0.85 x EPLB (measured {inter:.3f})",
+                    f"- {'PASS' if peak <= 1.05 else 'FAIL'}: {where}: GPU peak <= 1.05 x EPLB (measured {peak:.3f})",
+                    (f"- {'PASS' if kept else 'FAIL'}: {where}: each group on its own nodes "
+                    f"(max nodes per token {int(np.flatnonzero(t['nodes_per_token_histogram']).max())})"),
+                ]
+    print("\n### Floors\n\n" + "\n".join(verdicts))
+    return verdicts
+
+
+def esft_suite(args: argparse.Namespace, names: list[str]) -> int:
     if not args.esft.is_dir():
-        print(f"ESFT traces not found at {args.esft}: nothing to measure.", file=sys.stderr)
+        print(f"ESFT traces not found at {args.esft}: ESFT suite skipped.", file=sys.stderr)
         return 1
     train, test = import_esft(args.esft, split=True)
     hardware = load_topology("h100-dgx")
+    model = load_model("deepseek-v2-lite")
     print(f"ESFT split: train {train.num_tokens:,} tokens, held-out test {test.num_tokens:,} tokens, "
           f"{train.num_layers} layers, top-{train.top_k} of {train.num_experts}")
     try:
@@ -232,14 +378,16 @@ def main(argv: list[str] | None = None) -> int:
     for shape in args.topologies.split(","):
         nodes, gpus = map(int, shape.split("x"))
         topology = hardware.resized(nodes, gpus)
-        print(f"\n## {nodes} nodes x {gpus} GPUs\n")
-        entries = placements(train, topology, args.solvers.split(","), args.time_limit)
-        table, totals = held_out_table(entries, test, topology)
+        print(f"\n## ESFT, {nodes} nodes x {gpus} GPUs\n")
+        entries = solve(summarize(train), topology, names, args.time_limit, model)
+        table, totals = held_out_table([e for e in entries if e.name != "eplb"], test, topology)
         print(table + "\n")
         print("\n".join(floors(totals, entries, nodes)))
         for e in entries:
             if e.note:
                 print(f"- {e.name}: {e.note}")
+        print("\n### All placements, with EPLB and estimated all-to-all time\n")
+        print(all_placements_table(entries, test, topology, model)[0])
         if args.boot:
             print(f"\n### Bootstrap over {len(test.seq_lens)} test sequences ({args.boot} resamples)\n")
             print(bootstrap_table(entries, test, topology, args.boot))
@@ -247,6 +395,45 @@ def main(argv: list[str] | None = None) -> int:
             print("\n### Leave one task out (solve on three tasks, replay the fourth)\n")
             print(leave_one_task_out(topology, args.loto_solvers.split(","), args.time_limit))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suites", default="esft,synth,scale")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--esft", type=Path, default=ESFT, help="ESFT traces root")
+    parser.add_argument("--topologies", default="4x8,8x8", help="ESFT topologies")
+    parser.add_argument("--solvers", default="spectral,ilp,auto", help="placer solvers")
+    parser.add_argument("--placements", default=None, help=f"subset of {','.join(PLACEMENTS)} (solvers included)")
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--train-tokens", type=int, default=200_000)
+    parser.add_argument("--test-tokens", type=int, default=100_000)
+    parser.add_argument("--scale-train-tokens", type=int, default=500_000)
+    parser.add_argument("--scale-topologies", default="32x8,16x8")
+    parser.add_argument("--scale-solvers", default="spectral")
+    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "placer-bench-quality")
+    parser.add_argument("--loto-solvers", default="spectral")
+    parser.add_argument("--time-limit", type=float, default=60.0)
+    parser.add_argument("--boot", type=int, default=200)
+    parser.add_argument("--loto", action=argparse.BooleanOptionalAction, default=True)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.solvers, args.boot, args.loto = "spectral", 0, False
+        args.train_tokens, args.test_tokens, args.scale_train_tokens = 20_000, 10_000, 20_000
+    names = (args.placements.split(",") if args.placements
+             else [*BASELINES, "eplb", "mtkahypar", *args.solvers.split(",")])
+    unknown = sorted(set(names) - set(PLACEMENTS)) + sorted(set(args.presets.split(",")) - set(PRESETS))
+    if unknown:
+        parser.error(f"unknown placement or preset: {', '.join(unknown)}")
+    suites = args.suites.split(",")
+    code = 0
+    if "esft" in suites:
+        code = esft_suite(args, names)
+    if "synth" in suites:
+        synthetic_suite(args, names)
+    if "scale" in suites:
+        scale_suite(args)
+    return code
 
 
 if __name__ == "__main__":

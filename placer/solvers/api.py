@@ -29,7 +29,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -39,6 +39,7 @@ from placer.errors import InfeasibleError, InputError
 from placer.graph import TraceSummary, summarize
 from placer.placement import EMPTY, Placement, from_expert_gpu
 from placer.solvers import cpsat
+from placer.solvers.groups import solve_blocks, split_blocks
 from placer.solvers.problem import (
     Constraints,
     LayerProblem,
@@ -431,8 +432,12 @@ def solve_layer(problem: LayerProblem, opts: Options) -> LayerResult:
     touch and spread are always measured on every set of the layer.
     """
     search, sample = search_problem(problem, opts)
-    with _one_blas_thread(sample is not None):
-        node, bound, status, messages = node_stage(problem, opts, search)
+    blocks = split_blocks(problem)
+    with _one_blas_thread(sample is not None or blocks is not None):
+        if blocks is None:
+            node, bound, status, messages = node_stage(problem, opts, search)
+        else:
+            node, bound, status, messages = solve_blocks(problem, blocks, partial(_block_stage, opts))
     expert_gpu, spread, peak, gpu_messages = gpu_stage(problem, node, opts, search)
     lam, touch = net_spans(problem.nets, problem.weights, node, problem.num_nodes)
     return LayerResult(
@@ -440,6 +445,12 @@ def solve_layer(problem: LayerProblem, opts: Options) -> LayerResult:
         float(touch.max()), peak, gpu_load_lower_bound(problem), spread,
         tuple(messages + gpu_messages), sample,
     )
+
+
+def _block_stage(opts: Options, block: LayerProblem, share: float) -> tuple[np.ndarray, float, str, list[str]]:
+    """The node stage of one kept-groups block (:mod:`groups`) on ``share`` of the layer budget."""
+    sub_opts = replace(opts, layer_budget=opts.layer_budget * share)
+    return node_stage(block, sub_opts, search_problem(block, sub_opts)[0])
 
 
 def _solve_star(args: tuple[LayerProblem, Options]) -> LayerResult:
@@ -623,7 +634,8 @@ def place(
     if spare:
         tokens = [np.repeat(part.sets, part.set_counts, axis=0) for part in summary.layers]
         coactivation = [part.coactivation for part in summary.layers]
-        placement = replicate(placement, tokens, coactivation, summary.loads, slots_per_gpu, excluded)
+        allowed = None if groups is None else [problem.allowed for problem in problems]
+        placement = replicate(placement, tokens, coactivation, summary.loads, slots_per_gpu, excluded, allowed)
         report.messages.append(
             f"{slots_per_gpu * live_gpus - summary.num_experts} spare slots per layer hold replicas "
             "(counts by load per copy, nodes by co-activation, GPUs by load served under the nearest rule)"

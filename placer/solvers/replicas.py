@@ -17,6 +17,10 @@ receive replicas:
 
 Excluded GPUs (``metadata["excluded_gpus"]``) receive no copy: their slots stay
 empty, and the replay that measures served load sends tokens from live GPUs only.
+
+Kept expert groups (``allowed`` masks): copies stay on their group's nodes, so
+a token still reaches only its groups' nodes; the copy counts are then drawn
+per group node set, from that set's slots.
 """
 
 from __future__ import annotations
@@ -41,6 +45,20 @@ def replica_counts(loads: np.ndarray, num_slots: int) -> np.ndarray:
     return counts
 
 
+def block_counts(loads: np.ndarray, allowed: np.ndarray, live: np.ndarray, gpus_per_node: int,
+                 slots_per_gpu: int) -> np.ndarray:
+    """Copies per expert [E] when experts keep to node sets: each set's live slots go to its
+    own experts by load per copy. loads: [E]; allowed: [E, nodes] bool; live: [gpus] bool."""
+    node_sets, block_of = np.unique(allowed, axis=0, return_inverse=True)
+    block_of = block_of.ravel()
+    live_per_node = live.reshape(-1, gpus_per_node).sum(axis=1)
+    counts = np.empty(len(loads), dtype=np.int64)
+    for b, nodes in enumerate(node_sets):
+        members = np.flatnonzero(block_of == b)
+        counts[members] = replica_counts(loads[members], int(live_per_node[nodes].sum()) * slots_per_gpu)
+    return counts
+
+
 def add_replicas(
     expert_gpu: np.ndarray,
     counts: np.ndarray,
@@ -50,15 +68,19 @@ def add_replicas(
     gpus_per_node: int,
     slots_per_gpu: int,
     live: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
 ) -> np.ndarray:
     """One layer's slot map with replicas placed by co-activation affinity.
 
     expert_gpu: [E] GPU of each expert's first copy; counts: [E] copies wanted;
     coactivation: [E, E]; loads: [E]; live: [num_gpus] bool GPUs in service (None = all;
-    the others get no copy). Returns phy2log: [num_gpus * slots_per_gpu].
+    the others get no copy); allowed: [E, nodes] bool nodes each expert may use (None =
+    all). Returns phy2log: [num_gpus * slots_per_gpu].
     """
     experts = len(expert_gpu)
     live = np.ones(num_gpus, dtype=bool) if live is None else np.asarray(live, dtype=bool)
+    if allowed is None:
+        allowed = np.ones((experts, num_gpus // gpus_per_node), dtype=bool)
     held: list[list[int]] = [[] for _ in range(num_gpus)]
     for expert in np.argsort(expert_gpu, kind="stable"):
         held[expert_gpu[expert]].append(int(expert))
@@ -69,8 +91,8 @@ def add_replicas(
     hottest_first = np.argsort(-loads, kind="stable")
     copies = np.ones(experts, dtype=np.int64)
     for expert in np.repeat(hottest_first, counts[hottest_first] - 1):
-        open_gpus = [g for g in range(num_gpus)
-                     if live[g] and len(held[g]) < slots_per_gpu and expert not in held[g]]
+        open_gpus = [g for g in range(num_gpus) if live[g] and allowed[expert, g // gpus_per_node]
+                     and len(held[g]) < slots_per_gpu and expert not in held[g]]
         if not open_gpus:
             continue
         open_nodes = sorted({g // gpus_per_node for g in open_gpus})
@@ -87,8 +109,10 @@ def add_replicas(
         copies[expert] += 1
     for gpu, members in enumerate(held):
         while live[gpu] and len(members) < slots_per_gpu:
-            per_copy = np.where(np.isin(np.arange(experts), members), -1.0, loads / copies)
-            expert = int(np.argmax(per_copy))
+            fits = allowed[:, gpu // gpus_per_node] & ~np.isin(np.arange(experts), members)
+            if not fits.any():
+                break
+            expert = int(np.argmax(np.where(fits, loads / copies, -1.0)))
             members.append(expert)
             copies[expert] += 1
     return _slot_map(held, slots_per_gpu)
@@ -132,13 +156,15 @@ def replicate(
     loads: np.ndarray,
     slots_per_gpu: int,
     excluded_gpus: Sequence[int] | None = None,
+    allowed: Sequence[np.ndarray] | None = None,
 ) -> Placement:
     """Fill ``slots_per_gpu`` slots per live GPU with replicas of a one-copy placement.
 
     tokens: per layer [tokens, k] expert ids replayed to measure served load
     (sources: token t on the (t mod L)-th of the L live GPUs); coactivation: per layer
     [E, E]; loads: [layers, E]. excluded_gpus: GPUs out of service (no copies); None
-    reads ``placement.metadata["excluded_gpus"]`` (absent = none).
+    reads ``placement.metadata["excluded_gpus"]`` (absent = none). allowed: per layer
+    [E, nodes] bool, the nodes each expert's copies may use (kept groups), or None.
     """
     gpus, per_node = placement.num_gpus, placement.gpus_per_node
     if excluded_gpus is None:
@@ -149,9 +175,11 @@ def replicate(
     expert_gpu = placement.expert_gpu()
     rows = []
     for layer in range(placement.num_layers):
-        counts = replica_counts(loads[layer], len(live_ids) * slots_per_gpu)
+        mask = None if allowed is None else allowed[layer]
+        counts = (replica_counts(loads[layer], len(live_ids) * slots_per_gpu) if mask is None
+                  else block_counts(loads[layer], mask, live, per_node, slots_per_gpu))
         rows.append(add_replicas(expert_gpu[layer], counts, coactivation[layer], loads[layer],
-                                 gpus, per_node, slots_per_gpu, live))
+                                 gpus, per_node, slots_per_gpu, live, mask))
     phy2log = np.stack(rows)
     for _ in range(REPACK_ROUNDS):
         current = Placement(phy2log, placement.num_experts, per_node, slots_per_gpu)
