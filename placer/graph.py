@@ -33,7 +33,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from placer.errors import InputError
-from placer.trace import PADDING, Trace, TraceChunk, TraceSource, id_dtype
+from placer.progress import ProgressFn, track
+from placer.trace import PADDING, Trace, TraceChunk, TraceSource, chunk_count, id_dtype
 
 try:
     import numba
@@ -402,11 +403,13 @@ def _push(stack: list[TraceSummary], part: TraceSummary) -> None:
 
 
 def summarize(
-    source: TraceSource | Trace, layers: Sequence[int] | None = None, workers: int = 1
+    source: TraceSource | Trace, layers: Sequence[int] | None = None, workers: int = 1,
+    progress: ProgressFn | None = None,
 ) -> TraceSummary:
     """Walk the trace chunk by chunk and summarise the selected layers (default: all).
 
     ``workers`` threads summarise layers of a chunk in parallel (the kernels release the GIL).
+    progress: reports (chunk, layer) steps done (:mod:`placer.progress`).
     """
     num_layers, experts = source.num_layers, source.num_experts
     layer_ids = tuple(range(num_layers)) if layers is None else tuple(int(i) for i in layers)
@@ -415,9 +418,11 @@ def summarize(
             raise InputError(None, "layers", f"layer {layer} is out of range 0..{num_layers - 1}")
     stack: list[TraceSummary] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for chunk in _chunks(source):
+        steps = len(layer_ids) * chunk_count(source)
+        for index, chunk in enumerate(_chunks(source)):
             ids = chunk.trace.topk_ids
             parts = pool.map(layer_summary, [ids[:, layer, :] for layer in layer_ids], [experts] * len(layer_ids))
+            parts = track(parts, "summarising trace", steps, progress, start=index * len(layer_ids))
             _push(stack, TraceSummary(experts, ids.shape[2], ids.shape[0], layer_ids, tuple(parts)))
     return reduce(TraceSummary.merge, stack)
 

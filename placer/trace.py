@@ -12,6 +12,7 @@ that receives a :class:`Trace` trusts it.
 from __future__ import annotations
 
 import hashlib
+import tokenize
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -23,6 +24,11 @@ from placer.atomic import atomic_output
 from placer.errors import InputError
 
 PADDING = -1
+#: largest expert count accepted (today's largest MoE layers have a few hundred experts)
+MAX_EXPERTS = 1 << 16
+#: what numpy's .npy/.npz readers raise on corrupt input (header parsing, shapes, zip members)
+NUMPY_READ_ERRORS = (OSError, ValueError, EOFError, OverflowError, MemoryError, NotImplementedError,
+                     zipfile.BadZipFile, KeyError, tokenize.TokenError)
 OPTIONAL_ARRAYS = ("topk_weights", "num_experts", "src_rank", "seq_lens")
 
 
@@ -142,6 +148,9 @@ def validate_arrays(
     experts = num_experts or declared or highest + 1
     if highest < 0:
         raise InputError(source, "topk_ids", "every entry is -1 padding: no routing decisions")
+    if experts > MAX_EXPERTS:
+        raise InputError(source, "num_experts" if num_experts or declared else "topk_ids",
+                         f"{experts:,} experts exceed placer's limit of {MAX_EXPERTS:,}")
     if highest >= experts:
         where = np.argwhere(ids >= experts)[0]
         raise InputError(
@@ -221,7 +230,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             return {name: npz[name] for name in npz.files}
     except FileNotFoundError:
         raise InputError(path, None, "no such file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+    except NUMPY_READ_ERRORS as err:
         raise InputError(path, None, f"not a readable .npz trace ({err.__class__.__name__}: {err})") from None
 
 
@@ -237,7 +246,7 @@ def _header_shape(path: Path) -> tuple[int, ...]:
             return tuple(shape)
     except KeyError:
         raise InputError(path, "topk_ids", "missing (the native trace format requires it)") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except NUMPY_READ_ERRORS as err:
         raise InputError(path, None, f"not a readable .npz trace ({err.__class__.__name__}: {err})") from None
 
 
@@ -298,8 +307,8 @@ class TraceSource:
             number = _declared_num_experts(str(shard), arrays)
             if number is not None:
                 declared.add(number)
-            elif "topk_ids" in arrays:
-                highest = max(highest, int(np.asarray(arrays["topk_ids"]).max()) + 1)
+            elif "topk_ids" in arrays and arrays["topk_ids"].dtype.kind in "iu" and arrays["topk_ids"].size:
+                highest = max(highest, int(arrays["topk_ids"].max()) + 1)
         if len(declared) > 1:
             raise InputError(self.path, "num_experts", f"shards declare different counts {sorted(declared)}")
         return declared.pop() if declared else highest
@@ -321,6 +330,11 @@ class TraceSource:
     def load(self) -> Trace:
         """The whole trace in memory."""
         return concatenate([chunk.trace for chunk in self.chunks()])
+
+
+def chunk_count(source: Trace | TraceSource) -> int:
+    """How many chunks ``source`` is read in (shards; an in-memory trace is one)."""
+    return len(source.shards) if isinstance(source, TraceSource) else 1
 
 
 def load_trace(path: str | Path) -> Trace:

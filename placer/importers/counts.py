@@ -8,7 +8,6 @@ together.
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from placer.atomic import atomic_output
 from placer.errors import InputError
+from placer.trace import NUMPY_READ_ERRORS
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ def read_npy(path: str | Path) -> np.ndarray:
         value = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(path, None, "no such file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise InputError(path, None, f"not a readable .npy array ({err})") from None
+    except NUMPY_READ_ERRORS as err:
+        raise InputError(path, None, f"not a readable .npy array ({err.__class__.__name__}: {err})") from None
     if not isinstance(value, np.ndarray):
         value.close()
         raise InputError(path, None, "is an .npz archive, expected a single .npy array")
