@@ -324,6 +324,7 @@ def run_one(target: Target, path: Path, timeout: float) -> tuple[str, BaseExcept
 
 def _save(out: Path, target: Target, path: Path, key: str, err: BaseException | None) -> None:
     """Keep the first input of a new finding (file or directory) and its traceback."""
+    out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{target.name}__{re.sub(r'[^A-Za-z0-9_.]+', '_', key)}"
     saved = stem.with_name(stem.name + "".join(path.suffixes))
     if saved.exists():
@@ -419,8 +420,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.atheris:
             _atheris(chosen[0], root / "work", args.timeout, [a for a in extra if a != "--"])
             return 0
-        if args.out is not None:
-            args.out.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         tallies = campaign(chosen, args.seconds, args.iterations, args.seed, args.timeout, args.out, root / "work")
         print(f"{sum(t.tried for t in tallies.values())} inputs in {time.monotonic() - started:.0f} s, "

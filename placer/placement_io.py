@@ -89,6 +89,9 @@ def check_phy2log(path: str | Path | None, field: str, phy2log: np.ndarray, num_
         raise InputError(path, field, f"slot holds {int(phy2log.min())}; expected an expert id or -1")
     if phy2log.max() >= num_experts:
         raise InputError(path, field, f"expert id {int(phy2log.max())} >= num_experts {num_experts}")
+    if num_experts > phy2log.shape[1]:
+        raise InputError(path, field, f"{num_experts:,} experts (largest id + 1 or declared) cannot all sit "
+                                      f"in {phy2log.shape[1]:,} slots per layer")
     for layer, row in enumerate(phy2log):
         counts = np.bincount(row[row >= 0], minlength=num_experts)
         if (counts == 0).any():

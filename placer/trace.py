@@ -11,9 +11,12 @@ that receives a :class:`Trace` trusts it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import tokenize
+import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +31,7 @@ PADDING = -1
 MAX_EXPERTS = 1 << 16
 #: what numpy's .npy/.npz readers raise on corrupt input (header parsing, shapes, zip members)
 NUMPY_READ_ERRORS = (OSError, ValueError, EOFError, OverflowError, MemoryError, NotImplementedError,
-                     zipfile.BadZipFile, KeyError, tokenize.TokenError)
+                     SyntaxError, zipfile.BadZipFile, KeyError, tokenize.TokenError, zlib.error)
 OPTIONAL_ARRAYS = ("topk_weights", "num_experts", "src_rank", "seq_lens")
 
 
@@ -224,30 +227,39 @@ def _seq_lens(source: str, arrays: Mapping[str, np.ndarray], tokens: int) -> np.
 # ---------------------------------------------------------------- files
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+@contextlib.contextmanager
+def numpy_input(path: str | Path, what: str) -> Iterator[None]:
+    """Around reading a numpy file: its warnings silenced, and whatever numpy raises on a
+    corrupt file turned into an :class:`InputError` saying it is not a readable ``what``."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except InputError:
+        raise
     except FileNotFoundError:
         raise InputError(path, None, "no such file") from None
     except NUMPY_READ_ERRORS as err:
-        raise InputError(path, None, f"not a readable .npz trace ({err.__class__.__name__}: {err})") from None
+        raise InputError(path, None, f"not a readable {what} ({err.__class__.__name__}: {err})") from None
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with numpy_input(path, ".npz trace"), np.load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
 
 
 def _header_shape(path: Path) -> tuple[int, ...]:
     """Shape of ``topk_ids`` in an .npz shard, read from the array header only."""
-    try:
-        with zipfile.ZipFile(path) as archive, archive.open("topk_ids.npy") as member:
+    with numpy_input(path, ".npz trace"), zipfile.ZipFile(path) as archive:
+        if "topk_ids.npy" not in archive.namelist():
+            raise InputError(path, "topk_ids", "missing (the native trace format requires it)")
+        with archive.open("topk_ids.npy") as member:
             major, _ = np.lib.format.read_magic(member)
             read_header = (
                 np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
             )
             shape, _, _ = read_header(member)
             return tuple(shape)
-    except KeyError:
-        raise InputError(path, "topk_ids", "missing (the native trace format requires it)") from None
-    except NUMPY_READ_ERRORS as err:
-        raise InputError(path, None, f"not a readable .npz trace ({err.__class__.__name__}: {err})") from None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 
 from placer.atomic import atomic_output
 from placer.errors import InputError
-from placer.trace import NUMPY_READ_ERRORS
+from placer.trace import numpy_input
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,8 @@ def validate_counts(source: str, counts: np.ndarray, field: str = "counts") -> E
 
 def read_npy(path: str | Path) -> np.ndarray:
     """Load one ``.npy`` array without unpickling anything."""
-    try:
+    with numpy_input(path, ".npy array"):
         value = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(path, None, "no such file") from None
-    except NUMPY_READ_ERRORS as err:
-        raise InputError(path, None, f"not a readable .npy array ({err.__class__.__name__}: {err})") from None
     if not isinstance(value, np.ndarray):
         value.close()
         raise InputError(path, None, "is an .npz archive, expected a single .npy array")
