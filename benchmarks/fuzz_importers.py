@@ -24,6 +24,7 @@ wall time instead.
 from __future__ import annotations
 
 import argparse
+import inspect
 import io
 import json
 import random
@@ -376,10 +377,15 @@ def table(tallies: dict[str, Tally]) -> str:
 
 
 def _atheris(target: Target, work: Path, timeout: float, extra: list[str]) -> None:
-    """Coverage-guided fuzzing of one target: the input replaces the first seed (or its first file)."""
+    """Coverage-guided fuzzing of one target: the input replaces the first seed (or its first file);
+    libFuzzer starts from the target's file seeds."""
     import atheris  # optional: pip install atheris
 
     seed = target.seeds[0]
+    corpus = work.parent / "corpus"
+    corpus.mkdir()
+    for index, path in enumerate(p for p in target.seeds if p.is_file()):
+        (corpus / f"seed{index}").write_bytes(path.read_bytes())
 
     def one_input(data: bytes) -> None:
         if work.exists():
@@ -395,7 +401,11 @@ def _atheris(target: Target, work: Path, timeout: float, extra: list[str]) -> No
         if outcome in ("crash", "hang"):
             raise RuntimeError(f"{target.name}: {outcome}") from err
 
-    atheris.Setup([sys.argv[0], *extra], one_input)
+    for module in [m for name, m in sys.modules.items() if name.startswith("placer")]:
+        for value in vars(module).values():  # coverage of placer's own code only (all of torch is too slow)
+            if inspect.isfunction(value) and value.__module__ == module.__name__:
+                atheris.instrument_func(value)
+    atheris.Setup([sys.argv[0], *extra, str(corpus)], one_input)
     atheris.Fuzz()
 
 
