@@ -29,9 +29,10 @@ from placer.errors import InputError
 PADDING = -1
 #: largest expert count accepted (today's largest MoE layers have a few hundred experts)
 MAX_EXPERTS = 1 << 16
-#: what numpy's .npy/.npz readers raise on corrupt input (header parsing, shapes, zip members)
+#: what numpy's .npy/.npz readers raise on corrupt input (header parsing, shapes, zip members;
+#: RuntimeError: an encrypted member)
 NUMPY_READ_ERRORS = (OSError, ValueError, EOFError, OverflowError, MemoryError, NotImplementedError,
-                     SyntaxError, zipfile.BadZipFile, KeyError, tokenize.TokenError, zlib.error)
+                     SyntaxError, RuntimeError, zipfile.BadZipFile, KeyError, tokenize.TokenError, zlib.error)
 OPTIONAL_ARRAYS = ("topk_weights", "num_experts", "src_rank", "seq_lens")
 
 
