@@ -15,7 +15,8 @@ with valid checksums so the parsers behind the container are reached). Targets
 native .npz, ESFT task directory, Megatron .jsonl, vLLM .npy, SGLang .pt (needs
 torch), TensorRT-LLM directory (needs safetensors), counts .npy, topology and
 model TOML, placement JSON (placer and SGLang). An input is a *hang* when it
-takes longer than ``--timeout`` seconds. Distinct crashes (target, exception
+takes longer than ``--timeout`` seconds; a RuntimeWarning (e.g. an overflowing cast that
+would load garbage silently) counts as a crash. Distinct crashes (target, exception
 type, innermost frame) are saved to ``--out`` with a traceback; prints a markdown
 table. Deterministic given ``--seed`` and ``--iterations``; ``--seconds`` bounds
 wall time instead.
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Callable
@@ -309,7 +311,9 @@ def run_one(target: Target, path: Path, timeout: float) -> tuple[str, BaseExcept
     signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        target.load(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # e.g. a silent overflowing cast
+            target.load(path)
         return "loaded", None
     except InputError:
         return "refused", None
@@ -376,9 +380,9 @@ def table(tallies: dict[str, Tally]) -> str:
     return "\n".join(rows)
 
 
-def _atheris(target: Target, work: Path, timeout: float, extra: list[str]) -> None:
+def _atheris(target: Target, work: Path, timeout: float, out: Path | None, extra: list[str]) -> None:
     """Coverage-guided fuzzing of one target: the input replaces the first seed (or its first file);
-    libFuzzer starts from the target's file seeds."""
+    libFuzzer starts from the target's file seeds and stops at the first crash (saved in ``out``)."""
     import atheris  # optional: pip install atheris
 
     seed = target.seeds[0]
@@ -399,13 +403,16 @@ def _atheris(target: Target, work: Path, timeout: float, extra: list[str]) -> No
             path.write_bytes(data)
         outcome, err = run_one(target, path, timeout)
         if outcome in ("crash", "hang"):
-            raise RuntimeError(f"{target.name}: {outcome}") from err
+            raise RuntimeError(f"{target.name}: {outcome}: {type(err).__name__}@{_frame(err)}: {err}")
 
     for module in [m for name, m in sys.modules.items() if name.startswith("placer")]:
         for value in vars(module).values():  # coverage of placer's own code only (all of torch is too slow)
             if inspect.isfunction(value) and value.__module__ == module.__name__:
                 atheris.instrument_func(value)
-    atheris.Setup([sys.argv[0], *extra, str(corpus)], one_input)
+    prefix = [f"-artifact_prefix={out}/"] if out is not None else []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    atheris.Setup([sys.argv[0], *prefix, *extra, str(corpus)], one_input)
     atheris.Fuzz()
 
 
@@ -428,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         if not chosen:
             parser.error(f"no such target; choose from {', '.join(t.name for t in every)}")
         if args.atheris:
-            _atheris(chosen[0], root / "work", args.timeout, [a for a in extra if a != "--"])
+            _atheris(chosen[0], root / "work", args.timeout, args.out, [a for a in extra if a != "--"])
             return 0
         started = time.monotonic()
         tallies = campaign(chosen, args.seconds, args.iterations, args.seed, args.timeout, args.out, root / "work")

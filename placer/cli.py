@@ -316,27 +316,13 @@ def place_command(
     if as_json:
         _print_json({"out": out, "wall_s": wall, "interrupted": bool(interrupted), "solve": solve_facts,
                      "evaluation": {name: r.totals for name, r in results}})
-    else:
-        _print_placed(out, output_format.value, wall, solver.value, solve_facts, current, test, heldout,
-                      results, topo, mdl)
-    if interrupted:
-        Console(stderr=True).print(
-            f"placer: interrupted: wrote the best placement so far to {out} ({interrupted['note']}; "
-            f"gap {solve_facts['gap']:.1%}; marked interrupted in the file's solver metadata)",
-            markup=False, highlight=False, soft_wrap=True,
-        )
-        raise typer.Exit(130)
-
-
-def _print_placed(out: str, output_format: str, wall: float, solver: str, solve_facts: dict, current: str | None,
-                  test: TraceSource | Trace | None, heldout: str | None, results: list[tuple[str, ReplayReport]],
-                  topo: Topology, mdl: Model | None) -> None:
-    """The human-readable outcome of ``place``."""
-    console.print(f"wrote {out} ({output_format} format) in {wall:.1f} s wall", markup=False, highlight=False)
+        _exit_if_interrupted(out, output_format.value, solve_facts)
+        return
+    console.print(f"wrote {out} ({output_format.value} format) in {wall:.1f} s wall", markup=False, highlight=False)
     if solve_facts.get("layers"):
         optimal = sum(layer["status"] == "optimal" for layer in solve_facts["layers"])
         console.print(
-            f"{solver}: train objective {solve_facts['objective']:,.0f} token-node copies, "
+            f"{solver.value}: train objective {solve_facts['objective']:,.0f} token-node copies, "
             f"bound {solve_facts['bound']:,.0f}, gap {solve_facts['gap']:.1%} "
             f"({optimal}/{len(solve_facts['layers'])} layers proven optimal)",
             markup=False, highlight=False,
@@ -354,6 +340,21 @@ def _print_placed(out: str, output_format: str, wall: float, solver: str, solve_
         )
     if test is not None:
         console.print(comparison_table(results, _title(heldout, test, topo, mdl, " | held-out replay")))
+    _exit_if_interrupted(out, output_format.value, solve_facts)
+
+
+def _exit_if_interrupted(out: str, output_format: str, solve_facts: dict) -> None:
+    """After Ctrl-C cut the solve short: say what was written, on one stderr line, and exit 130."""
+    interrupted = solve_facts.get("interrupted")
+    if not interrupted:
+        return
+    marked = ("marked interrupted in its solver metadata" if output_format == "placer"
+              else f"the {output_format} format cannot record that")
+    Console(stderr=True).print(
+        f"placer: interrupted: wrote the best placement so far to {out} ({interrupted['note']}; "
+        f"gap {solve_facts['gap']:.1%}; {marked})", markup=False, highlight=False, soft_wrap=True,
+    )
+    raise typer.Exit(130)
 
 
 def _gpu_list(text: str | None) -> list[int]:

@@ -38,6 +38,10 @@ class ExpertCounts:
         return int(self.counts.shape[1])
 
 
+#: largest count accepted: exact in float64, far beyond any real token count
+MAX_COUNT = 1 << 53
+
+
 def validate_counts(source: str, counts: np.ndarray, field: str = "counts") -> ExpertCounts:
     """Check a raw ``[layers, experts]`` array (integers, or floats holding whole numbers)."""
     value = np.asarray(counts)
@@ -61,6 +65,11 @@ def validate_counts(source: str, counts: np.ndarray, field: str = "counts") -> E
         layer, expert = np.argwhere(value < 0)[0]
         raise InputError(
             source, field, f"negative count {value[layer, expert]} at layer {layer}, expert {expert}"
+        )
+    if (value > MAX_COUNT).any():
+        layer, expert = np.argwhere(value > MAX_COUNT)[0]
+        raise InputError(
+            source, field, f"count {value[layer, expert]} at layer {layer}, expert {expert} exceeds 2^53"
         )
     if not value.any():
         raise InputError(source, field, "every count is zero: no routed tokens")

@@ -48,6 +48,7 @@ def main() -> None:
     np.save(HERE / "place__counts_nan.npy", np.array([[1.0, np.nan]]))
     np.save(HERE / "place__counts_negative.npy", np.array([[1, -4]]))
     np.save(HERE / "place__counts_empty.npy", np.zeros((0, 4)))
+    np.save(HERE / "place__counts_huge.npy", np.array([[1.0, 1e300]]))  # found by fuzzing: cast to garbage
     # Megatron router traces (.jsonl)
     (HERE / "stats__megatron_bad_json.jsonl").write_text('{"step": 0, "layer": 1, \n')
     (HERE / "stats__megatron_wrong_key.jsonl").write_text(
