@@ -569,6 +569,8 @@ def place(
     balance or max_nodes limit, which the stand-ins do not enforce (then Ctrl-C propagates).
     Returns (Placement with metadata, SolveReport). Raises InfeasibleError / InputError.
     """
+    if on_interrupt not in ("raise", "best"):
+        raise InputError(None, "on_interrupt", f"expected 'raise' or 'best', got {on_interrupt!r}")
     if solver not in (*SOLVERS, "eplb"):
         raise InputError(None, "solver", f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
     if balance is not None and balance < 0:
