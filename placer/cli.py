@@ -36,6 +36,7 @@ from placer.importers import (
     save_counts,
 )
 from placer.placement import BASELINES, Placement, baseline
+from placer.progress import ProgressFn, prefixed, terminal_progress
 from placer.render import comparison_table, key_value_table, stats_table, sweep_notes, sweep_table
 from placer.replay import ReplayReport, evaluate
 from placer.solvers import place
@@ -66,6 +67,7 @@ class Dispatch(str, Enum):
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (shown only when stderr is a terminal).")]
 TopologyOpt = Annotated[str, typer.Option(help="Topology preset name or .toml file.")]
 NodesOpt = Annotated[int | None, typer.Option("--nodes", help="Override the topology's node count.")]
 GpnOpt = Annotated[int | None, typer.Option("--gpus-per-node", help="Override the GPUs per node.")]
@@ -168,14 +170,16 @@ def stats_command(
     trace: Annotated[str, typer.Argument(help="Trace .npz file or directory of shards.")],
     scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Trace statistics per layer and averaged: load skew, entropy, distinct sets, density."""
     source = _open_trace(trace)
-    if scheduler is None:
-        stats = trace_stats(source)
-    else:
-        with _cluster(scheduler, source) as cluster:
-            stats = summary_stats(cluster.summarize(source))
+    with terminal_progress(quiet) as progress:
+        if scheduler is None:
+            stats = trace_stats(source, progress=progress)
+        else:
+            with _cluster(scheduler, source) as cluster:
+                stats = summary_stats(cluster.summarize(source))
     if as_json:
         _print_json(stats.to_dict())
         return
@@ -202,17 +206,19 @@ def evaluate_command(
     dispatch: DispatchOpt = Dispatch.normal,
     rule: RuleOpt = Rule.nearest,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Replay a trace against placements: traffic per link tier, NIC and GPU load, a2a time."""
     source_trace = _open_trace(trace)
     topo = _topology(topology, nodes, gpus_per_node)
     mdl = _model(model, source_trace.num_experts, source_trace.top_k)
     results = []
-    for spec in placement:
-        label, chosen = _placement(spec, source_trace, topo, mdl)
-        report = evaluate(source_trace, chosen, topo, mdl, source=source.value, dispatch=dispatch.value,
-                          max_nodes=max_nodes, rule=rule.value)
-        results.append((label, report))
+    with terminal_progress(quiet) as progress:
+        for spec in placement:
+            label, chosen = _placement(spec, source_trace, topo, mdl)
+            report = evaluate(source_trace, chosen, topo, mdl, source=source.value, dispatch=dispatch.value,
+                              max_nodes=max_nodes, rule=rule.value, progress=prefixed(progress, f"{label}: "))
+            results.append((label, report))
     _report_results(results, _title(trace, source_trace, topo, mdl), as_json)
 
 
@@ -272,8 +278,13 @@ def place_command(
     ] = None,
     scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Place every layer's experts on GPUs and nodes from a trace, and write the placement."""
+    """Place every layer's experts on GPUs and nodes from a trace, and write the placement.
+
+    Ctrl-C while layers are being solved writes the best placement so far (solved layers plus
+    the spectral start of the others, marked interrupted) and exits with code 130.
+    """
     refuse_overwriting_input(out, trace, *( [heldout] if heldout else []))
     started = time.perf_counter()
     source = _open_routing(trace)
@@ -293,11 +304,13 @@ def place_command(
         chosen = eplb_placement(source.counts, topo, mdl, slots, dead)
         solve_facts = {"solver": "eplb"}
     else:
-        chosen, report, digest = _solve(
-            scheduler, source, topo, solver=solver.value, balance=balance, max_nodes=max_nodes,
-            max_nodes_coverage=max_nodes_coverage, keep_groups=keep_groups, model=mdl,
-            time_limit=time_limit, seed=seed, workers=workers, slots_per_gpu=slots, exclude_gpus=dead,
-        )
+        with terminal_progress(quiet) as progress:
+            chosen, report, digest = _solve(
+                scheduler, source, topo, solver=solver.value, balance=balance, max_nodes=max_nodes,
+                max_nodes_coverage=max_nodes_coverage, keep_groups=keep_groups, model=mdl,
+                time_limit=time_limit, seed=seed, workers=workers, slots_per_gpu=slots, exclude_gpus=dead,
+                progress=progress, on_interrupt="best",
+            )
         solve_facts = report.to_dict()
     metadata = {
         **chosen.metadata,
@@ -317,11 +330,15 @@ def place_command(
         }
     write_output(chosen, out, output_format.value, mdl)
     wall = time.perf_counter() - started
-    test = _open_trace(heldout) if heldout else None
-    results = _against_baselines(test, f"placer {solver.value}", chosen, topo, mdl, max_nodes) if test else []
+    interrupted = solve_facts.get("interrupted")
+    test = _open_trace(heldout) if heldout and not interrupted else None
+    with terminal_progress(quiet) as progress:
+        results = _against_baselines(test, f"placer {solver.value}", chosen, topo, mdl, max_nodes,
+                                     progress) if test else []
     if as_json:
-        _print_json({"out": out, "wall_s": wall, "solve": solve_facts,
+        _print_json({"out": out, "wall_s": wall, "interrupted": bool(interrupted), "solve": solve_facts,
                      "evaluation": {name: r.totals for name, r in results}})
+        _exit_if_interrupted(out, output_format.value, solve_facts)
         return
     console.print(f"wrote {out} ({output_format.value} format) in {wall:.1f} s wall", markup=False, highlight=False)
     if solve_facts.get("layers"):
@@ -334,6 +351,8 @@ def place_command(
         )
         for message in solve_facts["messages"]:
             console.print(f"note: {message}", markup=False, highlight=False)
+        if solve_facts.get("interrupted"):
+            console.print(f"INTERRUPTED: {solve_facts['interrupted']['note']}", markup=False, highlight=False)
     if "moves" in solve_facts:
         moves = solve_facts["moves"]
         console.print(
@@ -343,6 +362,21 @@ def place_command(
         )
     if test is not None:
         console.print(comparison_table(results, _title(heldout, test, topo, mdl, " | held-out replay")))
+    _exit_if_interrupted(out, output_format.value, solve_facts)
+
+
+def _exit_if_interrupted(out: str, output_format: str, solve_facts: dict) -> None:
+    """After Ctrl-C cut the solve short: say what was written, on one stderr line, and exit 130."""
+    interrupted = solve_facts.get("interrupted")
+    if not interrupted:
+        return
+    marked = ("marked interrupted in its solver metadata" if output_format == "placer"
+              else f"the {output_format} format cannot record that")
+    Console(stderr=True).print(
+        f"placer: interrupted: wrote the best placement so far to {out} ({interrupted['note']}; "
+        f"gap {solve_facts['gap']:.1%}; {marked})", markup=False, highlight=False, soft_wrap=True,
+    )
+    raise typer.Exit(130)
 
 
 def _solve(scheduler: str | None, source: TraceSource | Trace, topology: Topology, **options: object
@@ -398,7 +432,8 @@ def _slots(requested: str | None, reserve: float, experts: int, topo: Topology, 
 
 
 def _against_baselines(
-    test: TraceSource, label: str, chosen: Placement, topo: Topology, mdl: Model | None, max_nodes: int | None
+    test: TraceSource, label: str, chosen: Placement, topo: Topology, mdl: Model | None, max_nodes: int | None,
+    progress: ProgressFn | None = None,
 ) -> list[tuple[str, ReplayReport]]:
     """Replay ``test`` against the three baselines and ``chosen`` (last)."""
     placements = [
@@ -406,7 +441,8 @@ def _against_baselines(
                         chosen.excluded_gpus))
         for name in BASELINES
     ]
-    return [(name, evaluate(test, p, topo, mdl, max_nodes=max_nodes)) for name, p in [*placements, (label, chosen)]]
+    return [(name, evaluate(test, p, topo, mdl, max_nodes=max_nodes, progress=prefixed(progress, f"{name}: ")))
+            for name, p in [*placements, (label, chosen)]]
 
 
 class ReportFormat(str, Enum):
@@ -432,6 +468,7 @@ def report_command(
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Do not add the three baselines.")] = False,
     title: Annotated[str | None, typer.Option(help="Report title.")] = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Replay placements and write an HTML or Markdown report with figures (needs the `plots` extra)."""
     try:
@@ -446,11 +483,13 @@ def report_command(
     placements = {
         (spec if labels.count(label) > 1 else label): p for spec, (label, p) in zip(placement, chosen)
     }
-    page = write_report(
-        source_trace, placements, topo, mdl, out, title=title, format=output_format.value,
-        baselines=() if no_baselines else BASELINES, layer=layer, source=source.value, dispatch=dispatch.value,
-        max_nodes=max_nodes, rule=rule.value, trace_label=trace, inputs=[s for s in placement if s not in BASELINES],
-    )
+    with terminal_progress(quiet) as progress:
+        page = write_report(
+            source_trace, placements, topo, mdl, out, title=title, format=output_format.value,
+            baselines=() if no_baselines else BASELINES, layer=layer, source=source.value, dispatch=dispatch.value,
+            max_nodes=max_nodes, rule=rule.value, trace_label=trace, inputs=[s for s in placement if s not in BASELINES],
+            progress=progress,
+        )
     figures = [str(page.parent / f"{name}.png") for name in FIGURE_NAMES]
     if as_json:
         _print_json({"out": str(page), "figures": figures})
@@ -590,9 +629,11 @@ def import_esft_command(
     split: Annotated[bool, typer.Option(help="Write a train (first half of each task) and a test file.")] = False,
     task: Annotated[str | None, typer.Option(help=f"Keep one task: {', '.join(ESFT_TASKS)}.")] = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Import the ESFT expert-score traces (weights and sequence boundaries kept)."""
-    result = import_esft(directory, task=task, split=split)
+    with terminal_progress(quiet) as progress:
+        result = import_esft(directory, task=task, split=split, progress=progress)
     outputs: dict[str, Trace]
     if split:
         stem = out.removesuffix(".npz")
@@ -646,9 +687,12 @@ def import_megatron_command(
     out: ImportOutOpt,
     num_experts: NumExpertsOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Import Megatron-Core --moe-routing-trace-path output."""
-    _write_imported(read_megatron(source, num_experts), out, [source], as_json)
+    with terminal_progress(quiet) as progress:
+        trace = read_megatron(source, num_experts, progress)
+    _write_imported(trace, out, [source], as_json)
 
 
 @import_app.command("vllm")
@@ -657,9 +701,12 @@ def import_vllm_command(
     out: ImportOutOpt,
     num_experts: NumExpertsOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Import vLLM routed_experts arrays."""
-    _write_imported(read_vllm(files, num_experts), out, files, as_json)
+    with terminal_progress(quiet) as progress:
+        trace = read_vllm(files, num_experts, progress)
+    _write_imported(trace, out, files, as_json)
 
 
 @import_app.command("sglang")
@@ -698,14 +745,16 @@ def synth_command(
     shard_tokens: Annotated[int | None, typer.Option(help="Write shards of about T tokens (cut at sequence starts).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing shards in OUT.")] = False,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Generate a synthetic routing trace calibrated to real traces (see placer/synth.py)."""
     if tokens <= 0:
         raise InputError(None, "--tokens", f"expected a positive count, got {tokens}")
     params = synth.load_params(preset)
     started = time.perf_counter()
-    paths = synth.write_trace(params, tokens, out, seed=seed, split=split.value,
-                              shard_tokens=shard_tokens, overwrite=overwrite)
+    with terminal_progress(quiet) as progress:
+        paths = synth.write_trace(params, tokens, out, seed=seed, split=split.value,
+                                  shard_tokens=shard_tokens, overwrite=overwrite, progress=progress)
     seconds = time.perf_counter() - started
     if as_json:
         _print_json({"preset": preset, "params": synth.describe(params), "tokens": tokens, "split": split.value,
@@ -716,15 +765,16 @@ def synth_command(
 
 
 @app.command("demo")
-def demo_command(as_json: JsonOpt = False) -> None:
+def demo_command(as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
     """Place the embedded ESFT sample's first half (spectral), replay its held-out half vs the baselines."""
     train, test = TraceSource(sample_trace("train")), TraceSource(sample_trace("test"))
     topo = instances.load_topology("h100-dgx").resized(4, 8)
     mdl = instances.load_model("deepseek-v2-lite")
     started = time.perf_counter()
-    chosen, report = place(train, topo, solver="spectral", model=mdl)
-    wall = time.perf_counter() - started
-    results = _against_baselines(test, "placer spectral", chosen, topo, mdl, max_nodes=None)
+    with terminal_progress(quiet) as progress:
+        chosen, report = place(train, topo, solver="spectral", model=mdl, progress=progress)
+        wall = time.perf_counter() - started
+        results = _against_baselines(test, "placer spectral", chosen, topo, mdl, None, progress)
     if as_json:
         _print_json({"wall_s": wall, "solve": report.to_dict(), "evaluation": {n: r.totals for n, r in results}})
         return
@@ -744,5 +794,5 @@ def main() -> None:
         Console(stderr=True).print(f"placer: error: {err}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        Console(stderr=True).print("placer: interrupted; no output was written", markup=False, highlight=False)
+        Console(stderr=True).print("placer: interrupted; no partial output was written", markup=False, highlight=False)
         sys.exit(130)

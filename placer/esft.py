@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from placer.errors import InputError
+from placer.progress import ProgressFn, track
 from placer.trace import Trace, concatenate, validate_arrays
 
 ESFT_TASKS = ("intent", "law", "summary", "translation")
@@ -41,8 +42,8 @@ def _parse_line(path: Path, number: int, line: str, top_k: int) -> tuple[np.ndar
     try:
         ids = np.array(ids_text.split("\t"), dtype=np.int64)
         weights = np.array(weights_text.split("\t"), dtype=np.float32)
-    except ValueError as err:
-        raise InputError(path, field, f"non-numeric entry ({err})") from None
+    except (ValueError, OverflowError) as err:
+        raise InputError(path, field, f"non-numeric or out-of-range entry ({err})") from None
     if ids.size != weights.size or ids.size % top_k:
         raise InputError(
             path, field, f"{ids.size} ids and {weights.size} weights; expected equal counts, a multiple of k={top_k}"
@@ -50,19 +51,25 @@ def _parse_line(path: Path, number: int, line: str, top_k: int) -> tuple[np.ndar
     return ids.reshape(-1, top_k), weights.reshape(-1, top_k)
 
 
-def read_esft_task(task_dir: str | Path, top_k: int = ESFT_TOP_K) -> Trace:
-    """Read one ESFT task directory into a trace with weights and sequence boundaries."""
+def read_esft_task(task_dir: str | Path, top_k: int = ESFT_TOP_K, progress: ProgressFn | None = None) -> Trace:
+    """Read one ESFT task directory into a trace with weights and sequence boundaries.
+
+    progress: reports layer files read (:mod:`placer.progress`).
+    """
     task_dir = Path(task_dir)
     if not task_dir.is_dir():
         raise InputError(task_dir, None, "not a directory")
     per_layer_ids, per_layer_weights = [], []
     seq_lens: list[int] | None = None
-    for path in _layer_files(task_dir):
+    files = _layer_files(task_dir)
+    for path in track(files, f"reading {task_dir.name}", len(files), progress):
         try:
             lines = path.read_text().splitlines()
         except (OSError, UnicodeDecodeError) as err:
             raise InputError(path, None, f"unreadable ({err})") from None
         parsed = [_parse_line(path, n + 1, line, top_k) for n, line in enumerate(lines) if line.strip()]
+        if not parsed:
+            raise InputError(path, None, "holds no sequences")
         lens = [ids.shape[0] for ids, _ in parsed]
         if seq_lens is None:
             seq_lens = lens
@@ -94,12 +101,12 @@ def split_half(trace: Trace) -> tuple[Trace, Trace]:
 
 
 def import_esft(
-    root: str | Path, task: str | None = None, split: bool = False
+    root: str | Path, task: str | None = None, split: bool = False, progress: ProgressFn | None = None
 ) -> Trace | tuple[Trace, Trace]:
     """Import ESFT tasks pooled in the order intent, law, summary, translation.
 
     task: keep only this task. split: return (train, test), each task cut by
-    :func:`split_half` before pooling.
+    :func:`split_half` before pooling. progress: reports layer files read per task.
     """
     root = Path(root)
     if task is not None and task not in ESFT_TASKS:
@@ -109,7 +116,7 @@ def import_esft(
     names = [task] if task else [name for name in ESFT_TASKS if (root / name).is_dir()]
     if not names:
         raise InputError(root, None, f"holds none of the task directories {', '.join(ESFT_TASKS)}")
-    traces = [read_esft_task(root / name) for name in names]
+    traces = [read_esft_task(root / name, progress=progress) for name in names]
     if not split:
         return concatenate(traces)
     halves = [split_half(trace) for trace in traces]

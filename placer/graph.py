@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import reduce
-from itertools import combinations
+from itertools import combinations, starmap
 from typing import TypeVar
 
 import networkx as nx
@@ -34,7 +34,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from placer.errors import InputError
-from placer.trace import PADDING, Trace, TraceChunk, TraceSource, id_dtype
+from placer.progress import ProgressFn, track
+from placer.trace import PADDING, Trace, TraceChunk, TraceSource, chunk_count, id_dtype
 
 try:
     import numba
@@ -411,11 +412,13 @@ def merge_in_order(parts: Iterable[tuple[int, T]], merge: Callable[[T, T], T]) -
 
 
 def summarize(
-    source: TraceSource | Trace, layers: Sequence[int] | None = None, workers: int = 1
+    source: TraceSource | Trace, layers: Sequence[int] | None = None, workers: int = 1,
+    progress: ProgressFn | None = None,
 ) -> TraceSummary:
     """Walk the trace chunk by chunk and summarise the selected layers (default: all).
 
     ``workers`` threads summarise layers of a chunk in parallel (the kernels release the GIL).
+    progress: reports (chunk, layer) steps done (:mod:`placer.progress`).
     """
     num_layers, experts = source.num_layers, source.num_experts
     layer_ids = tuple(range(num_layers)) if layers is None else tuple(int(i) for i in layers)
@@ -423,13 +426,15 @@ def summarize(
         if not 0 <= layer < num_layers:
             raise InputError(None, "layers", f"layer {layer} is out of range 0..{num_layers - 1}")
     with ThreadPoolExecutor(max_workers=workers) as pool:
+        steps = len(layer_ids) * chunk_count(source)
 
-        def part(chunk: TraceChunk) -> tuple[int, TraceSummary]:
+        def part(index: int, chunk: TraceChunk) -> tuple[int, TraceSummary]:
             ids = chunk.trace.topk_ids
             parts = pool.map(layer_summary, [ids[:, layer, :] for layer in layer_ids], [experts] * len(layer_ids))
+            parts = track(parts, "summarising trace", steps, progress, start=index * len(layer_ids))
             return ids.shape[0], TraceSummary(experts, ids.shape[2], ids.shape[0], layer_ids, tuple(parts))
 
-        return merge_in_order(map(part, _chunks(source)), TraceSummary.merge)
+        return merge_in_order(starmap(part, enumerate(_chunks(source))), TraceSummary.merge)
 
 
 # ---------------------------------------------------------------- networkx export

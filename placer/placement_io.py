@@ -69,6 +69,8 @@ def _load_json(path: Path) -> object:
         raise InputError(path, None, f"unreadable ({err})") from None
     except json.JSONDecodeError as err:
         raise InputError(path, None, f"not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    except RecursionError:
+        raise InputError(path, None, "not valid JSON (nested too deeply)") from None
 
 
 def _rectangular(path: Path, field: str, rows: object) -> np.ndarray:
@@ -76,7 +78,7 @@ def _rectangular(path: Path, field: str, rows: object) -> np.ndarray:
         raise InputError(path, field, "expected a non-empty list of non-empty lists of expert ids")
     if len({len(r) for r in rows}) != 1:
         raise InputError(path, field, f"rows differ in length ({sorted({len(r) for r in rows})})")
-    if not all(type(v) is int for r in rows for v in r):
+    if not all(type(v) is int and -(1 << 62) < v < 1 << 62 for r in rows for v in r):
         raise InputError(path, field, "expected integer expert ids (-1 for an empty slot)")
     return np.asarray(rows, dtype=np.int64)
 
@@ -87,6 +89,9 @@ def check_phy2log(path: str | Path | None, field: str, phy2log: np.ndarray, num_
         raise InputError(path, field, f"slot holds {int(phy2log.min())}; expected an expert id or -1")
     if phy2log.max() >= num_experts:
         raise InputError(path, field, f"expert id {int(phy2log.max())} >= num_experts {num_experts}")
+    if num_experts > phy2log.shape[1]:
+        raise InputError(path, field, f"{num_experts:,} experts (largest id + 1 or declared) cannot all sit "
+                                      f"in {phy2log.shape[1]:,} slots per layer")
     for layer, row in enumerate(phy2log):
         counts = np.bincount(row[row >= 0], minlength=num_experts)
         if (counts == 0).any():

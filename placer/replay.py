@@ -24,8 +24,9 @@ import numpy as np
 from placer.dispatch import RULES, Dispatcher
 from placer.errors import InputError
 from placer.placement import Placement
+from placer.progress import ProgressFn, track
 from placer.topology import Model, Topology
-from placer.trace import Trace, TraceChunk, TraceSource
+from placer.trace import Trace, TraceChunk, TraceSource, chunk_count
 
 SOURCES = ("token", "sequence")
 DISPATCH_MODES = ("normal", "low-latency")
@@ -190,15 +191,18 @@ def count_traffic(
     dispatch: str = "normal",
     max_nodes: int | None = None,
     rule: str = "nearest",
+    progress: ProgressFn | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-layer counters of a replay, accumulated chunk by chunk: name -> [layers, ...]."""
     chunks = trace.chunks() if isinstance(trace, TraceSource) else [TraceChunk(trace, 0, 0)]
+    steps = trace.num_layers * chunk_count(trace)
     dispatcher = Dispatcher(placement, rule)
     totals: dict[str, np.ndarray] = {}
-    for chunk in chunks:
+    for index, chunk in enumerate(chunks):
         _check_compatible(chunk.trace.num_experts, chunk.trace.num_layers, placement, topology)
         src = source_gpus(chunk, placement.live_gpus(), source)
-        for layer in range(chunk.trace.num_layers):
+        layers = range(chunk.trace.num_layers)
+        for layer in track(layers, "replaying trace", steps, progress, start=index * len(layers)):
             ids = chunk.trace.topk_ids[:, layer, :]
             gpu = dispatcher.route(layer, ids, src)
             counts = layer_counts(gpu, src, topology.gpus_per_node, topology.num_gpus, dispatch, max_nodes or 0)
@@ -333,11 +337,13 @@ def evaluate(
     dispatch: str = "normal",
     max_nodes: int | None = None,
     rule: str = "nearest",
+    progress: ProgressFn | None = None,
 ) -> ReplayReport:
     """Replay ``trace`` against ``placement`` on ``topology``.
 
     Token counts need no model; bytes and times are reported when ``model`` is given.
     rule: which replica serves a pair when experts are replicated (see :mod:`placer.dispatch`).
+    progress: reports (chunk, layer) steps replayed (:mod:`placer.progress`).
     """
     if source not in SOURCES:
         raise InputError(None, "source", f"expected one of {', '.join(SOURCES)}, got {source!r}")
@@ -346,7 +352,8 @@ def evaluate(
     if rule not in RULES:
         raise InputError(None, "rule", f"expected one of {', '.join(RULES)}, got {rule!r}")
     counts = count_traffic(
-        trace, placement, topology, source=source, dispatch=dispatch, max_nodes=max_nodes, rule=rule
+        trace, placement, topology, source=source, dispatch=dispatch, max_nodes=max_nodes, rule=rule,
+        progress=progress,
     )
     per_layer, totals = summarize(counts, topology, model, dispatch, max_nodes, placement.live_gpus())
     config = {

@@ -27,6 +27,7 @@ from placer.atomic import atomic_output, refuse_overwriting_input, write_text_at
 from placer.errors import InputError
 from placer.graph import summarize
 from placer.placement import BASELINES, Placement, baseline
+from placer.progress import ProgressFn, prefixed
 from placer.render import summary_rows
 from placer.replay import ReplayReport, evaluate
 from placer.topology import Model, Topology
@@ -325,6 +326,7 @@ def build_report(
     max_nodes: int | None = None,
     rule: str = "nearest",
     trace_label: str | None = None,
+    progress: ProgressFn | None = None,
 ) -> ReportData:
     """Replay every placement and draw the figures, without writing anything (see :func:`write_report`)."""
     trace, label = _open(trace, trace_label)
@@ -343,7 +345,8 @@ def build_report(
     if not 0 <= layer < num_layers:
         raise InputError(None, "layer", f"expected 0 <= layer < {num_layers}, got {layer}")
     results = [
-        (name, evaluate(trace, p, topology, model, source=source, dispatch=dispatch, max_nodes=max_nodes, rule=rule))
+        (name, evaluate(trace, p, topology, model, source=source, dispatch=dispatch, max_nodes=max_nodes, rule=rule,
+                        progress=prefixed(progress, f"{name}: ")))
         for name, p in entries
     ]
     reference = reference_placement(entries, num_layers, num_experts, topology)
@@ -497,6 +500,7 @@ def write_report(
     rule: str = "nearest",
     trace_label: str | None = None,
     inputs: Sequence[str | Path] = (),
+    progress: ProgressFn | None = None,
 ) -> Path:
     """Evaluate ``placements`` (plus baselines) on ``trace`` and write a report into ``out_dir``.
 
@@ -505,7 +509,8 @@ def write_report(
     embedded (self-contained) or "md" writes ``report.md`` linking them; the PNGs are
     written beside it either way. layer: MoE layer of the co-activation heatmap (default:
     the middle one). inputs: further files the report must not overwrite (placement files);
-    the trace's own files are always protected. Returns the path of the page written.
+    the trace's own files are always protected. progress: reports each replay
+    (:mod:`placer.progress`). Returns the path of the page written.
     """
     trace, trace_label = _open(trace, trace_label)
     protected = [*inputs]
@@ -514,7 +519,7 @@ def write_report(
     _check_output(out_dir, format, protected)  # fail before the slow part
     data = build_report(
         trace, placements, topology, model, title=title, baselines=baselines, layer=layer, source=source,
-        dispatch=dispatch, max_nodes=max_nodes, rule=rule, trace_label=trace_label,
+        dispatch=dispatch, max_nodes=max_nodes, rule=rule, trace_label=trace_label, progress=progress,
     )
     return save_report(data, out_dir, format, protected)
 

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from placer.graph import TraceSummary, summarize
+from placer.progress import ProgressFn
 from placer.trace import Trace, TraceSource
 
 PER_LAYER = ("routed_tokens", "load_skew", "entropy_bits", "distinct_sets", "distinct_share", "density")
@@ -118,7 +119,8 @@ def summary_stats(summary: TraceSummary) -> TraceStats:
 
 
 def trace_stats(
-    source: TraceSource | Trace, layers: Sequence[int] | None = None, workers: int = 1
+    source: TraceSource | Trace, layers: Sequence[int] | None = None, workers: int = 1,
+    progress: ProgressFn | None = None,
 ) -> TraceStats:
     """Statistics of the selected layers (default: all), streaming the trace chunk by chunk."""
-    return summary_stats(summarize(source, layers, workers))
+    return summary_stats(summarize(source, layers, workers, progress))

@@ -73,6 +73,7 @@ import tomllib
 from scipy.special import ndtri
 
 from placer.errors import InputError
+from placer.progress import ProgressFn, track
 from placer.trace import Trace, id_dtype, save_trace
 
 SPLITS = ("train", "test")
@@ -825,7 +826,8 @@ def iter_shards(params: SynthParams, tokens: int, shard_tokens: int, seed: int =
 
 
 def write_shards(params: SynthParams, tokens: int, out_dir: str | Path, shard_tokens: int,
-                 seed: int = 0, split: str = "train", overwrite: bool = False) -> list[Path]:
+                 seed: int = 0, split: str = "train", overwrite: bool = False,
+                 progress: ProgressFn | None = None) -> list[Path]:
     """Write the trace as ``out_dir/shard-NNNNN.npz``, one shard in memory at a time.
 
     Each shard is written atomically (:func:`placer.trace.save_trace`) and the directory
@@ -833,6 +835,7 @@ def write_shards(params: SynthParams, tokens: int, out_dir: str | Path, shard_to
     :func:`generate` of ``tokens``). A directory already holding ``.npz`` files is
     refused unless ``overwrite``, which removes its old ``shard-*.npz`` files first (other
     ``.npz`` files are always refused: they would join the trace). Returns the paths.
+    progress: reports shards written (:mod:`placer.progress`).
     """
     out = Path(out_dir)
     bounds = shard_bounds(params, tokens, shard_tokens, seed, split)
@@ -850,7 +853,7 @@ def write_shards(params: SynthParams, tokens: int, out_dir: str | Path, shard_to
         os.unlink(old)
     model = _build_model(params, int(seed), split)
     paths = []
-    for number, (lo, hi) in enumerate(bounds):
+    for number, (lo, hi) in enumerate(track(bounds, "writing shards", len(bounds), progress)):
         path = out / SHARD_PATTERN.format(number)
         save_trace(_generate(params, model, lo, hi - lo), path)
         paths.append(path)
@@ -858,13 +861,15 @@ def write_shards(params: SynthParams, tokens: int, out_dir: str | Path, shard_to
 
 
 def write_trace(params: SynthParams, tokens: int, out: str | Path, seed: int = 0, split: str = "train",
-                shard_tokens: int | None = None, overwrite: bool = False) -> list[Path]:
+                shard_tokens: int | None = None, overwrite: bool = False,
+                progress: ProgressFn | None = None) -> list[Path]:
     """Write a trace: to the file ``out`` if it ends in ``.npz`` and ``shard_tokens`` is
-    None, else as shards of ``shard_tokens`` (default 1,048,576) in the directory ``out``."""
+    None, else as shards of ``shard_tokens`` (default 1,048,576) in the directory ``out``
+    (progress: shards written)."""
     out = Path(out)
     if shard_tokens is None and out.suffix == ".npz":
         if out.exists() and not overwrite:
             raise InputError(out, None, "already exists; choose another name or overwrite")
         save_trace(generate(params, tokens, seed, split), out)
         return [out]
-    return write_shards(params, tokens, out, shard_tokens or 1 << 20, seed, split, overwrite)
+    return write_shards(params, tokens, out, shard_tokens or 1 << 20, seed, split, overwrite, progress)

@@ -11,8 +11,12 @@ that receives a :class:`Trace` trusts it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import tokenize
+import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +27,12 @@ from placer.atomic import atomic_output
 from placer.errors import InputError
 
 PADDING = -1
+#: largest expert count accepted (today's largest MoE layers have a few hundred experts)
+MAX_EXPERTS = 1 << 16
+#: what numpy's .npy/.npz readers raise on corrupt input (header parsing, shapes, zip members;
+#: RuntimeError: an encrypted member)
+NUMPY_READ_ERRORS = (OSError, ValueError, EOFError, OverflowError, MemoryError, NotImplementedError,
+                     SyntaxError, RuntimeError, zipfile.BadZipFile, KeyError, tokenize.TokenError, zlib.error)
 OPTIONAL_ARRAYS = ("topk_weights", "num_experts", "src_rank", "seq_lens")
 
 
@@ -142,6 +152,9 @@ def validate_arrays(
     experts = num_experts or declared or highest + 1
     if highest < 0:
         raise InputError(source, "topk_ids", "every entry is -1 padding: no routing decisions")
+    if experts > MAX_EXPERTS:
+        raise InputError(source, "num_experts" if num_experts or declared else "topk_ids",
+                         f"{experts:,} experts exceed placer's limit of {MAX_EXPERTS:,}")
     if highest >= experts:
         where = np.argwhere(ids >= experts)[0]
         raise InputError(
@@ -215,35 +228,40 @@ def _seq_lens(source: str, arrays: Mapping[str, np.ndarray], tokens: int) -> np.
 # ---------------------------------------------------------------- files
 
 
-def _unreadable(path: Path, err: Exception) -> InputError:
-    return InputError(path, None, f"not a readable .npz trace ({err.__class__.__name__}: {err})")
+@contextlib.contextmanager
+def numpy_input(path: str | Path, what: str) -> Iterator[None]:
+    """Around reading a numpy file: its warnings silenced, and whatever numpy raises on a
+    corrupt file turned into an :class:`InputError` saying it is not a readable ``what``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(path, None, "no such file") from None
+    except NUMPY_READ_ERRORS as err:
+        raise InputError(path, None, f"not a readable {what} ({err.__class__.__name__}: {err})") from None
 
 
 def _read_npz(path: Path, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """The arrays ``names`` (default: all) that the .npz file holds; the others are not read."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files if names is None or name in names}
-    except FileNotFoundError:
-        raise InputError(path, None, "no such file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
-        raise _unreadable(path, err) from None
+    with numpy_input(path, ".npz trace"), np.load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files if names is None or name in names}
 
 
 def _header_shape(path: Path) -> tuple[int, ...]:
     """Shape of ``topk_ids`` in an .npz shard, read from the array header only."""
-    try:
-        with zipfile.ZipFile(path) as archive, archive.open("topk_ids.npy") as member:
+    with numpy_input(path, ".npz trace"), zipfile.ZipFile(path) as archive:
+        if "topk_ids.npy" not in archive.namelist():
+            raise InputError(path, "topk_ids", "missing (the native trace format requires it)")
+        with archive.open("topk_ids.npy") as member:
             major, _ = np.lib.format.read_magic(member)
             read_header = (
                 np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
             )
             shape, _, _ = read_header(member)
             return tuple(shape)
-    except KeyError:
-        raise InputError(path, "topk_ids", "missing (the native trace format requires it)") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise _unreadable(path, err) from None
 
 
 @dataclass(frozen=True)
@@ -307,7 +325,12 @@ class TraceSource:
             raise InputError(self.path, "num_experts", f"shards declare different counts {sorted(declared)}")
         if declared:
             return declared.pop()
-        return max(int(np.asarray(_read_npz(shard)["topk_ids"]).max()) + 1 for shard in self.shards)
+        highest = 0
+        for shard in self.shards:
+            ids = _read_npz(shard, ("topk_ids",)).get("topk_ids")
+            if ids is not None and ids.dtype.kind in "iu" and ids.size:
+                highest = max(highest, int(ids.max()) + 1)
+        return highest
 
     def read_shard(self, index: int) -> Trace:
         """Shard ``index`` read and validated (against the shards' common expert count)."""
@@ -331,6 +354,11 @@ class TraceSource:
     def load(self) -> Trace:
         """The whole trace in memory."""
         return concatenate([chunk.trace for chunk in self.chunks()])
+
+
+def chunk_count(source: Trace | TraceSource) -> int:
+    """How many chunks ``source`` is read in (shards; an in-memory trace is one)."""
+    return len(source.shards) if isinstance(source, TraceSource) else 1
 
 
 def load_trace(path: str | Path) -> Trace:

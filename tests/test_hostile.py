@@ -9,7 +9,7 @@ import pytest
 from placer.bundled import sample_trace
 
 CORPUS = Path(__file__).resolve().parent / "hostile"
-CASES = sorted(p for p in CORPUS.iterdir() if "__" in p.name)
+CASES = sorted(p for folder in (CORPUS, CORPUS / "fuzz") for p in folder.iterdir() if "__" in p.name)
 SAMPLE = str(sample_trace("test"))
 
 
@@ -17,6 +17,8 @@ def command(path: Path, out: Path) -> list[str]:
     kind = path.name.split("__")[0]
     if kind == "stats":
         return ["stats", str(path)]
+    if kind == "import-esft":
+        return ["import", "esft", str(path), "--out", str(out)]
     if kind == "place":
         return ["place", "--trace", str(path), "--solver", "eplb", "--out", str(out)]
     if kind == "evaluate":
@@ -28,7 +30,7 @@ def command(path: Path, out: Path) -> list[str]:
     return ["evaluate", "--trace", SAMPLE, "--placement", "contiguous", "--model", str(path)]
 
 
-@pytest.mark.parametrize("path", CASES, ids=[p.name for p in CASES])
+@pytest.mark.parametrize("path", CASES, ids=[f"{p.parent.name}/{p.name}" for p in CASES])
 def test_hostile_input_is_refused_clearly(path, tmp_path, cli):
     if path.suffix == ".pt":
         pytest.importorskip("torch", reason="SGLang dumps need the sglang extra (torch)")
@@ -43,5 +45,5 @@ def test_hostile_input_is_refused_clearly(path, tmp_path, cli):
 def test_corpus_covers_every_input_kind():
     kinds = {p.name.split("__")[0] for p in CASES}
     suffixes = {p.suffix for p in CASES}
-    assert kinds == {"stats", "place", "evaluate", "topology", "model"}
+    assert kinds == {"stats", "place", "evaluate", "topology", "model", "import-esft"}
     assert {".npz", ".npy", ".jsonl", ".pt", ".json", ".toml", ""} <= suffixes

@@ -8,7 +8,6 @@ together.
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from placer.atomic import atomic_output
 from placer.errors import InputError
+from placer.trace import numpy_input
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,10 @@ class ExpertCounts:
     @property
     def num_experts(self) -> int:
         return int(self.counts.shape[1])
+
+
+#: largest count accepted: exact in float64, far beyond any real token count
+MAX_COUNT = 1 << 53
 
 
 def validate_counts(source: str, counts: np.ndarray, field: str = "counts") -> ExpertCounts:
@@ -62,6 +66,11 @@ def validate_counts(source: str, counts: np.ndarray, field: str = "counts") -> E
         raise InputError(
             source, field, f"negative count {value[layer, expert]} at layer {layer}, expert {expert}"
         )
+    if (value > MAX_COUNT).any():
+        layer, expert = np.argwhere(value > MAX_COUNT)[0]
+        raise InputError(
+            source, field, f"count {value[layer, expert]} at layer {layer}, expert {expert} exceeds 2^53"
+        )
     if not value.any():
         raise InputError(source, field, "every count is zero: no routed tokens")
     return ExpertCounts(counts=value.astype(np.int64), source=source)
@@ -69,12 +78,8 @@ def validate_counts(source: str, counts: np.ndarray, field: str = "counts") -> E
 
 def read_npy(path: str | Path) -> np.ndarray:
     """Load one ``.npy`` array without unpickling anything."""
-    try:
+    with numpy_input(path, ".npy array"):
         value = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(path, None, "no such file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise InputError(path, None, f"not a readable .npy array ({err})") from None
     if not isinstance(value, np.ndarray):
         value.close()
         raise InputError(path, None, "is an .npz archive, expected a single .npy array")

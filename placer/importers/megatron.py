@@ -38,6 +38,7 @@ import numpy as np
 
 from placer.errors import InputError
 from placer.importers.steps import StepGroup, stack_groups
+from placer.progress import ProgressFn, track
 from placer.trace import Trace
 
 _RANK_FILE = re.compile(r"router_trace_rank(\d+)\.jsonl")
@@ -84,6 +85,8 @@ def _records(path: Path) -> Iterator[tuple[str, int, int, int, np.ndarray]]:
                     raise InputError(
                         path, where, f"not valid JSON ({err.msg} at column {err.colno})"
                     ) from None
+                except RecursionError:
+                    raise InputError(path, where, "not valid JSON (nested too deeply)") from None
                 if not isinstance(record, dict):
                     raise InputError(path, where, "expected a JSON object")
                 if record.get("block", "decoder") != "decoder" or "mtp_idx" in record:
@@ -103,8 +106,11 @@ def _records(path: Path) -> Iterator[tuple[str, int, int, int, np.ndarray]]:
         raise InputError(path, None, f"unreadable ({err})") from None
 
 
-def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | None = None) -> Trace:
+def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | None = None,
+                  progress: ProgressFn | None = None) -> Trace:
     """Read a Megatron router-trace directory, one ``.jsonl`` file, or a list of them.
+
+    progress: reports files read (:mod:`placer.progress`).
 
     Returns a trace ``[tokens, layers, k]`` with ``src_rank``; see the module
     docstring for the token and layer order.
@@ -123,7 +129,7 @@ def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | 
         label = files[0].parent
     groups: dict[tuple[int, int], StepGroup] = {}
     rank_file: dict[int, Path] = {}
-    for path in files:
+    for path in track(files, "reading Megatron files", len(files), progress):
         for where, step, rank, layer, ids in _records(path):
             owner = rank_file.setdefault(rank, path)
             if owner != path:

@@ -48,8 +48,8 @@ def _meta_info(directory: Path) -> tuple[int, int]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(path, None, "missing (not a TensorRT-LLM expert statistics directory)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(path, None, f"not readable JSON ({err})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise InputError(path, None, f"not readable JSON ({err.__class__.__name__}: {err})") from None
     if not isinstance(meta, dict):
         raise InputError(path, None, f"expected a JSON object, got {meta!r} (null: nothing was recorded)")
     for name in ("num_experts", "num_experts_per_token"):

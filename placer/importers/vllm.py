@@ -16,6 +16,7 @@ import numpy as np
 
 from placer.errors import InputError
 from placer.importers.counts import read_npy
+from placer.progress import ProgressFn, track
 from placer.trace import Trace, validate_arrays
 
 
@@ -45,14 +46,16 @@ def routed_experts_trace(
     return validate_arrays(source, {"topk_ids": topk_ids, "seq_lens": seq_lens}, num_experts)
 
 
-def read_vllm(paths: str | Path | Sequence[str | Path], num_experts: int | None = None) -> Trace:
+def read_vllm(paths: str | Path | Sequence[str | Path], num_experts: int | None = None,
+              progress: ProgressFn | None = None) -> Trace:
     """Read one or several ``routed_experts`` ``.npy`` files (one request each, joined in order).
 
     Returns a trace ``[tokens, moe_layers, top_k]`` whose ``seq_lens`` are the
-    files' token counts.
+    files' token counts. progress: reports files read (:mod:`placer.progress`).
     """
     files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     if not files:
         raise InputError(None, "routed_experts", "no files given")
     source = str(files[0]) if len(files) == 1 else str(files[0].parent)
-    return routed_experts_trace(source, [(str(f), read_npy(f)) for f in files], num_experts)
+    arrays = [(str(f), read_npy(f)) for f in track(files, "reading vLLM files", len(files), progress)]
+    return routed_experts_trace(source, arrays, num_experts)

@@ -25,10 +25,7 @@ CP-SAT workers), so the same inputs and seed give the same phy2log for any
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -37,7 +34,9 @@ import numpy as np
 from placer.eplb import rebalance_experts
 from placer.errors import InfeasibleError, InputError
 from placer.graph import TraceSummary, summarize
+from placer.parallel import Interrupted, interruptible_map
 from placer.placement import EMPTY, Placement, from_expert_gpu
+from placer.progress import ProgressFn
 from placer.solvers import cpsat
 from placer.solvers.groups import solve_blocks, split_blocks
 from placer.solvers.problem import (
@@ -117,6 +116,7 @@ class SolveReport:
     solver: str
     layers: list[LayerResult] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C: layers with status "interrupted" are quick stand-ins
 
     @property
     def objective(self) -> float:
@@ -134,12 +134,20 @@ class SolveReport:
         optimal = sum(r.status == "optimal" for r in self.layers)
         return (f"solver {self.solver}: train cut {self.objective:.0f}, bound {self.bound:.0f}, "
                 f"gap {100 * self.gap:.1f}% ({optimal}/{len(self.layers)} layers proven optimal)"
+                + (f"; INTERRUPTED: {self.interrupted_facts()['note']}" if self.interrupted else "")
                 + ("; " + "; ".join(self.messages) if self.messages else ""))
+
+    def interrupted_facts(self) -> dict:
+        """Which layers Ctrl-C left to quick stand-ins (spectral start, no search)."""
+        unsolved = [r.layer for r in self.layers if r.status == "interrupted"]
+        return {"layers_solved": len(self.layers) - len(unsolved), "layers_unsolved": unsolved,
+                "note": f"{len(self.layers) - len(unsolved)} of {len(self.layers)} layers solved; the other "
+                        f"{len(unsolved)} hold the spectral start without search"}
 
     def to_dict(self) -> dict:
         return {
             "solver": self.solver, "objective": self.objective, "bound": self.bound, "gap": self.gap,
-            "messages": list(self.messages),
+            "messages": list(self.messages), "interrupted": self.interrupted_facts() if self.interrupted else None,
             "layers": [{"layer": r.layer, "status": r.status, "objective": r.objective, "bound": r.bound,
                         "gap": r.gap, "peak_touch": r.peak_touch, "gpu_peak_load": r.gpu_peak_load,
                         "intra_spread": r.intra_spread, "messages": list(r.messages)} for r in self.layers],
@@ -453,40 +461,33 @@ def _block_stage(opts: Options, block: LayerProblem, share: float) -> tuple[np.n
     return node_stage(block, sub_opts, search_problem(block, sub_opts)[0])
 
 
-def _solve_star(args: tuple[LayerProblem, Options]) -> LayerResult:
-    return solve_layer(*args)
+def interrupted_layer(problem: LayerProblem) -> LayerResult:
+    """A quick stand-in for a layer that Ctrl-C left unsolved: the spectral start (no search)
+    and longest-first GPU packing, status "interrupted", bound the trivial one."""
+    opts = Options(solver="spectral", kicks=0)
+    search, sample = search_problem(problem, opts)
+    node = spectral_parts(search.nets, search.weights, search.num_experts, search.node_counts(), search.allowed)
+    expert_gpu, spread, peak, messages = gpu_stage(problem, node, opts, search)
+    lam, touch = net_spans(problem.nets, problem.weights, node, problem.num_nodes)
+    return LayerResult(
+        problem.layer, expert_gpu, float((problem.weights * lam).sum()), trivial_bound(problem), "interrupted",
+        float(touch.max()), peak, gpu_load_lower_bound(problem), spread, tuple(messages), sample,
+    )
 
 
-#: (problems, options) of the running :func:`place`, read by forked workers (not pickled)
-_SHARED: tuple[list[LayerProblem], Options] | None = None
-
-
-def _solve_shared(index: int) -> LayerResult:
-    problems, opts = _SHARED
-    return solve_layer(problems[index], opts)
-
-
-def _solve_all(problems: list[LayerProblem], opts: Options, workers: int) -> list[LayerResult]:
-    """solve_layer over every layer, in a process pool when ``workers`` > 1.
-
-    With the ``fork`` start method the workers read the problems from the parent's memory
-    (copy-on-write) instead of receiving pickles (a 1M-token layer's nets are ~40 MB);
-    results are the same either way, in layer order.
-    """
-    count = min(workers, len(problems), os.cpu_count() or 1)
-    if count <= 1:
-        return [solve_layer(p, opts) for p in problems]
-    global _SHARED
-    context = multiprocessing.get_context()
-    if context.get_start_method() == "fork":
-        _SHARED = (problems, opts)
-        try:
-            with ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
-                return list(pool.map(_solve_shared, range(len(problems))))
-        finally:
-            _SHARED = None
-    with ProcessPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(_solve_star, [(p, opts) for p in problems]))
+def _solve_all(problems: list[LayerProblem], opts: Options, workers: int, progress: ProgressFn | None,
+               on_interrupt: str) -> tuple[list[LayerResult], bool]:
+    """solve_layer over every layer (in processes when ``workers`` > 1), and whether Ctrl-C
+    cut it short: with ``on_interrupt="best"`` unsolved layers get :func:`interrupted_layer`
+    (unless a balance or max-nodes limit is set, which the stand-in does not enforce)."""
+    try:
+        return interruptible_map(partial(solve_layer, opts=opts), problems, workers, progress, "solving layers"), False
+    except Interrupted as stop:
+        limited = problems and (problems[0].constraints.balance is not None
+                                or problems[0].constraints.max_nodes is not None)
+        if on_interrupt != "best" or limited:
+            raise
+        return [r if r is not None else interrupted_layer(p) for r, p in zip(stop.results, problems)], True
 
 
 def expert_groups(model: Model | None, num_experts: int) -> np.ndarray:
@@ -555,6 +556,8 @@ def place(
     alpha: float | None = None,
     exclude_gpus: Sequence[int] = (),
     mapper: Callable[[Callable[[LayerProblem], LayerResult], list[LayerProblem]], list[LayerResult]] | None = None,
+    progress: ProgressFn | None = None,
+    on_interrupt: str = "raise",
 ) -> tuple[Placement, SolveReport]:
     """Place every layer's experts on ``topology`` from ``trace``.
 
@@ -574,8 +577,14 @@ def place(
     excluded, or too few live slots for the experts.
     mapper: runs the per-layer solves, ``mapper(fn, problems) -> [fn(p) for p in problems]``
     (e.g. :meth:`placer.cluster.Cluster.map`); default: a pool of ``workers`` processes.
+    progress: callback for the summarising and solving stages (:mod:`placer.progress`).
+    on_interrupt: "raise" lets Ctrl-C propagate; "best" returns the layers solved so far and
+    quick stand-ins for the rest (status "interrupted", ``report.interrupted``), except with a
+    balance or max_nodes limit, which the stand-ins do not enforce (then Ctrl-C propagates).
     Returns (Placement with metadata, SolveReport). Raises InfeasibleError / InputError.
     """
+    if on_interrupt not in ("raise", "best"):
+        raise InputError(None, "on_interrupt", f"expected 'raise' or 'best', got {on_interrupt!r}")
     if solver not in (*SOLVERS, "eplb"):
         raise InputError(None, "solver", f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
     if balance is not None and balance < 0:
@@ -584,7 +593,7 @@ def place(
         raise InputError(None, "max_nodes_coverage", f"expected a share in (0, 1], got {max_nodes_coverage}")
     if max_nodes_coverage is not None and max_nodes is None:
         raise InputError(None, "max_nodes_coverage", "needs max_nodes")
-    summary = trace if isinstance(trace, TraceSummary) else summarize(trace, workers=max(1, workers))
+    summary = trace if isinstance(trace, TraceSummary) else summarize(trace, workers=max(1, workers), progress=progress)
     live = live_mask(exclude_gpus, topology.num_gpus, summary.num_experts, slots_per_gpu)
     excluded = np.flatnonzero(~live).tolist()
     if solver == "eplb":
@@ -600,8 +609,11 @@ def place(
     )
     layer_budget = max(0.2, 1.6 * time_limit / max(1, len(problems)))
     opts = Options(solver, seed, alpha, 15, layer_budget)
-    results = _solve_all(problems, opts, workers) if mapper is None else mapper(partial(solve_layer, opts=opts), problems)
-    report = SolveReport(solver, results)
+    if mapper is None:
+        results, interrupted = _solve_all(problems, opts, workers, progress, on_interrupt)
+    else:
+        results, interrupted = mapper(partial(solve_layer, opts=opts), problems), False
+    report = SolveReport(solver, results, interrupted=interrupted)
     for r in results:
         report.messages.extend(r.messages)
     sampled = [r.sample for r in results if r.sample is not None]
@@ -622,7 +634,8 @@ def place(
     expert_gpu = np.stack([r.expert_gpu for r in results])
     metadata = {
         "solver": {"name": solver, "seed": seed, "time_limit": time_limit, "objective": report.objective,
-                   "bound": report.bound, "gap": report.gap},
+                   "bound": report.bound, "gap": report.gap,
+                   **({"interrupted": report.interrupted_facts()} if interrupted else {})},
         "topology": topology.to_dict(),
         "constraints": {"balance": balance, "max_nodes": max_nodes, "max_nodes_coverage": max_nodes_coverage,
                         "keep_groups": keep_groups},

@@ -35,6 +35,7 @@ def _solver(dtime: float, seed: int) -> cp_model.CpSolver:
     solver.parameters.max_deterministic_time = float(dtime)
     solver.parameters.random_seed = int(seed)
     solver.parameters.log_search_progress = False
+    solver.parameters.catch_sigint_signal = False  # Ctrl-C must reach Python (see placer.parallel)
     return solver
 
 

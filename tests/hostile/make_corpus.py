@@ -1,7 +1,8 @@
 """Write the hostile-input corpus beside this file (run once; the files are committed).
 
 Each file is named <command>__<what is wrong>.<ext>; tests/test_hostile.py feeds
-every one to the CLI command its name starts with.
+every one to the CLI command its name starts with. ``fuzz/`` holds inputs found by
+benchmarks/fuzz_importers.py (kept as found, not regenerated).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def npz(name: str, **arrays) -> None:
 
 def main() -> None:
     for path in HERE.iterdir():
-        if path.name != Path(__file__).name:
+        if path.name not in (Path(__file__).name, "fuzz"):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     # native traces (placer stats)
     npz("stats__missing_topk_ids.npz", ids=GOOD_IDS)
@@ -47,6 +48,7 @@ def main() -> None:
     np.save(HERE / "place__counts_nan.npy", np.array([[1.0, np.nan]]))
     np.save(HERE / "place__counts_negative.npy", np.array([[1, -4]]))
     np.save(HERE / "place__counts_empty.npy", np.zeros((0, 4)))
+    np.save(HERE / "place__counts_huge.npy", np.array([[1.0, 1e300]]))  # found by fuzzing: cast to garbage
     # Megatron router traces (.jsonl)
     (HERE / "stats__megatron_bad_json.jsonl").write_text('{"step": 0, "layer": 1, \n')
     (HERE / "stats__megatron_wrong_key.jsonl").write_text(
@@ -87,10 +89,26 @@ def main() -> None:
         '[model]\nname = "m"\nnum_experts = "sixty-four"\ntop_k = 6\nhidden_size = 8\nmoe_intermediate_size = 8\n'
         'num_moe_layers = 26\n'
     )
+    deeply_nested()
     (HERE / "model__experts_cannot_fit.toml").write_text(
         '[model]\nname = "huge"\nnum_experts = 64\ntop_k = 6\nhidden_size = 2048\nmoe_intermediate_size = 1408\n'
         'num_moe_layers = 26\nfirst_dense_layers = 1\nexpert_param_bytes = 1e12\n'
     )
+
+
+
+def deeply_nested() -> None:
+    """JSON nested past Python's recursion limit, and a shard directory with an empty shard."""
+    nested = "[" * 100_000 + "]" * 100_000
+    (HERE / "evaluate__placement_deep_nesting.json").write_text(nested)
+    (HERE / "stats__megatron_deep_nesting.jsonl").write_text(nested + "\n")
+    trt = HERE / "stats__trtllm_deep_meta"
+    trt.mkdir()
+    (trt / "meta_info.json").write_text(nested)
+    shards = HERE / "stats__shard_empty"
+    shards.mkdir()
+    np.savez(shards / "000.npz", topk_ids=GOOD_IDS)
+    np.savez(shards / "001.npz", topk_ids=GOOD_IDS[:0])
 
 
 if __name__ == "__main__":
