@@ -249,6 +249,10 @@ def place_command(
     current: Annotated[
         str | None, typer.Option(help="Placement in service now: relabel nodes/GPUs of the result to move the fewest experts.")
     ] = None,
+    max_nets: Annotated[
+        str, typer.Option(help="Distinct top-k sets kept per layer while streaming the trace: a number, "
+                          "'all', or 'auto' (as many as the solver's search uses; bounds memory).")
+    ] = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Place every layer's experts on GPUs and nodes from a trace, and write the placement."""
@@ -274,6 +278,7 @@ def place_command(
             source, topo, solver=solver.value, balance=balance, max_nodes=max_nodes,
             max_nodes_coverage=max_nodes_coverage, keep_groups=keep_groups, model=mdl,
             time_limit=time_limit, seed=seed, workers=workers, slots_per_gpu=slots, exclude_gpus=dead,
+            max_nets=_max_nets(max_nets),
         )
         solve_facts = report.to_dict()
     metadata = {
@@ -330,6 +335,15 @@ def _gpu_list(text: str | None) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise InputError(None, "--exclude-gpus", f"expected comma-separated GPU ids, got {text!r}") from None
+
+
+def _max_nets(requested: str) -> int | None | str:
+    """--max-nets: 'auto', 'all' (None: every set) or a non-negative count."""
+    if requested in ("auto", "all"):
+        return None if requested == "all" else requested
+    if not requested.isdigit():
+        raise InputError(None, "--max-nets", f"expected a count, 'all' or 'auto', got {requested!r}")
+    return int(requested)
 
 
 def _slots(requested: str | None, reserve: float, experts: int, topo: Topology, mdl: Model | None) -> int | None:

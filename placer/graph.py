@@ -8,8 +8,13 @@ Per layer the routing decisions ``topk_ids_layer: [tokens, k]`` give
 * the hypergraph: one net per distinct top-k *set*, weighted by its tokens.
 
 Large or sharded traces are summarised chunk by chunk (:func:`summarize`); the
-partial summaries (:class:`LayerSummary`, :class:`TraceSummary`) merge exactly,
-and a hypergraph is capped only when it is produced from a summary.
+partial summaries (:class:`LayerSummary`, :class:`TraceSummary`) merge exactly.
+With ``max_nets`` the sets are capped *while* streaming (memory bounded by the cap,
+not the tokens): after every chunk and every merge a layer keeps its ``max_nets``
+sets of highest priority ``count / u(set)``, ``u`` a hash of the set's ids in (0, 1]
+(priority sampling, Duffield, Lund & Thorup, JACM 2007: heavy sets are kept, light
+ones with probability about proportional to their count); the tokens of dropped
+sets are counted exactly (``dropped_weight``), loads and co-activation stay exact.
 
 Sets are stored in a canonical form and order: ascending ids, ``-1`` padding
 last; sets ordered lexicographically with a padded position ranking after
@@ -22,9 +27,9 @@ reference and the fallback without numba or for E above ``DENSE_PAIR_LIMIT``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import reduce
 from itertools import combinations
 
@@ -162,10 +167,14 @@ class Hypergraph:
         return self.dropped_weight / self.total_weight if self.total_weight else 0.0
 
 
-def _capped(sets: np.ndarray, counts: np.ndarray, num_experts: int, max_nets: int | None) -> Hypergraph:
-    """sets: [n, k] in canonical order, counts: [n]. Keeps the ``max_nets`` heaviest sets."""
+def _check_cap(max_nets: int | None) -> None:
     if max_nets is not None and max_nets < 0:
         raise InputError(None, "max_nets", f"expected a non-negative count, got {max_nets}")
+
+
+def _capped(sets: np.ndarray, counts: np.ndarray, num_experts: int, max_nets: int | None) -> Hypergraph:
+    """sets: [n, k] in canonical order, counts: [n]. Keeps the ``max_nets`` heaviest sets."""
+    _check_cap(max_nets)
     order = np.argsort(-counts, kind="stable")
     cut = len(order) if max_nets is None else max_nets
     kept, dropped = order[:cut], order[cut:]
@@ -197,19 +206,28 @@ class LayerSummary:
     loads: [E] int64 token-expert pairs per expert.
     coactivation: csr [E, E] int64, symmetric, zero diagonal.
     sets: [n, k] distinct top-k sets in canonical order; set_counts: [n] int64 tokens per set.
+    dropped_weight: tokens whose set a streaming cap dropped (0 for an exact summary).
     """
 
     loads: np.ndarray
     coactivation: sp.csr_matrix
     sets: np.ndarray
     set_counts: np.ndarray
+    dropped_weight: int = 0
 
     @property
     def num_experts(self) -> int:
         return int(self.loads.shape[0])
 
-    def merge(self, other: LayerSummary) -> LayerSummary:
-        """The summary of both parts' tokens together."""
+    @property
+    def dropped_share(self) -> float:
+        """Fraction of the layer's (non-empty) tokens whose set a streaming cap dropped."""
+        total = int(self.set_counts.sum()) + self.dropped_weight
+        return self.dropped_weight / total if total else 0.0
+
+    def merge(self, other: LayerSummary, max_nets: int | None = None) -> LayerSummary:
+        """The summary of both parts' tokens together, capped to ``max_nets`` sets if given
+        (exact without a cap, or while the sets fit it)."""
         if other.num_experts != self.num_experts or other.sets.shape[1] != self.sets.shape[1]:
             raise ValueError("cannot merge layer summaries of different expert counts or k")
         sets, counts = distinct_sets(
@@ -217,16 +235,57 @@ class LayerSummary:
             self.num_experts,
             np.concatenate([self.set_counts, other.set_counts]),
         )
-        return LayerSummary(
+        merged = LayerSummary(
             loads=self.loads + other.loads,
             coactivation=(self.coactivation + other.coactivation).tocsr(),
             sets=sets,
             set_counts=counts,
+            dropped_weight=self.dropped_weight + other.dropped_weight,
+        )
+        return merged.capped(max_nets)
+
+    def capped(self, max_nets: int | None) -> LayerSummary:
+        """This summary keeping its ``max_nets`` sets of highest priority ``count / u(set)``
+        (:func:`set_hash_unit`; ties by canonical position), in canonical order; the dropped
+        sets' tokens are added to ``dropped_weight``. ``None`` or a large enough cap: unchanged."""
+        _check_cap(max_nets)
+        if max_nets is None or len(self.set_counts) <= max_nets:
+            return self
+        priority = self.set_counts / set_hash_unit(self.sets)
+        keep = np.sort(np.argsort(-priority, kind="stable")[:max_nets])
+        return LayerSummary(
+            loads=self.loads,
+            coactivation=self.coactivation,
+            sets=self.sets[keep],
+            set_counts=self.set_counts[keep],
+            dropped_weight=self.dropped_weight + int(self.set_counts.sum() - self.set_counts[keep].sum()),
         )
 
     def hypergraph(self, max_nets: int | None = None) -> Hypergraph:
-        """The layer's hypergraph, keeping only the ``max_nets`` heaviest nets if given."""
-        return _capped(self.sets, self.set_counts, self.num_experts, max_nets)
+        """The layer's hypergraph, keeping only the ``max_nets`` heaviest nets if given
+        (``dropped_weight`` includes the sets a streaming cap dropped)."""
+        hg = _capped(self.sets, self.set_counts, self.num_experts, max_nets)
+        return replace(hg, dropped_weight=hg.dropped_weight + self.dropped_weight,
+                       total_weight=hg.total_weight + self.dropped_weight)
+
+
+def set_hash_unit(sets: np.ndarray) -> np.ndarray:
+    """A hash of each set's ids mapped to (0, 1]: sets [n, k] canonical -> [n] float64.
+
+    A function of the set alone (splitmix64 rounds over its ids), so a set gets the same
+    value in every chunk, shard and process.
+    """
+    h = np.full(len(sets), 0x9E3779B97F4A7C15, np.uint64)
+    for column in sets.T:
+        h = _splitmix64(h ^ (column.astype(np.int64) + 1).astype(np.uint64))
+    return ((h >> np.uint64(11)) + np.uint64(1)).astype(np.float64) / float(1 << 53)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser of z: [n] uint64 (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 def _numpy_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary:
@@ -369,20 +428,24 @@ class TraceSummary:
         """[layers, E] int64 token-expert pairs per expert."""
         return np.stack([layer.loads for layer in self.layers])
 
-    def merge(self, other: TraceSummary) -> TraceSummary:
-        """The summary of both parts' tokens together (same layers, experts and k)."""
+    @property
+    def dropped_shares(self) -> np.ndarray:
+        """[layers] fraction of each layer's tokens whose set a streaming cap dropped."""
+        return np.array([layer.dropped_share for layer in self.layers])
+
+    def merge(self, other: TraceSummary, max_nets: int | None = None) -> TraceSummary:
+        """The summary of both parts' tokens together (same layers, experts and k), each
+        layer capped to ``max_nets`` sets if given (:meth:`LayerSummary.merge`)."""
         if (other.num_experts, other.top_k, other.layer_ids) != (
             self.num_experts,
             self.top_k,
             self.layer_ids,
         ):
             raise ValueError("cannot merge trace summaries of different layers, expert counts or k")
-        return TraceSummary(
-            num_experts=self.num_experts,
-            top_k=self.top_k,
+        return replace(
+            self,
             num_tokens=self.num_tokens + other.num_tokens,
-            layer_ids=self.layer_ids,
-            layers=tuple(a.merge(b) for a, b in zip(self.layers, other.layers)),
+            layers=tuple(a.merge(b, max_nets) for a, b in zip(self.layers, other.layers)),
         )
 
 
@@ -393,33 +456,63 @@ def _chunks(source: TraceSource | Trace) -> Iterator[TraceChunk]:
     return source.chunks()
 
 
-def _push(stack: list[TraceSummary], part: TraceSummary) -> None:
-    """Push ``part`` and merge like a binary counter: each token is re-merged O(log chunks) times."""
+def _push(stack: list[TraceSummary], part: TraceSummary, max_nets: int | None = None) -> None:
+    """Push ``part`` and merge like a binary counter: each token is re-merged O(log chunks) times.
+
+    Which summaries merge depends only on the token counts of the parts pushed so far.
+    """
     stack.append(part)
     while len(stack) > 1 and stack[-2].num_tokens <= stack[-1].num_tokens:
         top = stack.pop()
-        stack[-1] = stack[-1].merge(top)
+        stack[-1] = stack[-1].merge(top, max_nets)
+
+
+def combine(parts: Iterable[TraceSummary], max_nets: int | None = None) -> TraceSummary:
+    """Merge chunk summaries, in order, the way :func:`summarize` does: :func:`_push` each,
+    then fold the stack from the bottom. Exact without a cap (then any order gives the same
+    summary); with ``max_nets`` the result is a pure function of the parts' sequence."""
+    stack: list[TraceSummary] = []
+    for part in parts:
+        _push(stack, part, max_nets)
+    if not stack:
+        raise ValueError("no summaries to combine")
+    return reduce(lambda a, b: a.merge(b, max_nets), stack)
+
+
+def summarize_chunk(
+    trace: Trace, layer_ids: Sequence[int], pool: ThreadPoolExecutor, max_nets: int | None = None
+) -> TraceSummary:
+    """Summary of the layers ``layer_ids`` of one in-memory trace (chunk), layers on ``pool``'s
+    threads, each capped to ``max_nets`` sets if given."""
+    ids, experts = trace.topk_ids, trace.num_experts
+
+    def one(layer: int) -> LayerSummary:
+        return layer_summary(ids[:, layer, :], experts).capped(max_nets)
+
+    return TraceSummary(experts, ids.shape[2], ids.shape[0], tuple(layer_ids), tuple(pool.map(one, layer_ids)))
 
 
 def summarize(
-    source: TraceSource | Trace, layers: Sequence[int] | None = None, workers: int = 1
+    source: TraceSource | Trace,
+    layers: Sequence[int] | None = None,
+    workers: int = 1,
+    max_nets: int | None = None,
 ) -> TraceSummary:
     """Walk the trace chunk by chunk and summarise the selected layers (default: all).
 
     ``workers`` threads summarise layers of a chunk in parallel (the kernels release the GIL).
+    ``max_nets``: keep at most this many distinct sets per layer while streaming (memory
+    bounded by the cap and one chunk; see the module docstring); None keeps every set.
     """
-    num_layers, experts = source.num_layers, source.num_experts
+    _check_cap(max_nets)
+    num_layers = source.num_layers
     layer_ids = tuple(range(num_layers)) if layers is None else tuple(int(i) for i in layers)
     for layer in layer_ids:
         if not 0 <= layer < num_layers:
             raise InputError(None, "layers", f"layer {layer} is out of range 0..{num_layers - 1}")
-    stack: list[TraceSummary] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for chunk in _chunks(source):
-            ids = chunk.trace.topk_ids
-            parts = pool.map(layer_summary, [ids[:, layer, :] for layer in layer_ids], [experts] * len(layer_ids))
-            _push(stack, TraceSummary(experts, ids.shape[2], ids.shape[0], layer_ids, tuple(parts)))
-    return reduce(TraceSummary.merge, stack)
+        parts = (summarize_chunk(chunk.trace, layer_ids, pool, max_nets) for chunk in _chunks(source))
+        return combine(parts, max_nets)
 
 
 # ---------------------------------------------------------------- networkx export

@@ -30,6 +30,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -176,10 +177,28 @@ def search_problem(problem: LayerProblem, opts: Options) -> tuple[LayerProblem, 
     """
     if problem.constraints.max_nodes is not None:
         return problem, None
-    limit = SAMPLE_NETS
-    if opts.solver != "spectral":
-        limit = int(SAMPLE_NETS * max(1.0, min(8.0, opts.layer_budget)))
-    return sample_nets(problem, limit, seed=opts.seed)
+    return sample_nets(problem, search_limit(opts.solver, opts.layer_budget), seed=opts.seed)
+
+
+def search_limit(solver: str, budget: float) -> int:
+    """Most nets a layer's search uses (:func:`search_problem`)."""
+    return SAMPLE_NETS if solver == "spectral" else int(SAMPLE_NETS * max(1.0, min(8.0, budget)))
+
+
+def layer_budget(time_limit: float, layers: int) -> float:
+    """Deterministic effort units per layer for a total ``time_limit``."""
+    return max(0.2, 1.6 * time_limit / max(1, layers))
+
+
+def stream_cap(solver: str, time_limit: float, layers: int, max_nodes: int | None) -> int | None:
+    """Distinct sets per layer worth keeping while summarising a trace for :func:`place`: what
+    the search uses (:func:`search_limit`), none for ``eplb`` (loads only), every set with a
+    hard ``max_nodes`` (it must hold on all of them)."""
+    if solver == "eplb":
+        return 0
+    if max_nodes is not None:
+        return None
+    return search_limit(solver, layer_budget(time_limit, layers))
 
 
 def descent_cost(problem: LayerProblem) -> float:
@@ -542,6 +561,7 @@ def place(
     slots_per_gpu: int | None = None,
     alpha: float | None = None,
     exclude_gpus: Sequence[int] = (),
+    max_nets: int | None | Literal["auto"] = "auto",
 ) -> tuple[Placement, SolveReport]:
     """Place every layer's experts on ``topology`` from ``trace``.
 
@@ -559,6 +579,9 @@ def place(
     placement keeps every GPU (excluded ones empty) and records ``metadata["excluded_gpus"]``
     (sorted ids). Raises InputError(field "exclude_gpus") for ids out of range, all GPUs
     excluded, or too few live slots for the experts.
+    max_nets: distinct top-k sets kept per layer while summarising a trace (not a summary):
+    "auto" = :func:`stream_cap`, None = every set; the share of tokens whose set was dropped
+    is reported (loads and co-activation stay exact).
     Returns (Placement with metadata, SolveReport). Raises InfeasibleError / InputError.
     """
     if solver not in (*SOLVERS, "eplb"):
@@ -569,7 +592,11 @@ def place(
         raise InputError(None, "max_nodes_coverage", f"expected a share in (0, 1], got {max_nodes_coverage}")
     if max_nodes_coverage is not None and max_nodes is None:
         raise InputError(None, "max_nodes_coverage", "needs max_nodes")
-    summary = trace if isinstance(trace, TraceSummary) else summarize(trace, workers=max(1, workers))
+    if isinstance(trace, TraceSummary):
+        summary = trace
+    else:
+        cap = stream_cap(solver, time_limit, trace.num_layers, max_nodes) if max_nets == "auto" else max_nets
+        summary = summarize(trace, workers=max(1, workers), max_nets=cap)
     live = live_mask(exclude_gpus, topology.num_gpus, summary.num_experts, slots_per_gpu)
     excluded = np.flatnonzero(~live).tolist()
     if solver == "eplb":
@@ -583,8 +610,7 @@ def place(
         summary, topology.nodes, topology.gpus_per_node, one_copy_slots if spare else slots_per_gpu, constraints,
         excluded,
     )
-    layer_budget = max(0.2, 1.6 * time_limit / max(1, len(problems)))
-    opts = Options(solver, seed, alpha, 15, layer_budget)
+    opts = Options(solver, seed, alpha, 15, layer_budget(time_limit, len(problems)))
     results = _solve_all(problems, opts, workers)
     report = SolveReport(solver, results)
     for r in results:
@@ -600,6 +626,12 @@ def place(
             f"exactly, lighter ones with probability w/r at weight r, r = {min(x.rate for x in sampled)}"
             f"..{max(x.rate for x in sampled)}), leaving out {min(dropped):.1%}..{max(dropped):.1%} "
             "of each layer's tokens (unbiased: re-weighted); objectives and bounds are on every set")
+    dropped = summary.dropped_shares
+    if dropped.any():
+        report.messages.append(
+            f"the streaming cap kept at most {max(len(part.sets) for part in summary.layers)} distinct top-k "
+            f"sets per layer, dropping {dropped.min():.1%}..{dropped.max():.1%} of each layer's tokens' sets "
+            "(kept by priority count/hash; loads and co-activation are exact; objectives are on the kept sets)")
     if solver != "spectral" and any(r.status != "optimal" for r in results):
         report.messages.append(
             "bounds of layers not proven optimal are the trivial bound (each set spans >= "
