@@ -20,9 +20,11 @@ Sets are stored in a canonical form and order: ascending ids, ``-1`` padding
 last; sets ordered lexicographically with a padded position ranking after
 every expert id. Each token's ids are sorted with a sorting network over whole
 columns and distinct sets found by one ``np.lexsort`` of the columns. When
-numba is installed, :func:`layer_summary` computes loads, pair counts and the
-sorted columns in one fused pass instead (identical results; the numpy path is the
-reference and the fallback without numba or for E above ``DENSE_PAIR_LIMIT``).
+numba is installed, :func:`layer_summary` instead packs each token's sorted ids
+into 16-bit fields of one key, groups the keys (a counting sort by first id, then
+each cache-sized bucket by the other ids), and counts loads and pairs from the
+distinct sets, weighted, in canonical order (identical results; the numpy path is
+the reference and the fallback without numba or for E above ``DENSE_PAIR_LIMIT``).
 """
 
 from __future__ import annotations
@@ -303,11 +305,10 @@ def _numpy_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerS
 if numba is not None:
 
     @numba.njit(nogil=True, cache=True)
-    def _fused_kernel(ids, num_experts, loads, pairs, keys):  # pragma: no cover - jitted
-        """One pass over ids: [tokens, k] (padding read as E). Adds to loads: [E + 1] and to
-        pairs: [E + 1, E + 1] (each unordered pair once, either orientation); writes keys:
-        [tokens, ceil(k / 4)] uint64, each token's ids in ascending order packed 16 bits per
-        id, id i of the token in word i // 4 (the first id in the top bits)."""
+    def _key_kernel(ids, num_experts, keys):  # pragma: no cover - jitted
+        """One pass over ids: [tokens, k] (padding read as E): writes keys: [tokens, ceil(k / 4)]
+        uint64, each token's ids in ascending order packed 16 bits per id, id i of the token in
+        word i // 4 (the first id in the top bits)."""
         k = ids.shape[1]
         row = np.empty(k, np.int64)
         rank = np.empty(k, np.int64)
@@ -317,9 +318,7 @@ if numba is not None:
                 row[i] = ids[t, i] if ids[t, i] >= 0 else num_experts
                 rank[i] = 0
             for i in range(k):
-                loads[row[i]] += 1
                 for j in range(i + 1, k):
-                    pairs[row[i], row[j]] += 1
                     below = row[i] < row[j]  # branch-free ranks; ties (padding) broken by index
                     rank[j] += below
                     rank[i] += 1 - below
@@ -331,76 +330,107 @@ if numba is not None:
                 keys[t, i >> 2] |= np.uint64(ordered[i]) << np.uint64(16 * (3 - (i & 3)))
 
     @numba.njit(nogil=True, cache=True)
-    def _group_kernel(keys, k, num_experts):  # pragma: no cover - jitted
-        """Distinct sets of packed keys (:func:`_fused_kernel`), GIL released: a stable LSD
-        counting sort of the tokens by ids k-1 .. 0 (the canonical lexicographic order), then one
-        pass that counts each distinct set. Returns (sets [n, k] int64 with -1 padding,
-        counts [n] int64), canonical order, no empty set."""
+    def _count_kernel(sets, counts, loads, pairs):  # pragma: no cover - jitted
+        """Adds each set's count to loads: [E] of its experts and to pairs: [E, E] (i < j) of its
+        pairs. sets: [n, k] canonical (-1 padding last), in canonical order, so consecutive sets
+        share their first ids and the hot rows of ``pairs`` stay in cache."""
+        for g in range(sets.shape[0]):
+            w = counts[g]
+            for i in range(sets.shape[1]):
+                a = sets[g, i]
+                if a < 0:
+                    break
+                loads[a] += w
+                for j in range(i + 1, sets.shape[1]):
+                    b = sets[g, j]
+                    if b < 0:
+                        break
+                    pairs[a, b] += w
+
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def _digit(key, c):  # pragma: no cover - jitted
+        """Id c of a packed key row (:func:`_key_kernel`)."""
+        return (key[c >> 2] >> np.uint64(16 * (3 - (c & 3)))) & np.uint64(0xFFFF)
+
+    @numba.njit(nogil=True, cache=True)
+    def _sort_bucket(src, dst, lo, hi, k, radix):  # pragma: no cover - jitted
+        """Stable LSD counting sort of rows lo..hi-1 of src by ids k-1 .. 1 (id 0 is equal within
+        the bucket); src and dst swap roles each pass. Returns the array holding the result."""
+        words = src.shape[1]
+        count = np.empty(radix + 1, np.int64)
+        for c in range(k - 1, 0, -1):
+            count[:] = 0
+            for t in range(lo, hi):
+                count[_digit(src[t], c) + 1] += 1
+            if count.max() == hi - lo:  # one id for the whole bucket: the pass keeps the order
+                continue
+            count[0] = lo
+            for v in range(1, radix + 1):
+                count[v] += count[v - 1]
+            for t in range(lo, hi):
+                v = _digit(src[t], c)
+                q = count[v]
+                count[v] = q + 1
+                for w in range(words):
+                    dst[q, w] = src[t, w]
+            src, dst = dst, src
+        return src
+
+    @numba.njit(nogil=True, cache=True)
+    def _group_kernel(keys, k, num_experts, sets_out):  # pragma: no cover - jitted
+        """Distinct sets of packed keys (:func:`_key_kernel`), GIL released, canonical
+        lexicographic order: a counting sort of the tokens by their first id, then each bucket
+        (cache-sized) by ids k-1 .. 1 (:func:`_sort_bucket`), then one pass counting each
+        distinct set. Writes sets (-1 padding) to sets_out: [tokens, k]; returns (distinct
+        count n, counts [n] int64); the empty set (all padding, sorted last) is left out."""
         m, words = keys.shape
         radix = num_experts + 1
-        offsets = np.zeros((k, radix + 1), np.int64)
+        bounds = np.zeros(radix + 1, np.int64)
         for t in range(m):
-            for c in range(k):
-                v = (keys[t, c >> 2] >> np.uint64(16 * (3 - (c & 3)))) & np.uint64(0xFFFF)
-                offsets[c, v + 1] += 1
-        src = keys
-        dst = np.empty_like(keys)
-        for c in range(k - 1, -1, -1):
-            if offsets[c].max() == m:  # every token has the same id here: the pass keeps the order
-                continue
-            for v in range(1, radix + 1):
-                offsets[c, v] += offsets[c, v - 1]
-            word = c >> 2
-            shift = np.uint64(16 * (3 - (c & 3)))
-            for t in range(m):
-                v = (src[t, word] >> shift) & np.uint64(0xFFFF)
-                p = offsets[c, v]
-                offsets[c, v] = p + 1
-                for w in range(words):
-                    dst[p, w] = src[t, w]
-            src, dst = dst, src
-        starts = np.empty(m + 1, np.int64)
+            bounds[_digit(keys[t], 0) + 1] += 1
+        for v in range(1, radix + 1):
+            bounds[v] += bounds[v - 1]
+        first = np.empty_like(keys)
+        fill = bounds[:-1].copy()
+        for t in range(m):
+            v = _digit(keys[t], 0)
+            for w in range(words):
+                first[fill[v], w] = keys[t, w]
+            fill[v] += 1
+        counts = np.empty(m, np.int64)
         n = 0
-        for i in range(m):
-            new = i == 0
-            if not new:
-                for w in range(words):
-                    if src[i, w] != src[i - 1, w]:
-                        new = True
-                        break
-            if new:
-                starts[n] = i
-                n += 1
-        starts[n] = m
-        sets = np.empty((n, k), np.int64)
-        counts = np.empty(n, np.int64)
-        kept = 0
-        for g in range(n):
-            first = src[starts[g]]
-            if (first[0] >> np.uint64(48)) >= np.uint64(num_experts):  # the empty set (all padding)
+        for b in range(num_experts):  # bucket num_experts is the empty set
+            lo, hi = bounds[b], bounds[b + 1]
+            if lo == hi:
                 continue
-            for c in range(k):
-                v = np.int64((first[c >> 2] >> np.uint64(16 * (3 - (c & 3)))) & np.uint64(0xFFFF))
-                sets[kept, c] = v if v < num_experts else -1
-            counts[kept] = starts[g + 1] - starts[g]
-            kept += 1
-        return sets[:kept], counts[:kept]
+            rows = _sort_bucket(first, keys, lo, hi, k, radix)
+            for i in range(lo, hi):
+                new = i == lo
+                for w in range(words):
+                    new = new or rows[i, w] != rows[i - 1, w]
+                if new:
+                    for c in range(k):
+                        v = np.int64(_digit(rows[i], c))
+                        sets_out[n, c] = v if v < num_experts else -1
+                    counts[n] = 0
+                    n += 1
+                counts[n - 1] += 1
+        return n, counts[:n]
 
 
 def _fused_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary:
-    """topk_ids_layer: [tokens, k]. The numba path of :func:`layer_summary`."""
-    size = num_experts + 1
+    """topk_ids_layer: [tokens, k]. The numba path of :func:`layer_summary`: sorted packed keys,
+    distinct sets, then loads and pair counts from the distinct sets (fewer, and in order)."""
     k = topk_ids_layer.shape[1]
-    loads = np.zeros(size, np.int64)
-    # a pair count is at most the token count: int32 halves the cache footprint of the hot table
-    pairs = np.zeros((size, size), np.int32 if topk_ids_layer.shape[0] < 2**31 else np.int64)
     keys = np.empty((topk_ids_layer.shape[0], -(-k // 4)), np.uint64)
-    _fused_kernel(topk_ids_layer, num_experts, loads, pairs, keys)
-    sets, counts = _group_kernel(keys, k, num_experts)
-    return LayerSummary(
-        loads[:num_experts], _symmetric_csr(pairs[:num_experts, :num_experts].astype(np.int64)),
-        sets.astype(id_dtype(num_experts)), counts,
-    )
+    _key_kernel(topk_ids_layer, num_experts, keys)
+    sets = np.empty((len(keys), k), id_dtype(num_experts))
+    n, counts = _group_kernel(keys, k, num_experts, sets)
+    sets, counts = sets[:n].copy(), counts.copy()
+    loads = np.zeros(num_experts, np.int64)
+    pairs = np.zeros((num_experts, num_experts), np.int64)
+    _count_kernel(sets, counts, loads, pairs)
+    return LayerSummary(loads, _symmetric_csr(pairs), sets, counts)
 
 
 def layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary:

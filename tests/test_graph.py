@@ -172,7 +172,7 @@ def test_many_experts_take_the_sparse_path():
     assert np.array_equal(summary.loads[::scale], graph.expert_loads(ids[:, None], 40)[0])
 
 
-def test_fused_kernel_matches_numpy_reference():
+def test_numba_kernels_match_numpy_reference():
     pytest.importorskip("numba")
     for experts, k in [(5, 3), (4, 4), (64, 6), (256, 8)]:
         for m in range(k + 1):  # every set of every size, in shuffled rows
