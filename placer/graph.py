@@ -50,6 +50,9 @@ except ImportError:  # pragma: no cover - numba is optional
 DENSE_PAIR_LIMIT = 2048
 """Largest expert count whose pair counts are accumulated in a dense [E, E] array."""
 
+LAYER_RUN = 8
+"""Consecutive layers of a chunk summarised together (one pass over their ids)."""
+
 
 # ---------------------------------------------------------------- per-layer building blocks
 
@@ -253,8 +256,7 @@ class LayerSummary:
         _check_cap(max_nets)
         if max_nets is None or len(self.set_counts) <= max_nets:
             return self
-        priority = self.set_counts / set_hash_unit(self.sets)
-        keep = np.sort(np.argsort(-priority, kind="stable")[:max_nets])
+        keep = _top(self.set_counts / set_hash_unit(self.sets), max_nets)
         return LayerSummary(
             loads=self.loads,
             coactivation=self.coactivation,
@@ -272,15 +274,30 @@ class LayerSummary:
 
 
 def set_hash_unit(sets: np.ndarray) -> np.ndarray:
-    """A hash of each set's ids mapped to (0, 1]: sets [n, k] canonical -> [n] float64.
+    """A hash of each set mapped to (0, 1]: sets [n, k] canonical -> [n] float64.
 
-    A function of the set alone (splitmix64 rounds over its ids), so a set gets the same
-    value in every chunk, shard and process.
+    A function of the set alone (splitmix64 rounds over its ids as little-endian bytes of the
+    id dtype, 8 bytes at a time), so a set gets the same value in every chunk, shard and process.
     """
-    h = np.full(len(sets), 0x9E3779B97F4A7C15, np.uint64)
-    for column in sets.T:
-        h = _splitmix64(h ^ (column.astype(np.int64) + 1).astype(np.uint64))
+    ids = sets.astype(sets.dtype.newbyteorder("<"), copy=False)
+    spare = -ids.shape[1] % (8 // ids.itemsize)
+    if spare:
+        ids = np.pad(ids, ((0, 0), (0, spare)), constant_values=PADDING)
+    h = np.full(len(ids), 0x9E3779B97F4A7C15, np.uint64)
+    for word in np.ascontiguousarray(ids).view("<u8").T:
+        h = _splitmix64(h ^ word)
     return ((h >> np.uint64(11)) + np.uint64(1)).astype(np.float64) / float(1 << 53)
+
+
+def _top(priority: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` largest of priority: [n] (ties by index), ascending; O(n)."""
+    if count == 0:
+        return np.zeros(0, np.intp)
+    threshold = np.partition(priority, len(priority) - count)[len(priority) - count]
+    above = priority > threshold
+    ties = np.flatnonzero(priority == threshold)[: count - int(above.sum())]
+    above[ties] = True
+    return np.flatnonzero(above)
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:
@@ -306,28 +323,30 @@ if numba is not None:
 
     @numba.njit(nogil=True, cache=True)
     def _key_kernel(ids, num_experts, keys):  # pragma: no cover - jitted
-        """One pass over ids: [tokens, k] (padding read as E): writes keys: [tokens, ceil(k / 4)]
-        uint64, each token's ids in ascending order packed 16 bits per id, id i of the token in
-        word i // 4 (the first id in the top bits)."""
-        k = ids.shape[1]
+        """One pass over ids: [tokens, g, k] (g layers; padding read as E), token-major so each
+        token's g layers are read together: writes keys: [g, tokens, ceil(k / 4)] uint64, each
+        token's ids in ascending order packed 16 bits per id, id i in word i // 4 (the first id
+        in the top bits)."""
+        k = ids.shape[2]
         row = np.empty(k, np.int64)
         rank = np.empty(k, np.int64)
         ordered = np.empty(k, np.int64)
         for t in range(ids.shape[0]):
-            for i in range(k):
-                row[i] = ids[t, i] if ids[t, i] >= 0 else num_experts
-                rank[i] = 0
-            for i in range(k):
-                for j in range(i + 1, k):
-                    below = row[i] < row[j]  # branch-free ranks; ties (padding) broken by index
-                    rank[j] += below
-                    rank[i] += 1 - below
-            for i in range(k):
-                ordered[rank[i]] = row[i]
-            for w in range(keys.shape[1]):
-                keys[t, w] = 0
-            for i in range(k):
-                keys[t, i >> 2] |= np.uint64(ordered[i]) << np.uint64(16 * (3 - (i & 3)))
+            for layer in range(ids.shape[1]):
+                for i in range(k):
+                    row[i] = ids[t, layer, i] if ids[t, layer, i] >= 0 else num_experts
+                    rank[i] = 0
+                for i in range(k):
+                    for j in range(i + 1, k):
+                        below = row[i] < row[j]  # branch-free ranks; ties (padding) broken by index
+                        rank[j] += below
+                        rank[i] += 1 - below
+                for i in range(k):
+                    ordered[rank[i]] = row[i]
+                for w in range(keys.shape[2]):
+                    keys[layer, t, w] = 0
+                for i in range(k):
+                    keys[layer, t, i >> 2] |= np.uint64(ordered[i]) << np.uint64(16 * (3 - (i & 3)))
 
     @numba.njit(nogil=True, cache=True)
     def _count_kernel(sets, counts, loads, pairs):  # pragma: no cover - jitted
@@ -418,26 +437,47 @@ if numba is not None:
         return n, counts[:n]
 
 
-def _fused_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary:
-    """topk_ids_layer: [tokens, k]. The numba path of :func:`layer_summary`: sorted packed keys,
-    distinct sets, then loads and pair counts from the distinct sets (fewer, and in order)."""
-    k = topk_ids_layer.shape[1]
-    keys = np.empty((topk_ids_layer.shape[0], -(-k // 4)), np.uint64)
-    _key_kernel(topk_ids_layer, num_experts, keys)
-    sets = np.empty((len(keys), k), id_dtype(num_experts))
-    n, counts = _group_kernel(keys, k, num_experts, sets)
-    sets, counts = sets[:n].copy(), counts.copy()
-    loads = np.zeros(num_experts, np.int64)
-    pairs = np.zeros((num_experts, num_experts), np.int64)
-    _count_kernel(sets, counts, loads, pairs)
-    return LayerSummary(loads, _symmetric_csr(pairs), sets, counts)
+def _fused_layer_summaries(topk_ids: np.ndarray, num_experts: int) -> list[LayerSummary]:
+    """topk_ids: [tokens, g, k], a few layers. The numba path of :func:`layer_summaries`:
+    sorted packed keys, distinct sets, then loads and pair counts from the distinct sets
+    (fewer, and in order)."""
+    tokens, layers, k = topk_ids.shape
+    keys = np.empty((layers, tokens, -(-k // 4)), np.uint64)
+    _key_kernel(topk_ids, num_experts, keys)
+    buffer = np.empty((tokens, k), id_dtype(num_experts))
+    out = []
+    for layer_keys in keys:
+        n, counts = _group_kernel(layer_keys, k, num_experts, buffer)
+        sets, counts = buffer[:n].copy(), counts.copy()
+        loads = np.zeros(num_experts, np.int64)
+        pairs = np.zeros((num_experts, num_experts), np.int64)
+        _count_kernel(sets, counts, loads, pairs)
+        out.append(LayerSummary(loads, _symmetric_csr(pairs), sets, counts))
+    return out
+
+
+def layer_summaries(topk_ids: np.ndarray, num_experts: int) -> list[LayerSummary]:
+    """Summarise each layer of topk_ids: [tokens, g, k] (-1 padding), a few layers of one chunk
+    read together (a strided slice of a trace reads its cache lines once, not once a layer)."""
+    if numba is not None and num_experts <= DENSE_PAIR_LIMIT:
+        return _fused_layer_summaries(topk_ids, num_experts)
+    return [_numpy_layer_summary(topk_ids[:, layer], num_experts) for layer in range(topk_ids.shape[1])]
 
 
 def layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary:
     """Summarise one layer of one chunk. topk_ids_layer: [tokens, k], -1 padding."""
-    if numba is not None and num_experts <= DENSE_PAIR_LIMIT:
-        return _fused_layer_summary(topk_ids_layer, num_experts)
-    return _numpy_layer_summary(topk_ids_layer, num_experts)
+    return layer_summaries(topk_ids_layer[:, None, :], num_experts)[0]
+
+
+def _layer_runs(layer_ids: Sequence[int], size: int) -> list[tuple[int, int]]:
+    """Runs [lo, hi) of consecutive layer ids, at most ``size`` layers each, in order."""
+    runs: list[tuple[int, int]] = []
+    for layer in layer_ids:
+        if runs and runs[-1][1] == layer and runs[-1][1] - runs[-1][0] < size:
+            runs[-1] = (runs[-1][0], layer + 1)
+        else:
+            runs.append((layer, layer + 1))
+    return runs
 
 
 @dataclass(frozen=True)
@@ -516,10 +556,11 @@ def summarize_chunk(
     threads, each capped to ``max_nets`` sets if given."""
     ids, experts = trace.topk_ids, trace.num_experts
 
-    def one(layer: int) -> LayerSummary:
-        return layer_summary(ids[:, layer, :], experts).capped(max_nets)
+    def run(bounds: tuple[int, int]) -> list[LayerSummary]:
+        return [part.capped(max_nets) for part in layer_summaries(ids[:, bounds[0]:bounds[1], :], experts)]
 
-    return TraceSummary(experts, ids.shape[2], ids.shape[0], tuple(layer_ids), tuple(pool.map(one, layer_ids)))
+    parts = [part for run_parts in pool.map(run, _layer_runs(layer_ids, LAYER_RUN)) for part in run_parts]
+    return TraceSummary(experts, ids.shape[2], ids.shape[0], tuple(layer_ids), tuple(parts))
 
 
 def summarize(
