@@ -400,8 +400,8 @@ if numba is not None:
         """Distinct sets of packed keys (:func:`_key_kernel`), GIL released, canonical
         lexicographic order: a counting sort of the tokens by their first id, then each bucket
         (cache-sized) by ids k-1 .. 1 (:func:`_sort_bucket`), then one pass counting each
-        distinct set. Writes sets (-1 padding) to sets_out: [tokens, k]; returns (distinct
-        count n, counts [n] int64); the empty set (all padding, sorted last) is left out."""
+        distinct set. Writes sets (-1 padding) to sets_out: [tokens, k] (keys serve as scratch);
+        returns (distinct count n, counts [n] int64); the empty set (all padding) is left out."""
         m, words = keys.shape
         radix = num_experts + 1
         bounds = np.zeros(radix + 1, np.int64)
