@@ -13,8 +13,9 @@ With ``max_nets`` the sets are capped *while* streaming (memory bounded by the c
 not the tokens): after every chunk and every merge a layer keeps its ``max_nets``
 sets of highest priority ``count / u(set)``, ``u`` a hash of the set's ids in (0, 1]
 (priority sampling, Duffield, Lund & Thorup, JACM 2007: heavy sets are kept, light
-ones with probability about proportional to their count); the tokens of dropped
-sets are counted exactly (``dropped_weight``), loads and co-activation stay exact.
+ones with probability about proportional to their count, and a kept set stands for
+max(count, threshold) tokens, :meth:`LayerSummary.net_weights`); the tokens of
+dropped sets are counted exactly (``dropped_weight``), loads and co-activation stay exact.
 
 Sets are stored in a canonical form and order: ascending ids, ``-1`` padding
 last; sets ordered lexicographically with a padded position ranking after
@@ -212,6 +213,8 @@ class LayerSummary:
     coactivation: csr [E, E] int64, symmetric, zero diagonal.
     sets: [n, k] distinct top-k sets in canonical order; set_counts: [n] int64 tokens per set.
     dropped_weight: tokens whose set a streaming cap dropped (0 for an exact summary).
+    threshold: highest priority (count / hash) a cap dropped, 0 if none: each kept set stands
+    for max(count, threshold) tokens (the priority-sampling estimate, :meth:`net_weights`).
     """
 
     loads: np.ndarray
@@ -219,6 +222,7 @@ class LayerSummary:
     sets: np.ndarray
     set_counts: np.ndarray
     dropped_weight: int = 0
+    threshold: float = 0.0
 
     @property
     def num_experts(self) -> int:
@@ -246,6 +250,7 @@ class LayerSummary:
             sets=sets,
             set_counts=counts,
             dropped_weight=self.dropped_weight + other.dropped_weight,
+            threshold=max(self.threshold, other.threshold),
         )
         return merged.capped(max_nets)
 
@@ -256,14 +261,23 @@ class LayerSummary:
         _check_cap(max_nets)
         if max_nets is None or len(self.set_counts) <= max_nets:
             return self
-        keep = _top(self.set_counts / set_hash_unit(self.sets), max_nets)
+        priority = self.set_counts / set_hash_unit(self.sets)
+        keep = _top(priority, max_nets)
+        dropped = np.ones(len(priority), bool)
+        dropped[keep] = False
         return LayerSummary(
             loads=self.loads,
             coactivation=self.coactivation,
             sets=self.sets[keep],
             set_counts=self.set_counts[keep],
             dropped_weight=self.dropped_weight + int(self.set_counts.sum() - self.set_counts[keep].sum()),
+            threshold=max(self.threshold, float(priority[dropped].max())),
         )
+
+    def net_weights(self) -> np.ndarray:
+        """[n] int64 tokens each kept set stands for: its count, or for a set kept by a cap at
+        random, the cap's threshold if larger (so light kept sets represent the dropped ones)."""
+        return np.maximum(self.set_counts, np.int64(round(self.threshold)))
 
     def hypergraph(self, max_nets: int | None = None) -> Hypergraph:
         """The layer's hypergraph, keeping only the ``max_nets`` heaviest nets if given

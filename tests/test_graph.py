@@ -305,6 +305,9 @@ def test_cap_keeps_the_highest_count_over_hash_priority():
     kept = layer.capped(7)
     assert set(map(tuple, kept.sets.tolist())) == set(map(tuple, layer.sets[np.argsort(-priority)[:7]].tolist()))
     assert kept.dropped_weight == int(layer.set_counts.sum() - kept.set_counts.sum())
+    assert kept.threshold == np.sort(priority)[-8] and layer.threshold == 0  # the best priority dropped
+    assert np.array_equal(kept.net_weights(), np.maximum(kept.set_counts, round(kept.threshold)))
+    assert np.array_equal(layer.net_weights(), layer.set_counts)
     assert layer.capped(None) is layer and layer.capped(len(layer.sets)) is layer
     assert len(layer.capped(0).sets) == 0 and layer.capped(0).dropped_share == 1.0
 
