@@ -596,8 +596,17 @@ def summarize(
         if not 0 <= layer < num_layers:
             raise InputError(None, "layers", f"layer {layer} is out of range 0..{num_layers - 1}")
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        parts = (summarize_chunk(chunk.trace, layer_ids, pool, max_nets) for chunk in _chunks(source))
-        return combine(parts, max_nets)
+        return combine(_chunk_summaries(source, layer_ids, pool, max_nets), max_nets)
+
+
+def _chunk_summaries(
+    source: TraceSource | Trace, layer_ids: Sequence[int], pool: ThreadPoolExecutor, max_nets: int | None
+) -> Iterator[TraceSummary]:
+    """Each chunk's summary (:func:`summarize_chunk`), no chunk held while the next one is read."""
+    for chunk in _chunks(source):
+        part = summarize_chunk(chunk.trace, layer_ids, pool, max_nets)
+        del chunk
+        yield part
 
 
 # ---------------------------------------------------------------- networkx export
