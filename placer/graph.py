@@ -542,11 +542,13 @@ def _chunks(source: TraceSource | Trace) -> Iterator[TraceChunk]:
 
 def _push(stack: list[TraceSummary], part: TraceSummary, max_nets: int | None = None) -> None:
     """Push ``part`` and merge like a binary counter: each token is re-merged O(log chunks) times.
+    With a cap a merge costs at most the cap plus the part, so every part is merged into the one
+    summary below it at once (memory: two capped summaries, not one per binary digit).
 
     Which summaries merge depends only on the token counts of the parts pushed so far.
     """
     stack.append(part)
-    while len(stack) > 1 and stack[-2].num_tokens <= stack[-1].num_tokens:
+    while len(stack) > 1 and (max_nets is not None or stack[-2].num_tokens <= stack[-1].num_tokens):
         top = stack.pop()
         stack[-1] = stack[-1].merge(top, max_nets)
 

@@ -631,7 +631,8 @@ def place(
         report.messages.append(
             f"the streaming cap kept at most {max(len(part.sets) for part in summary.layers)} distinct top-k "
             f"sets per layer, dropping {dropped.min():.1%}..{dropped.max():.1%} of each layer's tokens' sets "
-            "(kept by priority count/hash; loads and co-activation are exact; objectives are on the kept sets)")
+            "(kept by priority count/hash, each standing for max(count, threshold) tokens; loads and co-activation "
+            "are exact; objectives are on the kept sets)")
     if solver != "spectral" and any(r.status != "optimal" for r in results):
         report.messages.append(
             "bounds of layers not proven optimal are the trivial bound (each set spans >= "
