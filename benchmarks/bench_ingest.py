@@ -42,7 +42,7 @@ for path in (ROOT, ROOT / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from bench_scale import Shape, cached_train, routing  # noqa: E402
+from bench_scale import Shape, cached_train, routing
 
 SHAPE = Shape("dsv3", 256, 58)
 
@@ -78,7 +78,7 @@ def child(args: argparse.Namespace) -> None:
 def run_child(trace: Path, workers: int, cap: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--trace", str(trace),
            "--workers", str(workers), "--cap", cap]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

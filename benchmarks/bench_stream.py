@@ -97,7 +97,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--trace", str(trace), "--solver", args.solver,
            "--workers", str(args.workers), "--max-nets", args.max_nets]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     r = json.loads(done.stdout.strip().splitlines()[-1])
