@@ -40,7 +40,7 @@ from placer.progress import ProgressFn, prefixed, terminal_progress
 from placer.render import comparison_table, key_value_table, stats_table, sweep_notes, sweep_table
 from placer.replay import ReplayReport, evaluate
 from placer.solvers import place
-from placer.solvers.api import SolveReport, eplb_placement
+from placer.solvers.api import SolveReport, eplb_placement, summary_cap
 from placer.stats import summary_stats, trace_stats
 from placer.topology import Model, Topology, memory_slots
 from placer.trace import Trace, TraceSource, save_trace, trace_digest
@@ -276,6 +276,10 @@ def place_command(
     current: Annotated[
         str | None, typer.Option(help="Placement in service now: relabel nodes/GPUs of the result to move the fewest experts.")
     ] = None,
+    max_nets: Annotated[
+        str, typer.Option(help="Distinct top-k sets kept per layer while streaming the trace: a number, "
+                          "'all', or 'auto' (as many as the solver's search uses; bounds memory).")
+    ] = "auto",
     scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -309,7 +313,7 @@ def place_command(
                 scheduler, source, topo, solver=solver.value, balance=balance, max_nodes=max_nodes,
                 max_nodes_coverage=max_nodes_coverage, keep_groups=keep_groups, model=mdl,
                 time_limit=time_limit, seed=seed, workers=workers, slots_per_gpu=slots, exclude_gpus=dead,
-                progress=progress, on_interrupt="best",
+                max_nets=_max_nets(max_nets), progress=progress, on_interrupt="best",
             )
         solve_facts = report.to_dict()
     metadata = {
@@ -385,9 +389,11 @@ def _solve(scheduler: str | None, source: TraceSource | Trace, topology: Topolog
     summaries, the per-layer solves and the digest run on its workers; same result)."""
     if scheduler is None:
         return *place(source, topology, **options), trace_digest(source)
+    cap = summary_cap(options.pop("max_nets"), options["solver"], options["time_limit"], source.num_layers,
+                      options["max_nodes"])
     with _cluster(scheduler, source) as cluster:
         digest = cluster.submit(trace_digest, source)
-        chosen, report = place(cluster.summarize(source), topology, mapper=cluster.map, **options)
+        chosen, report = place(cluster.summarize(source, max_nets=cap), topology, mapper=cluster.map, **options)
         return chosen, report, digest.result()
 
 
@@ -399,6 +405,15 @@ def _gpu_list(text: str | None) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise InputError(None, "--exclude-gpus", f"expected comma-separated GPU ids, got {text!r}") from None
+
+
+def _max_nets(requested: str) -> int | None | str:
+    """--max-nets: 'auto', 'all' (None: every set) or a non-negative count."""
+    if requested in ("auto", "all"):
+        return None if requested == "all" else requested
+    if not requested.isdigit():
+        raise InputError(None, "--max-nets", f"expected a count, 'all' or 'auto', got {requested!r}")
+    return int(requested)
 
 
 def _slots(requested: str | None, reserve: float, experts: int, topo: Topology, mdl: Model | None) -> int | None:

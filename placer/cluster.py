@@ -6,8 +6,8 @@ scheduler is asked for. What runs where:
 * workers: each trace shard is opened *by path* on a worker, validated and summarised
   (:func:`placer.graph.summarize` of the one shard); the shard summaries are merged on
   workers, layer by layer in parallel, each layer in the merge tree of the in-process path
-  (:func:`placer.graph.merge_in_order`: same order, same pairs, ``TraceSummary.merge``),
-  so the result is the one ``summarize`` gives, byte for byte;
+  (:func:`placer.graph.merge_in_order`: same order, same pairs, ``TraceSummary.merge``, the
+  same streaming cap), so the result is the one ``summarize`` gives, byte for byte;
 * workers: any pure function mapped over items (:meth:`Cluster.map`), e.g. the per-layer
   solves of :func:`placer.solvers.place`, results in item order;
 * client: the last merged summary, building the per-layer problems, writing outputs.
@@ -41,10 +41,12 @@ FIELD = "--scheduler"
 TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 
-def _shard_layers(source: TraceSource, index: int, layer_ids: tuple[int, ...]) -> list[TraceSummary]:
-    """Runs on a worker: read, validate and summarise shard ``index`` of ``source``; one
-    single-layer summary per layer (layers merge independently, so in parallel)."""
-    summary = summarize(source.read_shard(index), layer_ids)
+def _shard_layers(source: TraceSource, index: int, layer_ids: tuple[int, ...], max_nets: int | None
+                  ) -> list[TraceSummary]:
+    """Runs on a worker: read, validate and summarise shard ``index`` of ``source`` (capped to
+    ``max_nets`` sets per layer if given); one single-layer summary per layer (layers merge
+    independently, so in parallel)."""
+    summary = summarize(source.read_shard(index), layer_ids, max_nets=max_nets)
     return [replace(summary, layer_ids=(i,), layers=(layer,)) for i, layer in zip(layer_ids, summary.layers)]
 
 
@@ -86,21 +88,23 @@ class Cluster:
         """``fn(*args)`` as one task; returns its future (``.result()`` waits for it)."""
         return self.client.submit(fn, *args, pure=False)
 
-    def summarize(self, source: TraceSource, layers: Sequence[int] | None = None) -> TraceSummary:
-        """:func:`placer.graph.summarize` of ``source`` with the shards summarised and merged on
-        the workers (identical result). Workers open the shard files themselves."""
+    def summarize(self, source: TraceSource, layers: Sequence[int] | None = None, max_nets: int | None = None
+                  ) -> TraceSummary:
+        """:func:`placer.graph.summarize` of ``source`` (with the same ``max_nets`` cap) with the
+        shards summarised and merged on the workers (identical result). Workers open the shard
+        files themselves."""
         layer_ids = tuple(range(source.num_layers)) if layers is None else tuple(int(i) for i in layers)
         _ = source.num_experts  # computed once here (declared counts), shipped with ``source``
 
         def shard(index: int) -> list[Any]:  # submitted lazily, so each part is released once merged
-            layers = self.submit(_shard_layers, source, index, layer_ids)
+            layers = self.submit(_shard_layers, source, index, layer_ids, max_nets)
             return [self.submit(operator.getitem, layers, i) for i in range(len(layer_ids))]
 
         def merge(first: list[Any], second: list[Any]) -> list[Any]:
-            return [self.submit(TraceSummary.merge, a, b) for a, b in zip(first, second)]
+            return [self.submit(TraceSummary.merge, a, b, max_nets) for a, b in zip(first, second)]
 
         parts = zip(source.shard_tokens, map(shard, range(len(source.shards))))
-        return _joined(self.client.gather(merge_in_order(parts, merge)))
+        return _joined(self.client.gather(merge_in_order(parts, merge, fold=max_nets is not None)))
 
     def close(self) -> None:
         self.client.close()

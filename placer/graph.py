@@ -8,25 +8,33 @@ Per layer the routing decisions ``topk_ids_layer: [tokens, k]`` give
 * the hypergraph: one net per distinct top-k *set*, weighted by its tokens.
 
 Large or sharded traces are summarised chunk by chunk (:func:`summarize`); the
-partial summaries (:class:`LayerSummary`, :class:`TraceSummary`) merge exactly,
-and a hypergraph is capped only when it is produced from a summary.
+partial summaries (:class:`LayerSummary`, :class:`TraceSummary`) merge exactly.
+With ``max_nets`` the sets are capped *while* streaming (memory bounded by the cap,
+not the tokens): after every chunk and every merge a layer keeps its ``max_nets``
+sets of highest priority ``count / u(set)``, ``u`` a hash of the set's ids in (0, 1]
+(priority sampling, Duffield, Lund & Thorup, JACM 2007: heavy sets are kept, light
+ones with probability about proportional to their count, and a kept set stands for
+max(count, threshold) tokens, :meth:`LayerSummary.net_weights`); the tokens of
+dropped sets are counted exactly (``dropped_weight``), loads and co-activation stay exact.
 
 Sets are stored in a canonical form and order: ascending ids, ``-1`` padding
 last; sets ordered lexicographically with a padded position ranking after
 every expert id. Each token's ids are sorted with a sorting network over whole
 columns and distinct sets found by one ``np.lexsort`` of the columns. When
-numba is installed, :func:`layer_summary` computes loads, pair counts and the
-sorted columns in one fused pass instead (identical results; the numpy path is the
-reference and the fallback without numba or for E above ``DENSE_PAIR_LIMIT``).
+numba is installed, :func:`layer_summary` instead packs each token's sorted ids
+into 16-bit fields of one key, groups the keys (a counting sort by first id, then
+each cache-sized bucket by the other ids), and counts loads and pairs from the
+distinct sets, weighted, in canonical order (identical results; the numpy path is
+the reference and the fallback without numba or for E above ``DENSE_PAIR_LIMIT``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import reduce
-from itertools import combinations, starmap
+from dataclasses import dataclass, replace
+from functools import partial, reduce
+from itertools import combinations
 from typing import TypeVar
 
 import networkx as nx
@@ -46,6 +54,9 @@ T = TypeVar("T")
 
 DENSE_PAIR_LIMIT = 2048
 """Largest expert count whose pair counts are accumulated in a dense [E, E] array."""
+
+LAYER_RUN = 8
+"""Consecutive layers of a chunk summarised together (one pass over their ids)."""
 
 
 # ---------------------------------------------------------------- per-layer building blocks
@@ -166,10 +177,14 @@ class Hypergraph:
         return self.dropped_weight / self.total_weight if self.total_weight else 0.0
 
 
-def _capped(sets: np.ndarray, counts: np.ndarray, num_experts: int, max_nets: int | None) -> Hypergraph:
-    """sets: [n, k] in canonical order, counts: [n]. Keeps the ``max_nets`` heaviest sets."""
+def _check_cap(max_nets: int | None) -> None:
     if max_nets is not None and max_nets < 0:
         raise InputError(None, "max_nets", f"expected a non-negative count, got {max_nets}")
+
+
+def _capped(sets: np.ndarray, counts: np.ndarray, num_experts: int, max_nets: int | None) -> Hypergraph:
+    """sets: [n, k] in canonical order, counts: [n]. Keeps the ``max_nets`` heaviest sets."""
+    _check_cap(max_nets)
     order = np.argsort(-counts, kind="stable")
     cut = len(order) if max_nets is None else max_nets
     kept, dropped = order[:cut], order[cut:]
@@ -201,19 +216,31 @@ class LayerSummary:
     loads: [E] int64 token-expert pairs per expert.
     coactivation: csr [E, E] int64, symmetric, zero diagonal.
     sets: [n, k] distinct top-k sets in canonical order; set_counts: [n] int64 tokens per set.
+    dropped_weight: tokens whose set a streaming cap dropped (0 for an exact summary).
+    threshold: highest priority (count / hash) a cap dropped, 0 if none: each kept set stands
+    for max(count, threshold) tokens (the priority-sampling estimate, :meth:`net_weights`).
     """
 
     loads: np.ndarray
     coactivation: sp.csr_matrix
     sets: np.ndarray
     set_counts: np.ndarray
+    dropped_weight: int = 0
+    threshold: float = 0.0
 
     @property
     def num_experts(self) -> int:
         return int(self.loads.shape[0])
 
-    def merge(self, other: LayerSummary) -> LayerSummary:
-        """The summary of both parts' tokens together."""
+    @property
+    def dropped_share(self) -> float:
+        """Fraction of the layer's (non-empty) tokens whose set a streaming cap dropped."""
+        total = int(self.set_counts.sum()) + self.dropped_weight
+        return self.dropped_weight / total if total else 0.0
+
+    def merge(self, other: LayerSummary, max_nets: int | None = None) -> LayerSummary:
+        """The summary of both parts' tokens together, capped to ``max_nets`` sets if given
+        (exact without a cap, or while the sets fit it)."""
         if other.num_experts != self.num_experts or other.sets.shape[1] != self.sets.shape[1]:
             raise ValueError("cannot merge layer summaries of different expert counts or k")
         sets, counts = distinct_sets(
@@ -221,16 +248,81 @@ class LayerSummary:
             self.num_experts,
             np.concatenate([self.set_counts, other.set_counts]),
         )
-        return LayerSummary(
+        merged = LayerSummary(
             loads=self.loads + other.loads,
             coactivation=(self.coactivation + other.coactivation).tocsr(),
             sets=sets,
             set_counts=counts,
+            dropped_weight=self.dropped_weight + other.dropped_weight,
+            threshold=max(self.threshold, other.threshold),
+        )
+        return merged.capped(max_nets)
+
+    def capped(self, max_nets: int | None) -> LayerSummary:
+        """This summary keeping its ``max_nets`` sets of highest priority ``count / u(set)``
+        (:func:`set_hash_unit`; ties by canonical position), in canonical order; the dropped
+        sets' tokens are added to ``dropped_weight``. ``None`` or a large enough cap: unchanged."""
+        _check_cap(max_nets)
+        if max_nets is None or len(self.set_counts) <= max_nets:
+            return self
+        priority = self.set_counts / set_hash_unit(self.sets)
+        keep = _top(priority, max_nets)
+        dropped = np.ones(len(priority), bool)
+        dropped[keep] = False
+        return LayerSummary(
+            loads=self.loads,
+            coactivation=self.coactivation,
+            sets=self.sets[keep],
+            set_counts=self.set_counts[keep],
+            dropped_weight=self.dropped_weight + int(self.set_counts.sum() - self.set_counts[keep].sum()),
+            threshold=max(self.threshold, float(priority[dropped].max())),
         )
 
+    def net_weights(self) -> np.ndarray:
+        """[n] int64 tokens each kept set stands for: its count, or for a set kept by a cap at
+        random, the cap's threshold if larger (so light kept sets represent the dropped ones)."""
+        return np.maximum(self.set_counts, np.int64(round(self.threshold)))
+
     def hypergraph(self, max_nets: int | None = None) -> Hypergraph:
-        """The layer's hypergraph, keeping only the ``max_nets`` heaviest nets if given."""
-        return _capped(self.sets, self.set_counts, self.num_experts, max_nets)
+        """The layer's hypergraph, keeping only the ``max_nets`` heaviest nets if given
+        (``dropped_weight`` includes the sets a streaming cap dropped)."""
+        hg = _capped(self.sets, self.set_counts, self.num_experts, max_nets)
+        return replace(hg, dropped_weight=hg.dropped_weight + self.dropped_weight,
+                       total_weight=hg.total_weight + self.dropped_weight)
+
+
+def set_hash_unit(sets: np.ndarray) -> np.ndarray:
+    """A hash of each set mapped to (0, 1]: sets [n, k] canonical -> [n] float64.
+
+    A function of the set alone (splitmix64 rounds over its ids as little-endian bytes of the
+    id dtype, 8 bytes at a time), so a set gets the same value in every chunk, shard and process.
+    """
+    ids = sets.astype(sets.dtype.newbyteorder("<"), copy=False)
+    spare = -ids.shape[1] % (8 // ids.itemsize)
+    if spare:
+        ids = np.pad(ids, ((0, 0), (0, spare)), constant_values=PADDING)
+    h = np.full(len(ids), 0x9E3779B97F4A7C15, np.uint64)
+    for word in np.ascontiguousarray(ids).view("<u8").T:
+        h = _splitmix64(h ^ word)
+    return ((h >> np.uint64(11)) + np.uint64(1)).astype(np.float64) / float(1 << 53)
+
+
+def _top(priority: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` largest of priority: [n] (ties by index), ascending; O(n)."""
+    if count == 0:
+        return np.zeros(0, np.intp)
+    threshold = np.partition(priority, len(priority) - count)[len(priority) - count]
+    above = priority > threshold
+    ties = np.flatnonzero(priority == threshold)[: count - int(above.sum())]
+    above[ties] = True
+    return np.flatnonzero(above)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser of z: [n] uint64 (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 def _numpy_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary:
@@ -248,111 +340,162 @@ def _numpy_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerS
 if numba is not None:
 
     @numba.njit(nogil=True, cache=True)
-    def _fused_kernel(ids, num_experts, loads, pairs, keys):  # pragma: no cover - jitted
-        """One pass over ids: [tokens, k] (padding read as E). Adds to loads: [E + 1] and to
-        pairs: [E + 1, E + 1] (each unordered pair once, either orientation); writes keys:
-        [tokens, ceil(k / 4)] uint64, each token's ids in ascending order packed 16 bits per
-        id, id i of the token in word i // 4 (the first id in the top bits)."""
-        k = ids.shape[1]
+    def _key_kernel(ids, num_experts, keys):  # pragma: no cover - jitted
+        """One pass over ids: [tokens, g, k] (g layers; padding read as E), token-major so each
+        token's g layers are read together: writes keys: [g, tokens, ceil(k / 4)] uint64, each
+        token's ids in ascending order packed 16 bits per id, id i in word i // 4 (the first id
+        in the top bits)."""
+        k = ids.shape[2]
         row = np.empty(k, np.int64)
         rank = np.empty(k, np.int64)
         ordered = np.empty(k, np.int64)
         for t in range(ids.shape[0]):
-            for i in range(k):
-                row[i] = ids[t, i] if ids[t, i] >= 0 else num_experts
-                rank[i] = 0
-            for i in range(k):
-                loads[row[i]] += 1
-                for j in range(i + 1, k):
-                    pairs[row[i], row[j]] += 1
-                    below = row[i] < row[j]  # branch-free ranks; ties (padding) broken by index
-                    rank[j] += below
-                    rank[i] += 1 - below
-            for i in range(k):
-                ordered[rank[i]] = row[i]
-            for w in range(keys.shape[1]):
-                keys[t, w] = 0
-            for i in range(k):
-                keys[t, i >> 2] |= np.uint64(ordered[i]) << np.uint64(16 * (3 - (i & 3)))
+            for layer in range(ids.shape[1]):
+                for i in range(k):
+                    row[i] = ids[t, layer, i] if ids[t, layer, i] >= 0 else num_experts
+                    rank[i] = 0
+                for i in range(k):
+                    for j in range(i + 1, k):
+                        below = row[i] < row[j]  # branch-free ranks; ties (padding) broken by index
+                        rank[j] += below
+                        rank[i] += 1 - below
+                for i in range(k):
+                    ordered[rank[i]] = row[i]
+                for w in range(keys.shape[2]):
+                    keys[layer, t, w] = 0
+                for i in range(k):
+                    keys[layer, t, i >> 2] |= np.uint64(ordered[i]) << np.uint64(16 * (3 - (i & 3)))
 
     @numba.njit(nogil=True, cache=True)
-    def _group_kernel(keys, k, num_experts):  # pragma: no cover - jitted
-        """Distinct sets of packed keys (:func:`_fused_kernel`), GIL released: a stable LSD
-        counting sort of the tokens by ids k-1 .. 0 (the canonical lexicographic order), then one
-        pass that counts each distinct set. Returns (sets [n, k] int64 with -1 padding,
-        counts [n] int64), canonical order, no empty set."""
+    def _count_kernel(sets, counts, loads, pairs):  # pragma: no cover - jitted
+        """Adds each set's count to loads: [E] of its experts and to pairs: [E, E] (i < j) of its
+        pairs. sets: [n, k] canonical (-1 padding last), in canonical order, so consecutive sets
+        share their first ids and the hot rows of ``pairs`` stay in cache."""
+        for g in range(sets.shape[0]):
+            w = counts[g]
+            for i in range(sets.shape[1]):
+                a = sets[g, i]
+                if a < 0:
+                    break
+                loads[a] += w
+                for j in range(i + 1, sets.shape[1]):
+                    b = sets[g, j]
+                    if b < 0:
+                        break
+                    pairs[a, b] += w
+
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def _digit(key, c):  # pragma: no cover - jitted
+        """Id c of a packed key row (:func:`_key_kernel`)."""
+        return (key[c >> 2] >> np.uint64(16 * (3 - (c & 3)))) & np.uint64(0xFFFF)
+
+    @numba.njit(nogil=True, cache=True)
+    def _sort_bucket(src, dst, lo, hi, k, radix):  # pragma: no cover - jitted
+        """Stable LSD counting sort of rows lo..hi-1 of src by ids k-1 .. 1 (id 0 is equal within
+        the bucket); src and dst swap roles each pass. Returns the array holding the result."""
+        words = src.shape[1]
+        count = np.empty(radix + 1, np.int64)
+        for c in range(k - 1, 0, -1):
+            count[:] = 0
+            for t in range(lo, hi):
+                count[_digit(src[t], c) + 1] += 1
+            if count.max() == hi - lo:  # one id for the whole bucket: the pass keeps the order
+                continue
+            count[0] = lo
+            for v in range(1, radix + 1):
+                count[v] += count[v - 1]
+            for t in range(lo, hi):
+                v = _digit(src[t], c)
+                q = count[v]
+                count[v] = q + 1
+                for w in range(words):
+                    dst[q, w] = src[t, w]
+            src, dst = dst, src
+        return src
+
+    @numba.njit(nogil=True, cache=True)
+    def _group_kernel(keys, k, num_experts, sets_out):  # pragma: no cover - jitted
+        """Distinct sets of packed keys (:func:`_key_kernel`), GIL released, canonical
+        lexicographic order: a counting sort of the tokens by their first id, then each bucket
+        (cache-sized) by ids k-1 .. 1 (:func:`_sort_bucket`), then one pass counting each
+        distinct set. Writes sets (-1 padding) to sets_out: [tokens, k] (keys serve as scratch);
+        returns (distinct count n, counts [n] int64); the empty set (all padding) is left out."""
         m, words = keys.shape
         radix = num_experts + 1
-        offsets = np.zeros((k, radix + 1), np.int64)
+        bounds = np.zeros(radix + 1, np.int64)
         for t in range(m):
-            for c in range(k):
-                v = (keys[t, c >> 2] >> np.uint64(16 * (3 - (c & 3)))) & np.uint64(0xFFFF)
-                offsets[c, v + 1] += 1
-        src = keys
-        dst = np.empty_like(keys)
-        for c in range(k - 1, -1, -1):
-            if offsets[c].max() == m:  # every token has the same id here: the pass keeps the order
-                continue
-            for v in range(1, radix + 1):
-                offsets[c, v] += offsets[c, v - 1]
-            word = c >> 2
-            shift = np.uint64(16 * (3 - (c & 3)))
-            for t in range(m):
-                v = (src[t, word] >> shift) & np.uint64(0xFFFF)
-                p = offsets[c, v]
-                offsets[c, v] = p + 1
-                for w in range(words):
-                    dst[p, w] = src[t, w]
-            src, dst = dst, src
-        starts = np.empty(m + 1, np.int64)
+            bounds[_digit(keys[t], 0) + 1] += 1
+        for v in range(1, radix + 1):
+            bounds[v] += bounds[v - 1]
+        first = np.empty_like(keys)
+        fill = bounds[:-1].copy()
+        for t in range(m):
+            v = _digit(keys[t], 0)
+            for w in range(words):
+                first[fill[v], w] = keys[t, w]
+            fill[v] += 1
+        counts = np.empty(m, np.int64)
         n = 0
-        for i in range(m):
-            new = i == 0
-            if not new:
-                for w in range(words):
-                    if src[i, w] != src[i - 1, w]:
-                        new = True
-                        break
-            if new:
-                starts[n] = i
-                n += 1
-        starts[n] = m
-        sets = np.empty((n, k), np.int64)
-        counts = np.empty(n, np.int64)
-        kept = 0
-        for g in range(n):
-            first = src[starts[g]]
-            if (first[0] >> np.uint64(48)) >= np.uint64(num_experts):  # the empty set (all padding)
+        for b in range(num_experts):  # bucket num_experts is the empty set
+            lo, hi = bounds[b], bounds[b + 1]
+            if lo == hi:
                 continue
-            for c in range(k):
-                v = np.int64((first[c >> 2] >> np.uint64(16 * (3 - (c & 3)))) & np.uint64(0xFFFF))
-                sets[kept, c] = v if v < num_experts else -1
-            counts[kept] = starts[g + 1] - starts[g]
-            kept += 1
-        return sets[:kept], counts[:kept]
+            rows = _sort_bucket(first, keys, lo, hi, k, radix)
+            for i in range(lo, hi):
+                new = i == lo
+                for w in range(words):
+                    new = new or rows[i, w] != rows[i - 1, w]
+                if new:
+                    for c in range(k):
+                        v = np.int64(_digit(rows[i], c))
+                        sets_out[n, c] = v if v < num_experts else -1
+                    counts[n] = 0
+                    n += 1
+                counts[n - 1] += 1
+        return n, counts[:n]
 
 
-def _fused_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary:
-    """topk_ids_layer: [tokens, k]. The numba path of :func:`layer_summary`."""
-    size = num_experts + 1
-    k = topk_ids_layer.shape[1]
-    loads = np.zeros(size, np.int64)
-    # a pair count is at most the token count: int32 halves the cache footprint of the hot table
-    pairs = np.zeros((size, size), np.int32 if topk_ids_layer.shape[0] < 2**31 else np.int64)
-    keys = np.empty((topk_ids_layer.shape[0], -(-k // 4)), np.uint64)
-    _fused_kernel(topk_ids_layer, num_experts, loads, pairs, keys)
-    sets, counts = _group_kernel(keys, k, num_experts)
-    return LayerSummary(
-        loads[:num_experts], _symmetric_csr(pairs[:num_experts, :num_experts].astype(np.int64)),
-        sets.astype(id_dtype(num_experts)), counts,
-    )
+def _fused_layer_summaries(topk_ids: np.ndarray, num_experts: int) -> list[LayerSummary]:
+    """topk_ids: [tokens, g, k], a few layers. The numba path of :func:`layer_summaries`:
+    sorted packed keys, distinct sets, then loads and pair counts from the distinct sets
+    (fewer, and in order)."""
+    tokens, layers, k = topk_ids.shape
+    keys = np.empty((layers, tokens, -(-k // 4)), np.uint64)
+    _key_kernel(topk_ids, num_experts, keys)
+    buffer = np.empty((tokens, k), id_dtype(num_experts))
+    out = []
+    for layer_keys in keys:
+        n, counts = _group_kernel(layer_keys, k, num_experts, buffer)
+        sets, counts = buffer[:n].copy(), counts.copy()
+        loads = np.zeros(num_experts, np.int64)
+        pairs = np.zeros((num_experts, num_experts), np.int64)
+        _count_kernel(sets, counts, loads, pairs)
+        out.append(LayerSummary(loads, _symmetric_csr(pairs), sets, counts))
+    return out
+
+
+def layer_summaries(topk_ids: np.ndarray, num_experts: int) -> list[LayerSummary]:
+    """Summarise each layer of topk_ids: [tokens, g, k] (-1 padding), a few layers of one chunk
+    read together (a strided slice of a trace reads its cache lines once, not once a layer)."""
+    if numba is not None and num_experts <= DENSE_PAIR_LIMIT:
+        return _fused_layer_summaries(topk_ids, num_experts)
+    return [_numpy_layer_summary(topk_ids[:, layer], num_experts) for layer in range(topk_ids.shape[1])]
 
 
 def layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary:
     """Summarise one layer of one chunk. topk_ids_layer: [tokens, k], -1 padding."""
-    if numba is not None and num_experts <= DENSE_PAIR_LIMIT:
-        return _fused_layer_summary(topk_ids_layer, num_experts)
-    return _numpy_layer_summary(topk_ids_layer, num_experts)
+    return layer_summaries(topk_ids_layer[:, None, :], num_experts)[0]
+
+
+def _layer_runs(layer_ids: Sequence[int], size: int) -> list[tuple[int, int]]:
+    """Runs [lo, hi) of consecutive layer ids, at most ``size`` layers each, in order."""
+    runs: list[tuple[int, int]] = []
+    for layer in layer_ids:
+        if runs and runs[-1][1] == layer and runs[-1][1] - runs[-1][0] < size:
+            runs[-1] = (runs[-1][0], layer + 1)
+        else:
+            runs.append((layer, layer + 1))
+    return runs
 
 
 @dataclass(frozen=True)
@@ -373,20 +516,24 @@ class TraceSummary:
         """[layers, E] int64 token-expert pairs per expert."""
         return np.stack([layer.loads for layer in self.layers])
 
-    def merge(self, other: TraceSummary) -> TraceSummary:
-        """The summary of both parts' tokens together (same layers, experts and k)."""
+    @property
+    def dropped_shares(self) -> np.ndarray:
+        """[layers] fraction of each layer's tokens whose set a streaming cap dropped."""
+        return np.array([layer.dropped_share for layer in self.layers])
+
+    def merge(self, other: TraceSummary, max_nets: int | None = None) -> TraceSummary:
+        """The summary of both parts' tokens together (same layers, experts and k), each
+        layer capped to ``max_nets`` sets if given (:meth:`LayerSummary.merge`)."""
         if (other.num_experts, other.top_k, other.layer_ids) != (
             self.num_experts,
             self.top_k,
             self.layer_ids,
         ):
             raise ValueError("cannot merge trace summaries of different layers, expert counts or k")
-        return TraceSummary(
-            num_experts=self.num_experts,
-            top_k=self.top_k,
+        return replace(
+            self,
             num_tokens=self.num_tokens + other.num_tokens,
-            layer_ids=self.layer_ids,
-            layers=tuple(a.merge(b) for a, b in zip(self.layers, other.layers)),
+            layers=tuple(a.merge(b, max_nets) for a, b in zip(self.layers, other.layers)),
         )
 
 
@@ -397,44 +544,84 @@ def _chunks(source: TraceSource | Trace) -> Iterator[TraceChunk]:
     return source.chunks()
 
 
-def merge_in_order(parts: Iterable[tuple[int, T]], merge: Callable[[T, T], T]) -> T:
+def merge_in_order(parts: Iterable[tuple[int, T]], merge: Callable[[T, T], T], fold: bool = False) -> T:
     """Merge ``(tokens, part)`` pairs in order like a binary counter (each token is re-merged
     O(log parts) times), then fold what is left from the left: the merge tree of :func:`summarize`,
-    also replayed over shard summaries computed elsewhere (``merge`` may return futures)."""
+    also replayed over shard summaries computed elsewhere (``merge`` may return futures).
+
+    fold: merge every part into the one below at once (a left fold). For capped summaries,
+    where a merge costs at most the cap plus the part: memory holds two summaries, not one
+    per binary digit. Which parts merge depends only on the parts' token counts and ``fold``.
+    """
     stack: list[tuple[int, T]] = []
     for tokens, part in parts:
         stack.append((tokens, part))
-        while len(stack) > 1 and stack[-2][0] <= stack[-1][0]:
+        while len(stack) > 1 and (fold or stack[-2][0] <= stack[-1][0]):
             top_tokens, top = stack.pop()
             tokens_below, below = stack[-1]
             stack[-1] = (tokens_below + top_tokens, merge(below, top))
+    if not stack:
+        raise ValueError("no summaries to combine")
     return reduce(merge, [part for _, part in stack])
 
 
+def combine(parts: Iterable[TraceSummary], max_nets: int | None = None) -> TraceSummary:
+    """Merge chunk summaries, in order, the way :func:`summarize` does (:func:`merge_in_order`,
+    folded with a cap). Exact without a cap (then any order gives the same summary); with
+    ``max_nets`` the result is a pure function of the parts' sequence."""
+    return merge_in_order(
+        ((part.num_tokens, part) for part in parts), partial(TraceSummary.merge, max_nets=max_nets),
+        fold=max_nets is not None,
+    )
+
+
+def summarize_chunk(
+    trace: Trace, layer_ids: Sequence[int], pool: ThreadPoolExecutor, max_nets: int | None = None
+) -> TraceSummary:
+    """Summary of the layers ``layer_ids`` of one in-memory trace (chunk), layers on ``pool``'s
+    threads, each capped to ``max_nets`` sets if given."""
+    ids, experts = trace.topk_ids, trace.num_experts
+
+    def run(bounds: tuple[int, int]) -> list[LayerSummary]:
+        return [part.capped(max_nets) for part in layer_summaries(ids[:, bounds[0]:bounds[1], :], experts)]
+
+    parts = [part for run_parts in pool.map(run, _layer_runs(layer_ids, LAYER_RUN)) for part in run_parts]
+    return TraceSummary(experts, ids.shape[2], ids.shape[0], tuple(layer_ids), tuple(parts))
+
+
 def summarize(
-    source: TraceSource | Trace, layers: Sequence[int] | None = None, workers: int = 1,
+    source: TraceSource | Trace,
+    layers: Sequence[int] | None = None,
+    workers: int = 1,
+    max_nets: int | None = None,
     progress: ProgressFn | None = None,
 ) -> TraceSummary:
     """Walk the trace chunk by chunk and summarise the selected layers (default: all).
 
     ``workers`` threads summarise layers of a chunk in parallel (the kernels release the GIL).
-    progress: reports (chunk, layer) steps done (:mod:`placer.progress`).
+    ``max_nets``: keep at most this many distinct sets per layer while streaming (memory
+    bounded by the cap and one chunk; see the module docstring); None keeps every set.
+    progress: reports chunks done (:mod:`placer.progress`).
     """
-    num_layers, experts = source.num_layers, source.num_experts
+    _check_cap(max_nets)
+    num_layers = source.num_layers
     layer_ids = tuple(range(num_layers)) if layers is None else tuple(int(i) for i in layers)
     for layer in layer_ids:
         if not 0 <= layer < num_layers:
             raise InputError(None, "layers", f"layer {layer} is out of range 0..{num_layers - 1}")
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        steps = len(layer_ids) * chunk_count(source)
+        parts = _chunk_summaries(source, layer_ids, pool, max_nets)
+        return combine(track(parts, "summarising trace", chunk_count(source), progress), max_nets)
 
-        def part(index: int, chunk: TraceChunk) -> tuple[int, TraceSummary]:
-            ids = chunk.trace.topk_ids
-            parts = pool.map(layer_summary, [ids[:, layer, :] for layer in layer_ids], [experts] * len(layer_ids))
-            parts = track(parts, "summarising trace", steps, progress, start=index * len(layer_ids))
-            return ids.shape[0], TraceSummary(experts, ids.shape[2], ids.shape[0], layer_ids, tuple(parts))
 
-        return merge_in_order(starmap(part, enumerate(_chunks(source))), TraceSummary.merge)
+def _chunk_summaries(
+    source: TraceSource | Trace, layer_ids: Sequence[int], pool: ThreadPoolExecutor, max_nets: int | None
+) -> Iterator[TraceSummary]:
+    """Each chunk's summary (:func:`summarize_chunk`), no chunk held while the next one is read."""
+    for chunk in _chunks(source):
+        part = summarize_chunk(chunk.trace, layer_ids, pool, max_nets)
+        del chunk
+        yield part
 
 
 # ---------------------------------------------------------------- networkx export

@@ -347,9 +347,11 @@ class TraceSource:
             if with_sequences is not None and has != with_sequences:
                 raise InputError(shard, "seq_lens", "present in some shards but not in others")
             with_sequences = has
+            tokens, sequences = trace.num_tokens, 0 if trace.seq_lens is None else len(trace.seq_lens)
             yield TraceChunk(trace, token_offset, sequence_offset)
-            token_offset += trace.num_tokens
-            sequence_offset += 0 if trace.seq_lens is None else len(trace.seq_lens)
+            del trace  # not held while the next shard is read
+            token_offset += tokens
+            sequence_offset += sequences
 
     def load(self) -> Trace:
         """The whole trace in memory."""
@@ -391,6 +393,8 @@ def trace_digest(source: Trace | TraceSource) -> str:
         return digest.hexdigest()
     chunks = source.chunks() if isinstance(source, TraceSource) else [TraceChunk(source, 0, 0)]
     for chunk in chunks:
-        digest.update(np.ascontiguousarray(chunk.trace.topk_ids, dtype="<i4").tobytes())
+        ids = chunk.trace.topk_ids
+        for start in range(0, len(ids), 1 << 16):  # slices: no whole-shard int32 copy
+            digest.update(np.ascontiguousarray(ids[start:start + (1 << 16)], dtype="<i4").tobytes())
     digest.update(str(source.num_experts).encode())
     return digest.hexdigest()

@@ -23,6 +23,8 @@ distributed = pytest.importorskip("distributed", reason="needs placer[dask] (par
 #: uneven shard sizes, so the merge tree is not a balanced one
 SHARD_TOKENS = (700, 300, 300, 900, 120, 500)
 EXPERTS, LAYERS, K = 32, 3, 4
+#: a streaming cap below the distinct sets of every layer (so merges drop sets)
+CAP = 60
 
 
 def _routing(tokens: int, rng: np.random.Generator) -> np.ndarray:
@@ -66,13 +68,18 @@ def test_cluster_summary_equals_in_process_summary(shards, address):
         assert cluster.workers == 2
         remote = cluster.summarize(source)
         chosen = cluster.summarize(source, layers=[2, 0])
-    for got, want in ((remote, graph.summarize(source)), (chosen, graph.summarize(source, [2, 0]))):
+        capped = cluster.summarize(source, max_nets=CAP)
+    want_capped = graph.summarize(source, max_nets=CAP)
+    assert all(layer.dropped_weight > 0 for layer in want_capped.layers), "the cap must bind"
+    for got, want in ((remote, graph.summarize(source)), (chosen, graph.summarize(source, [2, 0])),
+                      (capped, want_capped)):
         assert (got.num_tokens, got.layer_ids) == (want.num_tokens, want.layer_ids)
         for a, b in zip(got.layers, want.layers, strict=True):
             assert np.array_equal(a.loads, b.loads)
             assert (a.coactivation != b.coactivation).nnz == 0
             assert a.sets.dtype == b.sets.dtype and np.array_equal(a.sets, b.sets)
             assert np.array_equal(a.set_counts, b.set_counts)
+            assert (a.dropped_weight, a.threshold) == (b.dropped_weight, b.threshold)
 
 
 def test_map_keeps_item_order(address):
@@ -81,14 +88,14 @@ def test_map_keeps_item_order(address):
         assert cluster.map(np.negative, []) == []
 
 
-@pytest.mark.parametrize("solver", ["spectral", "auto"])
-def test_placement_files_identical_in_process_local_and_remote(cli, shards, address, tmp_path, solver):
+@pytest.mark.parametrize("solver,cap", [("spectral", "auto"), ("auto", "auto"), ("spectral", str(CAP))])
+def test_placement_files_identical_in_process_local_and_remote(cli, shards, address, tmp_path, solver, cap):
     common = ["place", "--trace", shards, "--solver", solver, "--nodes", "2", "--gpus-per-node", "4",
-              "--time-limit", "1"]
+              "--time-limit", "1", "--max-nets", cap]
     outputs = {}
     for name, extra in (("in-process", []), ("local", ["--scheduler", "local:2"]),
                         ("remote", ["--scheduler", address])):
-        if name == "local" and solver == "auto":
+        if name == "local" and (solver, cap) != ("spectral", "auto"):
             continue  # local:N is exercised once (it starts its own cluster)
         out = tmp_path / f"{name}.json"
         result = cli(*common, "--out", out, *extra)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import networkx as nx
 import numpy as np
@@ -171,16 +172,28 @@ def test_many_experts_take_the_sparse_path():
     assert np.array_equal(summary.loads[::scale], graph.expert_loads(ids[:, None], 40)[0])
 
 
-def test_fused_kernel_matches_numpy_reference():
+def test_numba_kernels_match_numpy_reference():
     pytest.importorskip("numba")
     for experts, k in [(5, 3), (4, 4), (64, 6), (256, 8)]:
         for m in range(k + 1):  # every set of every size, in shuffled rows
             sets = itertools.islice(itertools.combinations(range(experts), m), 2000)
             rows = [list(c) + [-1] * (k - m) for c in sets]
             ids = np.random.default_rng(m).permuted(np.array(rows), axis=1)
-            assert_same_layer(graph._fused_layer_summary(ids, experts), graph._numpy_layer_summary(ids, experts))
-        strided = random_ids(400, 3, k, experts)[:, 1]  # a non-contiguous layer view
-        assert_same_layer(graph._fused_layer_summary(strided, experts), graph._numpy_layer_summary(strided, experts))
+            assert_same_layer(graph._fused_layer_summaries(ids[:, None], experts)[0],
+                              graph._numpy_layer_summary(ids, experts))
+        strided = random_ids(400, 5, k, experts)[:, 1:4]  # a non-contiguous run of layers
+        for layer, part in enumerate(graph._fused_layer_summaries(strided, experts)):
+            assert_same_layer(part, graph._numpy_layer_summary(strided[:, layer], experts))
+
+
+def test_layer_runs_group_consecutive_layers_in_order():
+    assert graph._layer_runs([0, 1, 2, 3, 4, 5], 4) == [(0, 4), (4, 6)]
+    assert graph._layer_runs([3, 1, 2, 7], 4) == [(3, 4), (1, 3), (7, 8)]
+
+
+def test_top_breaks_ties_by_index():
+    assert graph._top(np.array([1.0, 3, 3, 2, 3]), 2).tolist() == [1, 2]
+    assert graph._top(np.array([1.0, 3]), 0).tolist() == []
 
 
 # ---------------------------------------------------------------- merging
@@ -241,3 +254,77 @@ def test_hypergraph_to_networkx_is_bipartite_with_net_weights():
     assert [g.nodes[n]["weight"] for n in nets] == [2, 1, 1]
     assert [sorted(g[n]) for n in nets] == [[0, 1, 2], [1, 2], [3]]
     assert nx.is_bipartite(g) and g.number_of_nodes() == 5 + 3
+
+
+# ---------------------------------------------------------------- streaming cap
+
+
+def chunked(ids: np.ndarray, experts: int, bounds: list[int]) -> list:
+    return [validate_arrays("c", {"topk_ids": ids[lo:hi]}, num_experts=experts) for lo, hi in itertools.pairwise(bounds)]
+
+
+def summarize_chunks(chunks: list, max_nets: int | None) -> graph.TraceSummary:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return graph.combine((graph.summarize_chunk(c, range(c.num_layers), pool, max_nets) for c in chunks), max_nets)
+
+
+def test_cap_keeps_loads_and_coactivation_exact_and_counts_every_dropped_token():
+    ids = random_ids(900, 2, 4, 12, seed=7)
+    chunks = chunked(ids, 12, [0, 200, 350, 600, 900])
+    exact = summarize_chunks(chunks, None)
+    capped = summarize_chunks(chunks, 15)
+    for full, part in zip(exact.layers, capped.layers, strict=True):
+        assert np.array_equal(full.loads, part.loads) and (full.coactivation != part.coactivation).nnz == 0
+        assert len(part.sets) == 15 < len(full.sets)
+        assert int(part.set_counts.sum()) + part.dropped_weight == int(full.set_counts.sum())
+        truth = {tuple(s): c for s, c in zip(full.sets.tolist(), full.set_counts.tolist())}
+        assert all(c <= truth[tuple(s)] for s, c in zip(part.sets.tolist(), part.set_counts.tolist()))
+        padded = np.where(part.sets < 0, 12, part.sets)
+        assert np.array_equal(np.lexsort(padded.T[::-1]), np.arange(15))  # still canonical order
+        hg = part.hypergraph(max_nets=10)
+        assert hg.total_weight == int(full.set_counts.sum())
+        assert hg.dropped_weight == part.dropped_weight + int(np.sort(part.set_counts)[:5].sum())
+    assert np.array_equal(capped.dropped_shares, [p.dropped_share for p in capped.layers])
+    assert capped.dropped_shares.min() > 0 and not exact.dropped_shares.any()
+
+
+def test_capped_streaming_is_deterministic_and_exact_when_the_cap_is_not_reached():
+    ids = random_ids(900, 2, 4, 12, seed=8)
+    chunks = chunked(ids, 12, [0, 100, 450, 460, 900])
+    first, again = summarize_chunks(chunks, 20), summarize_chunks(chunks, 20)
+    assert_same_summary(first, again)
+    assert [p.dropped_weight for p in first.layers] == [p.dropped_weight for p in again.layers]
+    roomy = max(len(layer.sets) for layer in summarize_chunks(chunks, None).layers)
+    assert_same_summary(summarize_chunks(chunks, roomy), summarize_chunks(chunks[::-1], None))
+    assert not summarize_chunks(chunks, roomy).dropped_shares.any()
+
+
+def test_cap_keeps_the_highest_count_over_hash_priority():
+    layer = graph.summarize(validate_arrays("r", {"topk_ids": random_ids(600, 1, 3, 9, seed=2)}, num_experts=9)).layers[0]
+    priority = layer.set_counts / graph.set_hash_unit(layer.sets)
+    kept = layer.capped(7)
+    assert set(map(tuple, kept.sets.tolist())) == set(map(tuple, layer.sets[np.argsort(-priority)[:7]].tolist()))
+    assert kept.dropped_weight == int(layer.set_counts.sum() - kept.set_counts.sum())
+    assert kept.threshold == np.sort(priority)[-8] and layer.threshold == 0  # the best priority dropped
+    assert np.array_equal(kept.net_weights(), np.maximum(kept.set_counts, round(kept.threshold)))
+    assert np.array_equal(layer.net_weights(), layer.set_counts)
+    assert layer.capped(None) is layer and layer.capped(len(layer.sets)) is layer
+    assert len(layer.capped(0).sets) == 0 and layer.capped(0).dropped_share == 1.0
+
+
+def test_set_hash_is_a_function_of_the_set_in_unit_interval():
+    sets = np.array([[0, 1, -1], [0, 1, 2], [0, 1, -1]], np.int16)
+    u = graph.set_hash_unit(sets)
+    assert u[0] == u[2] != u[1] and ((u > 0) & (u <= 1)).all()
+    assert np.array_equal(graph.set_hash_unit(sets[:, :2]), graph.set_hash_unit(sets[:, :2].copy()))
+
+
+def test_summarize_streams_with_a_cap_and_rejects_a_negative_one(tmp_path):
+    ids = random_ids(700, 2, 3, 10, seed=5)
+    for n, (lo, hi) in enumerate(itertools.pairwise([0, 300, 700])):
+        save_trace(validate_arrays("s", {"topk_ids": ids[lo:hi]}, num_experts=10), tmp_path / f"{n:02d}.npz")
+    streamed = graph.summarize(TraceSource(tmp_path), workers=2, max_nets=8)
+    assert_same_summary(streamed, summarize_chunks(chunked(ids, 10, [0, 300, 700]), 8))
+    assert all(len(layer.sets) == 8 for layer in streamed.layers)
+    with pytest.raises(InputError, match="max_nets"):
+        graph.summarize(TraceSource(tmp_path), max_nets=-1)

@@ -100,3 +100,13 @@ def test_slots_respect_gpu_memory(tmp_path, cli):
     assert placement.slots_per_gpu == 8  # floor(4 GB / 450 MB)
     bad = cli("place", "--trace", TRAIN, "--slots-per-gpu", "lots", "--out", tmp_path / "x.json")
     assert bad.code == 2 and "positive integer or 'memory'" in bad.err
+
+
+def test_max_nets_option(tmp_path, cli):
+    out = tmp_path / "capped.json"
+    result = cli("place", "--trace", TRAIN, "--solver", "spectral", "--out", out, "--max-nets", "50")
+    assert result.code == 0 and "streaming cap kept at most 50" in result.out
+    assert cli("place", "--trace", TRAIN, "--solver", "spectral", "--out", tmp_path / "all.json",
+               "--max-nets", "all").code == 0
+    bad = cli("place", "--trace", TRAIN, "--out", tmp_path / "x.json", "--max-nets", "-3")
+    assert bad.code == 2 and "--max-nets" in bad.err + bad.out and "Traceback" not in bad.err

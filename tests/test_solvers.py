@@ -288,3 +288,21 @@ def test_one_blas_thread_restores_the_thread_count():
     with one_blas_thread():
         assert all(int(get()) == 1 for _, get in _blas_controls())
     assert [int(get()) for _, get in _blas_controls()] == before
+
+
+def test_streaming_cap_defaults_to_the_search_size_and_reports_what_it_dropped(monkeypatch):
+    from placer.solvers import api
+
+    trace = random_trace(3000, 2, 64, 6, 4)
+    exact, _ = place(trace, topo(8, 2), solver="spectral", time_limit=2, max_nets=None)
+    same, report = place(trace, topo(8, 2), solver="spectral", time_limit=2)  # sets fit the default cap
+    assert np.array_equal(exact.phy2log, same.phy2log) and not any("streaming cap" in m for m in report.messages)
+    assert api.stream_cap("spectral", 60, 58, None) == api.SAMPLE_NETS
+    assert api.stream_cap("auto", 60, 58, None) == api.search_limit("auto", api.layer_budget(60, 58))
+    assert api.stream_cap("auto", 60, 58, 2) is None and api.stream_cap("eplb", 60, 58, None) == 0
+    monkeypatch.setattr(api, "SAMPLE_NETS", 400)
+    capped, report = place(trace, topo(8, 2), solver="spectral", time_limit=2)
+    again, _ = place(trace, topo(8, 2), solver="spectral", time_limit=2, max_nets=400)
+    assert np.array_equal(capped.phy2log, again.phy2log)
+    assert any("streaming cap kept at most 400" in m for m in report.messages)
+    assert all(r.sample is None for r in report.layers)  # the search runs on the kept sets

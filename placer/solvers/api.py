@@ -28,6 +28,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Literal
 
 import numpy as np
 
@@ -186,10 +187,35 @@ def search_problem(problem: LayerProblem, opts: Options) -> tuple[LayerProblem, 
     """
     if problem.constraints.max_nodes is not None:
         return problem, None
-    limit = SAMPLE_NETS
-    if opts.solver != "spectral":
-        limit = int(SAMPLE_NETS * max(1.0, min(8.0, opts.layer_budget)))
-    return sample_nets(problem, limit, seed=opts.seed)
+    return sample_nets(problem, search_limit(opts.solver, opts.layer_budget), seed=opts.seed)
+
+
+def search_limit(solver: str, budget: float) -> int:
+    """Most nets a layer's search uses (:func:`search_problem`)."""
+    return SAMPLE_NETS if solver == "spectral" else int(SAMPLE_NETS * max(1.0, min(8.0, budget)))
+
+
+def layer_budget(time_limit: float, layers: int) -> float:
+    """Deterministic effort units per layer for a total ``time_limit``."""
+    return max(0.2, 1.6 * time_limit / max(1, layers))
+
+
+def stream_cap(solver: str, time_limit: float, layers: int, max_nodes: int | None) -> int | None:
+    """Distinct sets per layer worth keeping while summarising a trace for :func:`place`: what
+    the search uses (:func:`search_limit`), none for ``eplb`` (loads only), every set with a
+    hard ``max_nodes`` (it must hold on all of them)."""
+    if solver == "eplb":
+        return 0
+    if max_nodes is not None:
+        return None
+    return search_limit(solver, layer_budget(time_limit, layers))
+
+
+def summary_cap(max_nets: int | None | Literal["auto"], solver: str, time_limit: float, layers: int,
+                max_nodes: int | None) -> int | None:
+    """The streaming cap :func:`place` summarises a trace with: ``max_nets``, or for "auto"
+    :func:`stream_cap`."""
+    return stream_cap(solver, time_limit, layers, max_nodes) if max_nets == "auto" else max_nets
 
 
 def descent_cost(problem: LayerProblem) -> float:
@@ -558,6 +584,7 @@ def place(
     mapper: Callable[[Callable[[LayerProblem], LayerResult], list[LayerProblem]], list[LayerResult]] | None = None,
     progress: ProgressFn | None = None,
     on_interrupt: str = "raise",
+    max_nets: int | None | Literal["auto"] = "auto",
 ) -> tuple[Placement, SolveReport]:
     """Place every layer's experts on ``topology`` from ``trace``.
 
@@ -581,6 +608,9 @@ def place(
     on_interrupt: "raise" lets Ctrl-C propagate; "best" returns the layers solved so far and
     quick stand-ins for the rest (status "interrupted", ``report.interrupted``), except with a
     balance or max_nodes limit, which the stand-ins do not enforce (then Ctrl-C propagates).
+    max_nets: distinct top-k sets kept per layer while summarising a trace (not a summary):
+    "auto" = :func:`stream_cap`, None = every set; the share of tokens whose set was dropped
+    is reported (loads and co-activation stay exact).
     Returns (Placement with metadata, SolveReport). Raises InfeasibleError / InputError.
     """
     if on_interrupt not in ("raise", "best"):
@@ -593,7 +623,11 @@ def place(
         raise InputError(None, "max_nodes_coverage", f"expected a share in (0, 1], got {max_nodes_coverage}")
     if max_nodes_coverage is not None and max_nodes is None:
         raise InputError(None, "max_nodes_coverage", "needs max_nodes")
-    summary = trace if isinstance(trace, TraceSummary) else summarize(trace, workers=max(1, workers), progress=progress)
+    if isinstance(trace, TraceSummary):
+        summary = trace
+    else:
+        cap = summary_cap(max_nets, solver, time_limit, trace.num_layers, max_nodes)
+        summary = summarize(trace, workers=max(1, workers), max_nets=cap, progress=progress)
     live = live_mask(exclude_gpus, topology.num_gpus, summary.num_experts, slots_per_gpu)
     excluded = np.flatnonzero(~live).tolist()
     if solver == "eplb":
@@ -607,8 +641,7 @@ def place(
         summary, topology.nodes, topology.gpus_per_node, one_copy_slots if spare else slots_per_gpu, constraints,
         excluded,
     )
-    layer_budget = max(0.2, 1.6 * time_limit / max(1, len(problems)))
-    opts = Options(solver, seed, alpha, 15, layer_budget)
+    opts = Options(solver, seed, alpha, 15, layer_budget(time_limit, len(problems)))
     if mapper is None:
         results, interrupted = _solve_all(problems, opts, workers, progress, on_interrupt)
     else:
@@ -627,6 +660,13 @@ def place(
             f"exactly, lighter ones with probability w/r at weight r, r = {min(x.rate for x in sampled)}"
             f"..{max(x.rate for x in sampled)}), leaving out {min(dropped):.1%}..{max(dropped):.1%} "
             "of each layer's tokens (unbiased: re-weighted); objectives and bounds are on every set")
+    dropped = summary.dropped_shares
+    if dropped.any():
+        report.messages.append(
+            f"the streaming cap kept at most {max(len(part.sets) for part in summary.layers)} distinct top-k "
+            f"sets per layer, dropping {dropped.min():.1%}..{dropped.max():.1%} of each layer's tokens' sets "
+            "(kept by priority count/hash, each standing for max(count, threshold) tokens; loads and co-activation "
+            "are exact; objectives are on the kept sets)")
     if solver != "spectral" and any(r.status != "optimal" for r in results):
         report.messages.append(
             "bounds of layers not proven optimal are the trivial bound (each set spans >= "

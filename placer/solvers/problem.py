@@ -194,7 +194,7 @@ def build_problems(
     for layer, part in zip(summary.layer_ids, summary.layers):
         allowed = None if constraints.groups is None else group_mask(constraints.groups, part.loads, num_nodes)
         problem = LayerProblem(
-            experts, num_nodes, gpus_per_node, slots, part.sets.astype(np.int32), part.set_counts,
+            experts, num_nodes, gpus_per_node, slots, part.sets.astype(np.int32), part.net_weights(),
             part.loads, summary.num_tokens, constraints, allowed, layer,
             None if live.all() else live,
         )
