@@ -42,7 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from placer.errors import InputError
-from placer.progress import ProgressFn, track
+from placer.progress import ProgressFn
 from placer.trace import PADDING, Trace, TraceChunk, TraceSource, chunk_count, id_dtype
 
 try:
@@ -51,6 +51,7 @@ except ImportError:  # pragma: no cover - numba is optional
     numba = None
 
 T = TypeVar("T")
+SUMMARY_STAGE = "summarising trace"
 
 DENSE_PAIR_LIMIT = 2048
 """Largest expert count whose pair counts are accumulated in a dense [E, E] array."""
@@ -576,16 +577,21 @@ def combine(parts: Iterable[TraceSummary], max_nets: int | None = None) -> Trace
 
 
 def summarize_chunk(
-    trace: Trace, layer_ids: Sequence[int], pool: ThreadPoolExecutor, max_nets: int | None = None
+    trace: Trace, layer_ids: Sequence[int], pool: ThreadPoolExecutor, max_nets: int | None = None,
+    layers_done: Callable[[int], None] | None = None,
 ) -> TraceSummary:
     """Summary of the layers ``layer_ids`` of one in-memory trace (chunk), layers on ``pool``'s
-    threads, each capped to ``max_nets`` sets if given."""
+    threads, each capped to ``max_nets`` sets if given; ``layers_done(n)`` after every n layers."""
     ids, experts = trace.topk_ids, trace.num_experts
 
     def run(bounds: tuple[int, int]) -> list[LayerSummary]:
         return [part.capped(max_nets) for part in layer_summaries(ids[:, bounds[0]:bounds[1], :], experts)]
 
-    parts = [part for run_parts in pool.map(run, _layer_runs(layer_ids, LAYER_RUN)) for part in run_parts]
+    parts: list[LayerSummary] = []
+    for run_parts in pool.map(run, _layer_runs(layer_ids, LAYER_RUN)):
+        parts.extend(run_parts)
+        if layers_done is not None:
+            layers_done(len(run_parts))
     return TraceSummary(experts, ids.shape[2], ids.shape[0], tuple(layer_ids), tuple(parts))
 
 
@@ -593,6 +599,7 @@ def summarize(
     source: TraceSource | Trace,
     layers: Sequence[int] | None = None,
     workers: int = 1,
+    *,
     max_nets: int | None = None,
     progress: ProgressFn | None = None,
 ) -> TraceSummary:
@@ -601,7 +608,7 @@ def summarize(
     ``workers`` threads summarise layers of a chunk in parallel (the kernels release the GIL).
     ``max_nets``: keep at most this many distinct sets per layer while streaming (memory
     bounded by the cap and one chunk; see the module docstring); None keeps every set.
-    progress: reports chunks done (:mod:`placer.progress`).
+    progress: reports (chunk, layer) steps done (:mod:`placer.progress`).
     """
     _check_cap(max_nets)
     num_layers = source.num_layers
@@ -610,16 +617,26 @@ def summarize(
         if not 0 <= layer < num_layers:
             raise InputError(None, "layers", f"layer {layer} is out of range 0..{num_layers - 1}")
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        parts = _chunk_summaries(source, layer_ids, pool, max_nets)
-        return combine(track(parts, "summarising trace", chunk_count(source), progress), max_nets)
+        return combine(_chunk_summaries(source, layer_ids, pool, max_nets, progress), max_nets)
 
 
 def _chunk_summaries(
-    source: TraceSource | Trace, layer_ids: Sequence[int], pool: ThreadPoolExecutor, max_nets: int | None
+    source: TraceSource | Trace, layer_ids: Sequence[int], pool: ThreadPoolExecutor, max_nets: int | None,
+    progress: ProgressFn | None,
 ) -> Iterator[TraceSummary]:
-    """Each chunk's summary (:func:`summarize_chunk`), no chunk held while the next one is read."""
+    """Each chunk's summary (:func:`summarize_chunk`), no chunk held while the next one is read;
+    progress counts (chunk, layer) steps."""
+    total, done = len(layer_ids) * chunk_count(source), 0
+
+    def advance(layers: int) -> None:
+        nonlocal done
+        done += layers
+        progress(SUMMARY_STAGE, done, total)
+
+    if progress is not None:
+        progress(SUMMARY_STAGE, 0, total)
     for chunk in _chunks(source):
-        part = summarize_chunk(chunk.trace, layer_ids, pool, max_nets)
+        part = summarize_chunk(chunk.trace, layer_ids, pool, max_nets, None if progress is None else advance)
         del chunk
         yield part
 

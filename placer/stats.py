@@ -123,4 +123,4 @@ def trace_stats(
     progress: ProgressFn | None = None,
 ) -> TraceStats:
     """Statistics of the selected layers (default: all), streaming the trace chunk by chunk."""
-    return summary_stats(summarize(source, layers, workers, progress))
+    return summary_stats(summarize(source, layers, workers, progress=progress))

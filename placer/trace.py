@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import tokenize
 import warnings
 import zipfile
@@ -251,7 +252,8 @@ def _read_npz(path: Path, names: tuple[str, ...] | None = None) -> dict[str, np.
 
 
 def _header_shape(path: Path) -> tuple[int, ...]:
-    """Shape of ``topk_ids`` in an .npz shard, read from the array header only."""
+    """Shape of ``topk_ids`` in an .npz shard, read from the array header only; the shape must
+    account for exactly the bytes the member holds (a forged header cannot claim more)."""
     with numpy_input(path, ".npz trace"), zipfile.ZipFile(path) as archive:
         if "topk_ids.npy" not in archive.namelist():
             raise InputError(path, "topk_ids", "missing (the native trace format requires it)")
@@ -260,8 +262,13 @@ def _header_shape(path: Path) -> tuple[int, ...]:
             read_header = (
                 np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
             )
-            shape, _, _ = read_header(member)
-            return tuple(shape)
+            shape, _, dtype = read_header(member)
+            declared = math.prod(shape) * dtype.itemsize
+            held = archive.getinfo("topk_ids.npy").file_size - member.tell()
+        if declared != held:
+            raise InputError(path, "topk_ids", f"header declares shape {tuple(shape)} ({declared:,} bytes) "
+                             f"but the file holds {held:,} bytes of data")
+        return tuple(shape)
 
 
 @dataclass(frozen=True)
