@@ -533,7 +533,9 @@ def validate_command(
 
 
 @app.command("schema")
-def schema_command() -> None:
+def schema_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Accepted for uniformity: the schema is always JSON.")] = False,
+) -> None:
     """Print the JSON Schema of placer's placement file."""
     _print_json(placement_io.placement_schema())
 

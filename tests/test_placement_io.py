@@ -89,3 +89,9 @@ def test_replicas_are_read_back(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps({"physical_to_logical_map": [[0, 1, 1, 2]]}))
     placement = read_placement(tmp_path / "r.json", num_gpus=2, gpus_per_node=2)
     assert placement.expert_copies().tolist() == [[1, 2, 1]]
+
+
+def test_schema_command_prints_the_schema_with_or_without_json(cli):
+    plain, flagged = cli("schema"), cli("schema", "--json")
+    assert plain.code == flagged.code == 0
+    assert plain.json() == flagged.json() == placement_schema()
