@@ -415,13 +415,3 @@ def sample_nets(problem: LayerProblem, max_nets: int, seed: int = 0) -> tuple[La
                      float(w[~keep].sum() / total) if total else 0.0)
     return sampled, info
 
-
-def layer_cost(problem: LayerProblem, expert_node: np.ndarray) -> dict:
-    """Exact train-trace figures of a node assignment: cut (sum w*lambda), peak touch, max-nodes share."""
-    lam = connectivity(problem, expert_node)
-    touch = node_touch(problem, expert_node)
-    out = {"cut": int((problem.weights * lam).sum()), "peak_touch": int(touch.max())}
-    if problem.constraints.max_nodes is not None:
-        ok = lam <= problem.constraints.max_nodes
-        out["max_nodes_share"] = float(problem.weights[ok].sum() / problem.weights.sum())
-    return out

@@ -91,9 +91,19 @@ def _violation(lam, w, M, unc_allowed, pload, load_cap):
     return v
 
 
-@nb.njit(cache=True)
-def _objective(cut, touch, alpha, viol, big):
-    return cut + alpha * touch.max() + big * viol
+@nb.njit(cache=True, inline="always")
+def _shared_net_gains(pptr, pnet, cnt, w, pair, a, b):
+    """Swap-correction of pair ``pair`` (= e * E + f): the weight of the nets holding both e and
+    f whose only member in block a (ca) or b (cb) is one of them. Returns (ca, cb)."""
+    ca = 0.0
+    cb = 0.0
+    for q in range(pptr[pair], pptr[pair + 1]):
+        j = pnet[q]
+        if cnt[j, a] == 1:
+            ca += w[j]
+        if cnt[j, b] == 1:
+            cb += w[j]
+    return ca, cb
 
 
 @nb.njit(cache=True)
@@ -389,15 +399,7 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
                     mt = max(max(max(0.0, mo), touch[a] + dta0), touch[b] + dtb0)
                     if cut + (dta0 + dtb0) + alpha * mt >= best:
                         continue
-                    ca = 0.0
-                    cb = 0.0
-                    base = e * E + f
-                    for q in range(pptr[base], pptr[base + 1]):
-                        j = pnet[q]
-                        if cnt[j, a] == 1:
-                            ca += w[j]
-                        if cnt[j, b] == 1:
-                            cb += w[j]
+                    ca, cb = _shared_net_gains(pptr, pnet, cnt, w, e * E + f, a, b)
                     dta = dta0 + ca
                     dtb = dtb0 + cb
                     mt = max(max(max(0.0, mo), touch[a] + dta), touch[b] + dtb)
@@ -412,15 +414,7 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
                     dcut, dta, dtb, dvh, dov = _delta(e, f, b, part, ptr, inc, cnt, lam, w, touch,
                                                       M, stamp, tok)
                 else:
-                    ca = 0.0
-                    cb = 0.0
-                    base = e * E + f
-                    for q in range(pptr[base], pptr[base + 1]):
-                        j = pnet[q]
-                        if cnt[j, a] == 1:
-                            ca += w[j]
-                        if cnt[j, b] == 1:
-                            cb += w[j]
+                    ca, cb = _shared_net_gains(pptr, pnet, cnt, w, e * E + f, a, b)
                     dta = -loss[e] + gain[f, a] + ca
                     dtb = -loss[f] + gain[e, b] + cb
                     dcut = dta + dtb
