@@ -35,6 +35,7 @@ from placer.importers import (
     read_vllm,
     save_counts,
 )
+from placer.parallel import is_ctrl_c
 from placer.placement import BASELINES, Placement, baseline
 from placer.progress import ProgressFn, prefixed, terminal_progress
 from placer.render import comparison_table, key_value_table, stats_table, sweep_notes, sweep_table
@@ -810,6 +811,8 @@ def main() -> None:
     except (InputError, InfeasibleError) as err:
         Console(stderr=True).print(f"placer: error: {err}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemError) as err:
+        if not is_ctrl_c(err):
+            raise
         Console(stderr=True).print("placer: interrupted; no partial output was written", markup=False, highlight=False)
         sys.exit(130)

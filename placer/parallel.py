@@ -85,4 +85,14 @@ def interruptible_map(fn: Callable[[T], R], items: Sequence[T], workers: int = 1
                 results[index] = result
     except KeyboardInterrupt:
         raise Interrupted(results) from None
+    except SystemError as err:
+        if is_ctrl_c(err):
+            raise Interrupted(results) from None
+        raise
     return results
+
+
+def is_ctrl_c(err: BaseException) -> bool:
+    """A Ctrl-C, or numba's SystemError wrapping one that landed inside a compiled function."""
+    return isinstance(err, KeyboardInterrupt) or (
+        isinstance(err, SystemError) and isinstance(err.__cause__, KeyboardInterrupt))

@@ -39,6 +39,23 @@ def test_interruptible_map_returns_what_finished_before_ctrl_c():
     assert isinstance(stop.value, KeyboardInterrupt)
 
 
+def _compiled_code_stops_at_two(x: int) -> int:
+    """What numba raises when Ctrl-C lands inside a compiled function."""
+    if x == 2:
+        raise SystemError("CPUDispatcher(...) returned a result with an exception set") from KeyboardInterrupt()
+    if x == 3:
+        raise SystemError("a real bug")
+    return x
+
+
+def test_interruptible_map_treats_ctrl_c_inside_compiled_code_as_ctrl_c():
+    with pytest.raises(Interrupted) as stop:
+        interruptible_map(_compiled_code_stops_at_two, [0, 1, 2])
+    assert stop.value.results == [0, 1, None]
+    with pytest.raises(SystemError, match="a real bug"):
+        interruptible_map(_compiled_code_stops_at_two, [0, 1, 3])
+
+
 @pytest.fixture
 def ctrl_c_on_layer_5(monkeypatch):
     solve = api.solve_layer
