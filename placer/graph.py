@@ -19,13 +19,15 @@ dropped sets are counted exactly (``dropped_weight``), loads and co-activation s
 
 Sets are stored in a canonical form and order: ascending ids, ``-1`` padding
 last; sets ordered lexicographically with a padded position ranking after
-every expert id. Each token's ids are sorted with a sorting network over whole
-columns and distinct sets found by one ``np.lexsort`` of the columns. When
-numba is installed, :func:`layer_summary` instead packs each token's sorted ids
-into 16-bit fields of one key, groups the keys (a counting sort by first id, then
-each cache-sized bucket by the other ids), and counts loads and pairs from the
-distinct sets, weighted, in canonical order (identical results; the numpy path is
-the reference and the fallback without numba or for E above ``DENSE_PAIR_LIMIT``).
+every expert id. The reference (numpy) path sorts each token's ids with a
+sorting network over whole columns and finds distinct sets by one
+``np.lexsort`` of the columns. The compiled path (:func:`layer_summaries`,
+numba, whenever a set's ids after the first fit one uint64: ``(k - 1) *
+bit_length(E) <= 64``, e.g. top-8 of up to 511 experts) sorts each block of
+tokens the same way in the L1 cache, packs the ids after the first into one
+integer key, counting-sorts the keys by first id and sorts each bucket with
+``np.sort`` (SIMD sort where the CPU has it), then reads the distinct sets off
+in order and counts loads and pairs from them, weighted (identical results).
 """
 
 from __future__ import annotations
@@ -45,10 +47,7 @@ from placer.errors import InputError
 from placer.progress import ProgressFn
 from placer.trace import PADDING, Trace, TraceChunk, TraceSource, chunk_count, id_dtype
 
-try:
-    import numba
-except ImportError:  # pragma: no cover - numba is optional
-    numba = None
+import numba
 
 T = TypeVar("T")
 SUMMARY_STAGE = "summarising trace"
@@ -186,16 +185,30 @@ def _check_cap(max_nets: int | None) -> None:
 def _capped(sets: np.ndarray, counts: np.ndarray, num_experts: int, max_nets: int | None) -> Hypergraph:
     """sets: [n, k] in canonical order, counts: [n]. Keeps the ``max_nets`` heaviest sets."""
     _check_cap(max_nets)
-    order = np.argsort(-counts, kind="stable")
+    order = _heaviest_first(counts)
     cut = len(order) if max_nets is None else max_nets
-    kept, dropped = order[:cut], order[cut:]
+    kept = order[:cut]
+    weights = np.take(counts, kept)
+    total = int(counts.sum())
     return Hypergraph(
-        nets=sets[kept],
-        weights=counts[kept],
+        nets=np.take(sets, kept, axis=0),
+        weights=weights,
         num_experts=num_experts,
-        dropped_weight=int(counts[dropped].sum()),
-        total_weight=int(counts.sum()),
+        dropped_weight=total - int(weights.sum()),
+        total_weight=total,
     )
+
+
+def _heaviest_first(counts: np.ndarray) -> np.ndarray:
+    """Indices ordering counts: [n] (non-negative) by decreasing count, ties by index; the sort
+    key is narrowed to 16 bits when the counts allow (numpy then sorts it by radix)."""
+    if len(counts) == 0:
+        return np.zeros(0, np.intp)
+    top = int(counts.max())
+    key = top - counts
+    if top < 1 << 16:
+        key = key.astype(np.uint16)
+    return np.argsort(key, kind="stable")
 
 
 def hypergraph(topk_ids_layer: np.ndarray, num_experts: int, max_nets: int | None = None) -> Hypergraph:
@@ -270,12 +283,13 @@ class LayerSummary:
         keep = _top(priority, max_nets)
         dropped = np.ones(len(priority), bool)
         dropped[keep] = False
+        counts = np.take(self.set_counts, keep)
         return LayerSummary(
             loads=self.loads,
             coactivation=self.coactivation,
-            sets=self.sets[keep],
-            set_counts=self.set_counts[keep],
-            dropped_weight=self.dropped_weight + int(self.set_counts.sum() - self.set_counts[keep].sum()),
+            sets=np.take(self.sets, keep, axis=0),
+            set_counts=counts,
+            dropped_weight=self.dropped_weight + int(self.set_counts.sum() - counts.sum()),
             threshold=max(self.threshold, float(priority[dropped].max())),
         )
 
@@ -302,10 +316,7 @@ def set_hash_unit(sets: np.ndarray) -> np.ndarray:
     spare = -ids.shape[1] % (8 // ids.itemsize)
     if spare:
         ids = np.pad(ids, ((0, 0), (0, spare)), constant_values=PADDING)
-    h = np.full(len(ids), 0x9E3779B97F4A7C15, np.uint64)
-    for word in np.ascontiguousarray(ids).view("<u8").T:
-        h = _splitmix64(h ^ word)
-    return ((h >> np.uint64(11)) + np.uint64(1)).astype(np.float64) / float(1 << 53)
+    return _hash_unit_kernel(np.ascontiguousarray(ids).view("<u8"))
 
 
 def _top(priority: np.ndarray, count: int) -> np.ndarray:
@@ -319,11 +330,24 @@ def _top(priority: np.ndarray, count: int) -> np.ndarray:
     return np.flatnonzero(above)
 
 
-def _splitmix64(z: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser of z: [n] uint64 (wrapping arithmetic)."""
+@numba.njit(nogil=True, cache=True, inline="always")
+def _splitmix64(z):  # pragma: no cover - jitted
+    """The splitmix64 finaliser of a uint64 (wrapping arithmetic)."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(nogil=True, cache=True)
+def _hash_unit_kernel(words):  # pragma: no cover - jitted
+    """words: [n, w] uint64 -> [n] float64 in (0, 1]: splitmix64 rounds over each row's words."""
+    out = np.empty(words.shape[0])
+    for i in range(words.shape[0]):
+        h = np.uint64(0x9E3779B97F4A7C15)
+        for w in range(words.shape[1]):
+            h = _splitmix64(h ^ words[i, w])
+        out[i] = np.float64((h >> np.uint64(11)) + np.uint64(1)) / float(1 << 53)
+    return out
 
 
 def _numpy_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary:
@@ -338,148 +362,145 @@ def _numpy_layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerS
     )
 
 
-if numba is not None:
+#: tokens per block of :func:`_key_kernel` (a block's columns stay in the L1 cache)
+KEY_BLOCK = 256
 
-    @numba.njit(nogil=True, cache=True)
-    def _key_kernel(ids, num_experts, keys):  # pragma: no cover - jitted
-        """One pass over ids: [tokens, g, k] (g layers; padding read as E), token-major so each
-        token's g layers are read together: writes keys: [g, tokens, ceil(k / 4)] uint64, each
-        token's ids in ascending order packed 16 bits per id, id i in word i // 4 (the first id
-        in the top bits)."""
-        k = ids.shape[2]
-        row = np.empty(k, np.int64)
-        rank = np.empty(k, np.int64)
-        ordered = np.empty(k, np.int64)
-        for t in range(ids.shape[0]):
-            for layer in range(ids.shape[1]):
-                for i in range(k):
-                    row[i] = ids[t, layer, i] if ids[t, layer, i] >= 0 else num_experts
-                    rank[i] = 0
-                for i in range(k):
-                    for j in range(i + 1, k):
-                        below = row[i] < row[j]  # branch-free ranks; ties (padding) broken by index
-                        rank[j] += below
-                        rank[i] += 1 - below
-                for i in range(k):
-                    ordered[rank[i]] = row[i]
-                for w in range(keys.shape[2]):
-                    keys[layer, t, w] = 0
-                for i in range(k):
-                    keys[layer, t, i >> 2] |= np.uint64(ordered[i]) << np.uint64(16 * (3 - (i & 3)))
 
-    @numba.njit(nogil=True, cache=True)
-    def _count_kernel(sets, counts, loads, pairs):  # pragma: no cover - jitted
-        """Adds each set's count to loads: [E] of its experts and to pairs: [E, E] (i < j) of its
-        pairs. sets: [n, k] canonical (-1 padding last), in canonical order, so consecutive sets
-        share their first ids and the hot rows of ``pairs`` stay in cache."""
-        for g in range(sets.shape[0]):
-            w = counts[g]
-            for i in range(sets.shape[1]):
-                a = sets[g, i]
-                if a < 0:
+def key_bits(num_experts: int, k: int) -> int | None:
+    """Bits per id of the packed keys (:func:`_key_kernel`), or None when a set's ids after the
+    first do not fit one uint64 (then the numpy path summarises the layer)."""
+    bits = int(num_experts).bit_length()  # ids and the padding value num_experts
+    return bits if (k - 1) * bits <= 64 and num_experts <= DENSE_PAIR_LIMIT else None
+
+
+@numba.njit(nogil=True, cache=True)
+def _key_kernel(ids, num_experts, bits, firsts, keys):  # pragma: no cover - jitted
+    """Sort each token's ids and pack them, a block of tokens at a time: ids: [tokens, g, k]
+    (g layers, -1 padding) -> firsts: [g, tokens] each token's smallest id (num_experts when it
+    is all padding) and keys: [g, tokens] uint64 its other ids ascending, ``bits`` each, the
+    second smallest in the top field, padding as num_experts. The block's ids are copied into
+    columns and sorted by an odd-even transposition network of vectorised min/max over whole
+    columns, so (first, key) order is the canonical set order."""
+    tokens, g, k = ids.shape
+    cols = np.empty((g, k, KEY_BLOCK), ids.dtype)
+    packed = np.empty(KEY_BLOCK, np.uint64)
+    for lo in range(0, tokens, KEY_BLOCK):
+        n = min(KEY_BLOCK, tokens - lo)
+        for layer in range(g):
+            c = cols[layer]
+            for i in range(k):
+                col = c[i]
+                for t in range(n):
+                    v = ids[lo + t, layer, i]
+                    col[t] = v if v >= 0 else num_experts
+            for round_ in range(k):
+                for i in range(round_ % 2, k - 1, 2):
+                    a, b = c[i], c[i + 1]
+                    for t in range(n):
+                        x, y = a[t], b[t]
+                        a[t], b[t] = min(x, y), max(x, y)
+            packed[:n] = 0
+            for i in range(1, k):
+                col = c[i]
+                for t in range(n):
+                    packed[t] = (packed[t] << np.uint64(bits)) | np.uint64(col[t])
+            firsts[layer, lo:lo + n] = c[0, :n]
+            keys[layer, lo:lo + n] = packed[:n]
+
+
+@numba.njit(nogil=True, cache=True)
+def _bucket_kernel(firsts, keys, num_experts, out):  # pragma: no cover - jitted
+    """Counting sort of one layer's keys: [tokens] by firsts: [tokens] into out: [tokens];
+    returns bounds: [num_experts + 2], bucket f (first id f) = out[bounds[f]:bounds[f + 1]]."""
+    counts = np.zeros((4, num_experts + 2), np.int64)  # four histograms: no store-to-load stalls
+    for t in range(len(firsts)):
+        counts[t & 3, firsts[t] + 1] += 1
+    bounds = np.zeros(num_experts + 2, np.int64)
+    for v in range(1, num_experts + 2):
+        bounds[v] = bounds[v - 1] + counts[0, v] + counts[1, v] + counts[2, v] + counts[3, v]
+    fill = bounds[:-1].copy()
+    for t in range(len(firsts)):
+        f = firsts[t]
+        out[fill[f]] = keys[t]
+        fill[f] += 1
+    return bounds
+
+
+@numba.njit(nogil=True, cache=True)
+def _distinct_kernel(keys, bounds, k, bits, num_experts, sets_out, counts_out):  # pragma: no cover
+    """The distinct sets of one layer, canonical order, from keys: [tokens] bucketed by first id
+    (:func:`_bucket_kernel`) and sorted within each bucket. Writes sets_out: [n, k] (-1 padding)
+    and counts_out: [n]; returns n. The empty set (bucket num_experts) is left out."""
+    mask = np.uint64((1 << bits) - 1)
+    n = 0
+    for first in range(num_experts):
+        i, hi = bounds[first], bounds[first + 1]
+        while i < hi:
+            key = keys[i]
+            j = i + 1
+            while j < hi and keys[j] == key:
+                j += 1
+            sets_out[n, 0] = first
+            for c in range(1, k):
+                v = np.int64((key >> np.uint64(bits * (k - 1 - c))) & mask)
+                sets_out[n, c] = v if v < num_experts else -1
+            counts_out[n] = j - i
+            n += 1
+            i = j
+    return n
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_kernel(sets, counts, loads, pairs):  # pragma: no cover - jitted
+    """Adds each set's count to loads: [E] of its experts and to pairs: [E, E] (i < j) of its
+    pairs. sets: [n, k] canonical (-1 padding last), in canonical order, so consecutive sets
+    share their first ids and the hot rows of ``pairs`` stay in cache."""
+    for g in range(sets.shape[0]):
+        w = counts[g]
+        for i in range(sets.shape[1]):
+            a = sets[g, i]
+            if a < 0:
+                break
+            loads[a] += w
+            for j in range(i + 1, sets.shape[1]):
+                b = sets[g, j]
+                if b < 0:
                     break
-                loads[a] += w
-                for j in range(i + 1, sets.shape[1]):
-                    b = sets[g, j]
-                    if b < 0:
-                        break
-                    pairs[a, b] += w
-
-    @numba.njit(nogil=True, cache=True, inline="always")
-    def _digit(key, c):  # pragma: no cover - jitted
-        """Id c of a packed key row (:func:`_key_kernel`)."""
-        return (key[c >> 2] >> np.uint64(16 * (3 - (c & 3)))) & np.uint64(0xFFFF)
-
-    @numba.njit(nogil=True, cache=True)
-    def _sort_bucket(src, dst, lo, hi, k, radix):  # pragma: no cover - jitted
-        """Stable LSD counting sort of rows lo..hi-1 of src by ids k-1 .. 1 (id 0 is equal within
-        the bucket); src and dst swap roles each pass. Returns the array holding the result."""
-        words = src.shape[1]
-        count = np.empty(radix + 1, np.int64)
-        for c in range(k - 1, 0, -1):
-            count[:] = 0
-            for t in range(lo, hi):
-                count[_digit(src[t], c) + 1] += 1
-            if count.max() == hi - lo:  # one id for the whole bucket: the pass keeps the order
-                continue
-            count[0] = lo
-            for v in range(1, radix + 1):
-                count[v] += count[v - 1]
-            for t in range(lo, hi):
-                v = _digit(src[t], c)
-                q = count[v]
-                count[v] = q + 1
-                for w in range(words):
-                    dst[q, w] = src[t, w]
-            src, dst = dst, src
-        return src
-
-    @numba.njit(nogil=True, cache=True)
-    def _group_kernel(keys, k, num_experts, sets_out):  # pragma: no cover - jitted
-        """Distinct sets of packed keys (:func:`_key_kernel`), GIL released, canonical
-        lexicographic order: a counting sort of the tokens by their first id, then each bucket
-        (cache-sized) by ids k-1 .. 1 (:func:`_sort_bucket`), then one pass counting each
-        distinct set. Writes sets (-1 padding) to sets_out: [tokens, k] (keys serve as scratch);
-        returns (distinct count n, counts [n] int64); the empty set (all padding) is left out."""
-        m, words = keys.shape
-        radix = num_experts + 1
-        bounds = np.zeros(radix + 1, np.int64)
-        for t in range(m):
-            bounds[_digit(keys[t], 0) + 1] += 1
-        for v in range(1, radix + 1):
-            bounds[v] += bounds[v - 1]
-        first = np.empty_like(keys)
-        fill = bounds[:-1].copy()
-        for t in range(m):
-            v = _digit(keys[t], 0)
-            for w in range(words):
-                first[fill[v], w] = keys[t, w]
-            fill[v] += 1
-        counts = np.empty(m, np.int64)
-        n = 0
-        for b in range(num_experts):  # bucket num_experts is the empty set
-            lo, hi = bounds[b], bounds[b + 1]
-            if lo == hi:
-                continue
-            rows = _sort_bucket(first, keys, lo, hi, k, radix)
-            for i in range(lo, hi):
-                new = i == lo
-                for w in range(words):
-                    new = new or rows[i, w] != rows[i - 1, w]
-                if new:
-                    for c in range(k):
-                        v = np.int64(_digit(rows[i], c))
-                        sets_out[n, c] = v if v < num_experts else -1
-                    counts[n] = 0
-                    n += 1
-                counts[n - 1] += 1
-        return n, counts[:n]
+                pairs[a, b] += w
 
 
-def _fused_layer_summaries(topk_ids: np.ndarray, num_experts: int) -> list[LayerSummary]:
-    """topk_ids: [tokens, g, k], a few layers. The numba path of :func:`layer_summaries`:
-    sorted packed keys, distinct sets, then loads and pair counts from the distinct sets
+def _fused_layer_summaries(topk_ids: np.ndarray, num_experts: int, bits: int) -> list[LayerSummary]:
+    """topk_ids: [tokens, g, k], a few layers. The compiled path of :func:`layer_summaries`:
+    sorted packed keys, a counting sort by first id, each bucket sorted (``np.sort``, SIMD
+    where the CPU has it), distinct sets, then loads and pair counts from the distinct sets
     (fewer, and in order)."""
     tokens, layers, k = topk_ids.shape
-    keys = np.empty((layers, tokens, -(-k // 4)), np.uint64)
-    _key_kernel(topk_ids, num_experts, keys)
-    buffer = np.empty((tokens, k), id_dtype(num_experts))
+    firsts = np.empty((layers, tokens), topk_ids.dtype)
+    keys = np.empty((layers, tokens), np.uint64)
+    _key_kernel(topk_ids, num_experts, bits, firsts, keys)
+    bucketed = np.empty(tokens, np.uint64)
+    sets = np.empty((tokens, k), id_dtype(num_experts))
+    counts = np.empty(tokens, np.int64)
     out = []
-    for layer_keys in keys:
-        n, counts = _group_kernel(layer_keys, k, num_experts, buffer)
-        sets, counts = buffer[:n].copy(), counts.copy()
+    for layer in range(layers):
+        bounds = _bucket_kernel(firsts[layer], keys[layer], num_experts, bucketed)
+        for lo, hi in zip(bounds[:num_experts].tolist(), bounds[1:num_experts + 1].tolist()):
+            if hi - lo > 1:
+                bucketed[lo:hi].sort()
+        n = _distinct_kernel(bucketed, bounds, k, bits, num_experts, sets, counts)
         loads = np.zeros(num_experts, np.int64)
         pairs = np.zeros((num_experts, num_experts), np.int64)
-        _count_kernel(sets, counts, loads, pairs)
-        out.append(LayerSummary(loads, _symmetric_csr(pairs), sets, counts))
+        _count_kernel(sets[:n], counts[:n], loads, pairs)
+        out.append(LayerSummary(loads, _symmetric_csr(pairs), sets[:n].copy(), counts[:n].copy()))
     return out
 
 
 def layer_summaries(topk_ids: np.ndarray, num_experts: int) -> list[LayerSummary]:
     """Summarise each layer of topk_ids: [tokens, g, k] (-1 padding), a few layers of one chunk
     read together (a strided slice of a trace reads its cache lines once, not once a layer)."""
-    if numba is not None and num_experts <= DENSE_PAIR_LIMIT:
-        return _fused_layer_summaries(topk_ids, num_experts)
+    bits = key_bits(num_experts, topk_ids.shape[2])
+    if bits is not None:
+        return _fused_layer_summaries(topk_ids, num_experts, bits)
     return [_numpy_layer_summary(topk_ids[:, layer], num_experts) for layer in range(topk_ids.shape[1])]
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from placer.atomic import atomic_output
@@ -165,15 +166,15 @@ def validate_arrays(
             f"(first at token {where[0]}, layer {where[1]})",
         )
     ids = ids.astype(id_dtype(experts), copy=False)
-    ordered = np.sort(ids, axis=2)
-    repeated = (ordered[:, :, 1:] == ordered[:, :, :-1]) & (ordered[:, :, 1:] != PADDING)
-    if repeated.any():
-        token, layer, _ = np.argwhere(repeated)[0]
+    row = _first_repeat(ids.reshape(-1, k))
+    if row >= 0:
+        token, layer = divmod(row, layers)
+        values, times = np.unique(ids[token, layer], return_counts=True)
+        expert = int(values[(values != PADDING) & (times > 1)][0])
         raise InputError(
             source,
             "topk_ids",
-            f"expert {int(ordered[token, layer, 1:][repeated[token, layer]][0])} repeated within "
-            f"one token's top-k (token {token}, layer {layer})",
+            f"expert {expert} repeated within one token's top-k (token {token}, layer {layer})",
         )
     return Trace(
         topk_ids=ids,
@@ -182,6 +183,35 @@ def validate_arrays(
         src_rank=_src_rank(source, arrays, tokens),
         seq_lens=_seq_lens(source, arrays, tokens),
     )
+
+
+REPEAT_BLOCK = 1024
+"""Rows per block of :func:`_first_repeat` (their columns stay in the L1 cache)."""
+
+
+@numba.njit(nogil=True, cache=True)
+def _first_repeat(rows):  # pragma: no cover - jitted
+    """Index of the first row of rows: [n, k] holding an id (>= 0) twice, or -1. Each block's
+    columns are compared pairwise, vectorised over the block's rows."""
+    n, k = rows.shape
+    cols = np.empty((k, REPEAT_BLOCK), rows.dtype)
+    for lo in range(0, n, REPEAT_BLOCK):
+        m = min(REPEAT_BLOCK, n - lo)
+        for i in range(k):
+            for t in range(m):
+                cols[i, t] = rows[lo + t, i]
+        hits = 0
+        for i in range(k):
+            for j in range(i + 1, k):
+                for t in range(m):
+                    hits += (cols[i, t] == cols[j, t]) & (cols[i, t] >= 0)
+        if hits:
+            for t in range(m):
+                for i in range(k):
+                    for j in range(i + 1, k):
+                        if cols[i, t] >= 0 and cols[i, t] == cols[j, t]:
+                            return lo + t
+    return -1
 
 
 def _weights(source: str, arrays: Mapping[str, np.ndarray], shape: tuple) -> np.ndarray | None:

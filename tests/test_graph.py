@@ -174,15 +174,16 @@ def test_many_experts_take_the_sparse_path():
 
 def test_numba_kernels_match_numpy_reference():
     pytest.importorskip("numba")
-    for experts, k in [(5, 3), (4, 4), (64, 6), (256, 8)]:
+    assert graph.key_bits(511, 8) == 9 and graph.key_bits(512, 8) is None  # 7 x 10 bits > 64
+    for experts, k in [(5, 3), (4, 4), (64, 6), (256, 8), (3, 1), (511, 8), (1000, 7)]:
         for m in range(k + 1):  # every set of every size, in shuffled rows
             sets = itertools.islice(itertools.combinations(range(experts), m), 2000)
             rows = [list(c) + [-1] * (k - m) for c in sets]
             ids = np.random.default_rng(m).permuted(np.array(rows), axis=1)
-            assert_same_layer(graph._fused_layer_summaries(ids[:, None], experts)[0],
+            assert_same_layer(graph.layer_summaries(ids[:, None], experts)[0],
                               graph._numpy_layer_summary(ids, experts))
         strided = random_ids(400, 5, k, experts)[:, 1:4]  # a non-contiguous run of layers
-        for layer, part in enumerate(graph._fused_layer_summaries(strided, experts)):
+        for layer, part in enumerate(graph.layer_summaries(strided, experts)):
             assert_same_layer(part, graph._numpy_layer_summary(strided[:, layer], experts))
 
 

@@ -64,6 +64,16 @@ BAD_CASES = {
 }
 
 
+def test_repeated_expert_names_token_layer_and_expert():
+    ids = np.tile(np.arange(8), (700, 4, 1))  # > one block of the repeat scan
+    validate_arrays("t.npz", {"topk_ids": ids})
+    ids[613, 2, [1, 6]] = 5
+    with pytest.raises(InputError, match=r"expert 5 repeated .*\(token 613, layer 2\)"):
+        validate_arrays("t.npz", {"topk_ids": ids})
+    ids[613, 2, [1, 5, 6]] = -1  # padding may repeat
+    validate_arrays("t.npz", {"topk_ids": ids})
+
+
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
 def test_bad_arrays_name_file_and_field(tmp_path, case):
     arrays, expected = BAD_CASES[case]
