@@ -509,14 +509,18 @@ def layer_summary(topk_ids_layer: np.ndarray, num_experts: int) -> LayerSummary:
     return layer_summaries(topk_ids_layer[:, None, :], num_experts)[0]
 
 
-def _layer_runs(layer_ids: Sequence[int], size: int) -> list[tuple[int, int]]:
-    """Runs [lo, hi) of consecutive layer ids, at most ``size`` layers each, in order."""
+def _layer_runs(layer_ids: Sequence[int], size: int, parts: int = 1) -> list[tuple[int, int]]:
+    """Runs [lo, hi) of consecutive layer ids, in order: the ids cut into a multiple of
+    ``parts`` pieces of near-equal length, at most ``size`` each (so ``parts`` threads taking
+    runs in turn get equal work), a piece split further where its ids are not consecutive."""
+    pieces = parts * -(-len(layer_ids) // (parts * size))
     runs: list[tuple[int, int]] = []
-    for layer in layer_ids:
-        if runs and runs[-1][1] == layer and runs[-1][1] - runs[-1][0] < size:
-            runs[-1] = (runs[-1][0], layer + 1)
-        else:
-            runs.append((layer, layer + 1))
+    for piece in np.array_split(np.asarray(layer_ids, dtype=np.int64), max(pieces, 1)):
+        for i, layer in enumerate(piece.tolist()):
+            if i and runs[-1][1] == layer:
+                runs[-1] = (runs[-1][0], layer + 1)
+            else:
+                runs.append((layer, layer + 1))
     return runs
 
 
@@ -599,17 +603,18 @@ def combine(parts: Iterable[TraceSummary], max_nets: int | None = None) -> Trace
 
 def summarize_chunk(
     trace: Trace, layer_ids: Sequence[int], pool: ThreadPoolExecutor, max_nets: int | None = None,
-    layers_done: Callable[[int], None] | None = None,
+    layers_done: Callable[[int], None] | None = None, workers: int = 1,
 ) -> TraceSummary:
     """Summary of the layers ``layer_ids`` of one in-memory trace (chunk), layers on ``pool``'s
-    threads, each capped to ``max_nets`` sets if given; ``layers_done(n)`` after every n layers."""
+    ``workers`` threads, each capped to ``max_nets`` sets if given; ``layers_done(n)`` after
+    every n layers."""
     ids, experts = trace.topk_ids, trace.num_experts
 
     def run(bounds: tuple[int, int]) -> list[LayerSummary]:
         return [part.capped(max_nets) for part in layer_summaries(ids[:, bounds[0]:bounds[1], :], experts)]
 
     parts: list[LayerSummary] = []
-    for run_parts in pool.map(run, _layer_runs(layer_ids, LAYER_RUN)):
+    for run_parts in pool.map(run, _layer_runs(layer_ids, LAYER_RUN, workers)):
         parts.extend(run_parts)
         if layers_done is not None:
             layers_done(len(run_parts))
@@ -638,12 +643,12 @@ def summarize(
         if not 0 <= layer < num_layers:
             raise InputError(None, "layers", f"layer {layer} is out of range 0..{num_layers - 1}")
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return combine(_chunk_summaries(source, layer_ids, pool, max_nets, progress), max_nets)
+        return combine(_chunk_summaries(source, layer_ids, pool, workers, max_nets, progress), max_nets)
 
 
 def _chunk_summaries(
-    source: TraceSource | Trace, layer_ids: Sequence[int], pool: ThreadPoolExecutor, max_nets: int | None,
-    progress: ProgressFn | None,
+    source: TraceSource | Trace, layer_ids: Sequence[int], pool: ThreadPoolExecutor, workers: int,
+    max_nets: int | None, progress: ProgressFn | None,
 ) -> Iterator[TraceSummary]:
     """Each chunk's summary (:func:`summarize_chunk`), no chunk held while the next one is read;
     progress counts (chunk, layer) steps."""
@@ -657,7 +662,8 @@ def _chunk_summaries(
     if progress is not None:
         progress(SUMMARY_STAGE, 0, total)
     for chunk in _chunks(source):
-        part = summarize_chunk(chunk.trace, layer_ids, pool, max_nets, None if progress is None else advance)
+        part = summarize_chunk(chunk.trace, layer_ids, pool, max_nets, None if progress is None else advance,
+                               workers)
         del chunk
         yield part
 

@@ -188,8 +188,11 @@ def test_numba_kernels_match_numpy_reference():
 
 
 def test_layer_runs_group_consecutive_layers_in_order():
-    assert graph._layer_runs([0, 1, 2, 3, 4, 5], 4) == [(0, 4), (4, 6)]
+    assert graph._layer_runs([0, 1, 2, 3, 4, 5], 4) == [(0, 3), (3, 6)]
     assert graph._layer_runs([3, 1, 2, 7], 4) == [(3, 4), (1, 3), (7, 8)]
+    assert graph._layer_runs([0], 4, parts=2) == [(0, 1)]
+    sizes = [hi - lo for lo, hi in graph._layer_runs(range(58), 8, parts=2)]
+    assert sizes == [8, 8, 7, 7, 7, 7, 7, 7]  # two threads taking runs in turn: 29 layers each
 
 
 def test_top_breaks_ties_by_index():

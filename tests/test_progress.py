@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -55,8 +56,10 @@ def test_place_and_evaluate_report_every_stage_to_a_callback():
     evaluate(trace, placement, topology, progress=prefixed(record, "p: "))
     stages = record.stages()
     layers = trace.num_layers
-    # layers are summarised in runs of graph.LAYER_RUN consecutive layers
-    assert stages["summarising trace"] == [*range(0, layers, LAYER_RUN), layers]
+    # layers are summarised in runs of at most graph.LAYER_RUN consecutive layers
+    summarised = stages["summarising trace"]
+    steps = np.diff(summarised)
+    assert summarised[0] == 0 and summarised[-1] == layers and (steps > 0).all() and (steps <= LAYER_RUN).all()
     assert stages["solving layers"] == list(range(layers + 1))
     assert stages["p: replaying trace"] == list(range(layers + 1))
 
