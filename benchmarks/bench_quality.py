@@ -7,7 +7,7 @@ Mt-KaHyPar rows need `pip install -e ".[bench]"`):
         [--topologies 4x8,8x8] [--solvers spectral,ilp,auto] [--placements NAMES]
         [--presets esft,deepseek-v3,kimi-k2,qwen3-235b,seed001] [--train-tokens 200000]
         [--test-tokens 100000] [--scale-train-tokens 500000] [--cache-dir DIR]
-        [--time-limit 60] [--boot 200] [--no-loto]
+        [--time-limit 60] [--workers 2] [--boot 200] [--no-loto]
 
 Suites (markdown on stdout; every figure from placer's evaluator: token source
 t mod P, normal dispatch, ``nearest`` replica rule):
@@ -21,11 +21,14 @@ t mod P, normal dispatch, ``nearest`` replica rule):
   ``train`` split, replayed on the drifted ``test`` split: held-out inter-node
   bytes, NIC peak, GPU peak, mean nodes per token, estimated all-to-all time
   and solve time, with ratios to contiguous and to EPLB.
-- ``scale``: the quality-at-scale floor: DeepSeek-V3 preset on 32 x 8 (and
-  16 x 8), placer ``--keep-groups`` vs EPLB at the same slots per GPU (1: no
-  redundant experts, EPLB = contiguous there; 2: 256 redundant experts for
-  both), same dispatch rule; PASS/FAIL of inter-node <= 0.85 x EPLB and GPU
-  peak <= 1.05 x EPLB, plus whether the groups kept disjoint node sets.
+- ``scale``: the quality-at-scale floor: DeepSeek-V3 preset on 32 x 8, 64 x 8
+  and 16 x 8 (``--scale-topologies``), placer ``--keep-groups`` vs EPLB at the
+  same slots per GPU (the fewest holding every expert, and one more; the same
+  redundant experts for both), same dispatch rule; PASS/FAIL of inter-node
+  <= 0.85 x EPLB and GPU peak <= 1.05 x EPLB, whether the groups kept disjoint
+  node sets, and a GPU-peak reference: EPLB's balancing run inside each kept
+  group's node set, every figure with each expert's load split evenly over
+  its copies.
 
 Placements: contiguous, round-robin, random, eplb, mtkahypar (when installed),
 spectral, ilp, auto (``--placements`` selects). Synthetic traces are cached in
@@ -58,12 +61,14 @@ from placer import (
     load_topology,
     synth,
 )
+from placer.eplb import rebalance_experts
 from placer.esft import ESFT_TASKS, import_esft, read_esft_task
-from placer.graph import TraceSummary, summarize
+from placer.graph import TraceSummary, expert_loads, summarize
 from placer.instances import load_model
 from placer.replay import count_traffic
 from placer.solvers import place
 from placer.solvers.api import longest_first_pack
+from placer.solvers.problem import group_mask
 from placer.topology import Model
 from placer.trace import Trace, concatenate, load_trace
 
@@ -115,9 +120,10 @@ class Entry:
 
 
 def solve(summary: TraceSummary, topology: Topology, names: list[str], time_limit: float,
-          model: Model | None = None, **options) -> list[Entry]:
+          model: Model | None = None, workers: int = 2, **options) -> list[Entry]:
     """The named placements (see :data:`PLACEMENTS`), all from ``summary`` (Mt-KaHyPar skipped
-    when not installed); ``options`` go to :func:`place` for EPLB and placer's solvers."""
+    when not installed); ``workers`` and ``options`` go to :func:`place` for EPLB and placer's
+    solvers (results do not depend on ``workers``)."""
     layers, experts = len(summary.layers), summary.num_experts
     entries = []
     for name in names:
@@ -133,7 +139,7 @@ def solve(summary: TraceSummary, topology: Topology, names: list[str], time_limi
             entries.append(Entry(name, chosen, time.perf_counter() - started))
         else:
             eplb = name == "eplb"
-            chosen, report = place(summary, topology, solver=name, time_limit=time_limit, workers=2, model=model,
+            chosen, report = place(summary, topology, solver=name, time_limit=time_limit, workers=workers, model=model,
                                    **{k: v for k, v in options.items() if not (eplb and k == "keep_groups")})
             entries.append(Entry(name if eplb else f"placer {name}", chosen, time.perf_counter() - started,
                                  "" if eplb else report.summary()))
@@ -307,7 +313,8 @@ def synthetic_suite(args: argparse.Namespace, names: list[str]) -> None:
         train, test = synthetic_split(preset, args.train_tokens, args.test_tokens, args.cache_dir)
         print(f"\n## Synthetic `{preset}` on {nodes} x {gpus} (model {model_name}; train {train.num_tokens:,}, "
               f"held-out test {test.num_tokens:,} tokens)\n")
-        entries = solve(summarize(train, workers=2), topology, names, args.time_limit, model)
+        entries = solve(summarize(train, workers=args.workers), topology, names, args.time_limit, model,
+                        args.workers)
         print(all_placements_table(entries, test, topology, model)[0])
 
 
@@ -324,12 +331,44 @@ def groups_disjoint(placement: Placement, groups: np.ndarray) -> bool:
     return True
 
 
+def even_split_peak(phy2log: np.ndarray, loads: np.ndarray, slots: int) -> float:
+    """Sum over layers of the max GPU load when each expert's load splits evenly over its copies.
+
+    phy2log: [layers, GPUs x slots] (-1 empty); loads: [layers, experts].
+    """
+    total = 0.0
+    for row, load in zip(phy2log, loads):
+        held = row >= 0
+        served = np.zeros(len(row))
+        served[held] = load[row[held]] / np.bincount(row[held], minlength=len(load))[row[held]]
+        total += served.reshape(-1, slots).sum(axis=1).max()
+    return total
+
+
+def eplb_within_groups(loads: np.ndarray, groups: np.ndarray, topology: Topology, slots: int) -> np.ndarray:
+    """A reference for kept groups: EPLB's global balancing run inside each group's node set,
+    sized as placer sizes it (:func:`group_mask`, needs nodes >= groups). loads: [layers, experts]
+    (train); returns phy2log [layers, GPUs x slots]."""
+    node_slots = topology.gpus_per_node * slots
+    phy2log = np.full((len(loads), topology.num_gpus * slots), -1, dtype=np.int64)
+    for layer, load in enumerate(loads):
+        mask = group_mask(groups, load, topology.nodes, node_slots)
+        for group in range(int(groups.max()) + 1):
+            members = np.flatnonzero(groups == group)
+            nodes = np.flatnonzero(mask[members[0]])
+            gpus = len(nodes) * topology.gpus_per_node
+            sub, _, _ = rebalance_experts(load[members][None, :], gpus * slots, 1, 1, gpus)
+            phy2log[layer, nodes[0] * node_slots:(nodes[-1] + 1) * node_slots] = members[sub[0]]
+    return phy2log
+
+
 def scale_suite(args: argparse.Namespace) -> list[str]:
     """The quality-at-scale floor on the DeepSeek-V3 preset: placer --keep-groups vs EPLB."""
     model = load_model("deepseek-v3")
     train, test = synthetic_split("deepseek-v3", args.scale_train_tokens, args.test_tokens, args.cache_dir)
-    summary = summarize(train, workers=2)
+    summary = summarize(train, workers=args.workers)
     groups = np.arange(model.num_experts) // (model.num_experts // model.num_groups)
+    test_loads = expert_loads(test.topk_ids, test.num_experts)
     verdicts = []
     print(f"\n## Quality at scale: synthetic `deepseek-v3`, train {train.num_tokens:,} tokens, "
           f"held-out test {test.num_tokens:,} tokens\n")
@@ -340,11 +379,18 @@ def scale_suite(args: argparse.Namespace) -> list[str]:
         for slots in (one_copy, one_copy + 1):
             spare = slots * topology.num_gpus - model.num_experts
             names = ["contiguous", "eplb", *args.scale_solvers.split(",")]
-            entries = solve(summary, topology, names, args.time_limit, model, slots_per_gpu=slots, keep_groups=True)
+            entries = solve(summary, topology, names, args.time_limit, model, args.workers, slots_per_gpu=slots,
+                            keep_groups=True)
             print(f"\n### {nodes} x {gpus}, {slots} slot(s) per GPU ({spare} redundant experts for EPLB and "
                   "placer alike), placer with keep-groups\n")
             table, totals = all_placements_table(entries, test, topology, model)
             print(table + "\n")
+            reference = {e.name: even_split_peak(e.placement.phy2log, test_loads, slots) for e in entries[1:]}
+            if nodes >= model.num_groups:
+                within = eplb_within_groups(summary.loads, groups, topology, slots)
+                reference["EPLB inside each kept group's node set"] = even_split_peak(within, test_loads, slots)
+            print("GPU peak with each expert's test load split evenly over its copies, x EPLB's: " + "; ".join(
+                f"{name} {value / reference['eplb']:.3f}" for name, value in reference.items() if name != "eplb"))
             eplb = totals["eplb"]
             for e in entries[2:]:
                 t = totals[e.name]
@@ -409,11 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-tokens", type=int, default=200_000)
     parser.add_argument("--test-tokens", type=int, default=100_000)
     parser.add_argument("--scale-train-tokens", type=int, default=500_000)
-    parser.add_argument("--scale-topologies", default="32x8,16x8")
+    parser.add_argument("--scale-topologies", default="32x8,64x8,16x8")
     parser.add_argument("--scale-solvers", default="spectral")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "placer-bench-quality")
     parser.add_argument("--loto-solvers", default="spectral")
     parser.add_argument("--time-limit", type=float, default=60.0)
+    parser.add_argument("--workers", type=int, default=2, help="processes for the synth and scale suites")
     parser.add_argument("--boot", type=int, default=200)
     parser.add_argument("--loto", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)

@@ -1,17 +1,28 @@
-"""Kept expert groups: the layer splits into exact independent blocks; replicas stay in their group's nodes."""
+"""Kept expert groups: node sets sized to group load; the layer splits into exact independent blocks;
+replicas stay in their group's nodes."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
 from conftest import random_trace, topo
 
+from placer.errors import InfeasibleError
 from placer.graph import summarize
 from placer.solvers import place
 from placer.solvers.cpsat import merge_projected_array
 from placer.solvers.groups import split_blocks
-from placer.solvers.problem import Constraints, build_problems, net_spans
+from placer.solvers.problem import (
+    Constraints,
+    build_problems,
+    group_mask,
+    group_node_counts,
+    net_spans,
+)
 from placer.topology import Model
+from placer.trace import Trace
 
 MODEL = Model("m", 24, 4, 8, 8, 1, num_groups=4, groups_per_token=2)
 
@@ -70,5 +81,77 @@ def test_kept_groups_beat_contiguous_and_keep_replicas_home():
     row = replicated.phy2log[0]
     gpu_node = np.arange(len(row)) // 6  # 2 GPUs x 3 slots per node: 24 spare slots
     assert (row >= 0).all()
-    for g in range(4):
-        assert set(gpu_node[(row // 6) == g]) <= {2 * g, 2 * g + 1}
+    home = group_mask(np.arange(24) // 6, summarize(trace).loads[0], 8, 6)  # node sets sized to group load
+    assert home[row, gpu_node].all()
+
+
+def _minimax(load: np.ndarray, need: np.ndarray, nodes: int) -> float:
+    """Brute force: the least max load per node over every apportionment of ``nodes``."""
+    best = np.inf
+    for counts in itertools.product(*(range(n, nodes + 1) for n in need)):
+        if sum(counts) == nodes:
+            best = min(best, float(np.max(load / np.array(counts))))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_group_node_counts_minimax(seed):
+    """Greedy apportionment reaches the brute-force minimax, keeps every need, fills every node."""
+    rng = np.random.default_rng(seed)
+    load = rng.integers(0, 100, size=4).astype(float)
+    need = rng.integers(1, 3, size=4)
+    nodes = int(need.sum()) + int(rng.integers(0, 6))
+    counts = group_node_counts(load, need, nodes)
+    assert counts.sum() == nodes and (counts >= need).all()
+    assert np.max(load / counts) == pytest.approx(_minimax(load, need, nodes))
+    np.testing.assert_array_equal(counts, group_node_counts(load, need, nodes))
+
+
+def test_group_node_counts_ties_and_errors():
+    assert group_node_counts(np.array([5.0, 2.0, 1.5, 1.5]), np.full(4, 2), 12).tolist() == [5, 3, 2, 2]
+    assert group_node_counts(np.ones(4), np.ones(4, int), 10).tolist() == [3, 3, 2, 2]
+    assert group_node_counts(np.zeros(3), np.ones(3, int), 8).tolist() == [3, 3, 2]
+    with pytest.raises(InfeasibleError, match=r"need 9 nodes .*\[3, 3, 3\].* has 8 nodes"):
+        group_node_counts(np.ones(3), np.full(3, 3), 8)
+
+
+def test_group_mask_sized_to_load():
+    """Disjoint contiguous ranges covering every node, wider for heavier groups, never below a
+    group's need; the node count need not be a multiple of the group count."""
+    groups = np.arange(24) // 6
+    loads = np.where(groups == 0, 100.0, 1.0)
+    for nodes, node_slots, widths in ((9, 4, [3, 2, 2, 2]), (10, 6, [7, 1, 1, 1]), (13, 2, [4, 3, 3, 3])):
+        mask = group_mask(groups, loads, nodes, node_slots)
+        assert (mask == mask[groups * 6]).all()  # one node set per group
+        ranges = [np.flatnonzero(mask[6 * g]) for g in range(4)]
+        assert np.concatenate(ranges).tolist() == list(range(nodes))  # disjoint, contiguous, covering
+        assert [len(r) for r in ranges] == widths
+        assert all(len(r) * node_slots >= 6 for r in ranges)
+    with pytest.raises(InfeasibleError, match="need 8 nodes"):
+        group_mask(groups, loads, 7, 4)
+
+
+def _group_skewed_trace(tokens: int, seed: int) -> Trace:
+    """Top-2 within one group of 6 of 24 experts; group 0 carries about half the tokens."""
+    rng = np.random.default_rng(seed)
+    group = rng.choice(4, size=tokens, p=[0.5, 0.2, 0.15, 0.15])
+    pairs = np.stack([rng.permutation(6)[:2] for _ in range(tokens)])
+    return Trace((6 * group[:, None] + pairs)[:, None, :].astype(np.int16), 24)
+
+
+def test_kept_groups_sized_to_load_end_to_end():
+    """Spare slots: the busiest group gets the most nodes (one copy needs 2 nodes of 2 GPUs x 2
+    slots per group), and every expert and replica stays on its group's nodes, every slot filled."""
+    trace = _group_skewed_trace(400, 5)
+    model = Model("m", 24, 2, 8, 8, 1, num_groups=4, groups_per_token=1)
+    placement, _ = place(trace, topo(12, 2), solver="spectral", keep_groups=True, model=model, slots_per_gpu=2)
+    groups = np.arange(24) // 6
+    loads = summarize(trace).loads[0]
+    mask = group_mask(groups, loads, 12, 4)
+    widths = mask[::6].sum(axis=1)
+    assert widths[0] > widths[1:].max() and widths.sum() == 12
+    row = placement.phy2log[0]
+    assert (row >= 0).all()
+    slot_node = np.arange(len(row)) // 4
+    assert mask[row, slot_node].all()
+    assert (np.bincount(row, minlength=24) >= 1).all()

@@ -166,6 +166,27 @@ def test_spare_slots_hold_replicas_and_cut_traffic():
     assert any("spare slots" in message for message in report.messages)
 
 
+def test_more_gpus_than_experts_fills_every_slot():
+    """With fewer experts than GPUs (one slot each, as EPLB at 64 x 8 for 256 experts) the
+    spare slots hold replicas instead of staying empty."""
+    trace = random_trace(300, 2, 24, 4, 11, skew=2.0)
+    placement, _ = place(trace, topo(16, 2), solver="spectral", slots_per_gpu=1)
+    assert (placement.phy2log >= 0).all()
+    assert (placement.expert_copies() >= 1).all()
+
+
+def test_repack_node_makes_room_when_longest_first_dead_ends():
+    """2 GPUs x 2 slots, copies c (4), a (3), b (2), c (0.1): longest-first fills GPU 1 with a, b
+    and leaves the second c only GPU 0, which holds c; a copy moves to make room."""
+    from placer.solvers.replicas import repack_node
+
+    row = np.array([2, 0, 1, 2])
+    repack_node(row, np.array([4.0, 3.0, 2.0, 0.1]), 0, 2, 2)
+    gpus = row.reshape(2, 2)
+    assert sorted(row.tolist()) == [0, 1, 2, 2]
+    assert all(len(set(g)) == 2 for g in gpus.tolist())
+
+
 def test_eplb_solver_matches_the_reference_function():
     from placer.eplb import rebalance_experts
 

@@ -590,7 +590,7 @@ def place(
 
     solver: "spectral" (seconds), "ilp" / "auto" (spectral, then CP-SAT within ``time_limit``),
     "eplb" (DeepSeek's load balancer on the loads alone).
-    slots_per_gpu: above ceil(E / GPUs), the spare slots hold replicas (see :mod:`replicas`).
+    slots_per_gpu: when its slots outnumber the experts, the spare slots hold replicas (see :mod:`replicas`).
     balance: EPS (max GPU load <= (1+EPS) x mean on the trace); max_nodes: M nodes per token,
     hard over the distinct top-k sets or, with ``max_nodes_coverage`` Q, for >= Q of tokens;
     keep_groups: each of ``model.num_groups`` contiguous expert groups on its own nodes.
@@ -636,10 +636,13 @@ def place(
     constraints = Constraints(balance, max_nodes, max_nodes_coverage, groups)
     live_gpus = int(live.sum())
     one_copy_slots = math.ceil(summary.num_experts / live_gpus)
-    spare = slots_per_gpu is not None and slots_per_gpu > one_copy_slots
+    spare = slots_per_gpu is not None and slots_per_gpu * live_gpus > summary.num_experts
+    # the one-copy stage runs on the fewest slots holding every expert; kept groups see every
+    # slot, so their node sets are sized by the capacity their replicas fill (blocks then
+    # place one copy on their own fewest slots, see groups.split_blocks)
     problems = build_problems(
-        summary, topology.nodes, topology.gpus_per_node, one_copy_slots if spare else slots_per_gpu, constraints,
-        excluded,
+        summary, topology.nodes, topology.gpus_per_node,
+        one_copy_slots if spare and groups is None else slots_per_gpu, constraints, excluded,
     )
     opts = Options(solver, seed, alpha, 15, layer_budget(time_limit, len(problems)))
     if mapper is None:

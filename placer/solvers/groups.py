@@ -35,7 +35,8 @@ class Block:
 
     experts: [m] global ids of the experts allowed there (ascending); nodes: [b] node ids;
     problem: the block's own layer problem (local expert ids 0..m-1, nodes 0..b-1, nets
-    projected onto its experts, merged).
+    projected onto its experts, merged; the fewest slots per GPU holding its experts once,
+    as the layer's one-copy stage: replicas fill the rest later).
     """
 
     experts: np.ndarray
@@ -112,7 +113,7 @@ def split_blocks(problem: LayerProblem) -> list[Block] | None:
         if constraints is None:
             return None
         sub = LayerProblem(
-            len(experts), len(nodes), problem.gpus_per_node, problem.slots_per_gpu,
+            len(experts), len(nodes), problem.gpus_per_node, -(-len(experts) // gpus),
             sets.astype(np.int32), w, problem.loads[experts], problem.num_tokens, constraints,
             None, problem.layer, sub_live,
         )

@@ -192,7 +192,8 @@ def build_problems(
         raise InputError(None, "slots_per_gpu", f"{gpus} GPUs x {slots} slots < {experts} experts")
     problems = []
     for layer, part in zip(summary.layer_ids, summary.layers):
-        allowed = None if constraints.groups is None else group_mask(constraints.groups, part.loads, num_nodes)
+        allowed = (None if constraints.groups is None
+                   else group_mask(constraints.groups, part.loads, num_nodes, gpus_per_node * slots))
         problem = LayerProblem(
             experts, num_nodes, gpus_per_node, slots, part.sets.astype(np.int32), part.net_weights(),
             part.loads, summary.num_tokens, constraints, allowed, layer,
@@ -203,33 +204,58 @@ def build_problems(
     return problems
 
 
-def group_mask(groups: np.ndarray, loads: np.ndarray, num_nodes: int) -> np.ndarray:
+def group_mask(groups: np.ndarray, loads: np.ndarray, num_nodes: int, node_slots: int) -> np.ndarray:
     """Nodes each expert may use when every group keeps to its own nodes: [experts, nodes] bool.
 
-    groups: [experts] group ids 0..g-1; loads: [experts]. With g <= N (g | N) each
-    group gets a disjoint, contiguous range of N // g nodes. With g > N (N | g)
-    each group sits whole on one node, g // N groups per node, packed by load as
-    EPLB packs groups onto nodes (heaviest first into the lightest open node).
+    groups: [experts] group ids 0..g-1; loads: [experts] token-expert pairs; node_slots:
+    slots of a node. With g <= N each group gets a disjoint, contiguous range of whole
+    nodes (group 0 first), as many as :func:`group_node_counts` apportions by group load.
+    With g > N (N | g) each group sits whole on one node, g // N groups per node, packed
+    by load as EPLB packs groups onto nodes (heaviest first into the lightest open node).
     """
     groups = np.asarray(groups)
     count = int(groups.max()) + 1
     experts = len(groups)
     mask = np.zeros((experts, num_nodes), dtype=bool)
-    if count <= num_nodes and num_nodes % count == 0:
-        per = num_nodes // count
+    group_load = np.bincount(groups, weights=loads, minlength=count)
+    if count <= num_nodes:
+        need = -(-np.bincount(groups, minlength=count) // node_slots)
+        first = np.concatenate([[0], np.cumsum(group_node_counts(group_load, need, num_nodes))])
         for g in range(count):
-            mask[groups == g, g * per:(g + 1) * per] = True
+            mask[groups == g, first[g]:first[g + 1]] = True
         return mask
-    if count > num_nodes and count % num_nodes == 0:
-        group_load = np.bincount(groups, weights=loads, minlength=count)[None, :]
-        node_of_group = balanced_packing(group_load, num_nodes)[0][0]
+    if count % num_nodes == 0:
+        node_of_group = balanced_packing(group_load[None, :], num_nodes)[0][0]
         mask[np.arange(experts), node_of_group[groups]] = True
         return mask
     raise InfeasibleError(
         f"keep_groups: {count} expert groups cannot each own a disjoint set of nodes among "
-        f"{num_nodes} nodes (needs the group count to divide the node count or the node count "
-        "to divide the group count)"
+        f"{num_nodes} nodes (needs at least as many nodes as groups, or the node count to "
+        "divide the group count)"
     )
+
+
+def group_node_counts(group_load: np.ndarray, need: np.ndarray, num_nodes: int) -> np.ndarray:
+    """Whole nodes per group: [g] int64 summing to ``num_nodes``, each >= ``need``, minimising
+    the max over groups of group_load / nodes.
+
+    group_load: [g] load per group; need: [g] fewest nodes holding each group's experts.
+    Greedy from ``need``: each remaining node goes to the group with the highest load per
+    node (ties to the group with fewer nodes, then the lower id), which is optimal for the
+    max. Raises InfeasibleError when the groups need more than ``num_nodes`` nodes.
+    """
+    counts = np.asarray(need, dtype=np.int64).copy()
+    if counts.sum() > num_nodes:
+        raise InfeasibleError(
+            f"keep_groups: the {len(counts)} expert groups need {int(counts.sum())} nodes to hold their "
+            f"experts (at least {counts.tolist()}), but the topology has {num_nodes} nodes "
+            "(use more nodes or more slots per GPU)"
+        )
+    load = np.asarray(group_load, dtype=np.float64)
+    ids = np.arange(len(counts))
+    for _ in range(num_nodes - int(counts.sum())):
+        counts[np.lexsort((ids, counts, -load / counts))[0]] += 1
+    return counts
 
 
 def check_feasible(problem: LayerProblem) -> None:

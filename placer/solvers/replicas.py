@@ -131,22 +131,49 @@ def repack_node(phy2log: np.ndarray, slot_load: np.ndarray, node: int, gpus_per_
     """Re-pack one node's copies onto its live GPUs longest-first by served load (in place).
 
     phy2log: [slots] one layer; slot_load: [slots] pairs each copy served;
-    live: [gpus] bool GPUs in service (None = all).
+    live: [gpus] bool GPUs in service (None = all). When every GPU with a free slot
+    already holds the next copy's expert, :func:`_make_room` moves a copy to free a GPU.
     """
     first_gpu = node * gpus_per_node
     usable = [g for g in range(gpus_per_node) if live is None or live[first_gpu + g]]
     first = node * gpus_per_node * slots_per_gpu
     span = np.arange(first, first + gpus_per_node * slots_per_gpu)
     span = span[phy2log[span] >= 0]
-    gpu_load = np.zeros(gpus_per_node)
     held: list[list[int]] = [[] for _ in range(gpus_per_node)]
+    served: list[list[float]] = [[] for _ in range(gpus_per_node)]
     for slot in span[np.argsort(-slot_load[span], kind="stable")]:
         expert = int(phy2log[slot])
         open_gpus = [g for g in usable if len(held[g]) < slots_per_gpu and expert not in held[g]]
-        gpu = min(open_gpus, key=lambda g: (gpu_load[g], g))
+        gpu = (min(open_gpus, key=lambda g: (sum(served[g]), g)) if open_gpus
+               else _make_room(held, served, expert, float(slot_load[slot]), usable, slots_per_gpu))
         held[gpu].append(expert)
-        gpu_load[gpu] += slot_load[slot]
+        served[gpu].append(float(slot_load[slot]))
     phy2log[first: first + gpus_per_node * slots_per_gpu] = _slot_map(held, slots_per_gpu)
+
+
+def _make_room(held: list[list[int]], served: list[list[float]], expert: int, load: float,
+               usable: list[int], slots_per_gpu: int) -> int:
+    """A GPU for a copy of ``expert`` when every GPU with a free slot holds it already.
+
+    Moves one copy from a full GPU ``h`` lacking the expert to a GPU ``g`` with a free slot
+    that lacks that copy's expert (one always exists while the expert has fewer copies than
+    GPUs: ``h`` holds more distinct experts than ``g``), choosing the move with the lowest
+    resulting max(load of g, load of h with the new copy), ties to the lowest ids; returns h.
+    held / served: per local GPU the experts and the load each copy serves (updated in place).
+    """
+    best = None
+    for g in (g for g in usable if len(held[g]) < slots_per_gpu):
+        for h in (h for h in usable if expert not in held[h]):
+            for i, other in enumerate(held[h]):
+                if other not in held[g]:
+                    cost = max(sum(served[g]) + served[h][i], sum(served[h]) - served[h][i] + load)
+                    if best is None or cost < best[0]:
+                        best = (cost, g, h, i)
+    assert best is not None, f"expert {expert} has more copies than the node has GPUs"
+    _, g, h, i = best
+    held[g].append(held[h].pop(i))
+    served[g].append(served[h].pop(i))
+    return h
 
 
 def replicate(
