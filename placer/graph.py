@@ -40,14 +40,13 @@ from itertools import combinations
 from typing import TypeVar
 
 import networkx as nx
+import numba
 import numpy as np
 import scipy.sparse as sp
 
 from placer.errors import InputError
 from placer.progress import ProgressFn
 from placer.trace import PADDING, Trace, TraceChunk, TraceSource, chunk_count, id_dtype
-
-import numba
 
 T = TypeVar("T")
 SUMMARY_STAGE = "summarising trace"

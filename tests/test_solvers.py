@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from conftest import random_trace, topo
 
+from placer import synth
 from placer.bundled import sample_trace
 from placer.errors import InfeasibleError
 from placer.graph import summarize
 from placer.replay import evaluate
-from placer.solvers import place
+from placer.solvers import api, place
 from placer.solvers.api import Options, solve_layer
-from placer.solvers.problem import build_problems, connectivity
+from placer.solvers.problem import Constraints, build_problems, connectivity
+from placer.solvers.refine import evaluate as objective
 from placer.topology import Topology
 from placer.trace import Trace, load_trace, validate_arrays
 
@@ -327,3 +330,16 @@ def test_streaming_cap_defaults_to_the_search_size_and_reports_what_it_dropped(m
     assert np.array_equal(capped.phy2log, again.phy2log)
     assert any("streaming cap kept at most 400" in m for m in report.messages)
     assert all(r.sample is None for r in report.layers)  # the search runs on the kept sets
+
+
+def test_node_stage_is_never_worse_than_contiguous_on_its_objective():
+    """64 experts in 8 groups of 8, top-4 groups: contiguous puts one group per node, a basin
+    the spectral start alone misses on some layers; the node stage also searches from it."""
+    params = replace(synth.preset("deepseek-v3"), num_experts=64, num_layers=6, top_k=8)
+    summary = summarize(synth.generate(params, 20_000, seed=0))
+    opts = Options("spectral", 0, None, 15, api.layer_budget(10, 6))
+    contiguous = np.repeat(np.arange(8), 8)
+    for problem in build_problems(summary, 8, 8, 1, Constraints()):
+        spec = api._spec(problem, api.DEFAULT_ALPHA.get(8, 2.0))
+        part = api.node_stage(problem, opts)[0]
+        assert objective(spec, part)[0] <= objective(spec, contiguous)[0], problem.layer

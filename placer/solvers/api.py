@@ -270,7 +270,8 @@ def node_stage(problem: LayerProblem, opts: Options, search: LayerProblem | None
                           seed=opts.seed)
     spec = _spec(problem, alpha)
     kicks = kick_count(problem, opts, sampled)
-    part, _value = local_search(spec, part, seed=opts.seed, kicks=kicks)
+    part, value = local_search(spec, part, seed=opts.seed, kicks=kicks)
+    part = _better_from_contiguous(problem, spec, counts, part, value, opts.seed, kicks)
     _, cut, viol = evaluate(spec, part)
     bound = trivial_bound(full)
     status = "feasible"
@@ -290,6 +291,20 @@ def node_stage(problem: LayerProblem, opts: Options, search: LayerProblem | None
     if viol > 0:
         part, cut, viol = _repair(problem, spec, part, opts)
     return part, bound, status, messages
+
+
+def _better_from_contiguous(problem: LayerProblem, spec: SearchSpec, counts: np.ndarray, part: np.ndarray,
+                            value: float, seed: int, kicks: int) -> np.ndarray:
+    """``part`` [experts], or the local search from the contiguous placement (experts in id
+    order filling the nodes' ``counts``) when that start already beats ``value``: routers that
+    pick experts by id ranges (groups) can make the baseline a better basin than the spectral one."""
+    start = np.repeat(np.arange(problem.num_nodes), counts)
+    if problem.allowed is not None and not problem.allowed[np.arange(problem.num_experts), start].all():
+        return part
+    if evaluate(spec, start)[0] >= value:
+        return part
+    searched, searched_value = local_search(spec, start, seed=seed, kicks=kicks)
+    return searched if searched_value < value else part
 
 
 def _repair(problem: LayerProblem, spec: SearchSpec, part: np.ndarray, opts: Options
