@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 
 
 def _vm_hwm_gb() -> float:
-    """Peak resident set of this process (VmHWM), GB."""
+    """Peak resident set of this process (VmHWM), GiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 2**20
@@ -104,7 +104,7 @@ def main() -> None:
     print(f"placer bench_stream: {os.cpu_count()} cores; deepseek-v3 preset, {r['tokens']:,} tokens x 58 layers x "
           f"top-8 ({raw_gb:.1f} GB of int16 ids) in {r['shards']} shards of {args.shard_tokens:,} tokens\n")
     print("| solver | workers | max-nets | place s (read + summarize + solve) | digest s | CPU s "
-          "| peak RSS main GB | peak RSS worker GB | dropped by streaming cap | load avg |")
+          "| peak RSS main GiB | peak RSS worker GiB | dropped by streaming cap | load avg |")
     print("|---" * 10 + "|")
     dropped = r["notes"][0].split("dropping ")[1].split(" of")[0] if r["notes"] else "0%"
     print(f"| {args.solver} | {args.workers} | {args.max_nets} | {r['place']:.0f} | {r['digest']:.0f} | {r['cpu']:.0f} "
