@@ -814,5 +814,23 @@ def main() -> None:
     except (KeyboardInterrupt, SystemError) as err:
         if not is_ctrl_c(err):
             raise
-        Console(stderr=True).print("placer: interrupted; no partial output was written", markup=False, highlight=False)
+        _say_interrupted()
         sys.exit(130)
+    except SystemExit as err:
+        if err.code == 130 and _caused_by_ctrl_c(err):  # typer turns Ctrl-C into a silent exit 130
+            _say_interrupted()
+        raise
+
+
+def _say_interrupted() -> None:
+    Console(stderr=True).print("placer: interrupted; no partial output was written", markup=False, highlight=False)
+
+
+def _caused_by_ctrl_c(err: BaseException) -> bool:
+    """Whether a Ctrl-C is among the exceptions that led to ``err`` (its cause/context chain)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if is_ctrl_c(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from placer import cli as cli_module
 from placer import load_topology
 from placer.bundled import sample_trace
 from placer.parallel import Interrupted, interruptible_map
@@ -129,3 +130,15 @@ def test_real_sigint_exits_130_with_one_line_and_an_honest_file(tmp_path, worker
     placement = read_placement(out)
     assert placement.metadata["solver"]["interrupted"]["layers_unsolved"] == facts["layers_unsolved"]
     assert all(np.array_equal(np.sort(row), np.arange(64)) for row in placement.phy2log)
+
+
+def test_ctrl_c_before_any_placement_says_so_on_one_line(cli, monkeypatch, tmp_path):
+    """Ctrl-C while the trace is read: typer would exit 130 silently; placer says what happened."""
+    def interrupted_read(path: str):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "_open_routing", interrupted_read)
+    result = cli("place", "--trace", TRAIN, "--nodes", "4", "--out", tmp_path / "p.json")
+    assert result.code == 130
+    assert result.err == "placer: interrupted; no partial output was written\n"
+    assert list(tmp_path.iterdir()) == []
