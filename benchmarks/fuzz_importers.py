@@ -271,14 +271,21 @@ def mutate(data: bytes, rng: random.Random, others: list[bytes]) -> bytes:
     return data
 
 
-def materialise(seed: Path, work: Path, rng: random.Random, pool: list[bytes]) -> Path:
-    """Copy ``seed`` (file or directory) into ``work`` with one of its files mutated (or deleted)."""
+def _fresh_target(seed: Path, work: Path) -> Path:
+    """``work`` emptied; for a directory seed, a copy of it there. Returns the input's path in ``work``."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     target = work / seed.name
     if seed.is_dir():
         shutil.copytree(seed, target)
+    return target
+
+
+def materialise(seed: Path, work: Path, rng: random.Random, pool: list[bytes]) -> Path:
+    """Copy ``seed`` (file or directory) into ``work`` with one of its files mutated (or deleted)."""
+    target = _fresh_target(seed, work)
+    if seed.is_dir():
         files = sorted(p for p in target.rglob("*") if p.is_file())
         if not files:
             return target
@@ -392,12 +399,8 @@ def _atheris(target: Target, work: Path, timeout: float, out: Path | None, extra
         (corpus / f"seed{index}").write_bytes(path.read_bytes())
 
     def one_input(data: bytes) -> None:
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
-        path = work / seed.name
+        path = _fresh_target(seed, work)
         if seed.is_dir():
-            shutil.copytree(seed, path)
             min(p for p in path.rglob("*") if p.is_file()).write_bytes(data)
         else:
             path.write_bytes(data)
