@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from placer import load_model, load_topology, run_sweep
-from placer.sweep import A2A_PASSES, SEED001_REFERENCE, StepModel, SweepResult
-from placer.synth import preset, write_trace
+from placer.studies.sweep import A2A_PASSES, SEED001_REFERENCE, StepModel, SweepResult
+from placer.studies.synth import preset, write_trace
 from placer.trace import TraceSource
 
 ALPHAS = (None, 2.0)
@@ -142,7 +142,7 @@ def main() -> None:
     print("\n".join(peer_cost_rows({"uniform, per node (N-1 peers)": uniform,
                                     "uniform, per pair (P-G peers)": pairs})))
     if args.figure is not None:
-        from placer import plots
+        from placer.presentation import plots
 
         plots.save_png(plots.network_cliff(synthetic[ALPHAS[-1]].to_dict(), SEED001_REFERENCE), str(args.figure))
         print(f"\nfigure: {args.figure}")

@@ -9,8 +9,8 @@ Writes a sharded synthetic trace once (``placer synth``, cached in ``--cache-dir
 
 1. in-process, one core, instrumented: seconds to read + summarise each shard, of each
    merge of the merge tree (:func:`placer.graph.merge_in_order`), of each layer's solve
-   (:func:`placer.solvers.api.solve_layer`) and of the trace digest;
-2. the same work on ``local:1`` and ``local:2`` (:mod:`placer.cluster`; worker start-up
+   (:func:`placer.solvers.pipeline.solve_layer`) and of the trace digest;
+2. the same work on ``local:1`` and ``local:2`` (:mod:`placer.studies.cluster`; worker start-up
    and numba loading are not timed): wall seconds of the summary (shards, then merges one
    task per layer, on the workers; the result gathered by the client), of ``place`` on
    that summary (problems built on the client, scattered, solved one task per layer,
@@ -40,12 +40,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from placer import instances, synth  # noqa: E402
-from placer.cluster import connect  # noqa: E402
+from placer import instances  # noqa: E402
 from placer.graph import TraceSummary, merge_in_order, summarize  # noqa: E402
 from placer.solvers import place  # noqa: E402
-from placer.solvers.api import Options, solve_layer  # noqa: E402
+from placer.solvers.options import Options  # noqa: E402
+from placer.solvers.pipeline import solve_layer  # noqa: E402
 from placer.solvers.problem import build_problems  # noqa: E402
+from placer.studies import synth  # noqa: E402
+from placer.studies.cluster import connect  # noqa: E402
 from placer.trace import TraceSource, trace_digest, validate_arrays  # noqa: E402
 
 TIME_LIMIT = 60.0

@@ -54,7 +54,7 @@ def _cap(text: str) -> int | None:
 def child(args: argparse.Namespace) -> None:
     """One timed run: read, summarise, build hypergraphs; prints one JSON line."""
     from placer.graph import summarize
-    from placer.solvers.api import SAMPLE_NETS
+    from placer.solvers.options import SAMPLE_NETS
     from placer.trace import TraceSource
 
     started, cpu0 = time.perf_counter(), time.process_time()
@@ -87,8 +87,8 @@ def run_child(trace: Path, workers: int, cap: str) -> dict:
 def compare_placement(trace_path: Path, cap: int, workers: int) -> None:
     """Spectral placements from the exact and the capped summary, replayed on held-out routing."""
     from placer import baseline
+    from placer.evaluation.replay import evaluate
     from placer.graph import summarize
-    from placer.replay import evaluate
     from placer.solvers import place
     from placer.topology import Topology
     from placer.trace import TraceSource

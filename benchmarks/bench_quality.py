@@ -62,12 +62,12 @@ from placer import (
     synth,
 )
 from placer.eplb import rebalance_experts
-from placer.esft import ESFT_TASKS, import_esft, read_esft_task
+from placer.evaluation.replay import count_traffic
+from placer.formats.esft import ESFT_TASKS, import_esft, read_esft_task
 from placer.graph import TraceSummary, expert_loads, summarize
 from placer.instances import load_model
-from placer.replay import count_traffic
 from placer.solvers import place
-from placer.solvers.api import longest_first_pack
+from placer.solvers.gpu_stage import longest_first_pack
 from placer.solvers.problem import group_mask
 from placer.topology import Model
 from placer.trace import Trace, concatenate, load_trace

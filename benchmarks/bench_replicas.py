@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from placer import evaluate, load_topology
-from placer.dispatch import RULES
-from placer.esft import import_esft
+from placer.evaluation.dispatch import RULES
+from placer.formats.esft import import_esft
 from placer.graph import summarize
 from placer.solvers import place
 

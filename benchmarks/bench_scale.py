@@ -24,7 +24,7 @@ spectral < 60 s, auto < 300 s); ``tokens`` / ``experts`` / ``nodes`` = scaling r
 ``--scaling-layers`` layers (tokens 100k/300k/1M at 256 experts on 32 x 8; experts
 64/128/256 at 1M tokens on 8 x 8; nodes 8/16/32 x 8 GPUs at 256 experts, 1M tokens).
 
-Routing comes from :mod:`placer.synth` when it has the ``deepseek-v3`` and
+Routing comes from :mod:`placer.studies.synth` when it has the ``deepseek-v3`` and
 ``kimi-k2`` presets, else from a small generator here: per layer log-normal expert
 popularity, latent topics (clusters of co-activated experts) that persist along the
 token stream, and top-k without replacement (Gumbel-top-k / Plackett-Luce).
@@ -51,8 +51,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from placer import baseline
+from placer.evaluation.replay import evaluate
 from placer.placement import Placement
-from placer.replay import evaluate
 from placer.topology import Topology
 from placer.trace import Trace, TraceSource, save_trace
 
@@ -73,9 +73,9 @@ class Shape:
 
 
 def _synth_preset(shape: Shape):
-    """The placer.synth preset for the shape (None when synth lacks the frontier presets)."""
+    """The placer.studies.synth preset for the shape (None when synth lacks the frontier presets)."""
     try:
-        from placer import synth
+        from placer.studies import synth
     except ImportError:
         return None
     presets = getattr(synth, "PRESETS", {})
@@ -162,9 +162,9 @@ def routing(shape: Shape, tokens: int, split: str) -> tuple[Trace, str]:
     """(trace, generator name): ``train`` (seed 0) or the held-out ``test`` trace."""
     params = _synth_preset(shape)
     if params is not None:
-        from placer import synth
+        from placer.studies import synth
 
-        return synth.generate(params, tokens, 0, split=split), "placer.synth"
+        return synth.generate(params, tokens, 0, split=split), "placer.studies.synth"
     if split == "train":
         return simple_routing(shape, tokens, seed=0), "simple"
     return simple_routing(shape, tokens, seed=1, drift=0.1), "simple"

@@ -7,7 +7,7 @@ Run from the repository root:
 
 Prints a markdown table. The trace is the ``deepseek-v3`` synthetic preset (256 experts x
 58 layers, top-8; 5.4M tokens = 5.0 GB of int16 expert ids), written once as shards of
-``--shard-tokens`` tokens (``placer.synth.write_shards``) into the cache directory, not timed.
+``--shard-tokens`` tokens (``placer.studies.synth.write_shards``) into the cache directory, not timed.
 The timed run is a fresh process doing what ``placer place --trace DIR`` does:
 ``place(TraceSource(DIR), 32 x 8 GPUs, solver=..., workers=W, max_nets=...)`` (the default
 ``auto`` cap keeps as many distinct top-k sets per layer as the solver's search uses), then
@@ -66,7 +66,7 @@ def child(args: argparse.Namespace) -> None:
 
 def cached_shards(tokens: int, shard_tokens: int, cache: Path) -> Path:
     """The sharded trace directory (written once; a partial write is never reused)."""
-    from placer import synth
+    from placer.studies import synth
 
     out = cache / f"dsv3-{tokens}-s{shard_tokens}"
     if not out.is_dir():

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from placer import baseline, evaluate, load_topology
-from placer.esft import import_esft
+from placer.formats.esft import import_esft
 from placer.graph import summarize
 from placer.stats import trace_stats
-from placer.synth import PRESETS, generate
+from placer.studies.synth import PRESETS, generate
 from placer.trace import Trace
 
 ESFT = Path(__file__).resolve().parents[2] / "shared" / "traces" / "esft-dsv2lite"

@@ -45,17 +45,18 @@ from pathlib import Path
 
 import numpy as np
 
-from placer import instances, placement_io
+from placer import instances
 from placer.errors import InputError
-from placer.esft import import_esft
-from placer.graph import summarize
-from placer.importers import (
+from placer.formats import placement_io
+from placer.formats.esft import import_esft
+from placer.formats.importers import (
     read_counts_npy,
     read_megatron,
     read_sglang_dump,
     read_trtllm,
     read_vllm,
 )
+from placer.graph import summarize
 from placer.placement import baseline
 from placer.trace import Trace, load_trace
 

@@ -4,13 +4,13 @@ Data flows one way: trace -> graph -> solver -> placement -> replay/report.
 """
 
 from placer.errors import InfeasibleError, InputError
-from placer.importers import ExpertCounts, load_routing
+from placer.evaluation.replay import ReplayReport, evaluate
+from placer.formats.importers import ExpertCounts, load_routing
+from placer.formats.placement_io import read_placement, write_placement
 from placer.instances import load_model, load_topology
 from placer.placement import Placement, baseline, from_expert_gpu
-from placer.placement_io import read_placement, write_placement
-from placer.replay import ReplayReport, evaluate
 from placer.solvers import SolveReport, place
-from placer.sweep import SweepResult, run_sweep
+from placer.studies.sweep import SweepResult, run_sweep
 from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource, load_trace, save_trace
 

@@ -19,14 +19,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from placer import calc, instances, placement_io, sweep, synth
+from placer import instances
 from placer.atomic import atomic_output, refuse_overwriting_input, write_text_atomic
 from placer.bundled import sample_trace
-from placer.cluster import Cluster, connect
-from placer.engines import moved_weights, write_output
 from placer.errors import InfeasibleError, InputError
-from placer.esft import ESFT_TASKS, import_esft
-from placer.importers import (
+from placer.evaluation import calc
+from placer.evaluation.replay import ReplayReport, evaluate
+from placer.formats import placement_io
+from placer.formats.engines import write_output
+from placer.formats.esft import ESFT_TASKS, import_esft
+from placer.formats.importers import (
     ExpertCounts,
     load_routing,
     read_megatron,
@@ -35,14 +37,23 @@ from placer.importers import (
     read_vllm,
     save_counts,
 )
+from placer.migration import minimize_moves, moved_weights
 from placer.parallel import is_ctrl_c
 from placer.placement import BASELINES, Placement, baseline
+from placer.presentation.render import (
+    comparison_table,
+    key_value_table,
+    stats_table,
+    sweep_notes,
+    sweep_table,
+)
 from placer.progress import ProgressFn, prefixed, terminal_progress
-from placer.render import comparison_table, key_value_table, stats_table, sweep_notes, sweep_table
-from placer.replay import ReplayReport, evaluate
 from placer.solvers import place
-from placer.solvers.api import SolveReport, eplb_placement, summary_cap
+from placer.solvers.api import SolveReport, summary_cap
+from placer.solvers.eplb_policy import eplb_placement
 from placer.stats import summary_stats, trace_stats
+from placer.studies import sweep, synth
+from placer.studies.cluster import Cluster, connect
 from placer.topology import Model, Topology, memory_slots
 from placer.trace import Trace, TraceSource, save_trace, trace_digest
 
@@ -107,7 +118,7 @@ def _open_trace(path: str) -> TraceSource | Trace:
 
 @contextmanager
 def _cluster(scheduler: str, source: TraceSource | Trace | ExpertCounts) -> Iterator[Cluster]:
-    """The Dask cluster ``scheduler`` (see placer.cluster); the trace must be native .npz files."""
+    """The Dask cluster ``scheduler`` (see placer.studies.cluster); the trace must be native .npz files."""
     if not isinstance(source, TraceSource):
         raise InputError(None, "--scheduler", "needs a native .npz trace or shard directory (convert with placer import)")
     with connect(scheduler) as cluster:
@@ -328,7 +339,7 @@ def place_command(
     if current:
         in_service = placement_io.read_placement(current, topo.num_gpus, topo.gpus_per_node, mdl)
         naive = moved_weights(in_service, chosen, mdl.expert_param_bytes if mdl else 0.0)
-        chosen = chosen.closest_to(in_service)
+        chosen = minimize_moves(in_service, chosen)
         solve_facts["moves"] = {
             "without_relabel": naive["experts_moved"],
             **moved_weights(in_service, chosen, mdl.expert_param_bytes if mdl else 0.0),
@@ -488,7 +499,7 @@ def report_command(
 ) -> None:
     """Replay placements and write an HTML or Markdown report with figures (needs the `plots` extra)."""
     try:
-        from placer.report import FIGURE_NAMES, write_report
+        from placer.presentation.report import FIGURE_NAMES, write_report
     except ImportError as err:
         raise InputError(None, "report", f"{err}; install the plots extra: pip install 'placer[plots]'") from None
     source_trace = _open_trace(trace)
@@ -622,7 +633,7 @@ def sweep_command(
 
 def _write_sweep_png(result: sweep.SweepResult, path: Path) -> None:
     """The sweep's figure, with seed 001's figures marked when the model is seed001."""
-    from placer import plots
+    from placer.presentation import plots
 
     reference = sweep.SEED001_REFERENCE if result.model.name == "seed001" else None
     fig = plots.network_cliff(result.to_dict(), reference)
@@ -765,7 +776,7 @@ def synth_command(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate a synthetic routing trace calibrated to real traces (see placer/synth.py)."""
+    """Generate a synthetic routing trace calibrated to real traces (see placer/studies/synth.py)."""
     if tokens <= 0:
         raise InputError(None, "--tokens", f"expected a positive count, got {tokens}")
     params = synth.load_params(preset)

@@ -66,50 +66,6 @@ class Placement:
         """Slots holding each expert: [layers, experts]."""
         return np.stack([np.bincount(row[row >= 0], minlength=self.num_experts) for row in self.phy2log])
 
-    def evaluate(self, trace, topology=None, model=None, **options):
-        """Replay ``trace`` against this placement (see :func:`placer.replay.evaluate`).
-
-        topology defaults to the one the placement was solved for (its metadata).
-        """
-        from placer.replay import evaluate
-        from placer.topology import Topology
-
-        if topology is None:
-            if "topology" not in self.metadata:
-                raise ValueError("this placement records no topology: pass one")
-            topology = Topology(**self.metadata["topology"])
-        return evaluate(trace, self, topology, model, **options)
-
-    def to_sglang(self, model=None) -> dict:
-        """SGLang ``--init-expert-location`` document (see :func:`placer.engines.to_sglang`)."""
-        from placer.engines import to_sglang
-
-        return to_sglang(self, model)
-
-    def to_trtllm(self, model=None) -> dict:
-        """TensorRT-LLM load-balancer config (see :func:`placer.engines.to_trtllm`)."""
-        from placer.engines import to_trtllm
-
-        return to_trtllm(self, model)
-
-    def to_eplb(self) -> dict[str, np.ndarray]:
-        """EPLB triple phy2log, log2phy, logcnt (see :func:`placer.engines.to_eplb`)."""
-        from placer.engines import to_eplb
-
-        return to_eplb(self)
-
-    def expert_permutation(self, model=None) -> np.ndarray:
-        """[layers, experts] permutation for contiguous-ownership engines (Megatron, vLLM)."""
-        from placer.engines import expert_permutation
-
-        return expert_permutation(self, model)
-
-    def closest_to(self, current: Placement) -> Placement:
-        """This placement relabelled (nodes, GPUs) to move as few experts as possible from ``current``."""
-        from placer.engines import minimize_moves
-
-        return minimize_moves(current, self)
-
     def gpu_expert_counts(self) -> np.ndarray:
         """Experts held per GPU: [layers, gpus]."""
         filled = (self.phy2log >= 0).reshape(self.num_layers, self.num_gpus, self.slots_per_gpu)

@@ -7,8 +7,8 @@ from itertools import combinations
 
 import pytest
 
-from placer.calc import AllToAllVolume, all_to_all_volume, expected_remote_nodes
 from placer.errors import InputError
+from placer.evaluation.calc import AllToAllVolume, all_to_all_volume, expected_remote_nodes
 from placer.instances import load_model, load_topology
 from placer.topology import Model, Topology
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from placer.dispatch import Dispatcher, replica_slots
+from placer.evaluation.dispatch import Dispatcher, replica_slots
+from placer.evaluation.replay import evaluate
 from placer.placement import Placement
-from placer.replay import evaluate
 from placer.topology import Topology
 from placer.trace import validate_arrays
 

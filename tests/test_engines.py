@@ -7,19 +7,18 @@ import itertools
 import numpy as np
 import pytest
 
-from placer.engines import (
+from placer.eplb import rebalance_experts
+from placer.errors import InputError
+from placer.formats.engines import (
     dumps_trtllm_yaml,
     expert_permutation,
     invert_permutation,
-    minimize_moves,
-    moved_weights,
     to_eplb,
     to_sglang,
     to_trtllm,
     write_eplb,
 )
-from placer.eplb import rebalance_experts
-from placer.errors import InputError
+from placer.migration import minimize_moves, moved_weights
 from placer.placement import Placement, baseline, contiguous_gpus, from_expert_gpu
 from placer.topology import Model
 

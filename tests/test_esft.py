@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from placer.errors import InputError
-from placer.esft import import_esft, read_esft_task, split_half
+from placer.formats.esft import import_esft, read_esft_task, split_half
 from placer.trace import load_trace
 
 rng = np.random.default_rng(0)

@@ -12,9 +12,9 @@ from conftest import random_trace, topo
 from placer.bundled import sample_trace
 from placer.eplb import rebalance_experts
 from placer.errors import InputError
+from placer.evaluation.replay import evaluate
 from placer.graph import summarize
 from placer.placement import contiguous_gpus, from_expert_gpu
-from placer.replay import evaluate
 from placer.solvers import place
 from placer.solvers.problem import build_problems, connectivity
 from placer.topology import Model, Topology
@@ -186,8 +186,8 @@ def test_sample_trace_beats_contiguous_on_live_gpus():
 
 
 def test_replay_sources_skip_excluded_gpus():
+    from placer.evaluation.replay import evaluate
     from placer.placement import Placement
-    from placer.replay import evaluate
     from placer.trace import validate_arrays
 
     # 2 nodes x 2 GPUs, GPU 0 out of service; experts 0, 1, 2 on GPUs 1, 2, 3.
@@ -201,7 +201,7 @@ def test_replay_sources_skip_excluded_gpus():
 
 def test_cli_exclusions_survive_file_and_relabel(tmp_path, cli):
     from placer.bundled import sample_trace
-    from placer.placement_io import read_placement
+    from placer.formats.placement_io import read_placement
 
     train = sample_trace("train")
     assert cli("place", "--trace", train, "--solver", "contiguous", "--out", tmp_path / "now.json").code == 0
@@ -217,7 +217,7 @@ def test_cli_exclusions_survive_file_and_relabel(tmp_path, cli):
 
 
 def test_engine_exports_fill_dead_gpus_with_placeholders():
-    from placer.engines import to_eplb, to_sglang
+    from placer.formats.engines import to_eplb, to_sglang
 
     trace = random_trace(200, 1, 16, 2, 4)
     # 7 live GPUs x 4 slots: one copy needs 3 per GPU, the rest hold replicas; GPU 6 = slots 24..27

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from placer.errors import InputError
-from placer.importers import (
+from placer.formats.importers import (
     ExpertCounts,
     load_routing,
     read_counts_npy,

@@ -17,8 +17,8 @@ import pytest
 from placer import cli as cli_module
 from placer import load_topology
 from placer.bundled import sample_trace
+from placer.formats.placement_io import read_placement
 from placer.parallel import Interrupted, interruptible_map
-from placer.placement_io import read_placement
 from placer.solvers import api, place
 from placer.trace import TraceSource
 

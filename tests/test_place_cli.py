@@ -10,7 +10,7 @@ from conftest import invoke
 
 from placer import load_model
 from placer.bundled import sample_trace
-from placer.placement_io import read_placement
+from placer.formats.placement_io import read_placement
 
 TRAIN, TEST = str(sample_trace("train")), str(sample_trace("test"))
 

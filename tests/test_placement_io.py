@@ -10,9 +10,14 @@ import pytest
 
 from placer.bundled import sample_trace
 from placer.errors import InputError
+from placer.formats.placement_io import (
+    dumps_placement,
+    placement_schema,
+    read_placement,
+    write_placement,
+)
 from placer.instances import load_model
 from placer.placement import baseline, contiguous_gpus
-from placer.placement_io import dumps_placement, placement_schema, read_placement, write_placement
 
 
 def test_round_trip_and_schema(tmp_path):

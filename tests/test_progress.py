@@ -11,10 +11,10 @@ from rich.console import Console
 
 from placer import load_topology
 from placer.bundled import sample_trace
+from placer.evaluation.replay import evaluate
 from placer.graph import LAYER_RUN
 from placer.placement import baseline
 from placer.progress import TerminalProgress, prefixed, terminal_progress, track
-from placer.replay import evaluate
 from placer.solvers import place
 from placer.trace import TraceSource
 

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from placer.engines import to_eplb, to_sglang, to_trtllm
 from placer.errors import InfeasibleError
+from placer.evaluation.replay import evaluate
+from placer.formats.engines import to_eplb, to_sglang, to_trtllm
+from placer.formats.placement_io import read_placement
 from placer.placement import Placement, from_expert_gpu
-from placer.placement_io import read_placement
-from placer.replay import evaluate
 from placer.solvers import place
 from placer.topology import Model, Topology
 from placer.trace import validate_arrays

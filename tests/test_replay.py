@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from placer.errors import InputError
+from placer.evaluation.replay import evaluate
 from placer.placement import baseline, from_expert_gpu
-from placer.replay import evaluate
 from placer.topology import Model, Topology
 from placer.trace import TraceSource, save_trace, validate_arrays
 

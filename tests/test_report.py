@@ -17,13 +17,14 @@ pytest.importorskip(
 
 from matplotlib.figure import Figure
 
-from placer import instances, plots
-from placer import report as report_module
+from placer import instances
 from placer.bundled import sample_trace
 from placer.errors import InputError
+from placer.evaluation.replay import evaluate
 from placer.placement import BASELINES, baseline, from_expert_gpu
-from placer.replay import evaluate
-from placer.report import (
+from placer.presentation import plots
+from placer.presentation import report as report_module
+from placer.presentation.report import (
     FIGURE_NAMES,
     ReportData,
     ReportFigure,

@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 from conftest import random_trace, topo
 
-from placer import synth
 from placer.bundled import sample_trace
 from placer.errors import InfeasibleError
+from placer.evaluation.replay import evaluate
 from placer.graph import summarize
-from placer.replay import evaluate
 from placer.solvers import api, place
-from placer.solvers.api import Options, solve_layer
+from placer.solvers import node_stage as node_stage_module
+from placer.solvers.options import Options, layer_budget
+from placer.solvers.pipeline import solve_layer
 from placer.solvers.problem import Constraints, build_problems, connectivity
 from placer.solvers.refine import evaluate as objective
+from placer.studies import synth
 from placer.topology import Topology
 from placer.trace import Trace, load_trace, validate_arrays
 
@@ -251,7 +253,7 @@ def test_merge_projected_arrays_match_the_dict_reference():
 def test_fast_descent_equals_the_general_path():
     """No load cap and no max-nodes: the O(1) cost and the bound-pruned swaps must choose exactly
     what the general path (taken with a never-binding finite cap) chooses."""
-    from placer.solvers.api import _spec
+    from placer.solvers.node_stage import _spec
     from placer.solvers.refine import SearchSpec, local_search
 
     for seed in range(3):
@@ -285,10 +287,10 @@ def test_sample_nets_keeps_heavy_sets_and_reweights_the_rest():
 
 
 def test_large_layers_search_a_sample_but_report_exact_figures(monkeypatch):
-    from placer.solvers import api
+    from placer.solvers import options
     from placer.solvers.problem import net_spans
 
-    monkeypatch.setattr(api, "SAMPLE_NETS", 400)
+    monkeypatch.setattr(options, "SAMPLE_NETS", 400)
     trace = random_trace(3000, 2, 64, 6, 4)
     summary = summarize(trace)
     placement, report = place(summary, topo(8, 2), solver="spectral", time_limit=2)
@@ -315,16 +317,16 @@ def test_one_blas_thread_restores_the_thread_count():
 
 
 def test_streaming_cap_defaults_to_the_search_size_and_reports_what_it_dropped(monkeypatch):
-    from placer.solvers import api
+    from placer.solvers import options
 
     trace = random_trace(3000, 2, 64, 6, 4)
     exact, _ = place(trace, topo(8, 2), solver="spectral", time_limit=2, max_nets=None)
     same, report = place(trace, topo(8, 2), solver="spectral", time_limit=2)  # sets fit the default cap
     assert np.array_equal(exact.phy2log, same.phy2log) and not any("streaming cap" in m for m in report.messages)
-    assert api.stream_cap("spectral", 60, 58, None) == api.SAMPLE_NETS
-    assert api.stream_cap("auto", 60, 58, None) == api.search_limit("auto", api.layer_budget(60, 58))
+    assert api.stream_cap("spectral", 60, 58, None) == options.SAMPLE_NETS
+    assert api.stream_cap("auto", 60, 58, None) == options.search_limit("auto", options.layer_budget(60, 58))
     assert api.stream_cap("auto", 60, 58, 2) is None and api.stream_cap("eplb", 60, 58, None) == 0
-    monkeypatch.setattr(api, "SAMPLE_NETS", 400)
+    monkeypatch.setattr(options, "SAMPLE_NETS", 400)
     capped, report = place(trace, topo(8, 2), solver="spectral", time_limit=2)
     again, _ = place(trace, topo(8, 2), solver="spectral", time_limit=2, max_nets=400)
     assert np.array_equal(capped.phy2log, again.phy2log)
@@ -337,9 +339,9 @@ def test_node_stage_is_never_worse_than_contiguous_on_its_objective():
     the spectral start alone misses on some layers; the node stage also searches from it."""
     params = replace(synth.preset("deepseek-v3"), num_experts=64, num_layers=6, top_k=8)
     summary = summarize(synth.generate(params, 20_000, seed=0))
-    opts = Options("spectral", 0, None, 15, api.layer_budget(10, 6))
+    opts = Options("spectral", 0, None, 15, layer_budget(10, 6))
     contiguous = np.repeat(np.arange(8), 8)
     for problem in build_problems(summary, 8, 8, 1, Constraints()):
-        spec = api._spec(problem, api.DEFAULT_ALPHA.get(8, 2.0))
-        part = api.node_stage(problem, opts)[0]
+        spec = node_stage_module._spec(problem, node_stage_module.DEFAULT_ALPHA.get(8, 2.0))
+        part = node_stage_module.node_stage(problem, opts)[0]
         assert objective(spec, part)[0] <= objective(spec, contiguous)[0], problem.layer

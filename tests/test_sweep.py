@@ -10,11 +10,11 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from placer.calc import expected_nvlink_copies, expected_remote_nodes
 from placer.errors import InputError
+from placer.evaluation.calc import expected_nvlink_copies, expected_remote_nodes
 from placer.instances import load_model, load_topology
 from placer.placement import baseline
-from placer.sweep import (
+from placer.studies.sweep import (
     StepModel,
     check_eps,
     ep_point,

@@ -11,7 +11,7 @@ import pytest
 from placer.errors import InputError
 from placer.graph import expert_loads
 from placer.stats import trace_stats
-from placer.synth import (
+from placer.studies.synth import (
     PRESET_SKEW,
     PRESETS,
     SynthParams,

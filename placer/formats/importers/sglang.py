@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from placer.errors import InputError
-from placer.importers.counts import ExpertCounts, validate_counts
+from placer.formats.importers.counts import ExpertCounts, validate_counts
 from placer.trace import PADDING, Trace, validate_arrays
 
 

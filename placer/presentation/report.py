@@ -1,7 +1,7 @@
 """Placement reports: replay placements side by side and write an HTML or Markdown page with figures.
 
 :func:`write_report` evaluates every placement (plus the contiguous, round-robin
-and random baselines unless given), draws the figures of :mod:`placer.plots`
+and random baselines unless given), draws the figures of :mod:`placer.presentation.plots`
 into PNG files and writes either ``index.html`` (PNGs embedded as base64 data
 URIs, so the one file is self-contained; the PNGs stay beside it) or
 ``report.md`` (referencing the PNGs). Every file is written atomically.
@@ -22,14 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from placer import __version__, plots
+from placer import __version__
 from placer.atomic import atomic_output, refuse_overwriting_input, write_text_atomic
 from placer.errors import InputError
+from placer.evaluation.replay import ReplayReport, evaluate
 from placer.graph import summarize
 from placer.placement import BASELINES, Placement, baseline
+from placer.presentation import plots
+from placer.presentation.render import summary_rows
 from placer.progress import ProgressFn, prefixed
-from placer.render import summary_rows
-from placer.replay import ReplayReport, evaluate
 from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource
 

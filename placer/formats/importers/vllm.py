@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from placer.errors import InputError
-from placer.importers.counts import read_npy
+from placer.formats.importers.counts import read_npy
 from placer.progress import ProgressFn, track
 from placer.trace import Trace, validate_arrays
 

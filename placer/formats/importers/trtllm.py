@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from placer.errors import InputError
-from placer.importers.counts import ExpertCounts, validate_counts
-from placer.importers.steps import StepGroup, stack_groups
+from placer.formats.importers.counts import ExpertCounts, validate_counts
+from placer.formats.importers.steps import StepGroup, stack_groups
 from placer.trace import Trace
 
 META_INFO = "meta_info.json"

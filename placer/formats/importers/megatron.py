@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from placer.errors import InputError
-from placer.importers.steps import StepGroup, stack_groups
+from placer.formats.importers.steps import StepGroup, stack_groups
 from placer.progress import ProgressFn, track
 from placer.trace import Trace
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from rich.table import Table
 
-from placer.replay import ReplayReport
+from placer.evaluation.replay import ReplayReport
 
 
 def _ratio(value: float, reference: float) -> str:
@@ -96,7 +96,7 @@ def stats_table(stats: dict) -> Table:
 
 
 def sweep_table(result) -> Table:
-    """One row per EP size of a :class:`placer.sweep.SweepResult`: GB per step and a2a/compute."""
+    """One row per EP size of a :class:`placer.studies.sweep.SweepResult`: GB per step and a2a/compute."""
     step = result.step
     copies = "one copy per remote node" if step.dispatch == "normal" else "one copy per remote pair"
     table = Table(

@@ -17,17 +17,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from placer.errors import InputError
-from placer.importers.counts import (
+from placer.formats.importers.counts import (
     ExpertCounts,
     read_counts_npy,
     read_npy,
     save_counts,
     validate_counts,
 )
-from placer.importers.megatron import megatron_files, read_megatron
-from placer.importers.sglang import read_sglang_dump
-from placer.importers.trtllm import META_INFO, read_trtllm
-from placer.importers.vllm import read_vllm, routed_experts_trace
+from placer.formats.importers.megatron import megatron_files, read_megatron
+from placer.formats.importers.sglang import read_sglang_dump
+from placer.formats.importers.trtllm import META_INFO, read_trtllm
+from placer.formats.importers.vllm import read_vllm, routed_experts_trace
 from placer.trace import Trace, load_trace
 
 __all__ = [

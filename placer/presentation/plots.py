@@ -1,6 +1,6 @@
 """Figures of placements and replays (matplotlib, Agg, no display).
 
-Every function takes plain data (arrays, :class:`~placer.replay.ReplayReport`
+Every function takes plain data (arrays, :class:`~placer.evaluation.replay.ReplayReport`
 objects keyed by placement name) and either draws on a given matplotlib
 ``Axes`` or, when ``ax`` is None, creates and returns its own ``Figure``.
 Figures are built with :class:`matplotlib.figure.Figure` on an Agg canvas, never
@@ -641,9 +641,9 @@ def _solver_label(sweep: Mapping) -> str:
 def network_cliff(sweep: Mapping, reference: Mapping[int, Mapping[str, float]] | None = None) -> Figure:
     """Two panels over EP size: traffic per step, and all-to-all / expert compute time.
 
-    sweep: :meth:`placer.sweep.SweepResult.to_dict` (``points``: one dict per EP size with
+    sweep: :meth:`placer.studies.sweep.SweepResult.to_dict` (``points``: one dict per EP size with
     ``contiguous`` and ``placer`` traffic). reference: EP -> {"internode_gb", "a2a_to_compute"}
-    marked as published figures (e.g. :data:`placer.sweep.SEED001_REFERENCE`).
+    marked as published figures (e.g. :data:`placer.studies.sweep.SEED001_REFERENCE`).
     """
     points = sweep["points"]
     eps = np.array([p["ep"] for p in points])

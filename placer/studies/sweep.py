@@ -7,7 +7,7 @@ such groups side by side (data parallel), each on its share of the step's tokens
 Per EP, two placements are measured: contiguous experts (the Megatron / vLLM default)
 and placer's placement (solved on one trace, replayed on another, ideally held out).
 Without a trace, routing is uniform and the figures are the expectations of
-:mod:`placer.calc` for contiguous experts (placer's placement has nothing to learn then,
+:mod:`placer.evaluation.calc` for contiguous experts (placer's placement has nothing to learn then,
 so its figures equal contiguous).
 
 Every figure starts from per-layer copies per token of the EP group (one way), then is
@@ -18,7 +18,7 @@ scaled by :class:`StepModel`:
   ``A2A_PASSES``. ``dispatch="normal"`` counts one inter-node copy per remote node a token
   reaches (DeepEP normal mode) and NVLink copies including the forwarding on the remote
   node; ``"low-latency"`` counts one copy per remote (token, expert) pair;
-- time per step on the bottleneck: per layer, :func:`placer.replay.layer_times` of the
+- time per step on the bottleneck: per layer, :func:`placer.evaluation.replay.layer_times` of the
   busiest node's NIC copies and busiest GPU's NVLink copies at the step's tokens per
   group, plus ``peer_latency_s`` per inter-node peer per phase; all-to-all =
   ``A2A_PASSES`` x layers x (dispatch + combine); expert compute = ``COMPUTE_PASSES`` x
@@ -35,11 +35,11 @@ from functools import partial
 
 import numpy as np
 
-from placer.calc import all_to_all_volume, expected_nvlink_copies
 from placer.errors import InputError
+from placer.evaluation.calc import all_to_all_volume, expected_nvlink_copies
+from placer.evaluation.replay import DISPATCH_MODES, bottlenecks, count_traffic, layer_times
 from placer.graph import TraceSummary, summarize
 from placer.placement import Placement, baseline
-from placer.replay import DISPATCH_MODES, bottlenecks, count_traffic, layer_times
 from placer.solvers import place
 from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource
@@ -192,7 +192,7 @@ def check_eps(eps: Sequence[int], model: Model, topology: Topology) -> list[int]
 
 
 def uniform_shares(model: Model, ep: int, gpus_per_node: int, dispatch: str) -> Shares:
-    """Expected shares under uniform routing with contiguous experts (:mod:`placer.calc`): [1] each.
+    """Expected shares under uniform routing with contiguous experts (:mod:`placer.evaluation.calc`): [1] each.
 
     By symmetry every node and GPU carries the mean: the busiest node sends 1 / N of the
     group's NIC copies, the busiest GPU 1 / P of its NVLink copies and k / P pairs per token.

@@ -1,0 +1,1 @@
+"""Judging placements: dispatch rules, trace replay, the analytic all-to-all calculator."""

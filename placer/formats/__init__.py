@@ -1,0 +1,1 @@
+"""Reading and writing: engine routing dumps, the ESFT traces, placement files and engine exports."""

@@ -1,0 +1,1 @@
+"""For people: tables, figures and HTML/Markdown reports."""

@@ -1,0 +1,1 @@
+"""Experiments over the pipeline: synthetic traces, EP sweeps, the Dask cluster backend."""
