@@ -7,7 +7,8 @@ Per layer the routing decisions ``topk_ids_layer: [tokens, k]`` give
   that chose both i and j;
 * the hypergraph: one net per distinct top-k *set*, weighted by its tokens.
 
-Large or sharded traces are summarised chunk by chunk (:func:`summarize`); the
+Large or sharded traces are summarised in blocks of tokens (:func:`summarize`, blocks of
+:func:`placer.trace.token_blocks`, so a summary never depends on the shard boundaries); the
 partial summaries (:class:`LayerSummary`, :class:`TraceSummary`) merge exactly.
 With ``max_nets`` the sets are capped *while* streaming (memory bounded by the cap,
 not the tokens): after every chunk and every merge a layer keeps its ``max_nets``
@@ -46,7 +47,7 @@ import scipy.sparse as sp
 
 from placer.errors import InputError
 from placer.progress import ProgressFn
-from placer.trace import PADDING, Trace, TraceChunk, TraceSource, chunk_count, id_dtype
+from placer.trace import PADDING, Trace, TraceSource, block_count, id_dtype, token_blocks
 
 T = TypeVar("T")
 SUMMARY_STAGE = "summarising trace"
@@ -562,13 +563,6 @@ class TraceSummary:
         )
 
 
-def _chunks(source: TraceSource | Trace) -> Iterator[TraceChunk]:
-    """An in-memory trace is one chunk."""
-    if isinstance(source, Trace):
-        return iter([TraceChunk(source, 0, 0)])
-    return source.chunks()
-
-
 def merge_in_order(parts: Iterable[tuple[int, T]], merge: Callable[[T, T], T], fold: bool = False) -> T:
     """Merge ``(tokens, part)`` pairs in order like a binary counter (each token is re-merged
     O(log parts) times), then fold what is left from the left: the merge tree of :func:`summarize`,
@@ -628,7 +622,8 @@ def summarize(
     max_nets: int | None = None,
     progress: ProgressFn | None = None,
 ) -> TraceSummary:
-    """Walk the trace chunk by chunk and summarise the selected layers (default: all).
+    """Walk the trace block by block (:func:`placer.trace.token_blocks`) and summarise the
+    selected layers (default: all).
 
     ``workers`` threads summarise layers of a chunk in parallel (the kernels release the GIL).
     ``max_nets``: keep at most this many distinct sets per layer while streaming (memory
@@ -651,7 +646,7 @@ def _chunk_summaries(
 ) -> Iterator[TraceSummary]:
     """Each chunk's summary (:func:`summarize_chunk`), no chunk held while the next one is read;
     progress counts (chunk, layer) steps."""
-    total, done = len(layer_ids) * chunk_count(source), 0
+    total, done = len(layer_ids) * block_count(source), 0
 
     def advance(layers: int) -> None:
         nonlocal done
@@ -660,10 +655,10 @@ def _chunk_summaries(
 
     if progress is not None:
         progress(SUMMARY_STAGE, 0, total)
-    for chunk in _chunks(source):
-        part = summarize_chunk(chunk.trace, layer_ids, pool, max_nets, None if progress is None else advance,
+    for block in token_blocks(source):
+        part = summarize_chunk(block, layer_ids, pool, max_nets, None if progress is None else advance,
                                workers)
-        del chunk
+        del block
         yield part
 
 

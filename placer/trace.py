@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import tokenize
 import warnings
@@ -25,8 +26,9 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from placer.atomic import atomic_output
+from placer.atomic import atomic_output, write_text_atomic
 from placer.errors import InputError
+from placer.inputs import MAX_JSON_BYTES, input_path, open_input, read_input_text
 
 PADDING = -1
 #: largest expert count accepted (today's largest MoE layers have a few hundred experts)
@@ -36,6 +38,16 @@ MAX_EXPERTS = 1 << 16
 NUMPY_READ_ERRORS = (OSError, ValueError, EOFError, OverflowError, MemoryError, NotImplementedError,
                      SyntaxError, RuntimeError, zipfile.BadZipFile, KeyError, tokenize.TokenError, zlib.error)
 OPTIONAL_ARRAYS = ("topk_weights", "num_experts", "src_rank", "seq_lens")
+ARRAYS = ("topk_ids", *OPTIONAL_ARRAYS)
+#: largest GPU rank accepted in ``src_rank`` (ranks index per-GPU arrays)
+MAX_RANK = 1 << 20
+#: largest uncompressed/compressed size ratio of a large .npz member (real traces compress
+#: 2-5x; a member of zeros compresses ~1000x: a decompression bomb)
+MAX_COMPRESSION_RATIO = 200
+#: members smaller than this are read whatever their ratio
+BOMB_CHECK_BYTES = 64 << 20
+BLOCK_TOKENS = 1 << 18
+"""Tokens per block a trace is summarised in, whatever its storage (:func:`token_blocks`)."""
 
 
 @dataclass(frozen=True)
@@ -242,6 +254,8 @@ def _src_rank(source: str, arrays: Mapping[str, np.ndarray], tokens: int) -> np.
         raise InputError(source, "src_rank", f"expected {tokens} entries (one per token), got {ranks.shape[0]}")
     if ranks.min() < 0:
         raise InputError(source, "src_rank", f"negative GPU rank {int(ranks.min())}")
+    if int(ranks.max()) >= MAX_RANK:
+        raise InputError(source, "src_rank", f"GPU rank {int(ranks.max()):,} exceeds placer's limit of {MAX_RANK:,}")
     return ranks.astype(np.int64, copy=False)
 
 
@@ -251,9 +265,14 @@ def _seq_lens(source: str, arrays: Mapping[str, np.ndarray], tokens: int) -> np.
     lens = _integer_array(source, "seq_lens", np.asarray(arrays["seq_lens"]), 1)
     if lens.size == 0 or lens.min() <= 0:
         raise InputError(source, "seq_lens", "expected positive sequence lengths")
-    if int(lens.sum()) != tokens:
-        raise InputError(source, "seq_lens", f"lengths sum to {int(lens.sum())}, but the trace has {tokens} tokens")
-    return lens.astype(np.int64, copy=False)
+    if lens.size > tokens or int(lens.max()) > tokens:  # each length <= tokens: the sum cannot wrap
+        raise InputError(source, "seq_lens", f"{lens.size:,} lengths up to {int(lens.max()):,} cannot "
+                                             f"sum to the trace's {tokens:,} tokens")
+    lens = lens.astype(np.int64, copy=False)
+    total = int(lens.sum())
+    if total != tokens:
+        raise InputError(source, "seq_lens", f"lengths sum to {total:,}, but the trace has {tokens:,} tokens")
+    return lens
 
 
 # ---------------------------------------------------------------- files
@@ -275,30 +294,96 @@ def numpy_input(path: str | Path, what: str) -> Iterator[None]:
         raise InputError(path, None, f"not a readable {what} ({err.__class__.__name__}: {err})") from None
 
 
-def _read_npz(path: Path, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """The arrays ``names`` (default: all) that the .npz file holds; the others are not read."""
-    with numpy_input(path, ".npz trace"), np.load(path, allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files if names is None or name in names}
+def _check_member(path: Path, info: zipfile.ZipInfo) -> None:
+    """Refuse a large member whose compression ratio only a decompression bomb reaches."""
+    if info.file_size > BOMB_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        raise InputError(path, info.filename.removesuffix(".npy"),
+                         f"{info.file_size:,} bytes compressed into {info.compress_size:,}: refused as a "
+                         f"decompression bomb (ratio above {MAX_COMPRESSION_RATIO})")
+
+
+def _read_npz(path: Path, names: tuple[str, ...] = ARRAYS) -> dict[str, np.ndarray]:
+    """The arrays ``names`` (default: the format's) that the .npz file holds; other members are
+    never decompressed."""
+    with numpy_input(path, ".npz trace"), open_input(path, ".npz trace") as handle, \
+            np.load(handle, allow_pickle=False) as npz:
+        wanted = [name for name in npz.files if name in names]
+        for name in wanted:
+            _check_member(path, npz.zip.getinfo(f"{name}.npy"))
+        return {name: npz[name] for name in wanted}
 
 
 def _header_shape(path: Path) -> tuple[int, ...]:
     """Shape of ``topk_ids`` in an .npz shard, read from the array header only; the shape must
     account for exactly the bytes the member holds (a forged header cannot claim more)."""
-    with numpy_input(path, ".npz trace"), zipfile.ZipFile(path) as archive:
+    with numpy_input(path, ".npz trace"), open_input(path, ".npz trace") as handle, \
+            zipfile.ZipFile(handle) as archive:
         if "topk_ids.npy" not in archive.namelist():
             raise InputError(path, "topk_ids", "missing (the native trace format requires it)")
-        with archive.open("topk_ids.npy") as member:
+        info = archive.getinfo("topk_ids.npy")
+        _check_member(path, info)
+        with archive.open(info) as member:
             major, _ = np.lib.format.read_magic(member)
             read_header = (
                 np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
             )
             shape, _, dtype = read_header(member)
             declared = math.prod(shape) * dtype.itemsize
-            held = archive.getinfo("topk_ids.npy").file_size - member.tell()
+            held = info.file_size - member.tell()
         if declared != held:
             raise InputError(path, "topk_ids", f"header declares shape {tuple(shape)} ({declared:,} bytes) "
                              f"but the file holds {held:,} bytes of data")
         return tuple(shape)
+
+
+MANIFEST = "placer-shards.json"
+"""The file naming every shard of a complete shard set and its tokens (written last)."""
+MANIFEST_FORMAT = "placer-shards"
+
+
+def write_shard_manifest(folder: Path, shards: list[tuple[str, int]]) -> None:
+    """Record ``(file name, tokens)`` of every shard of a complete set in ``folder``."""
+    doc = {"format": MANIFEST_FORMAT, "version": 1, "tokens": sum(t for _, t in shards),
+           "shards": [{"file": name, "tokens": tokens} for name, tokens in shards]}
+    write_text_atomic(folder / MANIFEST, json.dumps(doc, indent=1) + "\n")
+
+
+def _manifest(folder: Path) -> dict[str, int] | None:
+    """``{file name: tokens}`` of the folder's manifest, None if it has none."""
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(read_input_text(path, "shard manifest JSON", MAX_JSON_BYTES))
+        entries = {e["file"]: e["tokens"] for e in doc["shards"]} if doc.get("format") == MANIFEST_FORMAT else None
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        entries = None
+    if entries is None or not all(isinstance(n, str) and type(t) is int and t > 0 for n, t in entries.items()):
+        raise InputError(path, "shards", f"not a {MANIFEST_FORMAT} manifest (a list of file and tokens)")
+    return entries
+
+
+def check_shard_manifest(folder: Path, shards: list[Path]) -> None:
+    """With a manifest, the folder must hold exactly the shards it lists (an interrupted or
+    mixed set is refused); a folder without one is taken as it is."""
+    listed = _manifest(folder)
+    if listed is None:
+        return
+    names = {shard.name for shard in shards}
+    missing, extra = sorted(set(listed) - names), sorted(names - set(listed))
+    if missing:
+        raise InputError(folder, MANIFEST, f"incomplete shard set: {missing[0]} is listed but missing")
+    if extra:
+        raise InputError(folder, MANIFEST, f"{extra[0]} is not in the shard set the manifest lists")
+
+
+def check_shard_tokens(folder: Path, shards: list[Path], tokens: list[int]) -> None:
+    """Each shard holds the tokens the folder's manifest (if any) records for it."""
+    listed = _manifest(folder)
+    for shard, count in zip(shards, tokens):
+        if listed is not None and listed[shard.name] != count:
+            raise InputError(shard, "topk_ids", f"{count:,} tokens; the shard manifest records "
+                                                f"{listed[shard.name]:,} (a truncated or replaced shard)")
 
 
 @dataclass(frozen=True)
@@ -318,16 +403,19 @@ class TraceSource:
     """A trace on disk (one .npz or a directory of shards), read shard by shard."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = input_path(path, "trace")
         if self.path.is_dir():
             self.shards = sorted(self.path.glob("*.npz"))
             if not self.shards:
                 raise InputError(self.path, None, "directory holds no .npz trace shards")
+            check_shard_manifest(self.path, self.shards)
         elif self.path.exists():
             self.shards = [self.path]
         else:
             raise InputError(self.path, None, "no such file or directory")
         shapes = [_header_shape(shard) for shard in self.shards]
+        if self.path.is_dir():
+            check_shard_tokens(self.path, self.shards, [shape[0] if shape else 0 for shape in shapes])
         for shard, shape in zip(self.shards, shapes):
             if len(shape) != 3:
                 raise InputError(shard, "topk_ids", f"expected 3 dimensions, got shape {shape}")
@@ -346,7 +434,7 @@ class TraceSource:
         """Declared by the shards (must agree) or, failing that, the largest id + 1."""
         if self._num_experts is None:
             if len(self.shards) == 1:
-                self._num_experts = validate_arrays(str(self.path), _read_npz(self.path)).num_experts
+                self._num_experts = validate_arrays(str(self.shards[0]), _read_npz(self.shards[0])).num_experts
             else:
                 self._num_experts = self._shard_num_experts()
         return self._num_experts
@@ -377,13 +465,13 @@ class TraceSource:
     def chunks(self) -> Iterator[TraceChunk]:
         """Validated shards in order, with their global token and sequence offsets."""
         token_offset = sequence_offset = 0
-        with_sequences: bool | None = None
+        present: dict[str, bool] = {}
         for index, shard in enumerate(self.shards):
             trace = self.read_shard(index)
-            has = trace.seq_lens is not None
-            if with_sequences is not None and has != with_sequences:
-                raise InputError(shard, "seq_lens", "present in some shards but not in others")
-            with_sequences = has
+            for name in ("seq_lens", "src_rank", "topk_weights"):
+                has = getattr(trace, name) is not None
+                if present.setdefault(name, has) != has:
+                    raise InputError(shard, name, "present in some shards but not in others")
             tokens, sequences = trace.num_tokens, 0 if trace.seq_lens is None else len(trace.seq_lens)
             yield TraceChunk(trace, token_offset, sequence_offset)
             del trace  # not held while the next shard is read
@@ -393,6 +481,56 @@ class TraceSource:
     def load(self) -> Trace:
         """The whole trace in memory."""
         return concatenate([chunk.trace for chunk in self.chunks()])
+
+
+def block_count(source: Trace | TraceSource, block_tokens: int = BLOCK_TOKENS) -> int:
+    """How many blocks :func:`token_blocks` cuts ``source`` into."""
+    return -(-source.num_tokens // block_tokens)
+
+
+def token_blocks(source: Trace | TraceSource, block_tokens: int = BLOCK_TOKENS) -> Iterator[Trace]:
+    """The routing decisions in consecutive blocks of ``block_tokens`` tokens (the last one
+    shorter), whatever the shard boundaries: what is computed block by block depends on the
+    tokens and their order only, never on how they are stored. Blocks carry ``topk_ids``
+    ([block, layers, k]) and ``num_experts`` only; at most one block and one shard are held."""
+    if isinstance(source, Trace):
+        for lo in range(0, source.num_tokens, block_tokens):
+            yield Trace(source.topk_ids[lo:lo + block_tokens], source.num_experts)
+        return
+    pending: list[np.ndarray] = []
+    held = 0
+    for chunk in source.chunks():
+        ids = chunk.trace.topk_ids
+        del chunk
+        while len(ids):
+            take = min(block_tokens - held, len(ids))
+            pending.append(ids[:take])
+            held += take
+            ids = ids[take:]
+            if held == block_tokens:
+                yield Trace(_joined(pending), source.num_experts)
+                pending, held = [], 0
+    if pending:
+        yield Trace(_joined(pending), source.num_experts)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def read_block(source: Trace | TraceSource, index: int, block_tokens: int = BLOCK_TOKENS) -> Trace:
+    """Block ``index`` of :func:`token_blocks`, reading only the shards it overlaps."""
+    lo = index * block_tokens
+    hi = min(lo + block_tokens, source.num_tokens)
+    if isinstance(source, Trace):
+        return Trace(source.topk_ids[lo:hi], source.num_experts)
+    parts, start = [], 0
+    for shard, tokens in enumerate(source.shard_tokens):
+        if start < hi and start + tokens > lo:
+            ids = source.read_shard(shard).topk_ids
+            parts.append(ids[max(lo - start, 0):min(hi - start, tokens)])
+        start += tokens
+    return Trace(_joined(parts), source.num_experts)
 
 
 def chunk_count(source: Trace | TraceSource) -> int:

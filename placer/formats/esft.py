@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from placer.errors import InputError
+from placer.formats.importers.steps import rank_files
+from placer.inputs import MAX_TEXT_BYTES, read_input_text
 from placer.progress import ProgressFn, track
 from placer.trace import Trace, concatenate, validate_arrays
 
@@ -24,13 +26,13 @@ _LAYER_FILE = re.compile(r"expert_weights_(\d+)\.txt")
 
 
 def _layer_files(task_dir: Path) -> list[Path]:
-    found = {int(m.group(1)): p for p in task_dir.iterdir() if (m := _LAYER_FILE.fullmatch(p.name))}
+    found = rank_files(task_dir, _LAYER_FILE, "layer")
     if not found:
         raise InputError(task_dir, None, "no expert_weights_<L>.txt files (not an ESFT task directory)")
-    missing = sorted(set(range(1, max(found) + 1)) - set(found))
-    if missing:
-        raise InputError(task_dir, f"expert_weights_{missing[0]}.txt", "missing (layers must run 1..L)")
-    return [found[layer] for layer in sorted(found)]
+    for expected, layer in enumerate(found, 1):
+        if layer != expected:
+            raise InputError(task_dir, f"expert_weights_{expected}.txt", "missing (layers must run 1..L)")
+    return list(found.values())
 
 
 def _parse_line(path: Path, number: int, line: str, top_k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,10 +65,7 @@ def read_esft_task(task_dir: str | Path, top_k: int = ESFT_TOP_K, progress: Prog
     seq_lens: list[int] | None = None
     files = _layer_files(task_dir)
     for path in track(files, f"reading {task_dir.name}", len(files), progress):
-        try:
-            lines = path.read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise InputError(path, None, f"unreadable ({err})") from None
+        lines = read_input_text(path, "ESFT expert-weights text", MAX_TEXT_BYTES).splitlines()
         parsed = [_parse_line(path, n + 1, line, top_k) for n, line in enumerate(lines) if line.strip()]
         if not parsed:
             raise InputError(path, None, "holds no sequences")

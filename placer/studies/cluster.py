@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from placer.errors import InputError
 from placer.graph import TraceSummary, merge_in_order, summarize
-from placer.trace import TraceSource
+from placer.trace import BLOCK_TOKENS, TraceSource, block_count, read_block
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -41,12 +41,13 @@ FIELD = "--scheduler"
 TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 
-def _shard_layers(source: TraceSource, index: int, layer_ids: tuple[int, ...], max_nets: int | None
+def _block_layers(source: TraceSource, index: int, layer_ids: tuple[int, ...], max_nets: int | None
                   ) -> list[TraceSummary]:
-    """Runs on a worker: read, validate and summarise shard ``index`` of ``source`` (capped to
-    ``max_nets`` sets per layer if given); one single-layer summary per layer (layers merge
-    independently, so in parallel)."""
-    summary = summarize(source.read_shard(index), layer_ids, max_nets=max_nets)
+    """Runs on a worker: read (from the shards it overlaps), validate and summarise token block
+    ``index`` of ``source`` (:func:`placer.trace.token_blocks`; capped to ``max_nets`` sets per
+    layer if given); one single-layer summary per layer (layers merge independently, so in
+    parallel)."""
+    summary = summarize(read_block(source, index), layer_ids, max_nets=max_nets)
     return [replace(summary, layer_ids=(i,), layers=(layer,)) for i, layer in zip(layer_ids, summary.layers)]
 
 
@@ -91,19 +92,21 @@ class Cluster:
     def summarize(self, source: TraceSource, layers: Sequence[int] | None = None, max_nets: int | None = None
                   ) -> TraceSummary:
         """:func:`placer.graph.summarize` of ``source`` (with the same ``max_nets`` cap) with the
-        shards summarised and merged on the workers (identical result). Workers open the shard
-        files themselves."""
+        token blocks summarised and merged on the workers (identical result). Workers open the
+        shard files themselves."""
         layer_ids = tuple(range(source.num_layers)) if layers is None else tuple(int(i) for i in layers)
         _ = source.num_experts  # computed once here (declared counts), shipped with ``source``
 
-        def shard(index: int) -> list[Any]:  # submitted lazily, so each part is released once merged
-            layers = self.submit(_shard_layers, source, index, layer_ids, max_nets)
+        def block(index: int) -> list[Any]:  # submitted lazily, so each part is released once merged
+            layers = self.submit(_block_layers, source, index, layer_ids, max_nets)
             return [self.submit(operator.getitem, layers, i) for i in range(len(layer_ids))]
 
         def merge(first: list[Any], second: list[Any]) -> list[Any]:
             return [self.submit(TraceSummary.merge, a, b, max_nets) for a, b in zip(first, second)]
 
-        parts = zip(source.shard_tokens, map(shard, range(len(source.shards))))
+        count = block_count(source)
+        sizes = [min(BLOCK_TOKENS, source.num_tokens - i * BLOCK_TOKENS) for i in range(count)]
+        parts = zip(sizes, map(block, range(count)))
         return _joined(self.client.gather(merge_in_order(parts, merge, fold=max_nets is not None)))
 
     def close(self) -> None:

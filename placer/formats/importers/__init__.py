@@ -28,6 +28,7 @@ from placer.formats.importers.megatron import megatron_files, read_megatron
 from placer.formats.importers.sglang import read_sglang_dump
 from placer.formats.importers.trtllm import META_INFO, read_trtllm
 from placer.formats.importers.vllm import read_vllm, routed_experts_trace
+from placer.inputs import input_path
 from placer.trace import Trace, load_trace
 
 __all__ = [
@@ -58,7 +59,7 @@ def load_routing(path: str | Path, num_experts: int | None = None) -> Trace | Ex
     ``routed_experts``, 2: counts). num_experts: the expert count for formats
     that do not record one (Megatron, vLLM, SGLang per_token).
     """
-    path = Path(path)
+    path = input_path(path, "path")
     if path.is_dir():
         if megatron_files(path):
             return read_megatron(path, num_experts)

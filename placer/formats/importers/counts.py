@@ -8,13 +8,17 @@ together.
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from placer.atomic import atomic_output
 from placer.errors import InputError
+from placer.inputs import open_input
 from placer.trace import numpy_input
 
 
@@ -78,12 +82,32 @@ def validate_counts(source: str, counts: np.ndarray, field: str = "counts") -> E
 
 def read_npy(path: str | Path) -> np.ndarray:
     """Load one ``.npy`` array without unpickling anything."""
-    with numpy_input(path, ".npy array"):
-        value = np.load(path, allow_pickle=False)
+    with numpy_input(path, ".npy array"), open_input(path, ".npy array") as handle:
+        _check_npy_size(path, handle)
+        value = np.load(handle, allow_pickle=False)
     if not isinstance(value, np.ndarray):
         value.close()
         raise InputError(path, None, "is an .npz archive, expected a single .npy array")
     return value
+
+
+def _check_npy_size(path: str | Path, handle: IO[bytes]) -> None:
+    """A .npy header must declare exactly the bytes the file holds (cheap; before any read)."""
+    if handle.read(6) != b"\x93NUMPY":
+        handle.seek(0)
+        return  # not a .npy (an .npz archive, garbage): np.load says what it is
+    handle.seek(0)
+    major, _ = np.lib.format.read_magic(handle)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(handle)
+    if dtype.hasobject:
+        raise InputError(path, None, "holds Python objects (only numeric arrays are read)")
+    declared = math.prod(shape) * dtype.itemsize
+    held = os.fstat(handle.fileno()).st_size - handle.tell()
+    if declared != held:
+        raise InputError(path, None, f"header declares shape {tuple(shape)} ({declared:,} bytes) but the "
+                                     f"file holds {held:,} bytes of data")
+    handle.seek(0)
 
 
 def read_counts_npy(path: str | Path) -> ExpertCounts:

@@ -37,18 +37,20 @@ from pathlib import Path
 import numpy as np
 
 from placer.errors import InputError
-from placer.formats.importers.steps import StepGroup, stack_groups
+from placer.formats.importers.steps import StepGroup, rank_files, stack_groups
+from placer.inputs import open_input
 from placer.progress import ProgressFn, track
 from placer.trace import Trace
 
 _RANK_FILE = re.compile(r"router_trace_rank(\d+)\.jsonl")
 _INT_FIELDS = ("step", "layer", "rank", "num_tokens", "topk")
+#: longest record line read (a 16k-token, top-8 record is about 0.5 MB)
+MAX_LINE_BYTES = 64 << 20
 
 
 def megatron_files(directory: Path) -> list[Path]:
     """``router_trace_rank{r}.jsonl`` files of a directory in rank order (empty if none)."""
-    found = {int(m.group(1)): p for p in directory.iterdir() if (m := _RANK_FILE.fullmatch(p.name))}
-    return [found[rank] for rank in sorted(found)]
+    return list(rank_files(directory, _RANK_FILE).values())
 
 
 def _top_indices(path: Path, where: str, value: object, num_tokens: int, topk: int) -> np.ndarray:
@@ -74,8 +76,10 @@ def _top_indices(path: Path, where: str, value: object, num_tokens: int, topk: i
 def _records(path: Path) -> Iterator[tuple[str, int, int, int, np.ndarray]]:
     """(line label, step, rank, layer, ids [tokens, k]) for each decoder record of one file."""
     try:
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
+        with open_input(path, "Megatron router trace (.jsonl)") as handle:
+            for number, line in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), 1):
+                if len(line) > MAX_LINE_BYTES:
+                    raise InputError(path, f"line {number}", f"longer than {MAX_LINE_BYTES:,} bytes")
                 if not line.strip():
                     continue
                 where = f"line {number}"
@@ -100,8 +104,6 @@ def _records(path: Path) -> Iterator[tuple[str, int, int, int, np.ndarray]]:
                 step, layer, rank, num_tokens, topk = (record[name] for name in _INT_FIELDS)
                 ids = _top_indices(path, where, record.get("top_indices"), num_tokens, topk)
                 yield where, step, rank, layer, ids
-    except FileNotFoundError:
-        raise InputError(path, None, "no such file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(path, None, f"unreadable ({err})") from None
 

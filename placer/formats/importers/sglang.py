@@ -31,6 +31,7 @@ import numpy as np
 
 from placer.errors import InputError
 from placer.formats.importers.counts import ExpertCounts, validate_counts
+from placer.inputs import open_input
 from placer.trace import PADDING, Trace, validate_arrays
 
 
@@ -44,9 +45,10 @@ def _load(path: Path) -> object:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(path, weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        raise InputError(path, None, "no such file") from None
+            with open_input(path, "torch (.pt)") as handle:
+                return torch.load(handle, weights_only=True, map_location="cpu")
+    except InputError:
+        raise
     except Exception as err:  # noqa: BLE001 - a corrupt or refused pickle raises many types
         detail = (str(err).splitlines() or [""])[0][:160]
         raise InputError(

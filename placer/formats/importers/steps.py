@@ -8,6 +8,7 @@ groups then join token-wise in the order given, each token tagged with its rank.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,22 @@ import numpy as np
 
 from placer.errors import InputError
 from placer.trace import Trace, validate_arrays
+
+
+def rank_files(directory: Path, pattern: re.Pattern, what: str = "rank") -> dict[int, Path]:
+    """``{rank: file}`` of the files of ``directory`` whose name ``pattern`` matches (group 1:
+    the rank, or what else ``what`` names), in rank order; two names for one number
+    (``rank0`` and ``rank00``) are refused."""
+    found: dict[int, Path] = {}
+    for path in sorted(directory.iterdir()):
+        match = pattern.fullmatch(path.name)
+        if match is None:
+            continue
+        rank = int(match.group(1))
+        if rank in found:
+            raise InputError(path, what, f"{what} {rank} is also in {found[rank].name}: one file per {what}")
+        found[rank] = path
+    return {rank: found[rank] for rank in sorted(found)}
 
 
 @dataclass

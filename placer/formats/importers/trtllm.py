@@ -31,7 +31,8 @@ import numpy as np
 
 from placer.errors import InputError
 from placer.formats.importers.counts import ExpertCounts, validate_counts
-from placer.formats.importers.steps import StepGroup, stack_groups
+from placer.formats.importers.steps import StepGroup, rank_files, stack_groups
+from placer.inputs import MAX_JSON_BYTES, read_input_text, regular_file
 from placer.trace import Trace
 
 META_INFO = "meta_info.json"
@@ -44,11 +45,11 @@ Records = dict[tuple[int, int], np.ndarray]
 def _meta_info(directory: Path) -> tuple[int, int]:
     """(num_experts, num_experts_per_token) from ``meta_info.json``."""
     path = directory / META_INFO
+    if not path.exists():
+        raise InputError(path, None, "missing (not a TensorRT-LLM expert statistics directory)")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, None, "missing (not a TensorRT-LLM expert statistics directory)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        meta = json.loads(read_input_text(path, "TensorRT-LLM meta_info JSON", MAX_JSON_BYTES))
+    except (json.JSONDecodeError, RecursionError) as err:
         raise InputError(path, None, f"not readable JSON ({err.__class__.__name__}: {err})") from None
     if not isinstance(meta, dict):
         raise InputError(path, None, f"expected a JSON object, got {meta!r} (null: nothing was recorded)")
@@ -59,8 +60,7 @@ def _meta_info(directory: Path) -> tuple[int, int]:
 
 
 def _rank_files(directory: Path, pattern: re.Pattern) -> dict[int, Path]:
-    found = {int(m.group(1)): p for p in directory.iterdir() if (m := pattern.fullmatch(p.name))}
-    return {rank: found[rank] for rank in sorted(found)}
+    return rank_files(directory, pattern)
 
 
 def _load(path: Path) -> Records:
@@ -72,9 +72,9 @@ def _load(path: Path) -> Records:
             path, None, "reading TensorRT-LLM statistics needs safetensors (pip install 'placer[trtllm]')"
         ) from None
     try:
-        tensors = load_file(path)
-    except FileNotFoundError:
-        raise InputError(path, None, "no such file") from None
+        tensors = load_file(regular_file(path, "safetensors"))
+    except InputError:
+        raise
     except Exception as err:  # noqa: BLE001 - SafetensorError and dtype errors of a corrupt file
         raise InputError(path, None, f"not a readable safetensors file ({err})") from None
     records: Records = {}
