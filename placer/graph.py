@@ -47,7 +47,7 @@ import scipy.sparse as sp
 
 from placer.errors import InputError
 from placer.progress import ProgressFn
-from placer.trace import PADDING, Trace, TraceSource, block_count, id_dtype, token_blocks
+from placer.trace import PADDING, Trace, TraceSource, block_sizes, id_dtype, token_blocks
 
 T = TypeVar("T")
 SUMMARY_STAGE = "summarising trace"
@@ -646,7 +646,7 @@ def _chunk_summaries(
 ) -> Iterator[TraceSummary]:
     """Each chunk's summary (:func:`summarize_chunk`), no chunk held while the next one is read;
     progress counts (chunk, layer) steps."""
-    total, done = len(layer_ids) * block_count(source), 0
+    total, done = len(layer_ids) * len(block_sizes(source.num_tokens)), 0
 
     def advance(layers: int) -> None:
         nonlocal done

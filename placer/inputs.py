@@ -54,7 +54,7 @@ def _kind(mode: int) -> str:
         return "a device"
     if stat.S_ISSOCK(mode):
         return "a socket"
-    return "not a regular file"
+    return "something other than a file"
 
 
 @contextlib.contextmanager
@@ -73,13 +73,13 @@ def open_input(
     except FileNotFoundError:
         raise InputError(path, field, "no such file") from None
     except IsADirectoryError:
-        raise InputError(path, field, f"is a directory; expected a {what} file") from None
+        raise InputError(path, field, f"expected a regular {what} file, got a directory") from None
     except OSError as err:
         raise InputError(path, field, f"cannot be opened ({err.strerror or err})") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise InputError(path, field, f"is {_kind(info.st_mode)}; expected a regular {what} file")
+            raise InputError(path, field, f"expected a regular {what} file, got {_kind(info.st_mode)}")
         if max_bytes is not None and info.st_size > max_bytes:
             raise InputError(path, field, f"{info.st_size:,} bytes exceed the {max_bytes:,}-byte "
                                           f"limit for a {what} file")

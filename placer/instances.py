@@ -15,6 +15,7 @@ from pathlib import Path
 import tomllib
 
 from placer.errors import InputError
+from placer.inputs import MAX_TOML_BYTES, read_input_text
 from placer.topology import Model, Topology
 
 SUFFIX = ".toml"
@@ -89,7 +90,7 @@ def load_topology(name_or_path: str) -> Topology:
     """A :class:`Topology` from a preset name (``h100-dgx``) or a path to a ``.toml`` file."""
     path = _resolve("topologies", "topology", name_or_path)
     values = _parse_table(path, "topology", _TOPOLOGY_KEYS)
-    return Topology(**values)
+    return _build(Topology, values, path, "topology", _TOPOLOGY_KEYS)
 
 
 def load_model(name_or_path: str) -> Model:
@@ -97,7 +98,16 @@ def load_model(name_or_path: str) -> Model:
     path = _resolve("models", "model", name_or_path)
     values = _parse_table(path, "model", _MODEL_KEYS)
     _check_model(values, path)
-    return Model(**values)
+    return _build(Model, values, path, "model", _MODEL_KEYS)
+
+
+def _build(kind: type, values: dict, path: Path, table: str, keys: dict[str, _Key]) -> object:
+    """``kind(**values)``, its range checks reported against the file's key."""
+    try:
+        return kind(**values)
+    except InputError as err:
+        key = next((name for name, spec in keys.items() if spec.field == err.field), err.field)
+        raise InputError(path, f"{table}.{key}", err.message) from None
 
 
 def match_model(num_experts: int, top_k: int) -> Model | None:
@@ -131,19 +141,13 @@ def _resolve(kind: str, table: str, name_or_path: str) -> Path:
 
 def _read_toml(path: Path) -> dict:
     """The parsed TOML document at ``path``."""
+    text = read_input_text(path, "TOML", MAX_TOML_BYTES)
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise InputError(path, None, "no such file") from None
-    except IsADirectoryError:
-        raise InputError(path, None, f"expected a {SUFFIX} file, got a directory") from None
-    except OSError as err:
-        raise InputError(path, None, f"unreadable ({err.strerror or err})") from None
-    except UnicodeDecodeError:
-        raise InputError(path, None, "bad TOML: the file is not UTF-8 text") from None
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise InputError(path, None, f"bad TOML syntax: {err}") from None
+    except RecursionError:
+        raise InputError(path, None, "bad TOML: nested too deeply") from None
 
 
 def _parse_table(path: Path, table: str, keys: dict[str, _Key]) -> dict:

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from placer.checks import check_count
+from placer.errors import InputError
+from placer.topology import MAX_EXPERTS, MAX_GPUS, MAX_LAYERS
+
 EMPTY = -1
 BASELINES = ("contiguous", "round-robin", "random")
 
@@ -29,6 +33,24 @@ class Placement:
     gpus_per_node: int
     slots_per_gpu: int
     metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Shape facts every consumer relies on (O(1) and the excluded ids; the slot contents
+        of an untrusted map are checked by :func:`placer.formats.placement_io.check_phy2log`)."""
+        if not isinstance(self.phy2log, np.ndarray) or self.phy2log.ndim != 2 or self.phy2log.dtype.kind not in "iu":
+            raise InputError(None, "phy2log", "expected a [layers, gpus * slots_per_gpu] integer array")
+        check_count(self.num_experts, "num_experts", 1, MAX_EXPERTS)
+        check_count(self.slots_per_gpu, "slots_per_gpu", 1, MAX_EXPERTS)
+        check_count(self.gpus_per_node, "gpus_per_node", 1, MAX_GPUS)
+        slots = self.phy2log.shape[1]
+        if self.phy2log.shape[0] == 0 or slots == 0 or slots % self.slots_per_gpu:
+            raise InputError(None, "phy2log", f"shape {self.phy2log.shape} is not [layers, gpus x "
+                                              f"{self.slots_per_gpu} slots]")
+        if (slots // self.slots_per_gpu) % self.gpus_per_node:
+            raise InputError(None, "gpus_per_node", f"{self.gpus_per_node} does not divide "
+                                                    f"{slots // self.slots_per_gpu} GPUs")
+        for gpu in self.metadata.get("excluded_gpus") or []:
+            check_count(gpu, "excluded_gpus", 0, slots // self.slots_per_gpu - 1)
 
     @property
     def num_layers(self) -> int:
@@ -85,9 +107,20 @@ def from_expert_gpu(
     GPU's slots in increasing id order; ``slots_per_gpu`` defaults to the most
     experts any GPU holds.
     """
+    check_count(num_gpus, "num_gpus", 1, MAX_GPUS)
+    expert_gpu = np.asarray(expert_gpu)
+    if expert_gpu.ndim != 2 or expert_gpu.dtype.kind not in "iu" or 0 in expert_gpu.shape:
+        raise InputError(None, "expert_gpu", f"expected a non-empty [layers, experts] integer array, got "
+                                             f"shape {expert_gpu.shape} of {expert_gpu.dtype}")
+    if expert_gpu.min() < 0 or expert_gpu.max() >= num_gpus:
+        bad = int(expert_gpu.min()) if expert_gpu.min() < 0 else int(expert_gpu.max())
+        raise InputError(None, "expert_gpu", f"GPU {bad} is not among the {num_gpus} GPUs")
     layers, experts = expert_gpu.shape
     counts = np.stack([np.bincount(row, minlength=num_gpus) for row in expert_gpu])
-    slots = int(counts.max()) if slots_per_gpu is None else slots_per_gpu
+    slots = int(counts.max()) if slots_per_gpu is None else check_count(slots_per_gpu, "slots_per_gpu", 1)
+    if counts.max() > slots:
+        raise InputError(None, "slots_per_gpu", f"{slots} slots cannot hold the {int(counts.max())} experts "
+                                                "one GPU is given")
     phy2log = np.full((layers, num_gpus * slots), EMPTY, dtype=np.int64)
     for layer, row in enumerate(expert_gpu):
         order = np.argsort(row, kind="stable")
@@ -126,7 +159,7 @@ def baseline_expert_gpu(name: str, num_layers: int, num_experts: int, num_gpus: 
         for layer in range(num_layers):
             result[layer, rng.permutation(num_experts)] = block
         return result
-    raise ValueError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
+    raise InputError(None, "name", f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
 
 
 def baseline(
@@ -138,7 +171,18 @@ def baseline(
     excluded_gpus: Sequence[int] = (),
 ) -> Placement:
     """A named baseline placement (see :func:`baseline_expert_gpu`) over the GPUs in service."""
+    if name not in BASELINES:
+        raise InputError(None, "name", f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
+    check_count(num_layers, "num_layers", 1, MAX_LAYERS)
+    check_count(num_experts, "num_experts", 1, MAX_EXPERTS)
+    check_count(num_gpus, "num_gpus", 1, MAX_GPUS)
+    check_count(gpus_per_node, "gpus_per_node", 1, num_gpus)
+    if num_gpus % gpus_per_node:
+        raise InputError(None, "gpus_per_node", f"{gpus_per_node} does not divide num_gpus {num_gpus}")
+    excluded_gpus = [check_count(g, "excluded_gpus", 0, num_gpus - 1) for g in excluded_gpus]
     live = np.setdiff1d(np.arange(num_gpus), np.asarray(excluded_gpus, dtype=np.int64))
+    if not len(live):
+        raise InputError(None, "excluded_gpus", f"all {num_gpus} GPUs excluded")
     expert_gpu = live[baseline_expert_gpu(name, num_layers, num_experts, len(live))]
     metadata: dict = {"solver": {"name": name}}
     if len(live) < num_gpus:

@@ -7,7 +7,40 @@ NVLink domain; GPU ``g`` sits on node ``g // gpus_per_node``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+
+from placer.errors import InputError
+
+MAX_NODES = 4096
+"""Largest node count accepted (bounds every per-node and per-GPU array)."""
+MAX_GPUS = 1 << 16
+"""Largest GPU count accepted (nodes x gpus_per_node)."""
+MAX_EXPERTS = 1 << 16
+"""Largest expert count accepted (today's largest MoE layers have a few hundred)."""
+MAX_LAYERS = 4096
+"""Largest layer count accepted (MoE layers, and dense layers before them)."""
+MAX_WIDTH = 1 << 24
+"""Largest hidden or expert FFN width accepted."""
+
+
+def check_fields(obj: object, limits: dict[str, tuple[float, float]]) -> None:
+    """Every field of the dataclass ``obj`` has its annotated type (an int field a true int,
+    not a float or bool; a float field a finite real number) and lies within ``limits``
+    (``{field: (low, high)}``, inclusive). Raises :class:`InputError` naming the field."""
+    for spec in fields(obj):
+        value = getattr(obj, spec.name)
+        if spec.type == "str":
+            if not isinstance(value, str):
+                raise InputError(None, spec.name, f"expected a string, got {value!r}")
+            continue
+        if spec.type == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(None, spec.name, f"expected an integer, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(None, spec.name, f"expected a finite number, got {value!r}")
+        low, high = limits.get(spec.name, (0, math.inf))
+        if not low <= value <= high:
+            raise InputError(None, spec.name, f"expected {low:g}..{high:g}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -22,6 +55,15 @@ class Topology:
     nvlink_bandwidth: float
     nic_bandwidth: float
     latency_s: float
+
+    def __post_init__(self) -> None:
+        tiny = math.ulp(0.0)
+        check_fields(self, {"nodes": (1, MAX_NODES), "gpus_per_node": (1, MAX_GPUS),
+                            "gpu_memory_bytes": (tiny, math.inf), "gpu_flops": (tiny, math.inf),
+                            "nvlink_bandwidth": (tiny, math.inf), "nic_bandwidth": (tiny, math.inf)})
+        if self.nodes * self.gpus_per_node > MAX_GPUS:
+            raise InputError(None, "nodes", f"{self.nodes} x {self.gpus_per_node} GPUs exceed placer's "
+                                            f"limit of {MAX_GPUS:,} GPUs")
 
     @property
     def num_gpus(self) -> int:
@@ -60,6 +102,14 @@ class Model:
     expert_param_bytes: float = 0.0
     num_groups: int = 0
     groups_per_token: int = 0
+
+    def __post_init__(self) -> None:
+        tiny = math.ulp(0.0)
+        check_fields(self, {"num_experts": (1, MAX_EXPERTS), "top_k": (1, self.num_experts),
+                            "hidden_size": (1, MAX_WIDTH), "moe_intermediate_size": (1, MAX_WIDTH),
+                            "num_moe_layers": (1, MAX_LAYERS), "first_dense_layers": (0, MAX_LAYERS),
+                            "dispatch_bytes_per_element": (tiny, 64), "combine_bytes_per_element": (tiny, 64),
+                            "num_groups": (0, self.num_experts), "groups_per_token": (0, self.num_experts)})
 
     @property
     def flops_per_pair(self) -> float:

@@ -20,19 +20,19 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numba
 import numpy as np
 
 from placer.atomic import atomic_output, write_text_atomic
+from placer.checks import check_count
 from placer.errors import InputError
 from placer.inputs import MAX_JSON_BYTES, input_path, open_input, read_input_text
+from placer.topology import MAX_EXPERTS
 
 PADDING = -1
-#: largest expert count accepted (today's largest MoE layers have a few hundred experts)
-MAX_EXPERTS = 1 << 16
 #: what numpy's .npy/.npz readers raise on corrupt input (header parsing, shapes, zip members;
 #: RuntimeError: an encrypted member)
 NUMPY_READ_ERRORS = (OSError, ValueError, EOFError, OverflowError, MemoryError, NotImplementedError,
@@ -65,6 +65,22 @@ class Trace:
     topk_weights: np.ndarray | None = None
     src_rank: np.ndarray | None = None
     seq_lens: np.ndarray | None = None
+    checked: bool = field(default=False, repr=False, compare=False)
+    """True when built from arrays already validated (placer's own constructors); a Trace a
+    caller builds is validated here (:func:`validate_arrays`), so nothing unchecked reaches
+    compiled code."""
+
+    def __post_init__(self) -> None:
+        if self.checked:
+            return
+        check_count(self.num_experts, "num_experts", 1, MAX_EXPERTS)
+        arrays = {name: getattr(self, name) for name in ("topk_ids", *OPTIONAL_ARRAYS)
+                  if name != "num_experts" and getattr(self, name) is not None}
+        if any(not isinstance(value, np.ndarray) for value in arrays.values()):
+            raise InputError(None, "trace", "expected numpy arrays (topk_ids, topk_weights, src_rank, seq_lens)")
+        valid = validate_arrays("trace", arrays, int(self.num_experts))
+        for name in ("topk_ids", "topk_weights", "src_rank", "seq_lens", "num_experts", "checked"):
+            object.__setattr__(self, name, getattr(valid, name))
 
     @property
     def num_tokens(self) -> int:
@@ -106,6 +122,7 @@ def concatenate(traces: list[Trace]) -> Trace:
         topk_weights=joined("topk_weights"),
         src_rank=joined("src_rank"),
         seq_lens=joined("seq_lens"),
+        checked=True,
     )
 
 
@@ -194,6 +211,7 @@ def validate_arrays(
         topk_weights=_weights(source, arrays, ids.shape),
         src_rank=_src_rank(source, arrays, tokens),
         seq_lens=_seq_lens(source, arrays, tokens),
+        checked=True,
     )
 
 
@@ -483,19 +501,20 @@ class TraceSource:
         return concatenate([chunk.trace for chunk in self.chunks()])
 
 
-def block_count(source: Trace | TraceSource, block_tokens: int = BLOCK_TOKENS) -> int:
-    """How many blocks :func:`token_blocks` cuts ``source`` into."""
-    return -(-source.num_tokens // block_tokens)
+def block_sizes(num_tokens: int) -> list[int]:
+    """Tokens of each block :func:`token_blocks` cuts a ``num_tokens``-token trace into."""
+    return [min(BLOCK_TOKENS, num_tokens - lo) for lo in range(0, num_tokens, BLOCK_TOKENS)]
 
 
-def token_blocks(source: Trace | TraceSource, block_tokens: int = BLOCK_TOKENS) -> Iterator[Trace]:
-    """The routing decisions in consecutive blocks of ``block_tokens`` tokens (the last one
+def token_blocks(source: Trace | TraceSource) -> Iterator[Trace]:
+    """The routing decisions in consecutive blocks of :data:`BLOCK_TOKENS` tokens (the last one
     shorter), whatever the shard boundaries: what is computed block by block depends on the
     tokens and their order only, never on how they are stored. Blocks carry ``topk_ids``
     ([block, layers, k]) and ``num_experts`` only; at most one block and one shard are held."""
+    block_tokens = BLOCK_TOKENS
     if isinstance(source, Trace):
         for lo in range(0, source.num_tokens, block_tokens):
-            yield Trace(source.topk_ids[lo:lo + block_tokens], source.num_experts)
+            yield Trace(source.topk_ids[lo:lo + block_tokens], source.num_experts, checked=True)
         return
     pending: list[np.ndarray] = []
     held = 0
@@ -508,29 +527,29 @@ def token_blocks(source: Trace | TraceSource, block_tokens: int = BLOCK_TOKENS) 
             held += take
             ids = ids[take:]
             if held == block_tokens:
-                yield Trace(_joined(pending), source.num_experts)
+                yield Trace(_joined(pending), source.num_experts, checked=True)
                 pending, held = [], 0
     if pending:
-        yield Trace(_joined(pending), source.num_experts)
+        yield Trace(_joined(pending), source.num_experts, checked=True)
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def read_block(source: Trace | TraceSource, index: int, block_tokens: int = BLOCK_TOKENS) -> Trace:
+def read_block(source: Trace | TraceSource, index: int) -> Trace:
     """Block ``index`` of :func:`token_blocks`, reading only the shards it overlaps."""
-    lo = index * block_tokens
-    hi = min(lo + block_tokens, source.num_tokens)
+    lo = index * BLOCK_TOKENS
+    hi = min(lo + BLOCK_TOKENS, source.num_tokens)
     if isinstance(source, Trace):
-        return Trace(source.topk_ids[lo:hi], source.num_experts)
+        return Trace(source.topk_ids[lo:hi], source.num_experts, checked=True)
     parts, start = [], 0
     for shard, tokens in enumerate(source.shard_tokens):
         if start < hi and start + tokens > lo:
             ids = source.read_shard(shard).topk_ids
             parts.append(ids[max(lo - start, 0):min(hi - start, tokens)])
         start += tokens
-    return Trace(_joined(parts), source.num_experts)
+    return Trace(_joined(parts), source.num_experts, checked=True)
 
 
 def chunk_count(source: Trace | TraceSource) -> int:

@@ -323,12 +323,20 @@ def test_set_hash_is_a_function_of_the_set_in_unit_interval():
     assert np.array_equal(graph.set_hash_unit(sets[:, :2]), graph.set_hash_unit(sets[:, :2].copy()))
 
 
-def test_summarize_streams_with_a_cap_and_rejects_a_negative_one(tmp_path):
+def test_summarize_streams_with_a_cap_and_rejects_a_negative_one(tmp_path, monkeypatch):
+    """Capped summaries run over fixed token blocks, so they depend on the tokens and their
+    order only: shards cut anywhere, one file, or memory give the same summary."""
+    monkeypatch.setattr("placer.trace.BLOCK_TOKENS", 128)
     ids = random_ids(700, 2, 3, 10, seed=5)
     for n, (lo, hi) in enumerate(itertools.pairwise([0, 300, 700])):
         save_trace(validate_arrays("s", {"topk_ids": ids[lo:hi]}, num_experts=10), tmp_path / f"{n:02d}.npz")
+    whole = validate_arrays("w", {"topk_ids": ids}, num_experts=10)
+    save_trace(whole, tmp_path / "one.npz.keep")
     streamed = graph.summarize(TraceSource(tmp_path), workers=2, max_nets=8)
-    assert_same_summary(streamed, summarize_chunks(chunked(ids, 10, [0, 300, 700]), 8))
+    assert_same_summary(streamed, summarize_chunks(chunked(ids, 10, [0, 128, 256, 384, 512, 640, 700]), 8))
+    assert_same_summary(streamed, graph.summarize(whole, max_nets=8))
+    assert not np.array_equal(streamed.layers[0].set_counts,
+                              summarize_chunks(chunked(ids, 10, [0, 300, 700]), 8).layers[0].set_counts)
     assert all(len(layer.sets) == 8 for layer in streamed.layers)
     with pytest.raises(InputError, match="max_nets"):
         graph.summarize(TraceSource(tmp_path), max_nets=-1)

@@ -15,11 +15,15 @@ import numpy as np
 
 from placer.atomic import write_text_atomic
 from placer.errors import InputError
+from placer.inputs import MAX_JSON_BYTES, input_path, read_input_text
 from placer.placement import Placement
-from placer.topology import Model, Topology
+from placer.topology import MAX_EXPERTS, MAX_GPUS, MAX_LAYERS, MAX_NODES, Model, Topology
 
 FORMAT = "placer-placement"
 VERSION = 1
+_SIZES = {"num_layers": (1, MAX_LAYERS), "num_experts": (1, MAX_EXPERTS), "num_gpus": (1, MAX_GPUS),
+          "num_nodes": (1, MAX_NODES), "gpus_per_node": (1, MAX_GPUS), "slots_per_gpu": (1, MAX_EXPERTS)}
+"""Integer fields of a placement file and their ranges (JSON Schema's "integer" admits 64.0)."""
 METADATA_KEYS = ("topology", "model", "solver", "constraints", "excluded_gpus", "trace")
 
 
@@ -61,16 +65,17 @@ def write_placement(placement: Placement, path: str | Path) -> None:
 
 
 def _load_json(path: Path) -> object:
+    text = read_input_text(path, "placement JSON", MAX_JSON_BYTES)
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, None, "no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(path, None, f"unreadable ({err})") from None
+        return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as err:
         raise InputError(path, None, f"not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
     except RecursionError:
         raise InputError(path, None, "not valid JSON (nested too deeply)") from None
+
+
+def _no_constant(name: str) -> None:
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
 
 
 def _rectangular(path: Path, field: str, rows: object) -> np.ndarray:
@@ -78,6 +83,8 @@ def _rectangular(path: Path, field: str, rows: object) -> np.ndarray:
         raise InputError(path, field, "expected a non-empty list of non-empty lists of expert ids")
     if len({len(r) for r in rows}) != 1:
         raise InputError(path, field, f"rows differ in length ({sorted({len(r) for r in rows})})")
+    if len(rows) > MAX_LAYERS or len(rows[0]) > MAX_GPUS * MAX_EXPERTS:
+        raise InputError(path, field, f"{len(rows):,} x {len(rows[0]):,} slots exceed placer's limits")
     if not all(type(v) is int and -(1 << 62) < v < 1 << 62 for r in rows for v in r):
         raise InputError(path, field, "expected integer expert ids (-1 for an empty slot)")
     return np.asarray(rows, dtype=np.int64)
@@ -101,13 +108,23 @@ def check_phy2log(path: str | Path | None, field: str, phy2log: np.ndarray, num_
 def _read_native(path: Path, doc: dict) -> Placement:
     if doc.get("version") != VERSION:
         raise InputError(path, "version", f"{doc.get('version')!r} is not supported; this placer reads version {VERSION}")
-    try:
-        jsonschema.validate(doc, placement_schema())
+    try:  # the small fields first (cheap); phy2log's entries are checked by _rectangular
+        jsonschema.validate({**doc, "phy2log": [[0]]} if "phy2log" in doc else doc, placement_schema())
     except jsonschema.ValidationError as err:
         where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
         raise InputError(path, where, err.message) from None
-    phy2log = _rectangular(path, "phy2log", doc["phy2log"])
+    for name, (low, high) in _SIZES.items():
+        if name in doc and (type(doc[name]) is not int or not low <= doc[name] <= high):
+            raise InputError(path, name, f"expected an integer {low}..{high:,}, got {doc[name]!r}")
     gpus, slots, gpn = doc["num_gpus"], doc["slots_per_gpu"], doc["gpus_per_node"]
+    if doc.get("num_nodes") is not None and doc["num_nodes"] * gpn != gpus:
+        raise InputError(path, "num_nodes", f"{doc['num_nodes']} nodes x {gpn} GPUs per node != "
+                                            f"num_gpus {gpus}")
+    if gpus * slots > MAX_GPUS * MAX_EXPERTS:
+        raise InputError(path, "slots_per_gpu", f"{gpus:,} GPUs x {slots:,} slots exceed placer's limits")
+    if any(type(gpu) is not int for gpu in doc.get("excluded_gpus") or []):
+        raise InputError(path, "excluded_gpus", "expected integer GPU ids")
+    phy2log = _rectangular(path, "phy2log", doc["phy2log"])
     if phy2log.shape != (doc["num_layers"], gpus * slots):
         raise InputError(
             path, "phy2log",
@@ -126,7 +143,8 @@ def _read_native(path: Path, doc: dict) -> Placement:
     return Placement(phy2log, doc["num_experts"], gpn, slots, metadata)
 
 
-def _read_sglang(path: Path, doc: dict, num_gpus: int, gpus_per_node: int, model: Model | None) -> Placement:
+def _read_sglang(path: Path, doc: dict, num_gpus: int, gpus_per_node: int, model: Model | None,
+                 num_experts: int | None) -> Placement:
     if set(doc) != {"physical_to_logical_map"}:
         extra = sorted(set(doc) - {"physical_to_logical_map"})
         raise InputError(path, extra[0], "unexpected key in an SGLang expert-location file")
@@ -137,26 +155,32 @@ def _read_sglang(path: Path, doc: dict, num_gpus: int, gpus_per_node: int, model
     slots = phy2log.shape[1]
     if slots % num_gpus:
         raise InputError(path, field, f"{slots} slots per layer do not divide evenly over {num_gpus} GPUs")
-    num_experts = model.num_experts if model is not None else int(phy2log.max()) + 1
+    if model is not None and num_experts is not None and model.num_experts != num_experts:
+        raise InputError(path, "num_experts", f"the model has {model.num_experts} experts, the trace {num_experts}")
+    num_experts = model.num_experts if model is not None else num_experts or int(phy2log.max()) + 1
     check_phy2log(path, field, phy2log, num_experts)
     metadata = {"solver": {"name": f"sglang:{path.name}"}}
     return Placement(phy2log, num_experts, gpus_per_node, slots // num_gpus, metadata)
 
 
 def read_placement(
-    path: str | Path, num_gpus: int | None = None, gpus_per_node: int | None = None, model: Model | None = None
+    path: str | Path, num_gpus: int | None = None, gpus_per_node: int | None = None, model: Model | None = None,
+    num_experts: int | None = None,
 ) -> Placement:
     """Read placer's placement JSON or SGLang's ``{"physical_to_logical_map": ...}``.
 
     num_gpus, gpus_per_node: required for SGLang files, which do not store them.
     model: lets SGLang files drop leading dense-layer rows and fixes the expert count.
+    num_experts: the expert count an SGLang file must place (from the trace); without it or
+    a model, an SGLang file's count is its largest id + 1 (a never-placed last expert cannot
+    be detected).
     """
-    path = Path(path)
+    path = input_path(path, "placement")
     doc = _load_json(path)
     if isinstance(doc, dict) and "physical_to_logical_map" in doc:
         if num_gpus is None or gpus_per_node is None:
             raise InputError(path, None, "an SGLang file needs the GPU count (--nodes/--gpus-per-node or --topology)")
-        return _read_sglang(path, doc, num_gpus, gpus_per_node, model)
+        return _read_sglang(path, doc, num_gpus, gpus_per_node, model, num_experts)
     if isinstance(doc, dict) and doc.get("format") == FORMAT:
         return _read_native(path, doc)
     raise InputError(

@@ -19,6 +19,7 @@ CP-SAT workers), so the same inputs and seed give the same phy2log for any
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 
+from placer.checks import check_count, check_real
 from placer.errors import InputError
 from placer.graph import TraceSummary, summarize
 from placer.parallel import Interrupted, interruptible_map
@@ -41,7 +43,7 @@ from placer.solvers.problem import (
     live_mask,
 )
 from placer.solvers.replicas import replicate
-from placer.topology import Model, Topology
+from placer.topology import MAX_EXPERTS, MAX_NODES, Model, Topology
 from placer.trace import Trace, TraceSource
 
 SOLVERS = ("auto", "spectral", "ilp")
@@ -134,8 +136,43 @@ def expert_groups(model: Model | None, num_experts: int) -> np.ndarray:
     return np.arange(num_experts) // (num_experts // model.num_groups)
 
 
+def _trace_argument(trace: object) -> Trace | TraceSource | TraceSummary:
+    """The ``trace`` argument; a path (str or Path) is opened as a :class:`TraceSource`."""
+    if isinstance(trace, (str, os.PathLike)):
+        return TraceSource(trace)
+    if not isinstance(trace, (Trace, TraceSource, TraceSummary)):
+        raise InputError(None, "trace", f"expected a Trace, TraceSource, TraceSummary or a path to a "
+                                        f"trace, got {type(trace).__name__}")
+    return trace
+
+
+def _check_arguments(trace: Trace | TraceSource | TraceSummary, topology: object, model: object, *,
+                     balance: float | None, max_nodes: int | None, time_limit: float, seed: int,
+                     workers: int, slots_per_gpu: int | None, alpha: float | None) -> None:
+    """Types and ranges of :func:`place`'s arguments (InputError naming the argument)."""
+    if not isinstance(topology, Topology):
+        raise InputError(None, "topology", f"expected a Topology, got {type(topology).__name__}")
+    if model is not None:
+        if not isinstance(model, Model):
+            raise InputError(None, "model", f"expected a Model or None, got {type(model).__name__}")
+        if model.num_experts != trace.num_experts:
+            raise InputError(None, "model", f"{model.name} has {model.num_experts} experts; the trace has "
+                                            f"{trace.num_experts}")
+    if balance is not None:
+        check_real(balance, "balance", 0.0, 1e6)
+    if max_nodes is not None:
+        check_count(max_nodes, "max_nodes", 1, MAX_NODES)
+    check_real(time_limit, "time_limit", 0.0, 1e7, low_open=True)
+    check_count(seed, "seed", 0, (1 << 32) - 1)
+    check_count(workers, "workers", 1, 4096)
+    if slots_per_gpu is not None:
+        check_count(slots_per_gpu, "slots_per_gpu", 1, MAX_EXPERTS)
+    if alpha is not None:
+        check_real(alpha, "alpha", 0.0, 1e6)
+
+
 def place(
-    trace: Trace | TraceSource | TraceSummary,
+    trace: Trace | TraceSource | TraceSummary | str | os.PathLike,
     topology: Topology,
     *,
     solver: str = "auto",
@@ -186,8 +223,9 @@ def place(
         raise InputError(None, "on_interrupt", f"expected 'raise' or 'best', got {on_interrupt!r}")
     if solver not in (*SOLVERS, "eplb"):
         raise InputError(None, "solver", f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
-    if balance is not None and balance < 0:
-        raise InputError(None, "balance", f"expected >= 0, got {balance}")
+    trace = _trace_argument(trace)
+    _check_arguments(trace, topology, model, balance=balance, max_nodes=max_nodes, time_limit=time_limit,
+                     seed=seed, workers=workers, slots_per_gpu=slots_per_gpu, alpha=alpha)
     if max_nodes_coverage is not None and not (0 < max_nodes_coverage <= 1):
         raise InputError(None, "max_nodes_coverage", f"expected a share in (0, 1], got {max_nodes_coverage}")
     if max_nodes_coverage is not None and max_nodes is None:

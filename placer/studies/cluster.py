@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from placer.errors import InputError
 from placer.graph import TraceSummary, merge_in_order, summarize
-from placer.trace import BLOCK_TOKENS, TraceSource, block_count, read_block
+from placer.trace import TraceSource, block_sizes, read_block
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -104,9 +104,8 @@ class Cluster:
         def merge(first: list[Any], second: list[Any]) -> list[Any]:
             return [self.submit(TraceSummary.merge, a, b, max_nets) for a, b in zip(first, second)]
 
-        count = block_count(source)
-        sizes = [min(BLOCK_TOKENS, source.num_tokens - i * BLOCK_TOKENS) for i in range(count)]
-        parts = zip(sizes, map(block, range(count)))
+        sizes = block_sizes(source.num_tokens)
+        parts = zip(sizes, map(block, range(len(sizes))))
         return _joined(self.client.gather(merge_in_order(parts, merge, fold=max_nets is not None)))
 
     def close(self) -> None:

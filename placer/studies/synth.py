@@ -63,6 +63,8 @@ import itertools
 import math
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -74,7 +76,7 @@ from scipy.special import ndtri
 
 from placer.errors import InputError
 from placer.progress import ProgressFn, track
-from placer.trace import Trace, id_dtype, save_trace
+from placer.trace import MANIFEST, Trace, id_dtype, save_trace, write_shard_manifest
 
 SPLITS = ("train", "test")
 SHARD_PATTERN = "shard-{:05d}.npz"
@@ -794,7 +796,7 @@ def _generate(p: SynthParams, model: _Model, start: int, tokens: int) -> Trace:
            p.locality, model.topic_boost,
            model.ident_boost, p.identity_experts, vocab, topic, noise_key, model.noise_salt,
            model.vocab_salt, max(p.groups_per_token, 1))
-    return Trace(topk_ids=out, num_experts=p.num_experts, seq_lens=seq_lens)
+    return Trace(topk_ids=out, num_experts=p.num_experts, seq_lens=seq_lens, checked=True)
 
 
 def shard_bounds(params: SynthParams, tokens: int, shard_tokens: int, seed: int = 0,
@@ -828,14 +830,18 @@ def iter_shards(params: SynthParams, tokens: int, shard_tokens: int, seed: int =
 def write_shards(params: SynthParams, tokens: int, out_dir: str | Path, shard_tokens: int,
                  seed: int = 0, split: str = "train", overwrite: bool = False,
                  progress: ProgressFn | None = None) -> list[Path]:
-    """Write the trace as ``out_dir/shard-NNNNN.npz``, one shard in memory at a time.
+    """Write the trace as ``out_dir/shard-NNNNN.npz`` plus a manifest, one shard in memory at
+    a time.
 
-    Each shard is written atomically (:func:`placer.trace.save_trace`) and the directory
+    The set is written into a hidden folder beside ``out_dir`` and its manifest
+    (:data:`placer.trace.MANIFEST`) last; only a complete set is moved into place, so an
+    interrupted or failed write (Ctrl-C, a full disk) leaves ``out_dir`` as it was. A
+    directory already holding ``.npz`` files is refused unless ``overwrite``; even then
+    the old shards are removed only after the new set is in place (files other than shards
+    are kept; other ``.npz`` files are always refused: they would join the trace). The set
     reads back with :class:`placer.trace.TraceSource` (concatenated, it equals
-    :func:`generate` of ``tokens``). A directory already holding ``.npz`` files is
-    refused unless ``overwrite``, which removes its old ``shard-*.npz`` files first (other
-    ``.npz`` files are always refused: they would join the trace). Returns the paths.
-    progress: reports shards written (:mod:`placer.progress`).
+    :func:`generate` of ``tokens``). Returns the paths. progress: reports shards written
+    (:mod:`placer.progress`).
     """
     out = Path(out_dir)
     bounds = shard_bounds(params, tokens, shard_tokens, seed, split)
@@ -849,15 +855,46 @@ def write_shards(params: SynthParams, tokens: int, out_dir: str | Path, shard_to
     if existing and not overwrite:
         raise InputError(out, None, f"already holds {len(existing)} shard(s); choose an empty "
                          "directory or overwrite")
-    for old in existing:
-        os.unlink(old)
     model = _build_model(params, int(seed), split)
-    paths = []
-    for number, (lo, hi) in enumerate(track(bounds, "writing shards", len(bounds), progress)):
-        path = out / SHARD_PATTERN.format(number)
-        save_trace(_generate(params, model, lo, hi - lo), path)
-        paths.append(path)
-    return paths
+    staging = _staging_dir(out)
+    try:
+        written = []
+        for number, (lo, hi) in enumerate(track(bounds, "writing shards", len(bounds), progress)):
+            name = SHARD_PATTERN.format(number)
+            save_trace(_generate(params, model, lo, hi - lo), staging / name)
+            written.append((name, hi - lo))
+        write_shard_manifest(staging, written)
+        _swap_in(staging, out)
+    except OSError as err:
+        raise InputError(out, None, f"cannot write the shard set ({err.strerror or err})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / name for name, _ in written]
+
+
+def _staging_dir(out: Path) -> Path:
+    """A new hidden folder beside ``out`` (same file system, so the set moves by rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{out.name[:100]}.", suffix=".partial", dir=out.parent))
+    except OSError as err:
+        raise InputError(out, None, f"cannot write ({err.strerror or err})") from None
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Move the complete shard set ``staging`` to ``out``. An existing ``out`` is first renamed
+    aside (a crash then leaves it whole under its hidden name), its files other than shards
+    and manifest are carried over, and it is deleted last."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name[:100]}.", suffix=".old", dir=out.parent))
+    os.rename(out, aside / "set")
+    os.rename(staging, out)
+    for kept in (aside / "set").iterdir():
+        if not (_SHARD_NAME.fullmatch(kept.name) or kept.name == MANIFEST):
+            os.rename(kept, out / kept.name)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_trace(params: SynthParams, tokens: int, out: str | Path, seed: int = 0, split: str = "train",

@@ -101,12 +101,12 @@ def _check_npy_size(path: str | Path, handle: IO[bytes]) -> None:
     read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
     shape, _, dtype = read_header(handle)
     if dtype.hasobject:
-        raise InputError(path, None, "holds Python objects (only numeric arrays are read)")
+        raise InputError(path, None, "not a readable .npy array (it holds Python objects; only numeric arrays are read)")
     declared = math.prod(shape) * dtype.itemsize
     held = os.fstat(handle.fileno()).st_size - handle.tell()
     if declared != held:
-        raise InputError(path, None, f"header declares shape {tuple(shape)} ({declared:,} bytes) but the "
-                                     f"file holds {held:,} bytes of data")
+        raise InputError(path, None, f"not a readable .npy array (header declares shape {tuple(shape)}, "
+                                     f"{declared:,} bytes, but the file holds {held:,})")
     handle.seek(0)
 
 

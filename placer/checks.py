@@ -1,0 +1,40 @@
+"""Checks of scalar arguments at the library boundary: exact types, finite values, ranges.
+
+Every public function checks its numeric arguments here before any work, so NaN, infinity,
+a float where a count belongs or an out-of-range value is one :class:`InputError` naming
+the argument, never a traceback later or a silently wrong result.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from placer.errors import InputError
+
+__all__ = ["check_count", "check_real"]
+
+
+def check_count(value: object, field: str, low: int = 0, high: int | None = None,
+                source: str | None = None) -> int:
+    """``value`` as an ``int`` if it is an integer (not a bool or float) in ``low..high``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(source, field, f"expected an integer, got {value!r}")
+    number = int(value)
+    if number < low or (high is not None and number > high):
+        bound = f"{low:,}..{high:,}" if high is not None else f">= {low:,}"
+        raise InputError(source, field, f"expected an integer {bound}, got {number:,}")
+    return number
+
+
+def check_real(value: object, field: str, low: float = -math.inf, high: float = math.inf,
+               *, low_open: bool = False, source: str | None = None) -> float:
+    """``value`` as a ``float`` if it is a finite real number in ``[low, high]`` (``(low, high]``
+    with ``low_open``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise InputError(source, field, f"expected a finite number, got {value!r}")
+    number = float(value)
+    if number < low or (low_open and number == low) or number > high:
+        left = "(" if low_open else "["
+        raise InputError(source, field, f"expected a number in {left}{low:g}, {high:g}], got {number:g}")
+    return number
