@@ -20,10 +20,26 @@ from typing import IO
 
 from placer.errors import InputError
 
-__all__ = ["atomic_output", "refuse_overwriting_input", "write_text_atomic"]
+__all__ = ["atomic_output", "check_output", "outputs_written", "refuse_overwriting_input", "write_text_atomic"]
 
 #: longest target-name part of a temporary name, in bytes (file names are limited to 255)
 _NAME_BYTES = 120
+#: every file this process has completed, in order (what an interrupted command did write)
+_WRITTEN: list[Path] = []
+
+
+def outputs_written() -> list[str]:
+    """Files this process completed with :func:`atomic_output` that still exist (a write into
+    a staging folder since removed is not listed), in the order written, without repeats."""
+    return list(dict.fromkeys(str(p) for p in _WRITTEN if p.exists()))
+
+
+def check_output(path: str | Path, field: str = "out") -> None:
+    """Before any work: ``path`` can be an output (non-empty; not an existing folder, device
+    or FIFO). Raises :class:`InputError`."""
+    if not str(path).strip():
+        raise InputError(None, field, "empty path; expected a file name")
+    _check_target(Path(path))
 
 
 @contextlib.contextmanager
@@ -52,6 +68,7 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         _check_target(target)
         os.replace(tmp_name, target)
         tmp_name = None
+        _WRITTEN.append(target)
     except OSError as err:
         raise InputError(target, None, f"cannot write ({err.strerror or err}); "
                                        "any previous file there is unchanged") from None

@@ -6,6 +6,8 @@ Bad input exits with code 2 and one line naming the file and field; success exit
 from __future__ import annotations
 
 import json
+import math
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -18,8 +20,19 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+try:  # typer 0.2x vendors click; older releases use click itself
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors
+
 from placer import instances, workflow
-from placer.atomic import atomic_output, refuse_overwriting_input, write_text_atomic
+from placer.atomic import (
+    atomic_output,
+    check_output,
+    outputs_written,
+    refuse_overwriting_input,
+    write_text_atomic,
+)
 from placer.bundled import sample_trace
 from placer.cluster import Cluster, connect
 from placer.errors import InfeasibleError, InputError
@@ -107,7 +120,18 @@ def _cluster(scheduler: str, source: TraceSource | Trace | ExpertCounts) -> Iter
 
 
 def _print_json(obj: object) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    """Strict JSON: a non-finite number (NaN, infinity) is written as null, never bare."""
+    sys.stdout.write(json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n")
+
+
+def _finite(obj: object) -> object:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
 
 
 def _topology(name: str, nodes: int | None, gpus_per_node: int | None) -> Topology:
@@ -240,10 +264,13 @@ def place_command(
     Ctrl-C while layers are being solved writes the best placement so far (solved layers plus
     the spectral start of the others, marked interrupted) and exits with code 130.
     """
-    refuse_overwriting_input(out, trace, *([heldout] if heldout else []), *([current] if current else []))
+    check_output(out)
+    refuse_overwriting_input(out, trace, *[given for given in (heldout, current, model, topology) if given])
     started = time.perf_counter()
     source = workflow.open_routing(trace)
     test = workflow.open_trace(heldout) if heldout else None
+    if test is not None and not isinstance(source, ExpertCounts):
+        _check_heldout(heldout, test, source)
     topo = _topology(topology, nodes, gpus_per_node)
     counts_only = isinstance(source, ExpertCounts)
     mdl = workflow.match_model(model, source.num_experts, None if counts_only else source.top_k)
@@ -295,6 +322,15 @@ def place_command(
     _exit_if_interrupted(out, output_format.value, solve_facts)
 
 
+def _check_heldout(path: str, test: TraceSource | Trace, source: TraceSource | Trace) -> None:
+    """The held-out trace can be replayed against a placement of ``source`` (checked before solving)."""
+    if test.num_layers != source.num_layers:
+        raise InputError(path, "--evaluate", f"{test.num_layers} layers; the trace placed from has {source.num_layers}")
+    if test.num_experts > source.num_experts:
+        raise InputError(path, "--evaluate", f"uses {test.num_experts} experts; the trace placed from has "
+                                             f"{source.num_experts}")
+
+
 def _exit_if_interrupted(out: str, output_format: str, solve_facts: dict) -> None:
     """After Ctrl-C cut the solve short: say what was written, on one stderr line, and exit 130."""
     interrupted = solve_facts.get("interrupted")
@@ -306,7 +342,7 @@ def _exit_if_interrupted(out: str, output_format: str, solve_facts: dict) -> Non
         f"placer: interrupted: wrote the best placement so far to {out} ({interrupted['note']}; "
         f"gap {solve_facts['gap']:.1%}; {marked})", markup=False, highlight=False, soft_wrap=True,
     )
-    raise typer.Exit(130)
+    sys.exit(130)  # not typer.Exit: main() reads a 130 returned by typer as an unreported Ctrl-C
 
 
 def _gpu_list(text: str | None) -> list[int]:
@@ -323,7 +359,7 @@ def _max_nets(requested: str) -> int | None | str:
     """--max-nets: 'auto', 'all' (None: every set) or a non-negative count."""
     if requested in ("auto", "all"):
         return None if requested == "all" else requested
-    if not requested.isdigit():
+    if not (requested.isascii() and requested.isdigit()):
         raise InputError(None, "--max-nets", f"expected a count, 'all' or 'auto', got {requested!r}")
     return int(requested)
 
@@ -407,6 +443,9 @@ def validate_command(
     topo = _topology(topology, nodes, gpus_per_node)
     mdl = instances.load_model(model) if model else None
     chosen = placement_io.read_placement(placement, topo.num_gpus, topo.gpus_per_node, mdl)
+    if mdl is None and str((chosen.metadata.get("solver") or {}).get("name", "")).startswith("sglang:"):
+        raise InputError(placement, "--model", "an SGLang map records no expert count, so an expert it never "
+                                               "places cannot be found: give the model it was made for")
     facts = placement_io.check_against(placement, chosen, topo, mdl)
     if as_json:
         _print_json({"valid": True, **facts})
@@ -682,29 +721,65 @@ def demo_command(as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
 
 
 def main() -> None:
-    """Entry point: run the app, turning input errors into one line and exit code 2."""
+    """Entry point: run the app; input and usage errors become one line and exit code 2, Ctrl-C
+    and SIGTERM one line saying what was written (exit 130 and 143)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        app()
+        code = app(standalone_mode=False)
     except (InputError, InfeasibleError) as err:
-        Console(stderr=True).print(f"placer: error: {_in_flags(err)}", markup=False, highlight=False, soft_wrap=True)
+        _say(f"error: {_in_flags(err)}")
         sys.exit(2)
+    except click_errors.NoArgsIsHelpError:  # the help was printed while the error was built
+        sys.exit(2)
+    except click_errors.ClickException as err:
+        _say(f"error: {_usage_line(err)}")
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        _say_interrupted()
+        sys.exit(130)
     except (KeyboardInterrupt, SystemError) as err:
         if not is_ctrl_c(err):
             raise
         _say_interrupted()
         sys.exit(130)
     except SystemExit as err:
-        if err.code == 130 and _caused_by_ctrl_c(err):  # typer turns Ctrl-C into a silent exit 130
-            _say_interrupted()
+        if err.code == TERMINATED:
+            _say_interrupted("terminated (SIGTERM)")
         raise
+    if code == 130:  # typer returns 130 for a Ctrl-C it caught
+        _say_interrupted()
+    sys.exit(code or 0)
+
+
+TERMINATED = 128 + signal.SIGTERM
+"""Exit code after SIGTERM."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C (workers stopped, temporaries removed), then exits 143."""
+    raise SystemExit(TERMINATED)
+
+
+def _usage_line(err: click_errors.ClickException) -> str:
+    """A click usage error on one line, naming the command."""
+    message = " ".join(err.format_message().split())
+    ctx = getattr(err, "ctx", None)
+    return f"{ctx.command_path.removeprefix(ctx.find_root().info_name or '').strip() or 'placer'}: {message}" \
+        if ctx is not None else message
+
+
+def _say(text: str) -> None:
+    Console(stderr=True).print(f"placer: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
 #: library fields the user sets with a flag of another name
-FLAG_OF_FIELD = {"output_format": "--format", "excluded_gpus": "--exclude-gpus"}
+FLAG_OF_FIELD = {"output_format": "--format", "excluded_gpus": "--exclude-gpus",
+                 "dispatch_bytes_per_element": "--dispatch-bytes", "combine_bytes_per_element": "--combine-bytes"}
 #: library fields the user sets with the flag of the same name
 FLAG_FIELDS = frozenset({
     "alpha", "balance", "current", "dispatch", "exclude_gpus", "keep_groups", "max_nets", "max_nodes",
     "max_nodes_coverage", "memory_reserve", "model", "out", "rule", "scheduler", "seed", "slots_per_gpu",
+    "nodes", "gpus_per_node", "tokens", "shard_tokens", "layer", "ep", "tokens_per_gpu",
     "solver", "source", "time_limit", "topology", "trace", "workers",
 })
 
@@ -717,8 +792,12 @@ def _in_flags(err: Exception) -> str:
     return str(err) if flag is None else str(InputError(err.source, flag, err.message))
 
 
-def _say_interrupted() -> None:
-    Console(stderr=True).print("placer: interrupted; no partial output was written", markup=False, highlight=False)
+def _say_interrupted(what: str = "interrupted") -> None:
+    """One line saying what the stopped command did write (outputs are atomic: each listed file
+    is complete, every other output untouched)."""
+    written = outputs_written()
+    done = f"wrote {', '.join(written)} before stopping" if written else "no output was written"
+    _say(f"{what}; {done}")
 
 
 def _caused_by_ctrl_c(err: BaseException) -> bool:

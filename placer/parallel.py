@@ -36,7 +36,10 @@ _SHARED: tuple[Callable, Sequence] | None = None
 
 
 def _ignore_sigint() -> None:
+    """Worker set-up: ignore Ctrl-C (the parent handles it) and die quietly on SIGTERM (a
+    forked worker would otherwise inherit the parent's SIGTERM handler and print a traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _call_shared(index: int) -> tuple[int, object]:

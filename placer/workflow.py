@@ -178,7 +178,7 @@ def load_placement(spec: str | Path, num_layers: int, num_experts: int, topology
     """A baseline by name or a placement file, with the label to show it under."""
     if str(spec) in BASELINES:
         return str(spec), baseline(str(spec), num_layers, num_experts, topology.num_gpus, topology.gpus_per_node)
-    return Path(spec).name, read_placement(spec, topology.num_gpus, topology.gpus_per_node, model)
+    return Path(spec).name, read_placement(spec, topology.num_gpus, topology.gpus_per_node, model, num_experts)
 
 
 def with_baselines(placements: Mapping[str, Placement], names: Sequence[str], num_layers: int,

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from placer.checks import check_count
 from placer.errors import InputError
 from placer.evaluation.dispatch import RULES, Dispatcher
 from placer.placement import Placement
 from placer.progress import ProgressFn, track
-from placer.topology import Model, Topology
+from placer.topology import MAX_NODES, Model, Topology
 from placer.trace import Trace, TraceChunk, TraceSource, chunk_count
 
 SOURCES = ("token", "sequence")
@@ -160,6 +161,14 @@ def layer_counts(
         "gpu_load": np.bincount(gpu[valid], minlength=num_gpus),
         "nodes_per_token": np.bincount(touched, minlength=nodes + 1),
     }
+
+
+def _check_types(trace: object, placement: object, topology: object, model: object) -> None:
+    """The arguments of :func:`evaluate` are what it replays (InputError naming the argument)."""
+    for name, value, kind in (("trace", trace, (Trace, TraceSource)), ("placement", placement, Placement),
+                              ("topology", topology, Topology), ("model", model, (Model, type(None)))):
+        if not isinstance(value, kind):
+            raise InputError(None, name, f"expected a {name.capitalize()}, got {type(value).__name__}")
 
 
 def _check_compatible(trace_experts: int, trace_layers: int, placement: Placement, topology: Topology) -> None:
@@ -351,6 +360,9 @@ def evaluate(
         raise InputError(None, "dispatch", f"expected one of {', '.join(DISPATCH_MODES)}, got {dispatch!r}")
     if rule not in RULES:
         raise InputError(None, "rule", f"expected one of {', '.join(RULES)}, got {rule!r}")
+    _check_types(trace, placement, topology, model)
+    if max_nodes is not None:
+        check_count(max_nodes, "max_nodes", 1, MAX_NODES)
     counts = count_traffic(
         trace, placement, topology, source=source, dispatch=dispatch, max_nodes=max_nodes, rule=rule,
         progress=progress,
