@@ -20,18 +20,32 @@ from typing import IO
 
 from placer.errors import InputError
 
-__all__ = ["atomic_output", "check_output", "outputs_written", "refuse_overwriting_input", "write_text_atomic"]
+__all__ = ["atomic_output", "check_output", "recording_outputs", "refuse_overwriting_input", "write_text_atomic"]
 
 #: longest target-name part of a temporary name, in bytes (file names are limited to 255)
 _NAME_BYTES = 120
-#: every file this process has completed, in order (what an interrupted command did write)
-_WRITTEN: list[Path] = []
+#: the lists of :func:`recording_outputs` blocks now open
+_RECORDERS: list[list[Path]] = []
 
 
-def outputs_written() -> list[str]:
-    """Files this process completed with :func:`atomic_output` that still exist (a write into
-    a staging folder since removed is not listed), in the order written, without repeats."""
-    return list(dict.fromkeys(str(p) for p in _WRITTEN if p.exists()))
+class WrittenFiles(list):
+    """Files completed with :func:`atomic_output` inside a :func:`recording_outputs` block."""
+
+    def existing(self) -> list[str]:
+        """The files that still exist (a write into a staging folder since removed is not
+        listed), in the order written, without repeats."""
+        return list(dict.fromkeys(str(p) for p in self if p.exists()))
+
+
+@contextlib.contextmanager
+def recording_outputs() -> Iterator[WrittenFiles]:
+    """Record every file completed inside the block (what an interrupted command did write)."""
+    written = WrittenFiles()
+    _RECORDERS.append(written)
+    try:
+        yield written
+    finally:
+        _RECORDERS.remove(written)
 
 
 def check_output(path: str | Path, field: str = "out") -> None:
@@ -68,7 +82,8 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         _check_target(target)
         os.replace(tmp_name, target)
         tmp_name = None
-        _WRITTEN.append(target)
+        for written in _RECORDERS:
+            written.append(target)
     except OSError as err:
         raise InputError(target, None, f"cannot write ({err.strerror or err}); "
                                        "any previous file there is unchanged") from None

@@ -27,9 +27,10 @@ except ImportError:  # pragma: no cover
 
 from placer import instances, workflow
 from placer.atomic import (
+    WrittenFiles,
     atomic_output,
     check_output,
-    outputs_written,
+    recording_outputs,
     refuse_overwriting_input,
     write_text_atomic,
 )
@@ -723,7 +724,16 @@ def demo_command(as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
 def main() -> None:
     """Entry point: run the app; input and usage errors become one line and exit code 2, Ctrl-C
     and SIGTERM one line saying what was written (exit 130 and 143)."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        with recording_outputs() as written:
+            _run(written)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(written: WrittenFiles) -> None:
+    """The app, its failures turned into one line and an exit code."""
     try:
         code = app(standalone_mode=False)
     except (InputError, InfeasibleError) as err:
@@ -735,19 +745,19 @@ def main() -> None:
         _say(f"error: {_usage_line(err)}")
         sys.exit(err.exit_code)
     except typer.Abort:
-        _say_interrupted()
+        _say_interrupted(written)
         sys.exit(130)
     except (KeyboardInterrupt, SystemError) as err:
         if not is_ctrl_c(err):
             raise
-        _say_interrupted()
+        _say_interrupted(written)
         sys.exit(130)
     except SystemExit as err:
         if err.code == TERMINATED:
-            _say_interrupted("terminated (SIGTERM)")
+            _say_interrupted(written, "terminated (SIGTERM)")
         raise
     if code == 130:  # typer returns 130 for a Ctrl-C it caught
-        _say_interrupted()
+        _say_interrupted(written)
     sys.exit(code or 0)
 
 
@@ -792,11 +802,11 @@ def _in_flags(err: Exception) -> str:
     return str(err) if flag is None else str(InputError(err.source, flag, err.message))
 
 
-def _say_interrupted(what: str = "interrupted") -> None:
+def _say_interrupted(written: WrittenFiles, what: str = "interrupted") -> None:
     """One line saying what the stopped command did write (outputs are atomic: each listed file
     is complete, every other output untouched)."""
-    written = outputs_written()
-    done = f"wrote {', '.join(written)} before stopping" if written else "no output was written"
+    files = written.existing()
+    done = f"wrote {', '.join(files)} before stopping" if files else "no output was written"
     _say(f"{what}; {done}")
 
 

@@ -94,8 +94,10 @@ def test_place_propagates_ctrl_c_unless_asked_or_when_limits_cannot_be_kept(ctrl
         solve(trace, PlacementProblem(topology, balance=2.0), SolverSettings(solver="spectral", on_interrupt="best"))
 
 
-def _interrupt(tmp_path: Path, workers: int, delay: float) -> tuple[subprocess.CompletedProcess, Path]:
-    """Start ``placer place`` (several seconds of CP-SAT work), Ctrl-C it as a terminal would."""
+def _interrupt(tmp_path: Path, workers: int, delay: float, sig: int = signal.SIGINT, group: bool = True
+               ) -> tuple[subprocess.CompletedProcess, Path]:
+    """Start ``placer place`` (several seconds of CP-SAT work), Ctrl-C it as a terminal would
+    (``sig`` to the process group), or send ``sig`` to the main process only (``group=False``)."""
     out = tmp_path / "p.json"
     command = [sys.executable, "-m", "placer", "place", "--trace", TRAIN, "--nodes", "4", "--solver", "auto",
                "--time-limit", "120", "--workers", str(workers), "--out", str(out), "--json"]
@@ -104,13 +106,25 @@ def _interrupt(tmp_path: Path, workers: int, delay: float) -> tuple[subprocess.C
                             start_new_session=True)
     time.sleep(delay)
     assert proc.poll() is None, "placer finished before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGINT)  # the whole process group, workers included
+    if group:
+        os.killpg(proc.pid, sig)  # the whole process group, workers included
+    else:
+        os.kill(proc.pid, sig)
     try:
         stdout, stderr = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr), out
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["main-process", "process-group"])
+def test_sigterm_exits_143_with_one_line_and_no_worker_tracebacks(tmp_path, group):
+    result, out = _interrupt(tmp_path, 2, delay=6.0, sig=signal.SIGTERM, group=group)
+    assert result.returncode == 143, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr == "placer: terminated (SIGTERM); no output was written\n"
+    assert list(tmp_path.iterdir()) == []  # neither output nor temporaries
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -121,7 +135,7 @@ def test_real_sigint_exits_130_with_one_line_and_an_honest_file(tmp_path, worker
     assert result.stderr.startswith("placer: interrupted")
     assert [p.name for p in tmp_path.iterdir() if p.name != "p.json"] == []  # no temporary files
     if not out.exists():  # interrupted before any placement existed
-        assert "no partial output" in result.stderr and result.stdout == ""
+        assert "no output was written" in result.stderr and result.stdout == ""
         return
     doc = json.loads(result.stdout)
     assert doc["interrupted"] is True and doc["out"] == str(out)
@@ -141,5 +155,5 @@ def test_ctrl_c_before_any_placement_says_so_on_one_line(cli, monkeypatch, tmp_p
     monkeypatch.setattr(cli_module.workflow, "open_routing", interrupted_read)
     result = cli("place", "--trace", TRAIN, "--nodes", "4", "--out", tmp_path / "p.json")
     assert result.code == 130
-    assert result.err == "placer: interrupted; no partial output was written\n"
+    assert result.err == "placer: interrupted; no output was written\n"
     assert list(tmp_path.iterdir()) == []
