@@ -17,6 +17,8 @@ from placer.errors import InputError
 from placer.topology import MAX_EXPERTS, MAX_GPUS, MAX_LAYERS
 
 EMPTY = -1
+MAX_SLOT_ENTRIES = 1 << 24
+"""Largest layers x slots of a placement (4,096 GPUs x 64 slots x 64 layers; 128 MB of ids)."""
 BASELINES = ("contiguous", "round-robin", "random")
 
 
@@ -116,8 +118,10 @@ def from_expert_gpu(
         bad = int(expert_gpu.min()) if expert_gpu.min() < 0 else int(expert_gpu.max())
         raise InputError(None, "expert_gpu", f"GPU {bad} is not among the {num_gpus} GPUs")
     layers, experts = expert_gpu.shape
+    _check_entries(layers, experts)
     counts = np.stack([np.bincount(row, minlength=num_gpus) for row in expert_gpu])
     slots = int(counts.max()) if slots_per_gpu is None else check_count(slots_per_gpu, "slots_per_gpu", 1)
+    _check_entries(layers, num_gpus * slots)
     if counts.max() > slots:
         raise InputError(None, "slots_per_gpu", f"{slots} slots cannot hold the {int(counts.max())} experts "
                                                 "one GPU is given")
@@ -129,6 +133,12 @@ def from_expert_gpu(
         position = np.arange(experts) - first_of_gpu
         phy2log[layer, gpus * slots + position] = order
     return Placement(phy2log, experts, gpus_per_node, slots, dict(metadata or {}))
+
+
+def _check_entries(layers: int, slots: int) -> None:
+    if layers * slots > MAX_SLOT_ENTRIES:
+        raise InputError(None, "num_layers", f"{layers:,} layers x {slots:,} slots exceed placer's limit of "
+                                             f"{MAX_SLOT_ENTRIES:,} slot entries")
 
 
 def contiguous_gpus(num_experts: int, num_gpus: int) -> np.ndarray:
@@ -177,6 +187,7 @@ def baseline(
     check_count(num_experts, "num_experts", 1, MAX_EXPERTS)
     check_count(num_gpus, "num_gpus", 1, MAX_GPUS)
     check_count(gpus_per_node, "gpus_per_node", 1, num_gpus)
+    _check_entries(num_layers, max(num_experts, num_gpus))
     if num_gpus % gpus_per_node:
         raise InputError(None, "gpus_per_node", f"{gpus_per_node} does not divide num_gpus {num_gpus}")
     excluded_gpus = [check_count(g, "excluded_gpus", 0, num_gpus - 1) for g in excluded_gpus]

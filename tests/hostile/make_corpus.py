@@ -90,6 +90,7 @@ def main() -> None:
         'num_moe_layers = 26\n'
     )
     deeply_nested()
+    issue_14_classes()
     (HERE / "model__experts_cannot_fit.toml").write_text(
         '[model]\nname = "huge"\nnum_experts = 64\ntop_k = 6\nhidden_size = 2048\nmoe_intermediate_size = 1408\n'
         'num_moe_layers = 26\nfirst_dense_layers = 1\nexpert_param_bytes = 1e12\n'
@@ -109,6 +110,75 @@ def deeply_nested() -> None:
     shards.mkdir()
     np.savez(shards / "000.npz", topk_ids=GOOD_IDS)
     np.savez(shards / "001.npz", topk_ids=GOOD_IDS[:0])
+
+
+TOPOLOGY = ('[topology]\nname = "t"\nnodes = {nodes}\ngpus_per_node = 8\ngpu_memory_bytes = 80e9\n'
+            'gpu_flops = 1e15\nnvlink_bytes_per_s = 4.5e11\nnic_bytes_per_s = 5e10\nlatency_s = 5e-6\n')
+MODEL = ('[model]\nname = "m"\nnum_experts = {experts}\ntop_k = 6\nhidden_size = 8\nmoe_intermediate_size = 8\n'
+         'num_moe_layers = 26\nfirst_dense_layers = {dense}\n')
+
+
+def placement_doc(**changes: object) -> str:
+    """A valid placer placement of 2 layers, 4 experts, 2 x 2 GPUs, with ``changes`` applied."""
+    doc = {"format": "placer-placement", "version": 1, "num_layers": 2, "num_experts": 4, "num_gpus": 4,
+           "num_nodes": 2, "gpus_per_node": 2, "slots_per_gpu": 1, "phy2log": [[0, 1, 2, 3], [3, 2, 1, 0]]}
+    doc.update(changes)
+    return json.dumps(doc)
+
+
+def issue_14_classes() -> None:
+    """One or more inputs per class of issue 14 (wrapping sums, unbounded sizes, floats for
+    integers, ambiguous or incomplete shard sets, placements that lie about their shape)."""
+    three = np.array([2**63 - 1, 2**63 - 1, 5], dtype=np.int64)  # sums to 3 in wrapping int64
+    npz("stats__seq_lens_int64_wrap.npz", topk_ids=GOOD_IDS, seq_lens=three)
+    npz("stats__seq_lens_uint64.npz", topk_ids=GOOD_IDS, seq_lens=np.array([2**64 - 1, 4], dtype=np.uint64))
+    npz("stats__src_rank_huge.npz", topk_ids=GOOD_IDS, src_rank=np.array([0, 2**62, 1]))
+    npz("stats__num_experts_huge.npz", topk_ids=GOOD_IDS, num_experts=np.int64(10**12))
+    npz("stats__num_experts_float.npz", topk_ids=GOOD_IDS, num_experts=np.float64(64.0))
+    np.save(HERE / "stats__vllm_header_lies.npy", GOOD_IDS)
+    data = (HERE / "stats__vllm_header_lies.npy").read_bytes()
+    (HERE / "stats__vllm_header_lies.npy").write_bytes(data.replace(b"(3, 1, 2)", b"(3000000000000, 1, 2)"))
+    megatron = HERE / "stats__megatron_rank0_rank00"
+    megatron.mkdir()
+    record = {"step": 0, "layer": 1, "rank": 0, "num_tokens": 1, "topk": 2, "top_indices": [[0, 1]]}
+    for name in ("router_trace_rank0.jsonl", "router_trace_rank00.jsonl"):
+        (megatron / name).write_text(json.dumps(record) + "\n")
+    (HERE / "stats__megatron_rank_huge.jsonl").write_text(json.dumps({**record, "rank": 2**62}) + "\n")
+    shards = HERE / "stats__shards_incomplete"
+    shards.mkdir()
+    np.savez(shards / "shard-00000.npz", topk_ids=GOOD_IDS)
+    manifest = {"format": "placer-shards", "version": 1, "tokens": 6,
+                "shards": [{"file": "shard-00000.npz", "tokens": 3}, {"file": "shard-00001.npz", "tokens": 3}]}
+    (shards / "placer-shards.json").write_text(json.dumps(manifest))
+    shards = HERE / "stats__shards_truncated"
+    shards.mkdir()
+    np.savez(shards / "shard-00000.npz", topk_ids=GOOD_IDS)
+    manifest = {"format": "placer-shards", "version": 1, "tokens": 5, "shards": [{"file": "shard-00000.npz", "tokens": 5}]}
+    (shards / "placer-shards.json").write_text(json.dumps(manifest))
+    shards = HERE / "stats__shards_mixed_src_rank"
+    shards.mkdir()
+    np.savez(shards / "000.npz", topk_ids=GOOD_IDS, src_rank=np.array([0, 1, 0]))
+    np.savez(shards / "001.npz", topk_ids=GOOD_IDS)
+    esft = HERE / "import-esft__layer_gap" / "intent"
+    esft.mkdir(parents=True)
+    line = "\t".join(["0"] * 6) + "\t\t" + "\t".join(["0.1"] * 6) + "\n"
+    for name in ("expert_weights_1.txt", "expert_weights_1000000000.txt"):
+        (esft / name).write_text(line)
+    esft = HERE / "import-esft__layer_twice" / "intent"
+    esft.mkdir(parents=True)
+    for name in ("expert_weights_1.txt", "expert_weights_01.txt"):
+        (esft / name).write_text(line)
+    (HERE / "evaluate__placement_float_counts.json").write_text(placement_doc(num_experts=4.0))
+    (HERE / "evaluate__placement_num_nodes_lies.json").write_text(placement_doc(num_nodes=7))
+    (HERE / "evaluate__placement_nan.json").write_text(placement_doc(version=float("nan")))
+    (HERE / "evaluate__placement_huge_gpus.json").write_text(placement_doc(num_gpus=10**15))
+    (HERE / "evaluate__placement_excluded_float.json").write_text(placement_doc(excluded_gpus=[1.5]))
+    (HERE / "topology__nodes_huge.toml").write_text(TOPOLOGY.format(nodes=10**15))
+    (HERE / "topology__nodes_float.toml").write_text(TOPOLOGY.format(nodes="2.0"))
+    (HERE / "topology__deep_nesting.toml").write_text("[topology]\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    (HERE / "model__experts_huge.toml").write_text(MODEL.format(experts=10**12, dense=0))
+    (HERE / "model__experts_float.toml").write_text(MODEL.format(experts="64.0", dense=0))
+    (HERE / "model__dense_layers_huge.toml").write_text(MODEL.format(experts=64, dense=10**9))
 
 
 if __name__ == "__main__":
