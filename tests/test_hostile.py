@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import shutil
 import signal
+import tracemalloc
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from placer.bundled import sample_trace
@@ -133,3 +138,124 @@ def test_special_files_are_refused_without_hanging(name, tmp_path, cli):
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     if name == "out-under-a-file":
         assert (tmp_path / "p.json").read_text() == "keep"
+
+
+# ---------------------------------------------------------------- data loss, storage, memory
+
+
+def test_atomic_output_refuses_special_targets_cleans_stale_temporaries_and_reports_full_disks(
+        tmp_path, monkeypatch):
+    from placer import atomic
+    from placer.errors import InputError
+
+    target = tmp_path / "p.json"
+    target.write_text("old")
+    dead = tmp_path / ".p.json.999999999.abc.tmp"  # left by a writer killed with -9 (no such pid)
+    alive = tmp_path / f".p.json.{os.getpid()}.xyz.tmp"  # a concurrent writer still running
+    dead.write_text("stale")
+    alive.write_text("in progress")
+    atomic.write_text_atomic(target, "new")
+    assert target.read_text() == "new" and not dead.exists() and alive.exists()
+    long_name = tmp_path / ("n" * 255)  # the longest name a file system allows
+    atomic.write_text_atomic(long_name, "x")
+    assert long_name.read_text() == "x"
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(InputError, match="No space left on device") as info:
+        atomic.write_text_atomic(target, "newer")
+    assert "\n" not in str(info.value) and target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, alive.name, long_name.name])
+
+
+def test_synth_overwrite_keeps_the_old_set_until_the_new_one_is_complete(tmp_path, monkeypatch):
+    from placer.errors import InputError
+    from placer.studies import synth
+    from placer.trace import MANIFEST, TraceSource, trace_digest
+
+    params = synth.preset("esft")
+    out = tmp_path / "sh"
+    synth.write_trace(params, 3000, out, shard_tokens=1000)
+    (out / "README").write_text("mine")
+    digest = trace_digest(TraceSource(out))
+    real_save, calls = synth.save_trace, []
+
+    def interrupted_save(trace, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_save(trace, path)
+
+    monkeypatch.setattr(synth, "save_trace", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        synth.write_trace(params, 6000, out, seed=1, shard_tokens=1000, overwrite=True)
+    monkeypatch.undo()
+    assert trace_digest(TraceSource(out)) == digest  # the old set, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sh"]  # no staging folder left
+    synth.write_trace(params, 6000, out, seed=1, shard_tokens=1000, overwrite=True)
+    assert TraceSource(out).num_tokens == 6000 and (out / "README").read_text() == "mine"
+    (out / "shard-00002.npz").unlink()  # a shard lost afterwards: the manifest notices
+    with pytest.raises(InputError, match="incomplete shard set"):
+        TraceSource(out)
+    assert (out / MANIFEST).exists()
+
+
+def test_placement_depends_on_tokens_not_on_their_storage(tmp_path, monkeypatch, cli):
+    """The same tokens as one .npz or as shards cut anywhere give the same placement (summaries
+    run over fixed token blocks; a small block size makes this trace span several)."""
+    from placer.trace import load_trace, save_trace, validate_arrays
+
+    monkeypatch.setattr("placer.trace.BLOCK_TOKENS", 700)
+    whole = load_trace(SAMPLE)
+    (tmp_path / "sh").mkdir()
+    for index, (lo, hi) in enumerate([(0, 123), (123, 1500), (1500, whole.num_tokens)]):
+        part = validate_arrays("p", {"topk_ids": whole.topk_ids[lo:hi]}, whole.num_experts)
+        save_trace(part, tmp_path / "sh" / f"{index}.npz")
+    docs = []
+    for trace in (SAMPLE, tmp_path / "sh"):
+        out = tmp_path / f"p{len(docs)}.json"
+        result = cli("place", "--trace", trace, "--solver", "spectral", "--max-nets", "40", "--out", out)
+        assert result.code == 0, result.err
+        docs.append(json.loads(out.read_text()))
+    assert docs[0]["phy2log"] == docs[1]["phy2log"]
+    assert docs[0]["trace"]["sha256"] == docs[1]["trace"]["sha256"]
+
+
+def _zip_with_member(path: Path, name: str, size: int, ids: np.ndarray | None) -> None:
+    """An .npz holding ``ids`` as topk_ids (if given) and a member ``name`` of ``size`` zero
+    bytes, written in pieces (never whole in memory)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        if ids is not None:
+            buffer = io.BytesIO()
+            np.save(buffer, ids)
+            archive.writestr("topk_ids.npy", buffer.getvalue())
+        with archive.open(name, "w", force_zip64=True) as member:
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                          "shape": (size,)})
+            member.write(header.getvalue())
+            chunk = bytes(1 << 20)
+            for _ in range(size >> 20):
+                member.write(chunk)
+
+
+def test_npz_members_are_read_lazily_and_bombs_refused(tmp_path):
+    """A 256 MiB member placer ignores is never decompressed; a topk_ids member that inflates
+    ~1000x is refused before it is read (both bounded to a few MB of Python allocations)."""
+    from placer.errors import InputError
+    from placer.trace import load_trace
+
+    ids = np.array([[[0, 1]], [[2, 3]]], dtype=np.int16)
+    _zip_with_member(tmp_path / "extra.npz", "ignored.npy", 256 << 20, ids)
+    _zip_with_member(tmp_path / "bomb.npz", "topk_ids.npy", 256 << 20, None)
+    tracemalloc.start()
+    try:
+        assert load_trace(tmp_path / "extra.npz").num_tokens == 2
+        with pytest.raises(InputError, match="decompression bomb"):
+            load_trace(tmp_path / "bomb.npz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, peak
