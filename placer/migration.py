@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from placer.checks import check_real
 from placer.errors import InputError
 from placer.placement import EMPTY, Placement
 
@@ -43,6 +44,7 @@ def moved_weights(current: Placement, proposed: Placement, expert_param_bytes: f
     ``experts_moved_per_layer`` [layers], ``experts_moved`` and ``bytes_moved``
     (``experts_moved * expert_param_bytes``).
     """
+    check_real(expert_param_bytes, "expert_param_bytes", 0.0)
     _check_same_cluster(current, proposed)
     per_layer = []
     for layer in range(current.num_layers):

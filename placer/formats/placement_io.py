@@ -14,6 +14,7 @@ import jsonschema
 import numpy as np
 
 from placer.atomic import write_text_atomic
+from placer.checks import check_count
 from placer.constraints import check_memory
 from placer.errors import InputError
 from placer.inputs import MAX_JSON_BYTES, input_path, read_input_text
@@ -177,6 +178,10 @@ def read_placement(
     be detected).
     """
     path = input_path(path, "placement")
+    for name, value, high in (("num_gpus", num_gpus, MAX_GPUS), ("gpus_per_node", gpus_per_node, MAX_GPUS),
+                              ("num_experts", num_experts, MAX_EXPERTS)):
+        if value is not None:
+            check_count(value, name, 1, high)
     doc = _load_json(path)
     if isinstance(doc, dict) and "physical_to_logical_map" in doc:
         if num_gpus is None or gpus_per_node is None:
