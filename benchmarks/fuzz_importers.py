@@ -12,7 +12,7 @@ inserted ranges, truncation, splicing two seeds, numbers in text replaced by
 hostile values, and members of zip containers (.npz, torch) mutated and re-zipped
 with valid checksums so the parsers behind the container are reached). Targets
 (a loaded input is also used downstream: traces summarised, placements checked):
-native .npz, ESFT task directory, Megatron .jsonl, vLLM .npy, SGLang .pt (needs
+native .npz, shard set with its manifest, ESFT task directory, Megatron .jsonl, vLLM .npy, SGLang .pt (needs
 torch), TensorRT-LLM directory (needs safetensors), counts .npy, topology and
 model TOML, placement JSON (placer and SGLang). An input is a *hang* when it
 takes longer than ``--timeout`` seconds; a RuntimeWarning (e.g. an overflowing cast that
@@ -58,7 +58,7 @@ from placer.formats.importers import (
 )
 from placer.graph import summarize
 from placer.placement import baseline
-from placer.trace import Trace, load_trace
+from placer.trace import Trace, load_trace, save_trace, validate_arrays, write_shard_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = ROOT / "tests" / "hostile"
@@ -102,8 +102,8 @@ def _write_seeds(root: Path) -> dict[str, list[Path]]:
     """Valid small inputs of every format under ``root``: target name -> paths."""
     ids = np.array([[[0, 1], [2, 3]], [[2, 3], [0, 1]], [[1, 2], [3, 0]]], dtype=np.int16)  # [3, 2, 2]
     seeds: dict[str, list[Path]] = {name: [] for name in
-                                     ("npz", "esft", "megatron", "vllm", "sglang", "trtllm", "counts",
-                                      "topology", "model", "placement")}
+                                     ("npz", "shards", "esft", "megatron", "vllm", "sglang", "trtllm",
+                                      "counts", "topology", "model", "placement")}
     np.savez(root / "full.npz", topk_ids=ids, topk_weights=np.full(ids.shape, 0.5, np.float32),
              num_experts=np.int64(4), src_rank=np.array([0, 1, 0]), seq_lens=np.array([2, 1]))
     np.savez_compressed(root / "compressed.npz", topk_ids=ids.astype(np.int32))
@@ -111,6 +111,12 @@ def _write_seeds(root: Path) -> dict[str, list[Path]]:
     for index in range(2):
         np.savez(root / "shards" / f"{index:03d}.npz", topk_ids=ids[index:index + 2], seq_lens=np.array([1, 1]))
     seeds["npz"] += [root / "full.npz", root / "compressed.npz", root / "shards"]
+    manifested = root / "manifested"  # a complete shard set as synth writes it: shards + manifest
+    manifested.mkdir()
+    for index in range(2):
+        save_trace(validate_arrays("seed", {"topk_ids": ids[index:index + 2]}, 4), manifested / f"shard-{index:05d}.npz")
+    write_shard_manifest(manifested, [(f"shard-{index:05d}.npz", 2) for index in range(2)])
+    seeds["shards"].append(manifested)
     esft = root / "esft"
     for layer in (1, 2):
         (esft / "intent").mkdir(parents=True, exist_ok=True)
@@ -182,13 +188,14 @@ def targets(root: Path) -> list[Target]:
     """Every importer with its seeds (valid files under ``root`` plus the hostile corpus)."""
     seeds = _write_seeds(root)
     hostile = {
-        "npz": _hostile("stats__*.npz"), "megatron": _hostile("*.jsonl"),
+        "npz": _hostile("stats__*.npz"), "shards": _hostile("stats__shard*"), "megatron": _hostile("*.jsonl"),
         "vllm": _hostile("stats__vllm*.npy", "stats__npy_garbage.npy"), "sglang": _hostile("*.pt"),
         "trtllm": _hostile("*trtllm*"), "counts": _hostile("place__counts*.npy", "stats__counts*.npy"),
         "topology": _hostile("topology__*"), "model": _hostile("model__*"), "placement": _hostile("evaluate__*"),
     }
     loaders: dict[str, Callable[[Path], object]] = {
         "npz": lambda p: _used(load_trace(p)),
+        "shards": lambda p: _used(load_trace(p)),
         "esft": lambda p: _used(import_esft(p)),
         "megatron": lambda p: _used(read_megatron(p)),
         "vllm": lambda p: _used(read_vllm([p])),

@@ -29,7 +29,7 @@ def every_target(fuzz, tmp_path_factory):
 
 def test_every_importer_has_seeds_that_load(every_target, fuzz):
     names = {t.name for t in every_target}
-    assert {"npz", "esft", "megatron", "vllm", "counts", "topology", "model", "placement"} <= names
+    assert {"npz", "shards", "esft", "megatron", "vllm", "counts", "topology", "model", "placement"} <= names
     for target in every_target:
         valid = [s for s in target.seeds if "hostile" not in s.parts]
         assert valid, target.name
