@@ -185,6 +185,9 @@ def stats_command(
         markup=False, highlight=False,
     )
     console.print(stats_table(doc))
+    if doc["distinct_sets_estimated"]:
+        console.print("note: distinct sets above 65,536 per layer are estimated (k-minimum-values sketch, "
+                      "about 0.4% relative error)", markup=False, highlight=False)
 
 
 @app.command("evaluate")

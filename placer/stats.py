@@ -1,7 +1,11 @@
 """Routing-trace statistics per layer and averaged over layers.
 
-Built on :func:`placer.graph.summarize`, so a trace larger than memory is read
-shard by shard. All per-layer arrays are ``[layers]`` over the summarised layers.
+Built on :func:`placer.graph.summarize`, one block of tokens at a time
+(:func:`placer.trace.token_blocks`): loads and co-activation are summed exactly, distinct
+top-k sets are counted with a k-minimum-values sketch of their hashes (exact below
+:data:`SKETCH_SIZE` distinct sets per layer, an estimate with about 1/sqrt(SKETCH_SIZE) = 0.4 %
+relative error above), so memory stays bounded by one block whatever the trace's size. All
+per-layer arrays are ``[layers]`` over the summarised layers.
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from placer.graph import TraceSummary, summarize
+from placer.graph import TraceSummary, set_hash_unit, summarize
 from placer.progress import ProgressFn
-from placer.trace import Trace, TraceSource
+from placer.trace import Trace, TraceSource, block_sizes, token_blocks
+
+SKETCH_SIZE = 1 << 16
+"""Smallest set hashes kept per layer to count distinct sets (exact below this many)."""
+STATS_STAGE = "trace statistics"
 
 PER_LAYER = ("routed_tokens", "load_skew", "entropy_bits", "distinct_sets", "distinct_share", "density")
 
@@ -58,6 +66,7 @@ class TraceStats:
     load_skew: max / mean token-expert pairs per expert (mean over all E experts).
     entropy_bits: entropy of the expert pick distribution, in bits.
     distinct_sets: distinct top-k sets; distinct_share: distinct_sets / routed_tokens.
+    distinct_estimated: [layers] bool, where distinct_sets is a sketch estimate (module docstring).
     density: co-activated expert pairs / (E (E - 1) / 2).
     A layer without routed tokens has NaN skew, entropy and share, left out of the means.
     """
@@ -72,6 +81,7 @@ class TraceStats:
     distinct_sets: np.ndarray
     distinct_share: np.ndarray
     density: np.ndarray
+    distinct_estimated: np.ndarray | None = None
 
     @property
     def means(self) -> dict[str, float]:
@@ -88,6 +98,7 @@ class TraceStats:
             "layer_ids": list(self.layer_ids),
             "per_layer": {name: [_plain(v) for v in getattr(self, name).tolist()] for name in PER_LAYER},
             "mean": {name: _plain(value) for name, value in self.means.items()},
+            "distinct_sets_estimated": bool(self.distinct_estimated is not None and self.distinct_estimated.any()),
         }
 
 
@@ -122,5 +133,45 @@ def trace_stats(
     source: TraceSource | Trace, layers: Sequence[int] | None = None, workers: int = 1,
     progress: ProgressFn | None = None,
 ) -> TraceStats:
-    """Statistics of the selected layers (default: all), streaming the trace chunk by chunk."""
-    return summary_stats(summarize(source, layers, workers, progress=progress))
+    """Statistics of the selected layers (default: all), streaming the trace block by block in
+    bounded memory (see the module docstring)."""
+    blocks = len(block_sizes(source.num_tokens))
+    loads = coactivation = routed = None
+    sketches: list[np.ndarray] = []
+    if progress is not None:
+        progress(STATS_STAGE, 0, blocks)
+    for done, block in enumerate(token_blocks(source), 1):
+        part = summarize(block, layers, workers)
+        hashes = [set_hash_unit(layer.sets) for layer in part.layers]
+        sketches = [_smallest(np.concatenate([kept, new]), SKETCH_SIZE)
+                    for kept, new in zip(sketches or [hashes[0][:0]] * len(hashes), hashes)]
+        counts = np.array([layer.set_counts.sum() for layer in part.layers], np.int64)
+        if loads is None:
+            loads, coactivation, routed, layer_ids = part.loads, [x.coactivation for x in part.layers], counts, part.layer_ids
+        else:
+            loads, routed = loads + part.loads, routed + counts
+            coactivation = [(a + b.coactivation).tocsr() for a, b in zip(coactivation, part.layers)]
+        if progress is not None:
+            progress(STATS_STAGE, done, blocks)
+    counted = np.array([len(s) for s in sketches], np.int64)
+    estimated = counted >= SKETCH_SIZE
+    kmv = np.array([(SKETCH_SIZE - 1) / s[-1] if len(s) else 0.0 for s in sketches])
+    distinct = np.where(estimated, np.round(kmv), counted).astype(np.int64)
+    return TraceStats(
+        num_tokens=source.num_tokens,
+        num_experts=source.num_experts,
+        top_k=source.top_k,
+        layer_ids=layer_ids,
+        routed_tokens=routed,
+        load_skew=load_skew(loads),
+        entropy_bits=entropy_bits(loads),
+        distinct_sets=distinct,
+        distinct_share=np.divide(distinct, routed, out=np.full(len(routed), np.nan), where=routed > 0),
+        density=np.array([coactivation_density(c) for c in coactivation]),
+        distinct_estimated=estimated,
+    )
+
+
+def _smallest(values: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` smallest distinct values, ascending."""
+    return np.unique(values)[:count]

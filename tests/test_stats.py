@@ -90,3 +90,25 @@ def test_cli_stats_json_on_the_sample(cli):
     assert (doc["tokens"], doc["layers"], doc["k"], doc["experts"]) == (4112, 26, 6, 64)
     assert 5.0 < doc["mean"]["entropy_bits"] < 6.0
     assert len(doc["per_layer"]["load_skew"]) == 26
+
+
+def test_distinct_sets_are_exact_below_the_sketch_and_estimated_above(monkeypatch):
+    """trace_stats keeps a bounded sketch per layer: exact while the distinct sets fit it, an
+    estimate within a few percent (and flagged) beyond it, whatever the block boundaries."""
+    from placer import stats as stats_module
+    from placer.bundled import sample_trace
+    from placer.trace import load_trace
+
+    trace = load_trace(sample_trace("train"))
+    exact = summary_stats(summarize(trace))
+    monkeypatch.setattr("placer.trace.BLOCK_TOKENS", 300)
+    assert trace_stats(trace).to_dict() == exact.to_dict()
+    size = int(np.median(exact.distinct_sets))  # half the layers fit the sketch, half do not
+    monkeypatch.setattr(stats_module, "SKETCH_SIZE", size)
+    sketched = trace_stats(trace)
+    over = exact.distinct_sets >= size
+    assert over.any() and not over.all() and np.array_equal(sketched.distinct_estimated, over)
+    assert np.array_equal(sketched.distinct_sets[~over], exact.distinct_sets[~over])
+    error = np.abs(sketched.distinct_sets[over] / exact.distinct_sets[over] - 1)
+    assert error.mean() < 0.15, error
+    assert sketched.to_dict()["distinct_sets_estimated"] is True
