@@ -40,10 +40,12 @@ from placer.errors import InputError
 from placer.formats.importers.steps import StepGroup, rank_files, stack_groups
 from placer.inputs import open_input
 from placer.progress import ProgressFn, track
-from placer.trace import Trace
+from placer.trace import MAX_EXPERTS, MAX_RANK, Trace
 
 _RANK_FILE = re.compile(r"router_trace_rank(\d+)\.jsonl")
 _INT_FIELDS = ("step", "layer", "rank", "num_tokens", "topk")
+#: exclusive upper bounds of the integer fields (ranks index per-GPU arrays)
+_INT_LIMITS = {"step": 1 << 62, "layer": 1 << 31, "rank": MAX_RANK, "num_tokens": 1 << 31, "topk": MAX_EXPERTS}
 #: longest record line read (a 16k-token, top-8 record is about 0.5 MB)
 MAX_LINE_BYTES = 64 << 20
 
@@ -97,9 +99,10 @@ def _records(path: Path) -> Iterator[tuple[str, int, int, int, np.ndarray]]:
                     continue
                 for name in _INT_FIELDS:
                     got = record.get(name)
-                    if type(got) is not int or got < 0:
+                    if type(got) is not int or not 0 <= got < _INT_LIMITS[name]:
                         raise InputError(
-                            path, f"{where}: {name}", f"expected a non-negative integer, got {got!r}"
+                            path, f"{where}: {name}",
+                            f"expected an integer 0..{_INT_LIMITS[name] - 1:,}, got {got!r}",
                         )
                 step, layer, rank, num_tokens, topk = (record[name] for name in _INT_FIELDS)
                 ids = _top_indices(path, where, record.get("top_indices"), num_tokens, topk)
