@@ -30,7 +30,7 @@ __all__ = [
 
 MAX_TOML_BYTES = 1 << 20
 """Largest topology/model TOML file read (real ones are under 2 kB)."""
-MAX_JSON_BYTES = 64 << 20
+MAX_JSON_BYTES = 16 << 20
 """Largest JSON document (placement, metadata) read whole (a 4,096-GPU placement of 256
 experts x 61 layers is about 6 MB)."""
 MAX_TEXT_BYTES = 1 << 30
