@@ -12,7 +12,7 @@ import numbers
 
 from placer.errors import InputError
 
-__all__ = ["check_count", "check_real"]
+__all__ = ["check_count", "check_real", "finite_json"]
 
 
 def check_count(value: object, field: str, low: int = 0, high: int | None = None,
@@ -38,3 +38,15 @@ def check_real(value: object, field: str, low: float = -math.inf, high: float = 
         left = "(" if low_open else "["
         raise InputError(source, field, f"expected a number in {left}{low:g}, {high:g}], got {number:g}")
     return number
+
+
+def finite_json(obj: object) -> object:
+    """``obj`` (JSON-ready dicts, lists and scalars) with every non-finite float (NaN, infinity)
+    replaced by None, so ``json.dumps(..., allow_nan=False)`` writes strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite_json(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(value) for value in obj]
+    return obj

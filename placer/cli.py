@@ -6,7 +6,6 @@ Bad input exits with code 2 and one line naming the file and field; success exit
 from __future__ import annotations
 
 import json
-import math
 import signal
 import sys
 import time
@@ -35,6 +34,7 @@ from placer.atomic import (
     write_text_atomic,
 )
 from placer.bundled import sample_trace
+from placer.checks import finite_json
 from placer.cluster import Cluster, connect
 from placer.errors import InfeasibleError, InputError
 from placer.evaluation import calc
@@ -122,17 +122,7 @@ def _cluster(scheduler: str, source: TraceSource | Trace | ExpertCounts) -> Iter
 
 def _print_json(obj: object) -> None:
     """Strict JSON: a non-finite number (NaN, infinity) is written as null, never bare."""
-    sys.stdout.write(json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n")
-
-
-def _finite(obj: object) -> object:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {key: _finite(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(value) for value in obj]
-    return obj
+    sys.stdout.write(json.dumps(finite_json(obj), indent=2, allow_nan=False) + "\n")
 
 
 def _topology(name: str, nodes: int | None, gpus_per_node: int | None) -> Topology:
@@ -534,7 +524,7 @@ def sweep_command(
         )
     facts = {**result.to_dict(), "trace": trace, "eval_trace": eval_trace}
     if out is not None:
-        write_text_atomic(targets[1], json.dumps(facts, indent=2) + "\n")
+        write_text_atomic(targets[1], json.dumps(finite_json(facts), indent=2, allow_nan=False) + "\n")
         _write_sweep_png(result, targets[2])
     if as_json:
         _print_json(facts)

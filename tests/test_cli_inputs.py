@@ -166,3 +166,13 @@ def test_json_output_is_strict_json(capsys):
 
     _print_json({"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
     assert json.loads(capsys.readouterr().out) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
+
+
+def test_a_one_shard_folder_is_a_trace_everywhere(tmp_path, cli):
+    (tmp_path / "one").mkdir()
+    shutil.copy(SAMPLE, tmp_path / "one" / "only.npz")
+    assert cli("stats", tmp_path / "one").code == 0
+    placed = cli("place", "--trace", tmp_path / "one", "--solver", "contiguous", "--out", tmp_path / "p.json")
+    assert placed.code == 0, placed.err
+    replay = cli("evaluate", "--trace", tmp_path / "one", "--placement", tmp_path / "p.json")
+    assert replay.code == 0, replay.err

@@ -14,7 +14,7 @@ import jsonschema
 import numpy as np
 
 from placer.atomic import write_text_atomic
-from placer.checks import check_count
+from placer.checks import check_count, finite_json
 from placer.constraints import check_memory
 from placer.errors import InputError
 from placer.inputs import MAX_JSON_BYTES, input_path, read_input_text
@@ -56,7 +56,7 @@ def dumps_placement(placement: Placement) -> str:
     """Serialize with one phy2log row per line (diff-friendly, deterministic)."""
     doc = placement_document(placement)
     rows = doc.pop("phy2log")
-    head = json.dumps(doc, indent=2, sort_keys=False)
+    head = json.dumps(finite_json(doc), indent=2, sort_keys=False, allow_nan=False)
     body = ",\n".join("    " + json.dumps(row, separators=(",", ":")) for row in rows)
     return head[:-2] + ',\n  "phy2log": [\n' + body + "\n  ]\n}\n"
 
