@@ -769,12 +769,27 @@ def _route(out, base, accept, alias, group_w, clusters, families, locality, topi
 # ---------------------------------------------------------------- public API
 
 
+MAX_TOKENS = 1 << 32
+"""Longest synthetic trace (its sequence starts are held in memory: ~2 MB per 2^25 tokens)."""
+MAX_BLOCK_BYTES = 2 << 30
+"""Largest expert-id array generated at once (one file, or one shard)."""
+
+
 def _check_run(p: SynthParams, tokens: int, seed: int, split: str, start: int) -> None:
     validate_params(p)
-    _check(isinstance(tokens, (int, np.integer)) and tokens >= 1, "tokens", f"expected a positive count, got {tokens}")
+    _check(isinstance(tokens, (int, np.integer)) and 1 <= tokens <= MAX_TOKENS, "tokens",
+           f"expected a count 1..{MAX_TOKENS:,}, got {tokens}")
     _check(isinstance(seed, (int, np.integer)) and 0 <= seed < 1 << 63, "seed", f"expected 0..2**63-1, got {seed}")
     _check(split in SPLITS, "split", f"expected one of {', '.join(SPLITS)}, got {split!r}")
-    _check(isinstance(start, (int, np.integer)) and start >= 0, "start", f"expected >= 0, got {start}")
+    _check(isinstance(start, (int, np.integer)) and 0 <= start <= MAX_TOKENS, "start",
+           f"expected 0..{MAX_TOKENS:,}, got {start}")
+
+
+def _check_block(p: SynthParams, tokens: int, field: str) -> None:
+    """``tokens`` tokens of ids fit :data:`MAX_BLOCK_BYTES` (checked before generating them)."""
+    size = int(tokens) * p.num_layers * p.top_k * id_dtype(p.num_experts).itemsize
+    _check(size <= MAX_BLOCK_BYTES, field, f"{int(tokens):,} tokens need {size / 2**30:.1f} GiB of expert ids at "
+           f"once (limit {MAX_BLOCK_BYTES / 2**30:g} GiB): write shards (shard_tokens) of fewer tokens")
 
 
 def generate(params: SynthParams, tokens: int, seed: int = 0, split: str = "train", start: int = 0) -> Trace:
@@ -786,6 +801,7 @@ def generate(params: SynthParams, tokens: int, seed: int = 0, split: str = "trai
     parameters.
     """
     _check_run(params, tokens, seed, split, start)
+    _check_block(params, tokens, "tokens")
     return _generate(params, _build_model(params, int(seed), split), int(start), int(tokens))
 
 
@@ -855,6 +871,7 @@ def write_shards(params: SynthParams, tokens: int, out_dir: str | Path, shard_to
     if existing and not overwrite:
         raise InputError(out, None, f"already holds {len(existing)} shard(s); choose an empty "
                          "directory or overwrite")
+    _check_block(params, max(hi - lo for lo, hi in bounds), "shard_tokens")
     model = _build_model(params, int(seed), split)
     staging = _staging_dir(out)
     try:
@@ -909,4 +926,5 @@ def write_trace(params: SynthParams, tokens: int, out: str | Path, seed: int = 0
             raise InputError(out, None, "already exists; choose another name or overwrite")
         save_trace(generate(params, tokens, seed, split), out)
         return [out]
-    return write_shards(params, tokens, out, shard_tokens or 1 << 20, seed, split, overwrite, progress)
+    return write_shards(params, tokens, out, 1 << 20 if shard_tokens is None else shard_tokens, seed, split,
+                        overwrite, progress)
