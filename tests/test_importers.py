@@ -108,7 +108,7 @@ def test_megatron_joins_steps_then_ranks_with_sorted_layers(tmp_path):
         megatron_record(1, 1, 1, []),  # an empty batch on this rank
         megatron_record(1, 3, 1, []),
     ])
-    trace = read_megatron(tmp_path, num_experts=8)
+    trace = read_megatron(tmp_path, num_experts=8).routing
     # layer axis [1, 3]; order: step 0 rank 0, step 0 rank 1, step 1 rank 0
     expected = np.array([
         [[4, 5], [0, 1]],
@@ -186,9 +186,9 @@ def test_vllm_routed_experts_one_sequence_per_file(tmp_path):
     second = np.array([[[7, 6], [5, 4]]], dtype=np.int32)
     np.save(tmp_path / "a.npy", first)
     np.save(tmp_path / "b.npy", second)
-    one = read_vllm(tmp_path / "a.npy")
+    one = read_vllm(tmp_path / "a.npy").routing
     assert np.array_equal(one.topk_ids, first) and one.seq_lens.tolist() == [3] and one.num_experts == 8
-    both = read_vllm([tmp_path / "a.npy", tmp_path / "b.npy"], num_experts=16)
+    both = read_vllm([tmp_path / "a.npy", tmp_path / "b.npy"], num_experts=16).routing
     assert np.array_equal(both.topk_ids, np.concatenate([first, second]))
     assert both.seq_lens.tolist() == [3, 1] and both.num_experts == 16
     assert np.array_equal(load_routing(tmp_path / "a.npy").topk_ids, first)
@@ -198,9 +198,9 @@ def test_vllm_routed_experts_one_sequence_per_file(tmp_path):
     "arrays, bad, expected",
     [
         ([np.zeros((2, 2, 2), dtype=np.float32)], 0, "expected integer expert ids, got dtype float32"),
-        ([np.zeros((2, 4), dtype=np.int16)], 0, "expected [tokens, moe_layers, top_k], got shape (2, 4)"),
+        ([np.zeros((2, 4), dtype=np.int16)], 0, "expected [tokens, num_hidden_layers, top_k], got shape (2, 4)"),
         ([np.ones((1, 2, 2), dtype=np.int16), np.ones((1, 3, 2), dtype=np.int16)], 1,
-         "moe_layers x top_k (3, 2) differs"),
+         "layers x top_k (3, 2) differs"),
         ([np.ones((1, 2, 1), dtype=np.int16), np.ones((0, 2, 1), dtype=np.int16)], 1, "holds zero tokens"),
     ],
 )
@@ -366,7 +366,7 @@ def trtllm_counts(base: int) -> dict[str, np.ndarray]:
 
 def test_trtllm_counts_sum_ranks_and_iterations(tmp_path, save_file):
     directory = write_trtllm(tmp_path / "stats", save_file, {"": {0: trtllm_counts(0), 1: trtllm_counts(10)}})
-    counts = read_trtllm(directory)
+    counts = read_trtllm(directory).routing
     assert isinstance(counts, ExpertCounts)
     arange = np.arange(4)
     layer3 = sum(arange + base + it + 3 for base in (0, 10) for it in (100, 101))
@@ -385,7 +385,7 @@ def test_trtllm_token_files_read_rank_major_per_iteration(tmp_path, save_file):
               for rank in (0, 1)}
     counts = {rank: {key: np.bincount(v.ravel(), minlength=4) for key, v in t.items()} for rank, t in tokens.items()}
     directory = write_trtllm(tmp_path / "stats", save_file, {"": counts, "token_selected_experts_": tokens})
-    trace = read_trtllm(directory)
+    trace = read_trtllm(directory).routing
     assert isinstance(trace, Trace) and trace.num_experts == 4
     assert trace.topk_ids.tolist() == [
         [[0, 1], [1, 2]], [[2, 3], [3, 0]],  # iter 7 rank 0

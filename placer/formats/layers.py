@@ -22,7 +22,10 @@ from placer.errors import InputError
 from placer.placement import Placement
 from placer.topology import Model
 
-__all__ = ["DenseSplit", "constant_layers", "drop_dense_layers", "drop_dense_rows", "placement_layer_ids"]
+__all__ = [
+    "DenseSplit", "check_model_layers", "constant_layers", "drop_dense_layers", "drop_dense_rows",
+    "placement_layer_ids",
+]
 
 
 @dataclass(frozen=True)
@@ -102,3 +105,21 @@ def placement_layer_ids(placement: Placement, model: Model | None, field: str) -
         raise InputError(None, field, f"placement layers {ids.tolist()} are not MoE layers of model {model.name} "
                          f"({model.first_dense_layers}..{model.num_hidden_layers - 1})")
     return ids
+
+
+def check_model_layers(source: str, field: str, layer_ids: np.ndarray, model: Model | None) -> None:
+    """Recorded MoE-layer ids [layers] must be the model's MoE layers (count and range)."""
+    if model is None:
+        return
+    if len(layer_ids) != model.num_moe_layers or layer_ids.min() < model.first_dense_layers or \
+            layer_ids.max() >= model.num_hidden_layers:
+        raise InputError(source, field, f"MoE layers {_span(layer_ids)} ({len(layer_ids)}) are not model "
+                         f"{model.name}'s {model.num_moe_layers} MoE layers {model.first_dense_layers}.."
+                         f"{model.num_hidden_layers - 1} (pipeline-parallel stage-local ids?)")
+
+
+def _span(ids: np.ndarray) -> str:
+    """'3..12' for a contiguous run, else the list."""
+    values = ids.tolist()
+    contiguous = values == list(range(values[0], values[-1] + 1))
+    return f"{values[0]}..{values[-1]}" if contiguous and len(values) > 2 else str(values)
