@@ -28,6 +28,7 @@ from placer.evaluation.replay import ReplayReport, evaluate
 from placer.formats import placement_io
 from placer.formats.engines import write_output
 from placer.formats.esft import ESFT_TASKS, import_esft
+from placer.formats.layers import recorded_layer_ids
 from placer.formats.importers import (
     ExpertCounts,
     load_routing,
@@ -250,6 +251,8 @@ class OutputFormat(str, Enum):
     trtllm = "trtllm"
     eplb = "eplb"
     permutation = "permutation"
+    vllm = "vllm"
+    vllm_ranks = "vllm-ranks"
 
 
 @app.command("place")
@@ -279,7 +282,9 @@ def place_command(
     workers: Annotated[int, typer.Option(help="Processes solving layers in parallel (result unchanged).")] = 1,
     output_format: Annotated[
         OutputFormat,
-        typer.Option("--format", help="placer JSON, SGLang JSON, TensorRT-LLM YAML, EPLB .npz or expert permutation JSON."),
+        typer.Option("--format", help="placer JSON, SGLang JSON, TensorRT-LLM YAML, EPLB .npz, expert permutation "
+                     "JSON; EXPERIMENTAL: vllm = eplb_config.initial_expert_map_path JSON (open vLLM PR #49572), "
+                     "vllm-ranks = --expert-placement-file JSON (open vLLM PR #34811)."),
     ] = OutputFormat.placer,
     heldout: Annotated[str | None, typer.Option("--evaluate", help="Held-out trace to replay against the result and the baselines.")] = None,
     exclude_gpus: Annotated[
@@ -333,7 +338,8 @@ def place_command(
         "topology": topo.to_dict(),
         "model": None if mdl is None else mdl.to_dict(),
         "trace": {"sha256": digest or trace_digest(source), "layers": source.num_layers,
-                  "tokens": None if counts_only else source.num_tokens},
+                  "tokens": None if counts_only else source.num_tokens,
+                  "layer_ids": recorded_layer_ids(source)},
     }
     chosen = replace(chosen, metadata=metadata)
     if current:
@@ -344,7 +350,7 @@ def place_command(
             "without_relabel": naive["experts_moved"],
             **moved_weights(in_service, chosen, mdl.expert_param_bytes if mdl else 0.0),
         }
-    write_output(chosen, out, output_format.value, mdl)
+    launch = write_output(chosen, out, output_format.value, mdl)
     wall = time.perf_counter() - started
     interrupted = solve_facts.get("interrupted")
     test = _open_trace(heldout) if heldout and not interrupted else None
@@ -353,10 +359,12 @@ def place_command(
                                      progress) if test else []
     if as_json:
         _print_json({"out": out, "wall_s": wall, "interrupted": bool(interrupted), "solve": solve_facts,
-                     "evaluation": {name: r.totals for name, r in results}})
+                     "evaluation": {name: r.totals for name, r in results}, "launch": launch})
         _exit_if_interrupted(out, output_format.value, solve_facts)
         return
     console.print(f"wrote {out} ({output_format.value} format) in {wall:.1f} s wall", markup=False, highlight=False)
+    for line in launch:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if solve_facts.get("layers"):
         optimal = sum(layer["status"] == "optimal" for layer in solve_facts["layers"])
         console.print(

@@ -24,7 +24,7 @@ from placer.topology import Model
 
 __all__ = [
     "DenseSplit", "check_model_layers", "constant_layers", "drop_dense_layers", "drop_dense_rows",
-    "placement_layer_ids",
+    "placement_layer_ids", "recorded_layer_ids",
 ]
 
 
@@ -123,3 +123,9 @@ def _span(ids: np.ndarray) -> str:
     values = ids.tolist()
     contiguous = values == list(range(values[0], values[-1] + 1))
     return f"{values[0]}..{values[-1]}" if contiguous and len(values) > 2 else str(values)
+
+
+def recorded_layer_ids(source: object) -> list[int] | None:
+    """The decoder-layer ids a routing source records (``layer_ids``), as a JSON-ready list, or None."""
+    ids = getattr(source, "layer_ids", None)
+    return None if ids is None else [int(i) for i in ids]
