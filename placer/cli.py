@@ -28,7 +28,6 @@ from placer.evaluation.replay import ReplayReport, evaluate
 from placer.formats import placement_io
 from placer.formats.engines import write_output
 from placer.formats.esft import ESFT_TASKS, import_esft
-from placer.formats.layers import recorded_layer_ids
 from placer.formats.importers import (
     ExpertCounts,
     load_routing,
@@ -38,6 +37,7 @@ from placer.formats.importers import (
     read_vllm,
     save_counts,
 )
+from placer.formats.layers import recorded_layer_ids
 from placer.migration import minimize_moves, moved_weights
 from placer.parallel import is_ctrl_c
 from placer.placement import BASELINES, Placement, baseline

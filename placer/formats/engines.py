@@ -117,8 +117,9 @@ def sglang_launch(placement: Placement, model: Model | None, path: str) -> list[
     them divisible by ``--ep-size``; EP rank r runs on placer GPU ``rank_gpus[r]``.
     """
     mapped = engine_map(placement, model, "--format sglang")
-    lines = [f"launch SGLang with: --init-expert-location {path} --ep-num-redundant-experts "
-             f"{mapped.num_redundant} --ep-size {mapped.ep_size} --ep-dispatch-algorithm static"]
+    flags = (f"launch SGLang with: --init-expert-location {path} --ep-num-redundant-experts "
+             f"{mapped.num_redundant} --ep-size {mapped.ep_size} --ep-dispatch-algorithm static")
+    lines = [flags]
     if model is None:
         lines.append(f"the map has {_hidden_layers(mapped, model)} decoder-layer rows (largest MoE layer + 1); "
                      "SGLang needs num_hidden_layers rows: pass --model to check")
@@ -128,8 +129,9 @@ def sglang_launch(placement: Placement, model: Model | None, path: str) -> list[
 def _rank_note(placement: Placement, mapped: EngineMap) -> list[str]:
     if not placement.excluded_gpus:
         return []
-    return [f"GPUs {placement.excluded_gpus} are out of service and absent from the map: EP ranks "
-            f"0..{mapped.ep_size - 1} must run on placer GPUs {mapped.rank_gpus.tolist()} in that order"]
+    note = (f"GPUs {placement.excluded_gpus} are out of service and absent from the map: EP ranks "
+            f"0..{mapped.ep_size - 1} must run on placer GPUs {mapped.rank_gpus.tolist()} in that order")
+    return [note]
 
 
 def to_trtllm(placement: Placement, model: Model | None = None) -> dict:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from placer.errors import InputError
-from placer.placement import Placement
+from placer.placement import Placement, decoder_layer_ids
 from placer.topology import Model
 
 __all__ = [
@@ -90,19 +90,13 @@ def drop_dense_rows(source: str, counts: np.ndarray, model: Model | None, field:
 
 
 def placement_layer_ids(placement: Placement, model: Model | None, field: str) -> np.ndarray:
-    """Decoder-layer id of every placement row: [layers] int64.
-
-    From the trace the placement was solved on (``metadata["trace"]["layer_ids"]``), else
-    the model's ``first_dense_layers`` + row, else the row itself (a model without dense
-    layers). Checked against ``model`` when both are known.
-    """
-    recorded = (placement.metadata.get("trace") or {}).get("layer_ids")
-    first = model.first_dense_layers if model is not None else 0
-    ids = np.asarray(recorded if recorded is not None else first + np.arange(placement.num_layers), dtype=np.int64)
+    """Decoder-layer id of every placement row: [layers] int64 (see
+    :func:`~placer.placement.decoder_layer_ids`), checked against ``model`` when given."""
+    ids = decoder_layer_ids(placement, model.first_dense_layers if model is not None else None)
     if ids.shape != (placement.num_layers,):
         raise InputError(None, field, f"the placement records {ids.size} layer ids for {placement.num_layers} rows")
     if model is not None and (ids.max() >= model.num_hidden_layers or ids.min() < model.first_dense_layers):
-        raise InputError(None, field, f"placement layers {ids.tolist()} are not MoE layers of model {model.name} "
+        raise InputError(None, field, f"placement layers {_span(ids)} are not MoE layers of model {model.name} "
                          f"({model.first_dense_layers}..{model.num_hidden_layers - 1})")
     return ids
 

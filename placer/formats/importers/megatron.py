@@ -187,8 +187,9 @@ def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | 
     trace = stack_groups(str(label), [groups[key] for key in sorted(groups)], num_experts)
     if not pipeline_layers:
         check_model_layers(str(label), "layer", trace.layer_ids, model)
-    notes = [f"dropped {repeats} records repeating an earlier record of the same step, rank and layer "
-             "(activation recompute)"] if repeats else []
+    recompute = (f"dropped {repeats} records repeating an earlier record of the same step, rank and layer "
+                 "(activation recompute)")
+    notes = [recompute] if repeats else []
     if pipeline_layers:
         notes.append(f"mapped stage-local layers of {len(pipeline_layers)} pipeline stages to global layers")
     return Imported(trace, None, notes)
