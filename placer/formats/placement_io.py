@@ -7,16 +7,27 @@ same inputs and seed give a byte-identical file.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 
 import jsonschema
 import numpy as np
 
+from placer import instances
 from placer.atomic import write_text_atomic
 from placer.errors import InputError
-from placer.placement import Placement
+from placer.placement import BASELINES, Placement
 from placer.topology import Model, Topology
+
+__all__ = [
+    "DEFAULT_TOPOLOGY", "check_against", "check_phy2log", "dumps_placement", "placement_document",
+    "placement_schema", "read_placement", "replay_topology", "write_placement",
+]
+
+#: the topology preset used when nothing states or records the cluster
+DEFAULT_TOPOLOGY = "h100-dgx"
 
 FORMAT = "placer-placement"
 VERSION = 1
@@ -194,3 +205,63 @@ def check_against(path: str | Path, placement: Placement, topology: Topology, mo
             )
         facts["expert_bytes_per_gpu"] = expert_bytes
     return facts
+
+
+def _recorded_cluster(path: Path) -> Topology | None:
+    """The cluster a placement file records: placer JSON -> its topology (its ``topology``
+    metadata, else the default preset's hardware resized to its node shape); SGLang's map
+    records none -> None."""
+    doc = _load_json(path)
+    if isinstance(doc, dict) and "physical_to_logical_map" in doc:
+        return None
+    if not (isinstance(doc, dict) and doc.get("format") == FORMAT):
+        return read_placement(path, 1, 1)  # raises the unrecognised-format error
+    recorded = doc.get("topology")
+    if isinstance(recorded, dict):
+        names = {f.name for f in fields(Topology)}
+        if set(recorded) != names:
+            raise InputError(path, "topology", f"expected the keys {sorted(names)}")
+        try:
+            return Topology(**recorded)
+        except TypeError as err:
+            raise InputError(path, "topology", str(err)) from None
+    nodes, per_node = doc.get("num_nodes"), doc.get("gpus_per_node")
+    if type(nodes) is not int or type(per_node) is not int or nodes <= 0 or per_node <= 0:
+        raise InputError(path, "num_nodes", "expected positive num_nodes and gpus_per_node")
+    return instances.load_topology(DEFAULT_TOPOLOGY).resized(nodes, per_node)
+
+
+def replay_topology(specs: Sequence[str], topology: str | None = None, nodes: int | None = None,
+                    gpus_per_node: int | None = None) -> Topology:
+    """The cluster to replay or validate placements on.
+
+    specs: placement files or baseline names. The rule: an explicit ``topology`` (preset
+    or .toml), ``nodes`` or ``gpus_per_node`` wins (resizing the stated preset, else the
+    files' recorded cluster, else the default); otherwise the cluster the placer files
+    record (they must agree); a file that records none (an SGLang map) needs the cluster
+    stated (``topology``, or both ``nodes`` and ``gpus_per_node``), never the default
+    silently. Only baselines: the default preset.
+    """
+    for option, value in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node)):
+        if value is not None and value <= 0:
+            raise InputError(None, option, f"expected a positive count, got {value}")
+    files = [Path(spec) for spec in specs if spec not in BASELINES]
+    recorded = {str(path): _recorded_cluster(path) for path in files}
+    unrecorded = [name for name, cluster in recorded.items() if cluster is None]
+    known = {cluster for cluster in recorded.values() if cluster is not None}
+    if unrecorded and topology is None and (nodes is None or gpus_per_node is None):
+        raise InputError(unrecorded[0], None, "records no cluster (an SGLang map): state it with --topology, "
+                         "or --nodes and --gpus-per-node")
+    if topology is None and nodes is None and gpus_per_node is None:
+        if len(known) > 1:
+            shapes = sorted(f"{c.nodes}x{c.gpus_per_node}" for c in known)
+            raise InputError(None, "--topology", f"the placement files record different clusters ({', '.join(shapes)}): "
+                             "state the one to replay on")
+        return known.pop() if known else instances.load_topology(DEFAULT_TOPOLOGY)
+    if topology is not None:
+        base = instances.load_topology(topology)
+    elif len(known) == 1:
+        base = next(iter(known))
+    else:
+        base = instances.load_topology(DEFAULT_TOPOLOGY)
+    return base.resized(nodes, gpus_per_node)

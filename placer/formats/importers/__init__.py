@@ -30,7 +30,7 @@ from placer.formats.importers.imported import Imported
 from placer.formats.importers.megatron import megatron_files, read_megatron
 from placer.formats.importers.sglang import read_sglang, read_sglang_dump
 from placer.formats.importers.sglang_routed import read_sglang_routed
-from placer.formats.importers.trtllm import META_INFO, read_trtllm
+from placer.formats.importers.trtllm import META_INFO, read_assignments, read_trtllm
 from placer.formats.importers.vllm import read_vllm, routed_experts_trace
 from placer.trace import Trace, load_trace
 
@@ -38,6 +38,7 @@ __all__ = [
     "ExpertCounts",
     "Imported",
     "load_routing",
+    "read_assignments",
     "read_counts_npy",
     "read_megatron",
     "read_sglang",
