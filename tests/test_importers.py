@@ -488,3 +488,79 @@ def test_missing_optional_dependencies_give_one_line_errors(tmp_path, monkeypatc
     (tmp_path / "rank0.safetensors").write_bytes(b"")
     with raises(tmp_path / "rank0.safetensors", None, "needs safetensors"):
         read_trtllm(tmp_path)
+
+
+# ---------------------------------------------------------------- dense layers, ranks, stages, slots
+
+
+def test_sglang_dense_layers_dropped_with_or_without_the_model(tmp_path, torch):
+    from placer.formats.importers import read_sglang
+    from placer.topology import Model
+
+    mapping = np.tile(np.arange(4), (3, 1))  # 3 decoder layers, 4 experts
+    dense_first = padded([[[], []], [[0, 1], [2, 3]], [[1, 2], [3, 0]]])  # layer 0 dense: all -1
+    path = tmp_path / "expert_distribution_recorder_1.0_0.pt"
+    torch.save(sglang_per_token_dump(torch, [(0, dense_first)], mapping), path)
+    detected = read_sglang(path)
+    assert detected.routing.layer_ids.tolist() == [1, 2] and "dropped dense layers [0]" in detected.notes[0]
+    toy = Model("toy", 4, 2, 8, 8, num_moe_layers=2, first_dense_layers=1)
+    assert read_sglang(path, model=toy).routing.layer_ids.tolist() == [1, 2]
+    with pytest.raises(InputError, match="has 4 decoder layers"):
+        read_sglang(path, model=Model("toy", 4, 2, 8, 8, num_moe_layers=3, first_dense_layers=1))
+    routed_first = padded([[[0, 1], [2, 3]], [[], []], [[1, 2], [3, 0]]])
+    torch.save(sglang_per_token_dump(torch, [(0, routed_first)], mapping), path)
+    with pytest.raises(InputError, match="layer 0 holds routing decisions, but model toy makes layers 0..0 dense"):
+        read_sglang(path, model=toy)
+
+
+def test_sglang_rank_files_merge_and_must_share_the_map(tmp_path, torch):
+    from placer.formats.importers import read_sglang
+
+    mapping = np.tile(np.arange(4), (1, 1))
+    for rank, rows in ((0, [[[0, 1]]]), (1, [[[2, 3]]])):
+        torch.save(sglang_per_token_dump(torch, [(rank, padded(rows))], mapping),
+                   tmp_path / f"expert_distribution_recorder_5.0_{rank}.pt")
+    merged = read_sglang(tmp_path)
+    assert merged.routing.topk_ids.tolist() == [[[0, 1]], [[2, 3]]] and merged.routing.src_rank.tolist() == [0, 1]
+    assert read_sglang(str(tmp_path / "expert_distribution_recorder_5.0_*.pt")).routing.num_tokens == 2
+    torch.save(sglang_per_token_dump(torch, [(2, padded([[[0, 1]]]))], mapping[:, ::-1].copy()),
+               tmp_path / "expert_distribution_recorder_5.0_2.pt")
+    with pytest.raises(InputError, match="differs from expert_distribution_recorder_5.0_0.pt's"):
+        read_sglang(tmp_path)
+
+
+def test_vllm_zero_layers_are_dense_and_the_model_is_checked(tmp_path):
+    from placer.topology import Model
+
+    ids = np.zeros((3, 3, 2), dtype=np.uint8)
+    ids[:, 1:] = [[0, 1], [2, 3]]
+    np.save(tmp_path / "r.npy", ids)
+    result = read_vllm(tmp_path / "r.npy")
+    assert result.routing.layer_ids.tolist() == [1, 2] and result.routing.num_layers == 2
+    ids[:, 0] = [1, 2]
+    np.save(tmp_path / "r.npy", ids)
+    with pytest.raises(InputError, match="layer 0 holds routing decisions"):
+        read_vllm(tmp_path / "r.npy", model=Model("toy", 4, 2, 8, 8, num_moe_layers=2, first_dense_layers=1))
+
+
+def test_megatron_pipeline_layers_are_checked(tmp_path):
+    for rank in range(2):
+        write_jsonl(tmp_path / f"router_trace_rank{rank}.jsonl",
+                    [megatron_record(0, layer, rank, [[0, 1]]) for layer in range(3)])
+    mapped = read_megatron(tmp_path, pipeline_layers=[3, 3]).routing
+    assert mapped.layer_ids.tolist() == list(range(6)) and mapped.num_tokens == 1
+    with pytest.raises(InputError, match="stage-local layer 2 but pipeline stage 0 .* has 2 layers"):
+        read_megatron(tmp_path, pipeline_layers=[2, 4])
+    with pytest.raises(InputError, match="do not split into 3 pipeline stages"):
+        read_megatron(tmp_path, pipeline_layers=[2, 2, 2])
+
+
+def test_trtllm_assignment_must_cover_the_slots(tmp_path):
+    from placer.formats.importers import read_assignments
+
+    (tmp_path / "lb.yaml").write_text("num_slots: 3\ninitial_global_assignments:\n  1: [0, 1]\n  2: [0, 1, 1]\n")
+    with pytest.raises(InputError, match="layers list different slot counts"):
+        read_assignments(tmp_path / "lb.yaml")
+    (tmp_path / "lb.yaml").write_text("moe_config:\n  load_balancer:\n    num_slots: 2\n")
+    with pytest.raises(InputError, match="initial_global_assignments: missing"):
+        read_assignments(tmp_path / "lb.yaml")

@@ -143,8 +143,12 @@ def _read_sglang(path: Path, doc: dict, num_gpus: int, gpus_per_node: int, model
         raise InputError(path, extra[0], "unexpected key in an SGLang expert-location file")
     field = "physical_to_logical_map"
     phy2log = _rectangular(path, field, doc[field])
-    if model is not None and model.first_dense_layers and phy2log.shape[0] == model.num_hidden_layers:
-        phy2log = phy2log[model.first_dense_layers :]
+    if model is not None:
+        if phy2log.shape[0] not in (model.num_hidden_layers, model.num_moe_layers):
+            raise InputError(path, field, f"{phy2log.shape[0]} rows; model {model.name} has {model.num_hidden_layers} "
+                             f"decoder layers (SGLang's rows) of which {model.num_moe_layers} are MoE layers")
+        if phy2log.shape[0] == model.num_hidden_layers:
+            phy2log = phy2log[model.first_dense_layers :]
     slots = phy2log.shape[1]
     if slots % num_gpus:
         raise InputError(path, field, f"{slots} slots per layer do not divide evenly over {num_gpus} GPUs")
