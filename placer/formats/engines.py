@@ -250,10 +250,12 @@ def to_eplb(placement: Placement) -> dict[str, np.ndarray]:
     return {"phy2log": phy2log, "log2phy": log2phy, "logcnt": logcnt}
 
 
-def write_eplb(placement: Placement, path: str | Path) -> None:
-    """Write :func:`to_eplb`'s arrays to ``path`` as an uncompressed .npz, atomically."""
+def write_eplb(placement: Placement, path: str | Path, model: Model | None = None) -> None:
+    """Write :func:`to_eplb`'s arrays to ``path`` as an uncompressed .npz, atomically, plus
+    ``layer_ids: [layers]`` the decoder-layer index of each row (the model's numbering)."""
+    layer_ids = placement_layer_ids(placement, model, "--format eplb")
     with atomic_output(path, "wb") as handle:
-        np.savez(handle, **to_eplb(placement))
+        np.savez(handle, **to_eplb(placement), layer_ids=layer_ids)
 
 
 def expert_permutation(placement: Placement, model: Model | None = None) -> np.ndarray:
@@ -267,8 +269,9 @@ def expert_permutation(placement: Placement, model: Model | None = None) -> np.n
     and group-limited routing (DeepSeek-V3 ``n_group``/``topk_group``), every
     block of E/G positions must also hold one whole expert group.
 
-    Recipe for Megatron-Core and vLLM (MoE layer l = decoder layer
-    ``first_dense_layers + l``), at load time, for every MoE layer:
+    Recipe for Megatron-Core and vLLM (row l is decoder layer ``layer_ids[l]``, written
+    beside the permutation: the trace's recorded ids, else ``first_dense_layers + l``),
+    at load time, for every MoE layer:
 
     - Router: gate weight ``W [experts, hidden]`` becomes ``W[perm[l]]``, and
       so do per-expert router vectors (``e_score_correction_bias`` /
@@ -354,10 +357,11 @@ def write_output(placement: Placement, path: str | Path, output_format: str,
         write_text_atomic(path, json.dumps(to_vllm_rank_map(placement, model)) + "\n")
         return vllm_launch(placement, model, str(path), output_format)
     elif output_format == "eplb":
-        write_eplb(placement, path)
+        write_eplb(placement, path, model)
     elif output_format == "permutation":
         permutation = expert_permutation(placement, model)
-        write_text_atomic(path, json.dumps({"expert_permutation": permutation.tolist()}) + "\n")
+        layer_ids = placement_layer_ids(placement, model, "--format permutation").tolist()
+        write_text_atomic(path, json.dumps({"expert_permutation": permutation.tolist(), "layer_ids": layer_ids}) + "\n")
     else:
         raise InputError(None, "--format", f"expected one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     return []
