@@ -153,7 +153,7 @@ def _per_token_blocks(path: Path, dump: dict, mapping: np.ndarray) -> list[tuple
 
 def _distinct_ranks(blocks: list[tuple[int, np.ndarray]]) -> tuple[list[tuple[int, np.ndarray]], str]:
     """Drop the records of ranks that repeat an earlier rank's records exactly (same tokens)."""
-    digests: dict[int, hashlib._Hash] = {}
+    digests: dict = {}  # rank -> running sha256 of its records
     for rank, block in blocks:
         digests.setdefault(rank, hashlib.sha256()).update(np.ascontiguousarray(block, dtype="<i4").tobytes())
     first: dict[str, int] = {}

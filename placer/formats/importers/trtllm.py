@@ -125,7 +125,8 @@ def _load_grid(files: dict[int, Path]) -> dict[int, Records]:
     return loaded
 
 
-def _counts(directory: Path, files: dict[int, Path], num_experts: int) -> ExpertCounts:
+def _counts(directory: Path, files: dict[int, Path], num_experts: int) -> tuple[ExpertCounts, list[int]]:
+    """Counts [layers, num_experts] summed over ranks and iterations, and the layer ids of the rows."""
     loaded = _load_grid(files)
     layers = sorted({layer for records in loaded.values() for _, layer in records})
     row = {layer: index for index, layer in enumerate(layers)}
@@ -141,7 +142,7 @@ def _counts(directory: Path, files: dict[int, Path], num_experts: int) -> Expert
             if (counts < 0).any():
                 raise InputError(files[rank], key, f"negative count {counts.min()}")
             total[row[layer]] += counts
-    return validate_counts(str(directory), total)
+    return validate_counts(str(directory), total), layers
 
 
 def _trace(directory: Path, files: dict[int, Path], num_experts: int, top_k: int) -> Trace:
@@ -233,8 +234,7 @@ def read_trtllm(directory: str | Path, model: Model | None = None,
         count_files = _rank_files(directory, _COUNTS_FILE)
         if not count_files:
             raise InputError(directory, None, "no rank<R>.safetensors statistics files")
-        routing = _counts(directory, count_files, num_ids)
-        layers = sorted({layer for _, layer in _load(next(iter(count_files.values())))})
+        routing, layers = _counts(directory, count_files, num_ids)
     slots = _slot_map(directory, num_ids, model, assignments, layers)
     if slots is not None:
         routing = _to_experts(routing, slots, layers, model)
