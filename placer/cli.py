@@ -497,7 +497,7 @@ def report_command(
     placement: Annotated[list[str], typer.Option(help="contiguous, round-robin, random or a placement file; repeat.")],
     out: Annotated[str, typer.Option(help="Output folder: index.html (or report.md) and the PNGs.")],
     output_format: Annotated[ReportFormat, typer.Option("--format", help="html (one self-contained file) or md.")] = ReportFormat.html,
-    topology: TopologyOpt = "h100-dgx",
+    topology: ReplayTopologyOpt = None,
     nodes: NodesOpt = None,
     gpus_per_node: GpnOpt = None,
     model: ModelOpt = None,
@@ -517,7 +517,7 @@ def report_command(
     except ImportError as err:
         raise InputError(None, "report", f"{err}; install the plots extra: pip install 'placer[plots]'") from None
     source_trace = _open_trace(trace)
-    topo = _topology(topology, nodes, gpus_per_node)
+    topo = placement_io.replay_topology(placement, topology, nodes, gpus_per_node)
     mdl = _model(model, source_trace.num_experts, source_trace.top_k)
     chosen = [_placement(spec, source_trace, topo, mdl) for spec in placement]
     labels = [label for label, _ in chosen]
