@@ -40,7 +40,7 @@ from placer.formats.importers import (
     read_vllm,
     save_counts,
 )
-from placer.formats.layers import recorded_layer_ids
+from placer.formats.layers import counts_layer_note, recorded_layer_ids
 from placer.migration import minimize_moves, moved_weights
 from placer.parallel import is_ctrl_c
 from placer.placement import BASELINES, Placement, baseline
@@ -718,20 +718,24 @@ def _write_imported(result: Imported, out: str, inputs: list[str], as_json: bool
     if Path(out).suffix != wanted:
         kind = "expert counts" if wanted == ".npy" else "a routing trace"
         raise InputError(out, "--out", f"this input holds {kind}; write a {wanted} file")
+    notes = list(result.notes)
     if isinstance(routing, ExpertCounts):
         save_counts(routing, out)
-        facts = {"out": out, "kind": "counts", "layers": routing.num_layers, "experts": routing.num_experts}
+        facts = {"out": out, "kind": "counts", "layers": routing.num_layers, "experts": routing.num_experts,
+                 "layer_ids": recorded_layer_ids(routing)}
+        if routing.layer_ids is not None:
+            notes.append(counts_layer_note(routing.layer_ids))
     else:
         save_trace(routing, out)
         facts = {"out": out, "kind": "trace", "tokens": routing.num_tokens, "layers": routing.num_layers,
                  "top_k": routing.top_k, "experts": routing.num_experts,
                  "layer_ids": recorded_layer_ids(routing)}
     if as_json:
-        _print_json({**facts, "notes": result.notes})
+        _print_json({**facts, "notes": notes})
         return
     details = ", ".join(f"{key} {value:,}" for key, value in facts.items() if isinstance(value, int))
     console.print(f"wrote {out}: {facts['kind']}, {details}", markup=False, highlight=False)
-    for note in result.notes:
+    for note in notes:
         console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
 
 

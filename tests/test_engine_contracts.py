@@ -321,3 +321,19 @@ def test_trtllm_raw_per_token_files_are_read_not_ignored(tmp_path):
     result = read_trtllm(directory)
     assert (result.routing.topk_ids == ids).all() and result.routing.layer_ids.tolist() == MOE_IDS
     assert "rank<R>_raw.safetensors" in result.notes[0]
+
+
+def test_interleaved_moe_layers_keep_their_numbers_from_dump_to_export(cli, tmp_path):
+    """MoE every other layer (1, 3, 5): placing from the dump keeps the decoder-layer keys; the
+    counts .npy cannot, and the import says so."""
+    pytest.importorskip("safetensors")
+    yaml = pytest.importorskip("yaml")
+    rng = np.random.default_rng(3)
+    trtllm_statistics(tmp_path / "stats", 16, {0: {(0, layer): rng.integers(1, 50, 16) for layer in (1, 3, 5)}})
+    done = cli("import", "trtllm", tmp_path / "stats", "--out", tmp_path / "c.npy", "--json")
+    assert done.code == 0 and "not contiguous" in done.json()["notes"][-1]
+    out = tmp_path / "lb.yaml"
+    placed = cli("place", "--trace", tmp_path / "stats", "--out", out, "--format", "trtllm", "--solver", "eplb",
+                 "--topology", "h100-dgx", "--nodes", "1", "--gpus-per-node", "4")
+    assert placed.code == 0, placed.err
+    assert sorted(yaml.safe_load(out.read_text())["initial_global_assignments"]) == [1, 3, 5]

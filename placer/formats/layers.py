@@ -23,8 +23,14 @@ from placer.placement import Placement, decoder_layer_ids
 from placer.topology import Model
 
 __all__ = [
-    "DenseSplit", "check_model_layers", "constant_layers", "drop_dense_layers", "drop_dense_rows",
-    "placement_layer_ids", "recorded_layer_ids",
+    "DenseSplit",
+    "check_model_layers",
+    "constant_layers",
+    "counts_layer_note",
+    "drop_dense_layers",
+    "drop_dense_rows",
+    "placement_layer_ids",
+    "recorded_layer_ids",
 ]
 
 
@@ -123,3 +129,14 @@ def recorded_layer_ids(source: object) -> list[int] | None:
     """The decoder-layer ids a routing source records (``layer_ids``), as a JSON-ready list, or None."""
     ids = getattr(source, "layer_ids", None)
     return None if ids is None else [int(i) for i in ids]
+
+
+def counts_layer_note(layer_ids: np.ndarray) -> str:
+    """What a counts ``.npy`` loses: its rows' decoder-layer ids (exports number rows from the model)."""
+    ids = np.asarray(layer_ids)
+    contiguous = bool((np.diff(ids) == 1).all())
+    head = f"rows are decoder layers {_span(ids)}; the counts .npy does not record them"
+    if contiguous:
+        return f"{head}: exports number rows from --model's first_dense_layers (must be {int(ids[0])})"
+    return (f"{head} and they are not contiguous, so exports from the .npy would misnumber them: "
+            "place from the dump itself")

@@ -245,7 +245,7 @@ def read_sglang(source: str | Path, num_experts: int | None = None, model: Model
     notes = [split.note] if split.note else []
     if len(counts) > 1:
         notes.append(f"summed the counts of {len(counts)} stat dumps")
-    return Imported(validate_counts(label, total[split.keep], "logical_count"), None, notes)
+    return Imported(validate_counts(label, total[split.keep], "logical_count", split.keep), None, notes)
 
 
 def read_sglang_dump(path: str | Path, num_experts: int | None = None,

@@ -142,7 +142,7 @@ def _counts(directory: Path, files: dict[int, Path], num_experts: int) -> tuple[
             if (counts < 0).any():
                 raise InputError(files[rank], key, f"negative count {counts.min()}")
             total[row[layer]] += counts
-    return validate_counts(str(directory), total), layers
+    return validate_counts(str(directory), total, layer_ids=np.asarray(layers)), layers
 
 
 def _trace(directory: Path, files: dict[int, Path], num_experts: int, top_k: int) -> Trace:
@@ -250,7 +250,7 @@ def _to_experts(routing: Trace | ExpertCounts, slots: dict[int, np.ndarray], lay
         total = np.zeros((len(layers), experts), dtype=np.int64)
         for row, layer in enumerate(layers):
             np.add.at(total[row], slots[layer], routing.counts[row])
-        return validate_counts(routing.source, total)
+        return validate_counts(routing.source, total, layer_ids=routing.layer_ids)
     table = np.stack([slots[layer] for layer in layers])  # [layers, slots]
     ids = routing.topk_ids.astype(np.int64)
     mapped = np.where(ids < 0, -1, table[np.arange(len(layers))[None, :, None], np.maximum(ids, 0)])
