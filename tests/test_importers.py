@@ -564,3 +564,12 @@ def test_trtllm_assignment_must_cover_the_slots(tmp_path):
     (tmp_path / "lb.yaml").write_text("moe_config:\n  load_balancer:\n    num_slots: 2\n")
     with pytest.raises(InputError, match="initial_global_assignments: missing"):
         read_assignments(tmp_path / "lb.yaml")
+
+
+def test_a_dump_of_the_moe_layers_only_gets_the_models_layer_ids(tmp_path):
+    from placer.topology import Model
+
+    np.save(tmp_path / "r.npy", np.array([[[0, 1], [2, 3]]], dtype=np.int32))  # 2 MoE layers, no dense rows
+    toy = Model("toy", 4, 2, 8, 8, num_moe_layers=2, first_dense_layers=3)
+    assert read_vllm(tmp_path / "r.npy", model=toy).routing.layer_ids.tolist() == [3, 4]
+    assert read_vllm(tmp_path / "r.npy").routing.layer_ids.tolist() == [0, 1]

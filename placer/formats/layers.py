@@ -38,12 +38,13 @@ __all__ = [
 class DenseSplit:
     """What :func:`drop_dense_layers` kept.
 
-    keep: [moe_layers] indices into the dump's layer axis (= decoder-layer ids when the dump
-        holds every decoder layer). dropped: the dense layer ids removed. note: one sentence
-        for the user, or "" when nothing was dropped.
+    keep: [moe_layers] indices into the dump's layer axis. layer_ids: [moe_layers] their
+        decoder-layer ids (= keep when the dump holds every decoder layer). dropped: the
+        dense layer ids removed. note: one sentence for the user, or "" when nothing was dropped.
     """
 
     keep: np.ndarray
+    layer_ids: np.ndarray
     dropped: list[int]
     note: str
 
@@ -60,8 +61,8 @@ def _split(source: str, field: str, dense: np.ndarray, model: Model | None, what
     layers = len(dense)
     if model is not None:
         if layers != model.num_hidden_layers:
-            if layers == model.num_moe_layers and not dense.any():
-                return DenseSplit(np.arange(layers), [], "")
+            if layers == model.num_moe_layers and not dense.any():  # a dump of the MoE layers only
+                return DenseSplit(np.arange(layers), model.first_dense_layers + np.arange(layers), [], "")
             raise InputError(source, field, f"{layers} layers; model {model.name} has {model.num_hidden_layers} "
                              f"decoder layers ({model.first_dense_layers} dense + {model.num_moe_layers} MoE)")
         expected = np.arange(layers) < model.first_dense_layers
@@ -74,9 +75,9 @@ def _split(source: str, field: str, dense: np.ndarray, model: Model | None, what
     dropped = np.flatnonzero(dense).tolist()
     if not keep.size:
         raise InputError(source, field, "every layer is dense (no routing recorded)")
-    note = (f"dropped dense layers {dropped} ({what.replace('holds ', '')} absent); "
-            f"kept {len(keep)} MoE layers with their decoder-layer ids" if dropped else "")
-    return DenseSplit(keep, dropped, note)
+    note = (f"dropped dense layers {dropped} (no {what}); kept {len(keep)} MoE layers with their "
+            "decoder-layer ids" if dropped else "")
+    return DenseSplit(keep, keep, dropped, note)
 
 
 def drop_dense_layers(source: str, ids: np.ndarray, model: Model | None, field: str = "topk_ids") -> DenseSplit:

@@ -183,7 +183,7 @@ def _per_token_trace(label: str, dumps: list[tuple[Path, dict]], num_experts: in
     if used.size:
         topk_ids = topk_ids[:, :, : used[-1] + 1]
     ranks = np.concatenate([np.full(len(block), rank, dtype=np.int64) for rank, block in blocks])
-    arrays = {"topk_ids": topk_ids, "src_rank": ranks, "layer_ids": split.keep}
+    arrays = {"topk_ids": topk_ids, "src_rank": ranks, "layer_ids": split.layer_ids}
     experts = num_experts or (model.num_experts if model is not None else int(mapping.max()) + 1)
     trace = validate_arrays(label, arrays, experts)
     return Imported(trace, mapping, [n for n in (split.note, note) if n])
@@ -245,7 +245,7 @@ def read_sglang(source: str | Path, num_experts: int | None = None, model: Model
     notes = [split.note] if split.note else []
     if len(counts) > 1:
         notes.append(f"summed the counts of {len(counts)} stat dumps")
-    return Imported(validate_counts(label, total[split.keep], "logical_count", split.keep), None, notes)
+    return Imported(validate_counts(label, total[split.keep], "logical_count", split.layer_ids), None, notes)
 
 
 def read_sglang_dump(path: str | Path, num_experts: int | None = None,

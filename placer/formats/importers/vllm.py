@@ -55,7 +55,7 @@ def routed_experts_trace(
         raise InputError(arrays[int(np.argmin(seq_lens))][0], field, "holds zero tokens")
     topk_ids = np.concatenate([value.astype(np.int64, copy=False) for _, value in arrays])
     split = drop_dense_layers(source, topk_ids, model, field)
-    arrays_out = {"topk_ids": topk_ids[:, split.keep], "seq_lens": seq_lens, "layer_ids": split.keep}
+    arrays_out = {"topk_ids": topk_ids[:, split.keep], "seq_lens": seq_lens, "layer_ids": split.layer_ids}
     experts = num_experts or (model.num_experts if model is not None else None)
     return Imported(validate_arrays(source, arrays_out, experts), None, [split.note] if split.note else [])
 
