@@ -204,9 +204,10 @@ def sglang_files(source: str | Path) -> list[Path]:
 
     def order(path: Path) -> tuple:
         match = _DUMP_NAME.fullmatch(path.name)
-        if not match:
+        try:
+            return (0, float(match["time"]), int(match["rank"] or 0), path.name)
+        except (TypeError, ValueError):  # not SGLang's name (or not a number where the time goes)
             return (1, 0.0, 0, path.name)
-        return (0, float(match["time"]), int(match["rank"] or 0), path.name)
 
     return sorted(files, key=order)
 
