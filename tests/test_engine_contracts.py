@@ -242,8 +242,9 @@ def test_megatron_pipeline_stages_and_recompute_to_trtllm(cli, tmp_path):
     trace = tmp_path / "t.npz"
     refused = cli("import", "megatron", tmp_path, "--out", trace, "--model", MODEL)
     assert refused.code == 2 and "pipeline" in refused.err
-    done = cli("import", "megatron", tmp_path, "--out", trace, "--model", MODEL, "--num-experts", "64",
-               "--pipeline-layers", "14,13", "--json")
+    wrong_split = cli("import", "megatron", tmp_path, "--out", trace, "--model", MODEL, "--pipeline-layers", "13,14")
+    assert wrong_split.code == 2
+    done = cli("import", "megatron", tmp_path, "--out", trace, "--model", MODEL, "--pipeline-layers", "14,13", "--json")
     assert done.code == 0, done.err
     loaded = load_trace(trace)
     assert loaded.layer_ids.tolist() == MOE_IDS and loaded.num_tokens == 2 * 2 * 40

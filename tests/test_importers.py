@@ -573,3 +573,20 @@ def test_a_dump_of_the_moe_layers_only_gets_the_models_layer_ids(tmp_path):
     toy = Model("toy", 4, 2, 8, 8, num_moe_layers=2, first_dense_layers=3)
     assert read_vllm(tmp_path / "r.npy", model=toy).routing.layer_ids.tolist() == [3, 4]
     assert read_vllm(tmp_path / "r.npy").routing.layer_ids.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"meta_info": {}}', "meta_info.routed_experts: missing"),
+    ('{"meta_info": {"routed_experts": "@@@"}}', "not valid base64"),
+    ('{"meta_info": {"routed_experts": "AAAA"}}', "3 bytes are not whole tokens of 2 layers x top-2"),
+    ('[1]', r"line 1\[0\]: expected a response object"),
+    ('{"meta', "line 1: not valid JSON"),
+])
+def test_sglang_routed_responses_are_checked(tmp_path, line, message):
+    from placer.formats.importers import read_sglang_routed
+
+    (tmp_path / "r.jsonl").write_text(line + "\n")
+    with pytest.raises(InputError, match=message):
+        read_sglang_routed(tmp_path / "r.jsonl", num_hidden_layers=2, top_k=2)
+    with pytest.raises(InputError, match="do not record their shape"):
+        read_sglang_routed(tmp_path / "r.jsonl")

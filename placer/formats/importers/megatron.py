@@ -36,8 +36,8 @@ optional. Choices where upstream leaves the layout open:
 - Every rank of a stage must trace every layer of the stage, and ranks that
   route the same tokens (tensor parallelism without sequence parallelism)
   repeat them: import one rank's file in that case.
-- The expert count is not recorded: pass ``num_experts`` or it is the largest
-  id + 1.
+- The expert count is not recorded: pass ``num_experts`` (or a model) or it is
+  the largest id + 1.
 """
 
 from __future__ import annotations
@@ -184,9 +184,9 @@ def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | 
             repeats += 1  # activation recompute: the same micro-batch routed again
             continue
         parts.append(ids)
-    trace = stack_groups(str(label), [groups[key] for key in sorted(groups)], num_experts)
-    if not pipeline_layers:
-        check_model_layers(str(label), "layer", trace.layer_ids, model)
+    experts = num_experts or (model.num_experts if model is not None else None)
+    trace = stack_groups(str(label), [groups[key] for key in sorted(groups)], experts)
+    check_model_layers(str(label), "layer", trace.layer_ids, model)
     recompute = (f"dropped {repeats} records repeating an earlier record of the same step, rank and layer "
                  "(activation recompute)")
     notes = [recompute] if repeats else []
