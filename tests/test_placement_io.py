@@ -165,3 +165,14 @@ def test_sglang_map_rows_must_match_the_model(tmp_path):
     path.write_text(json.dumps({"physical_to_logical_map": [list(range(64))] * 20}))
     with pytest.raises(InputError, match="20 rows; model deepseek-v2-lite has 27 decoder layers"):
         read_placement(path, 8, 8, model)
+
+
+def test_a_recorded_topology_is_checked(tmp_path):
+    from placer.formats.placement_io import replay_topology
+    from placer.instances import load_topology
+
+    bad = replace_topology(baseline("random", 1, 16, 8, 8), load_topology("h100-dgx"))
+    bad.metadata["topology"]["nodes"] = "1"
+    write_placement(bad, tmp_path / "p.json")
+    with pytest.raises(InputError, match="topology.nodes: expected a positive integer, got '1'"):
+        replay_topology([str(tmp_path / "p.json")])

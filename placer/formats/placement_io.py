@@ -225,10 +225,13 @@ def _recorded_cluster(path: Path) -> Topology | None:
         names = {f.name for f in fields(Topology)}
         if set(recorded) != names:
             raise InputError(path, "topology", f"expected the keys {sorted(names)}")
-        try:
-            return Topology(**recorded)
-        except TypeError as err:
-            raise InputError(path, "topology", str(err)) from None
+        for key, value in recorded.items():
+            whole = key in ("nodes", "gpus_per_node")
+            lowest = 0 if key == "latency_s" else 1e-300  # as the topology presets allow
+            if key != "name" and (type(value) not in ((int,) if whole else (int, float)) or value < lowest):
+                raise InputError(path, f"topology.{key}", f"expected a positive {'integer' if whole else 'number'}, "
+                                 f"got {value!r}")
+        return Topology(**recorded)
     nodes, per_node = doc.get("num_nodes"), doc.get("gpus_per_node")
     if type(nodes) is not int or type(per_node) is not int or nodes <= 0 or per_node <= 0:
         raise InputError(path, "num_nodes", "expected positive num_nodes and gpus_per_node")
