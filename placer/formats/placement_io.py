@@ -227,8 +227,9 @@ def _recorded_cluster(path: Path) -> Topology | None:
             raise InputError(path, "topology", f"expected the keys {sorted(names)}")
         for key, value in recorded.items():
             whole = key in ("nodes", "gpus_per_node")
-            lowest = 0 if key == "latency_s" else 1e-300  # as the topology presets allow
-            if key != "name" and (type(value) not in ((int,) if whole else (int, float)) or value < lowest):
+            may_be_zero = key == "latency_s"  # as the topology presets allow
+            if key != "name" and (type(value) not in ((int,) if whole else (int, float))
+                                  or value < 0 or (value == 0 and not may_be_zero)):
                 raise InputError(path, f"topology.{key}", f"expected a positive {'integer' if whole else 'number'}, "
                                  f"got {value!r}")
         return Topology(**recorded)
