@@ -156,6 +156,9 @@ def test_sglang_stat_dump_drops_dense_rows_and_keeps_layer_numbering(cli, tmp_pa
     engine = sglang_metadata(json.loads(map_path.read_text()), EXPERTS, LAYERS, 8, int(flag(launch, "--ep-num-redundant-experts")))
     for gpu in range(8):
         assert (engine["p2l"][DENSE:, gpu * 9:(gpu + 1) * 9] == gpu_rows(truth, gpu)).all()
+    # the map read back (evaluate/validate) replays SGLang's static dispatch exactly
+    back = read_placement(map_path, 8, 8, instances.load_model(MODEL))
+    assert (sglang_static_map(back) == engine["dispatch"][:, DENSE:].transpose(1, 0, 2)).all()
 
 
 def test_sglang_return_routed_experts_jsonl(cli, tmp_path):

@@ -155,6 +155,8 @@ def _read_sglang(path: Path, doc: dict, num_gpus: int, gpus_per_node: int, model
     num_experts = model.num_experts if model is not None else int(phy2log.max()) + 1
     check_phy2log(path, field, phy2log, num_experts)
     metadata = {"solver": {"name": f"sglang:{path.name}"}}
+    if model is not None:  # its dense layers come first: SGLang's static dispatch draws for them too
+        metadata["model"] = model.to_dict()
     return Placement(phy2log, num_experts, gpus_per_node, slots // num_gpus, metadata)
 
 
