@@ -70,6 +70,9 @@ class PlacementProblem:
             check_count(self.slots_per_gpu, "slots_per_gpu", 1, MAX_EXPERTS)
         check_real(self.memory_reserve, "memory_reserve", 0.0, 1.0)
         object.__setattr__(self, "exclude_gpus", tuple(self.exclude_gpus))
+        for name in ("balance", "max_nodes_coverage"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, None if value is None else float(value))
 
     def constraints(self, groups: Any = None) -> Constraints:
         """The side constraints (``groups``: [experts] group ids when groups are kept)."""
@@ -114,3 +117,4 @@ class SolverSettings:
             raise InputError(None, "on_interrupt", f"expected 'raise' or 'best', got {self.on_interrupt!r}")
         if self.max_nets not in (None, "auto"):
             check_count(self.max_nets, "max_nets", 0)
+        object.__setattr__(self, "time_limit", float(self.time_limit))
