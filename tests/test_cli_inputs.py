@@ -157,10 +157,10 @@ def test_other_commands_refuse_bad_numbers_on_one_line(args, named, cli):
 def test_validate_needs_the_model_to_check_an_sglang_map(tmp_path, cli):
     rows = [list(range(63)) + [0]] * 26  # expert 63 is never placed; 64 slots on 8 GPUs
     (tmp_path / "s.json").write_text(json.dumps({"physical_to_logical_map": rows}))
-    one_line_refusal(cli("validate", tmp_path / "s.json", "--nodes", "1"), "--model")
-    one_line_refusal(cli("validate", tmp_path / "s.json", "--nodes", "1", "--model", "deepseek-v2-lite"),
+    one_line_refusal(cli("validate", tmp_path / "s.json", "--nodes", "1", "--gpus-per-node", "8"), "--model")
+    one_line_refusal(cli("validate", tmp_path / "s.json", "--nodes", "1", "--gpus-per-node", "8", "--model", "deepseek-v2-lite"),
                      "expert 63 is in no slot")
-    replay = cli("evaluate", "--trace", SAMPLE, "--placement", tmp_path / "s.json", "--nodes", "1")
+    replay = cli("evaluate", "--trace", SAMPLE, "--placement", tmp_path / "s.json", "--nodes", "1", "--gpus-per-node", "8")
     one_line_refusal(replay, "expert 63 is in no slot")
 
 

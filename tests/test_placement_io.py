@@ -154,7 +154,7 @@ def test_cli_refuses_an_sglang_map_on_an_unstated_cluster(tmp_path, cli):
         silent = cli(*args)
         assert silent.code == 2 and "records no cluster" in silent.err
     stated = cli("validate", sglang, "--nodes", "8", "--gpus-per-node", "8", "--json")
-    assert stated.code == 0 and stated.json()["gpus"] == 64
+    assert stated.code == 2 and "--model" in stated.err  # the map records no expert count either
     wrong = cli("evaluate", "--trace", trace, "--placement", sglang, "--nodes", "4", "--gpus-per-node", "8", "--json")
     assert wrong.code == 0 and wrong.json()["config"]["nodes"] == 4  # stated explicitly: used
 

@@ -120,7 +120,7 @@ def _records(path: Path) -> Iterator[tuple[str, int, int, int, np.ndarray]]:
                     if type(got) is not int or not 0 <= got < _INT_LIMITS[name]:
                         raise InputError(
                             path, f"{where}: {name}",
-                            f"expected an integer 0..{_INT_LIMITS[name] - 1:,}, got {got!r}",
+                            f"expected a non-negative integer, got {got!r} (at most {_INT_LIMITS[name] - 1:,})",
                         )
                 step, layer, rank, num_tokens, topk = (record[name] for name in _INT_FIELDS)
                 ids = _top_indices(path, where, record.get("top_indices"), num_tokens, topk)
