@@ -20,14 +20,17 @@ from typing import IO
 
 from placer.errors import InputError
 
-__all__ = ["atomic_output", "check_output", "recording_outputs", "refuse_overwriting_input", "write_text_atomic"]
+__all__ = [
+    "WrittenFiles",
+    "atomic_output",
+    "check_output",
+    "recording_outputs",
+    "refuse_overwriting_input",
+    "write_text_atomic",
+]
 
 #: longest target-name part of a temporary name, in bytes (file names are limited to 255)
 _NAME_BYTES = 120
-#: the lists of :func:`recording_outputs` blocks now open
-_RECORDERS: list[list[Path]] = []
-
-
 class WrittenFiles(list):
     """Files completed with :func:`atomic_output` inside a :func:`recording_outputs` block."""
 
@@ -35,6 +38,10 @@ class WrittenFiles(list):
         """The files that still exist (a write into a staging folder since removed is not
         listed), in the order written, without repeats."""
         return list(dict.fromkeys(str(p) for p in self if p.exists()))
+
+
+#: the lists of the :func:`recording_outputs` blocks now open
+_RECORDERS: list[WrittenFiles] = []
 
 
 @contextlib.contextmanager
@@ -64,10 +71,8 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     :class:`InputError` if ``path`` exists and is not a regular file, or if the file system
     refuses the write.
     """
+    check_output(path)
     target = Path(path)
-    if not str(path).strip():
-        raise InputError(None, "out", "empty path; expected a file name")
-    _check_target(target)
     tmp_name = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
