@@ -157,3 +157,18 @@ def test_ctrl_c_before_any_placement_says_so_on_one_line(cli, monkeypatch, tmp_p
     assert result.code == 130
     assert result.err == "placer: interrupted; no output was written\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_after_a_write_names_what_was_written(cli, monkeypatch, tmp_path):
+    """Ctrl-C during place --evaluate's replay: the placement is already written, and the one
+    line says so (not "no output was written")."""
+    def interrupted_replay(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module.workflow, "compare", interrupted_replay)
+    out = tmp_path / "p.json"
+    result = cli("place", "--trace", TRAIN, "--solver", "contiguous", "--evaluate", sample_trace("test"),
+                 "--out", out)
+    assert result.code == 130
+    assert result.err == f"placer: interrupted; wrote {out} before stopping\n"
+    assert read_placement(out).num_layers == 26
