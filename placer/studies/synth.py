@@ -893,7 +893,11 @@ def _staging_dir(out: Path) -> Path:
     """A new hidden folder beside ``out`` (same file system, so the set moves by rename)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return Path(tempfile.mkdtemp(prefix=f".{out.name[:100]}.", suffix=".partial", dir=out.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name[:100]}.", suffix=".partial", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # the folder it becomes gets the usual permissions, not mkdtemp's 0700
+        return staging
     except OSError as err:
         raise InputError(out, None, f"cannot write ({err.strerror or err})") from None
 
