@@ -3,8 +3,8 @@
 Data flows one way, and each layer imports only from the layers before it
 (``tests/test_layers.py`` enforces this order):
 
-1. foundation: ``errors``, ``progress``, ``atomic``, ``bundled``, ``parallel``, ``eplb``
-   (DeepSeek's algorithm);
+1. foundation: ``errors``, ``checks`` (argument checks), ``inputs`` (opening untrusted
+   files), ``progress``, ``atomic``, ``bundled``, ``parallel``, ``eplb`` (DeepSeek's algorithm);
 2. data: ``topology``, ``instances``, ``trace``, ``placement``, ``constraints``, ``request``;
 3. trace -> graph: ``graph``, ``stats``, ``cluster`` (Dask backend), ``formats`` (importers
    and exports), ``migration``, ``dispatch`` (the engines' replica dispatch rules);

@@ -155,12 +155,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def refuse_overwriting_input(out: str | Path, *inputs: str | Path) -> None:
-    """Raise :class:`InputError` if ``out`` names one of the command's inputs or a file inside
-    an input folder (a shard set)."""
+    """Raise :class:`InputError` if ``out`` names one of the command's inputs, or an ``.npz``
+    file inside an input folder of ``.npz`` shards (it would join the trace it was made from)."""
     target = Path(out).resolve()
     for given in inputs:
         if given is None or not str(given):
             continue
         source = Path(given).resolve()
-        if source == target or (source.is_dir() and source in target.parents):
+        joins = target.suffix == ".npz" and source in target.parents and any(source.glob("*.npz"))
+        if source == target or joins:
             raise InputError(out, "out", f"would overwrite the input {given}")

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from placer.graph import TraceSummary, set_hash_unit, summarize
+from placer.graph import SUMMARY_STAGE, TraceSummary, set_hash_unit, summarize
 from placer.progress import ProgressFn
 from placer.trace import Trace, TraceSource, block_sizes, token_blocks
 
 SKETCH_SIZE = 1 << 16
 """Smallest set hashes kept per layer to count distinct sets (exact below this many)."""
-STATS_STAGE = "trace statistics"
 
 PER_LAYER = ("routed_tokens", "load_skew", "entropy_bits", "distinct_sets", "distinct_share", "density")
 
@@ -139,7 +138,7 @@ def trace_stats(
     loads = coactivation = routed = None
     sketches: list[np.ndarray] = []
     if progress is not None:
-        progress(STATS_STAGE, 0, blocks)
+        progress(SUMMARY_STAGE, 0, blocks)
     for done, block in enumerate(token_blocks(source), 1):
         part = summarize(block, layers, workers)
         hashes = [set_hash_unit(layer.sets) for layer in part.layers]
@@ -147,12 +146,13 @@ def trace_stats(
                     for kept, new in zip(sketches or [hashes[0][:0]] * len(hashes), hashes)]
         counts = np.array([layer.set_counts.sum() for layer in part.layers], np.int64)
         if loads is None:
-            loads, coactivation, routed, layer_ids = part.loads, [x.coactivation for x in part.layers], counts, part.layer_ids
+            loads, routed, layer_ids = part.loads, counts, part.layer_ids
+            coactivation = [layer.coactivation for layer in part.layers]
         else:
             loads, routed = loads + part.loads, routed + counts
             coactivation = [(a + b.coactivation).tocsr() for a, b in zip(coactivation, part.layers)]
         if progress is not None:
-            progress(STATS_STAGE, done, blocks)
+            progress(SUMMARY_STAGE, done, blocks)
     counted = np.array([len(s) for s in sketches], np.int64)
     estimated = counted >= SKETCH_SIZE
     kmv = np.array([(SKETCH_SIZE - 1) / s[-1] if len(s) else 0.0 for s in sketches])
