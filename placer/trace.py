@@ -559,7 +559,8 @@ def token_blocks(source: Trace | TraceSource) -> Iterator[Trace]:
     """The routing decisions in consecutive blocks of :data:`BLOCK_TOKENS` tokens (the last one
     shorter), whatever the shard boundaries: what is computed block by block depends on the
     tokens and their order only, never on how they are stored. Blocks carry ``topk_ids``
-    ([block, layers, k]) and ``num_experts`` only; at most one block and one shard are held."""
+    ([block, layers, k]) and ``num_experts`` only; at most one shard and about one block are
+    held."""
     block_tokens = BLOCK_TOKENS
     if isinstance(source, Trace):
         for lo in range(0, source.num_tokens, block_tokens):
@@ -578,6 +579,9 @@ def token_blocks(source: Trace | TraceSource) -> Iterator[Trace]:
             if held == block_tokens:
                 yield Trace(_joined(pending), source.num_experts, checked=True)
                 pending, held = [], 0
+        if pending:  # this shard's tail waits for the next shard: a copy, so the shard is released
+            pending[-1] = pending[-1].copy()
+        del ids  # an empty view still holds its shard too
     if pending:
         yield Trace(_joined(pending), source.num_experts, checked=True)
 
