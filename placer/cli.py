@@ -55,6 +55,7 @@ from placer.formats.importers import (
     save_counts,
 )
 from placer.formats.layers import counts_layer_note, recorded_layer_ids
+from placer.inputs import input_path
 from placer.parallel import is_ctrl_c
 from placer.placement import BASELINES, Placement
 from placer.presentation import REPORT_FORMATS
@@ -412,6 +413,7 @@ def report_command(
         from placer.presentation.report import FIGURE_NAMES, write_report
     except ImportError as err:
         raise InputError(None, "report", f"{err}; install the plots extra: pip install 'placer[plots]'") from None
+    input_path(out, "out")
     source_trace = workflow.open_trace(trace)
     topo = placement_io.replay_topology(placement, topology, nodes, gpus_per_node)
     mdl = workflow.match_model(model, source_trace.num_experts, source_trace.top_k)

@@ -145,6 +145,8 @@ def test_bad_numbers_and_usage_are_one_line(flags, named, tmp_path, cli):
     (["evaluate", "--trace", SAMPLE, "--placement", "contiguous", "--max-nodes", "0"], "--max-nodes"),
     (["evaluate", "--trace", SAMPLE, "--placement", "contiguous", "--nodes", "-3"], "--nodes"),
     (["stats"], "trace"),
+    (["evaluate", "--trace", SAMPLE, "--placement", ""], "empty path"),
+    (["report", "--trace", SAMPLE, "--placement", "contiguous", "--out", ""], "--out"),
     (["synth", "--preset", "esft", "--tokens", str(10**15), "--out", "never.npz"], "--tokens"),
     (["synth", "--preset", "deepseek-v3", "--tokens", str(10**8), "--out", "never.npz"], "2 GiB"),
     (["synth", "--preset", "esft", "--tokens", "100", "--shard-tokens", "0", "--out", "never"], "--shard-tokens"),

@@ -279,7 +279,7 @@ def replay_topology(specs: Sequence[str], topology: str | None = None, nodes: in
     for option, value in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node)):
         if value is not None and value <= 0:
             raise InputError(None, option, f"expected a positive count, got {value}")
-    files = [Path(spec) for spec in specs if spec not in BASELINES]
+    files = [input_path(spec, "placement") for spec in specs if spec not in BASELINES]
     recorded = {str(path): _recorded_cluster(path) for path in files}
     unrecorded = [name for name, cluster in recorded.items() if cluster is None]
     known = {cluster for cluster in recorded.values() if cluster is not None}
