@@ -12,7 +12,7 @@ import numbers
 
 from placer.errors import InputError
 
-__all__ = ["check_count", "check_real", "finite_json"]
+__all__ = ["check_count", "check_real", "check_type", "finite_json"]
 
 
 def check_count(value: object, field: str, low: int = 0, high: int | None = None,
@@ -50,3 +50,13 @@ def finite_json(obj: object) -> object:
     if isinstance(obj, (list, tuple)):
         return [finite_json(value) for value in obj]
     return obj
+
+
+def check_type(value: object, field: str, kind: type | tuple[type, ...], optional: bool = False) -> None:
+    """``value`` is an instance of ``kind`` (or None when ``optional``), else :class:`InputError`
+    naming ``field`` (``kind``'s name says what was expected)."""
+    if (optional and value is None) or isinstance(value, kind):
+        return
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    expected = " or ".join(k.__name__ for k in kinds) + (" or None" if optional else "")
+    raise InputError(None, field, f"expected a {expected}, got {type(value).__name__}")

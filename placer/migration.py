@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from placer.checks import check_real
+from placer.checks import check_real, check_type
 from placer.errors import InputError
 from placer.placement import EMPTY, Placement
 
@@ -27,6 +27,8 @@ def _gpu_counts(placement: Placement, layer: int) -> np.ndarray:
 
 def _check_same_cluster(current: Placement, proposed: Placement) -> None:
     """Raise unless both placements have the same layers, experts, GPUs and GPUs per node."""
+    check_type(current, "current", Placement)
+    check_type(proposed, "proposed", Placement)
     shapes = [(p.num_layers, p.num_experts, p.num_gpus, p.gpus_per_node) for p in (proposed, current)]
     if shapes[0] != shapes[1]:
         raise InputError(

@@ -27,7 +27,7 @@ import numba
 import numpy as np
 
 from placer.atomic import atomic_output, write_text_atomic
-from placer.checks import check_count
+from placer.checks import check_count, check_type
 from placer.errors import InputError
 from placer.inputs import MAX_JSON_BYTES, input_path, open_input, read_input_text
 from placer.topology import MAX_EXPERTS
@@ -617,6 +617,7 @@ def load_trace(path: str | Path) -> Trace:
 
 def save_trace(trace: Trace, path: str | Path) -> None:
     """Write ``trace`` as a compressed native .npz (format version 2: ``layer_ids`` kept), atomically."""
+    check_type(trace, "trace", Trace)
     arrays: dict[str, np.ndarray] = {
         "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
         "topk_ids": trace.topk_ids,

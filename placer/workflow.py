@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from placer import instances
+from placer.checks import check_type
 from placer.cluster import Cluster
 from placer.constraints import resolve_slots
 from placer.errors import InputError
@@ -101,13 +102,14 @@ def _routing(trace: str | Path | Routing) -> Routing:
 
 def place(
     trace: str | Path | Routing,
-    problem: PlacementProblem,
+    problem: PlacementProblem | Topology,
     settings: SolverSettings = SolverSettings(),
     *,
     current: Placement | None = None,
     cluster: Cluster | None = None,
 ) -> PlaceResult:
-    """Place every layer of ``trace`` (a path, trace or expert counts) for ``problem``.
+    """Place every layer of ``trace`` (a path, trace or expert counts) for ``problem`` (a
+    :class:`PlacementProblem`, or a :class:`Topology` for the problem with no other constraint).
 
     settings.solver: a solver or a named baseline (:data:`placer.request.METHODS`); expert
     counts carry no co-activation, so they take "eplb" or a baseline. The model is matched
@@ -117,6 +119,11 @@ def place(
     cluster: a Dask cluster that summarises the shards, solves the layers and hashes the
     trace on its workers (same result).
     """
+    if isinstance(problem, Topology):  # place(trace, topology): the problem with nothing but the cluster
+        problem = PlacementProblem(problem)
+    check_type(problem, "problem", PlacementProblem)
+    check_type(settings, "settings", SolverSettings)
+    check_type(current, "current", Placement, optional=True)
     routing = _routing(trace)
     counts_only = isinstance(routing, ExpertCounts)
     method = settings.solver

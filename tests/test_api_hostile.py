@@ -143,3 +143,25 @@ def test_placement_files_and_migration(placement_files, gpus, per_node, experts,
     current = placer.baseline("contiguous", 2, 8, 4, 2)
     moved = refuses_or_works(placer.moved_weights, current, placement, expert_bytes)
     assert moved is None or moved["experts_moved"] >= 0
+
+
+@pytest.mark.parametrize("call, args", [
+    (placer.to_sglang, (PLACEMENT, "deepseek-v3")),
+    (placer.to_eplb, (3,)),
+    (placer.expert_permutation, (PLACEMENT, 3)),
+    (placer.minimize_moves, (PLACEMENT, 5)),
+    (placer.write_placement, (5, "never.json")),
+    (placer.save_trace, (5, "never.npz")),
+    (placer.run_sweep, (5, TOPOLOGY)),
+    (placer.place, (TRACE, 5)),
+    (placer.place, (TRACE, placer.PlacementProblem(TOPOLOGY), "spectral")),
+])
+def test_public_functions_name_an_argument_of_the_wrong_type(call, args):
+    with pytest.raises(InputError) as info:
+        call(*args)
+    assert info.value.field and "expected a" in info.value.message
+
+
+def test_place_accepts_a_path_and_a_bare_topology():
+    result = placer.place(sample_trace("test"), TOPOLOGY, placer.SolverSettings(solver="contiguous"))
+    assert result.placement.num_gpus == TOPOLOGY.num_gpus

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from placer.atomic import atomic_output, write_text_atomic
+from placer.checks import check_type
 from placer.errors import InputError
 from placer.formats.layers import placement_layer_ids
 from placer.formats.placement_io import write_placement
@@ -62,6 +63,8 @@ def engine_map(placement: Placement, model: Model | None, field: str) -> EngineM
     placeholders: an engine would count a placeholder as a real copy and dispatch
     tokens to it), so the engine is launched with EP size = live GPUs.
     """
+    check_type(placement, "placement", Placement)
+    check_type(model, "model", Model, optional=True)
     if model is not None and (model.num_experts, model.num_moe_layers) != (
         placement.num_experts, placement.num_layers
     ):
@@ -236,6 +239,7 @@ def to_eplb(placement: Placement) -> dict[str, np.ndarray]:
     log2phy: [layers, experts, max copies] slots of each expert in increasing
     slot order, -1 padded, and logcnt: [layers, experts] copies per expert.
     """
+    check_type(placement, "placement", Placement)
     phy2log = placement.phy2log.astype(np.int64)
     logcnt = placement.expert_copies()
     layers = placement.num_layers
@@ -287,6 +291,8 @@ def expert_permutation(placement: Placement, model: Model | None = None) -> np.n
     - To save a checkpoint trained in this layout, apply the inverse:
       checkpoint expert e (and router row e) comes from position ``inv[l, e]``.
     """
+    check_type(placement, "placement", Placement)
+    check_type(model, "model", Model, optional=True)
     field = "expert_permutation"
     layers, experts, gpus = placement.num_layers, placement.num_experts, placement.num_gpus
     copies = placement.expert_copies()

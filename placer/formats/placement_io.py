@@ -17,7 +17,7 @@ import numpy as np
 
 from placer import instances
 from placer.atomic import write_text_atomic
-from placer.checks import check_count, finite_json
+from placer.checks import check_count, check_type, finite_json
 from placer.constraints import check_memory
 from placer.errors import InputError
 from placer.inputs import MAX_JSON_BYTES, input_path, read_input_text
@@ -48,6 +48,7 @@ def placement_schema() -> dict:
 
 def placement_document(placement: Placement) -> dict:
     """The JSON-ready document of a placement."""
+    check_type(placement, "placement", Placement)
     doc = {
         "format": FORMAT,
         "version": VERSION,

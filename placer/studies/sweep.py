@@ -35,6 +35,7 @@ from functools import partial
 
 import numpy as np
 
+from placer.checks import check_type
 from placer.errors import InputError
 from placer.evaluation.calc import all_to_all_volume, expected_nvlink_copies
 from placer.evaluation.replay import DISPATCH_MODES, bottlenecks, count_traffic, layer_times
@@ -324,6 +325,8 @@ def run_sweep(
     of the busiest node's traffic against the total; None: the solver's default). mapper: a ``map``-like callable over EP
     sizes (e.g. a parallel backend's), applied to :func:`ep_point`.
     """
+    check_type(model, "model", Model)
+    check_type(topology, "topology", Topology)
     sizes = check_eps(list(eps), model, topology)
     check_step(step)
     if alpha is not None and not (np.isfinite(alpha) and alpha >= 0):
