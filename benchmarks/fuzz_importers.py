@@ -114,7 +114,8 @@ def _write_seeds(root: Path) -> dict[str, list[Path]]:
     manifested = root / "manifested"  # a complete shard set as synth writes it: shards + manifest
     manifested.mkdir()
     for index in range(2):
-        save_trace(validate_arrays("seed", {"topk_ids": ids[index:index + 2]}, 4), manifested / f"shard-{index:05d}.npz")
+        shard = validate_arrays("seed", {"topk_ids": ids[index:index + 2]}, 4)
+        save_trace(shard, manifested / f"shard-{index:05d}.npz")
     write_shard_manifest(manifested, [(f"shard-{index:05d}.npz", 2) for index in range(2)])
     seeds["shards"].append(manifested)
     esft = root / "esft"

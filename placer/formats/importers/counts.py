@@ -107,7 +107,8 @@ def _check_npy_size(path: str | Path, handle: IO[bytes]) -> None:
     read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
     shape, _, dtype = read_header(handle)
     if dtype.hasobject:
-        raise InputError(path, None, "not a readable .npy array (it holds Python objects; only numeric arrays are read)")
+        raise InputError(path, None, "not a readable .npy array (it holds Python objects; only numeric "
+                                     "arrays are read)")
     declared = math.prod(shape) * dtype.itemsize
     held = os.fstat(handle.fileno()).st_size - handle.tell()
     if declared != held:
