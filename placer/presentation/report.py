@@ -29,7 +29,7 @@ from placer.evaluation.replay import ReplayReport, evaluate
 from placer.graph import summarize
 from placer.placement import BASELINES, Placement, baseline
 from placer.presentation import plots
-from placer.presentation.render import summary_rows
+from placer.presentation.render import summary_notes, summary_rows
 from placer.progress import ProgressFn, prefixed
 from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource
@@ -134,21 +134,6 @@ def _solver_facts(name: str, placement: Placement) -> str:
         parts.append(f"GPUs out of service: {placement.excluded_gpus}")
     parts.append(f"{placement.slots_per_gpu} slots per GPU")
     return ", ".join(parts)
-
-
-# ---------------------------------------------------------------- summary table
-
-
-COLUMN_NOTES = (
-    "inter-node tokens: token copies crossing a NIC, one per (token, layer, remote node) as DeepEP normal "
-    "dispatch sends them, summed over layers; "
-    "NIC peak: the busiest node's received copies per layer, summed over layers; "
-    "GPU peak: the busiest GPU's token-expert pairs per layer, summed; "
-    "GPU max/mean: per-layer max over mean GPU load, averaged over layers; "
-    "nodes/token: mean nodes a token's experts span in a layer; "
-    "a2a ms: estimated dispatch + combine time over all layers (needs a model); "
-    "a2a/compute: that time over the busiest GPU's expert compute time."
-)
 
 
 # ---------------------------------------------------------------- figures
@@ -418,7 +403,7 @@ def render_html(data: ReportData) -> str:
     for row in rows:
         cells = [f"<th>{e(row[0])}</th>"] + [f'<td class="num">{e(cell)}</td>' for cell in row[1:]]
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out += ["</tbody>", "</table>", f'<p class="note">{e(COLUMN_NOTES)}</p>']
+    out += ["</tbody>", "</table>", f'<p class="note">{e(summary_notes(data.results, data.reference))}</p>']
     out += ['<h2 id="config">Configuration</h2>', '<table class="config">']
     out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in data.config.items()]
     out += [f"<tr><th>placement {e(name)}</th><td>{e(facts)}</td></tr>" for name, facts in data.placements_info]
@@ -447,7 +432,7 @@ def render_markdown(data: ReportData) -> str:
     out.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
     out.append("|" + "|".join([":---", *["---:"] * (len(header) - 1)]) + "|")
     out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-    out += ["", COLUMN_NOTES, "", "## Configuration", "", "| | |", "|:---|:---|"]
+    out += ["", summary_notes(data.results, data.reference), "", "## Configuration", "", "| | |", "|:---|:---|"]
     out += [f"| {_md_cell(k)} | {_md_cell(v)} |" for k, v in data.config.items()]
     out += [f"| placement {_md_cell(name)} | {_md_cell(facts)} |" for name, facts in data.placements_info]
     for figure in data.figures:
