@@ -241,6 +241,8 @@ def build_figures(
     coactivation = summarize(trace, layers=[layer]).layers[0].coactivation
     heatmap = _coactivation_figure(coactivation, entries, layer, num_experts)
     unit = "bytes (scaled to kB/MB/GB)" if model is not None else "token copies (pass a model for bytes)"
+    fixed = ("no balance freedom: every placement has the same GPU loads (e.g. one expert per GPU)"
+             if plots.balance_is_fixed(reports) else "")
     figures = [
         ReportFigure(
             "coactivation", "Co-activation ordered by placement",
@@ -264,11 +266,13 @@ def build_figures(
             _nic_figure(reports),
         ),
         ReportFigure(
-            "gpu_load", "Load per GPU",
-            "Each line gives the token-expert pairs every GPU serves summed over layers; the dashed line is the "
-            "mean, points far above it are hot GPUs that set the pace of expert compute "
-            "(per-layer peaks are in the table's GPU peak column).",
-            _single(plots.gpu_load, reports),
+            "gpu_load", "Busiest GPU per layer",
+            "Each line gives, in every MoE layer, the token-expert pairs of that layer's busiest GPU: every layer "
+            "waits for its busiest GPU, so this sets the pace of expert compute (summed over layers it is the "
+            "table's GPU peak column); the dashed line is the mean per GPU. Which GPU is the busiest can change "
+            "from layer to layer, so load summed per GPU over layers would not show the pace."
+            + (f" Here there is {fixed}, so one line stands for all." if fixed else ""),
+            _single(plots.gpu_peak_per_layer, reports),
         ),
         ReportFigure(
             "nodes_per_token", "Nodes reached per token",
@@ -280,14 +284,15 @@ def build_figures(
             "per_layer", "Traffic and balance per layer",
             "Top: token copies crossing the network in every MoE layer (the gap to the baselines is the traffic "
             "a placement saves there); bottom: the busiest GPU's load over the mean in every layer "
-            "(1 = perfectly even, the dashed line).",
+            "(1 = perfectly even, the dashed line)." + (f" Bottom: {fixed}, so one line stands for all." if fixed else ""),
             _per_layer_figure(reports),
         ),
         ReportFigure(
             "tradeoff", "Traffic vs balance",
             "Each point is a placement: further left is better balanced, lower sends less across nodes; "
             "points with a thick outline (joined by a dashed staircase when several) are the placements no "
-            "other beats on both.",
+            "other beats on both." if not fixed else
+            f"There is {fixed}: nothing to trade, so the bars give each placement's inter-node copies.",
             _single(plots.tradeoff, reports, 9.0, 5.0),
         ),
     ]
