@@ -10,7 +10,7 @@ Writes a sharded synthetic trace once (``placer synth``, cached in ``--cache-dir
 1. in-process, one core, instrumented: seconds to read + summarise each shard, of each
    merge of the merge tree (:func:`placer.graph.merge_in_order`), of each layer's solve
    (:func:`placer.solvers.pipeline.solve_layer`) and of the trace digest;
-2. the same work on ``local:1`` and ``local:2`` (:mod:`placer.studies.cluster`; worker start-up
+2. the same work on ``local:1`` and ``local:2`` (:mod:`placer.cluster`; worker start-up
    and numba loading are not timed): wall seconds of the summary (shards, then merges one
    task per layer, on the workers; the result gathered by the client), of ``place`` on
    that summary (problems built on the client, scattered, solved one task per layer,
@@ -41,13 +41,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from placer import instances  # noqa: E402
+from placer.cluster import connect  # noqa: E402
 from placer.graph import TraceSummary, merge_in_order, summarize  # noqa: E402
-from placer.solvers import place  # noqa: E402
+from placer.request import PlacementProblem, SolverSettings  # noqa: E402
+from placer.solvers import solve  # noqa: E402
 from placer.solvers.options import Options  # noqa: E402
 from placer.solvers.pipeline import solve_layer  # noqa: E402
 from placer.solvers.problem import build_problems  # noqa: E402
 from placer.studies import synth  # noqa: E402
-from placer.studies.cluster import connect  # noqa: E402
 from placer.trace import TraceSource, trace_digest, validate_arrays  # noqa: E402
 
 TIME_LIMIT = 60.0
@@ -99,7 +100,7 @@ def in_process(source: TraceSource, topology, args: argparse.Namespace) -> dict:
 
     summary, summarise_s = _timed(lambda: merge_in_order(map(shard, range(len(source.shards))), merge))
     (placement, _), solve_s = _timed(
-        lambda: place(summary, topology, solver=args.solver, time_limit=TIME_LIMIT, mapper=timed_map))
+        lambda: solve(summary, PlacementProblem(topology), SolverSettings(solver=args.solver, time_limit=TIME_LIMIT, mapper=timed_map)))
     _, digest_s = _timed(trace_digest, source)
     return {"placement": placement, "shard_s": shard_s, "merge_s": merge_s, "summarise_s": summarise_s,
             "solve_s": solve_s, "layer_s": layer_s, "digest_s": digest_s}
@@ -143,8 +144,7 @@ def on_cluster(source: TraceSource, topology, args: argparse.Namespace, workers:
         started = time.perf_counter()
         digest = cluster.submit(trace_digest, source)
         summary, summarise_s = _timed(cluster.summarize, source)
-        (placement, _), solve_s = _timed(lambda: place(summary, topology, solver=args.solver,
-                                                       time_limit=TIME_LIMIT, mapper=cluster.map))
+        (placement, _), solve_s = _timed(lambda: solve(summary, PlacementProblem(topology), SolverSettings(solver=args.solver, time_limit=TIME_LIMIT, mapper=cluster.map)))
         digest.result()
         total_s = time.perf_counter() - started
     return {"summarise_s": summarise_s, "solve_s": solve_s, "total_s": total_s, "placement": placement}

@@ -89,7 +89,8 @@ def compare_placement(trace_path: Path, cap: int, workers: int) -> None:
     from placer import baseline
     from placer.evaluation.replay import evaluate
     from placer.graph import summarize
-    from placer.solvers import place
+    from placer.request import PlacementProblem, SolverSettings
+    from placer.solvers import solve
     from placer.topology import Topology
     from placer.trace import TraceSource
 
@@ -104,7 +105,7 @@ def compare_placement(trace_path: Path, cap: int, workers: int) -> None:
     for name, max_nets in (("exact", None), (f"capped {cap}", cap)):
         summary = summarize(trace, workers=workers, max_nets=max_nets)
         started = time.perf_counter()
-        placement, _ = place(summary, topology, solver="spectral", workers=workers)
+        placement, _ = solve(summary, PlacementProblem(topology), SolverSettings(solver="spectral", workers=workers))
         took = time.perf_counter() - started
         totals = evaluate(test, placement, topology).totals
         placements[name] = placement.phy2log

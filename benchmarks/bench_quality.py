@@ -61,14 +61,15 @@ from placer import (
     load_topology,
     synth,
 )
+from placer.constraints import group_mask
 from placer.eplb import rebalance_experts
 from placer.evaluation.replay import count_traffic
 from placer.formats.esft import ESFT_TASKS, import_esft, read_esft_task
 from placer.graph import TraceSummary, expert_loads, summarize
 from placer.instances import load_model
-from placer.solvers import place
+from placer.request import PlacementProblem, SolverSettings
+from placer.solvers import solve as run_solver
 from placer.solvers.gpu_stage import longest_first_pack
-from placer.solvers.problem import group_mask
 from placer.topology import Model
 from placer.trace import Trace, concatenate, load_trace
 
@@ -122,7 +123,7 @@ class Entry:
 def solve(summary: TraceSummary, topology: Topology, names: list[str], time_limit: float,
           model: Model | None = None, workers: int = 2, **options) -> list[Entry]:
     """The named placements (see :data:`PLACEMENTS`), all from ``summary`` (Mt-KaHyPar skipped
-    when not installed); ``workers`` and ``options`` go to :func:`place` for EPLB and placer's
+    when not installed); ``workers`` and ``options`` go to :func:`placer.solvers.solve` for EPLB and placer's
     solvers (results do not depend on ``workers``)."""
     layers, experts = len(summary.layers), summary.num_experts
     entries = []
@@ -139,8 +140,9 @@ def solve(summary: TraceSummary, topology: Topology, names: list[str], time_limi
             entries.append(Entry(name, chosen, time.perf_counter() - started))
         else:
             eplb = name == "eplb"
-            chosen, report = place(summary, topology, solver=name, time_limit=time_limit, workers=workers, model=model,
-                                   **{k: v for k, v in options.items() if not (eplb and k == "keep_groups")})
+            problem = PlacementProblem(topology, model=model, **{k: v for k, v in options.items()
+                                                                 if not (eplb and k == "keep_groups")})
+            chosen, report = run_solver(summary, problem, SolverSettings(name, time_limit, workers=workers))
             entries.append(Entry(name if eplb else f"placer {name}", chosen, time.perf_counter() - started,
                                  "" if eplb else report.summary()))
     return entries

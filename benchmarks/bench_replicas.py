@@ -21,7 +21,8 @@ from placer import evaluate, load_topology
 from placer.evaluation.dispatch import RULES
 from placer.formats.esft import import_esft
 from placer.graph import summarize
-from placer.solvers import place
+from placer.request import PlacementProblem, SolverSettings
+from placer.solvers import solve
 
 ESFT = Path(__file__).resolve().parents[2] / "shared" / "traces" / "esft-dsv2lite"
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     solved = {}
     for name in ("eplb", args.solver):
         started = time.perf_counter()
-        placement, _ = place(summary, topology, solver=name, slots_per_gpu=args.slots_per_gpu, workers=2)
+        placement, _ = solve(summary, PlacementProblem(topology, slots_per_gpu=args.slots_per_gpu), SolverSettings(solver=name, workers=2))
         solved[name] = (placement, time.perf_counter() - started)
     spare = args.slots_per_gpu * topology.num_gpus - train.num_experts
     print(f"## {nodes} x {gpus} GPUs, {args.slots_per_gpu} slots per GPU ({spare} spare slots), "

@@ -185,7 +185,8 @@ def cached_train(shape: Shape, tokens: int, cache: Path) -> tuple[Path, str]:
 
 def child(args: argparse.Namespace) -> None:
     from placer.graph import summarize
-    from placer.solvers import place
+    from placer.request import PlacementProblem, SolverSettings
+    from placer.solvers import solve
 
     nodes, gpus = (int(x) for x in args.topology.split("x"))
     topology = Topology("bench", nodes, gpus, 80e9, 1e15, 4.5e11, 5e10, 5e-6)
@@ -196,8 +197,7 @@ def child(args: argparse.Namespace) -> None:
     read = time.perf_counter()
     summary = summarize(trace, workers=args.workers)
     summarized = time.perf_counter()
-    placement, report = place(summary, topology, solver=args.solver, workers=args.workers,
-                              time_limit=args.time_limit)
+    placement, report = solve(summary, PlacementProblem(topology), SolverSettings(solver=args.solver, workers=args.workers, time_limit=args.time_limit))
     done = time.perf_counter()
     np.save(args.out, placement.phy2log)
     sets = float(np.mean([len(layer.sets) for layer in summary.layers]))

@@ -42,7 +42,8 @@ def _vm_hwm_gb() -> float:
 
 
 def child(args: argparse.Namespace) -> None:
-    from placer.solvers import place
+    from placer.request import PlacementProblem, SolverSettings
+    from placer.solvers import solve
     from placer.topology import Topology
     from placer.trace import TraceSource, trace_digest
 
@@ -50,7 +51,7 @@ def child(args: argparse.Namespace) -> None:
     max_nets = None if args.max_nets == "all" else args.max_nets if args.max_nets == "auto" else int(args.max_nets)
     started = time.perf_counter()
     source = TraceSource(args.trace)
-    placement, report = place(source, topology, solver=args.solver, workers=args.workers, max_nets=max_nets)
+    placement, report = solve(source, PlacementProblem(topology), SolverSettings(solver=args.solver, workers=args.workers, max_nets=max_nets))
     placed = time.perf_counter()
     digest = trace_digest(source)
     done = time.perf_counter()

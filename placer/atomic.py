@@ -51,4 +51,4 @@ def refuse_overwriting_input(out: str | Path, *inputs: str | Path) -> None:
     target = Path(out).resolve()
     for given in inputs:
         if Path(given).resolve() == target:
-            raise InputError(out, "--out", f"would overwrite the input {given}")
+            raise InputError(out, "out", f"would overwrite the input {given}")

@@ -6,10 +6,9 @@ Bad input exits with code 2 and one line naming the file and field; success exit
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from enum import Enum
@@ -19,27 +18,28 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from placer import instances
+from placer import instances, workflow
 from placer.atomic import atomic_output, refuse_overwriting_input, write_text_atomic
 from placer.bundled import sample_trace
+from placer.cluster import Cluster, connect
 from placer.errors import InfeasibleError, InputError
 from placer.evaluation import calc
-from placer.evaluation.replay import ReplayReport, evaluate
+from placer.evaluation.dispatch import RULES
+from placer.evaluation.replay import DISPATCH_MODES, SOURCES, ReplayReport
 from placer.formats import placement_io
-from placer.formats.engines import write_output
+from placer.formats.engines import OUTPUT_FORMATS, write_output
 from placer.formats.esft import ESFT_TASKS, import_esft
 from placer.formats.importers import (
     ExpertCounts,
-    load_routing,
     read_megatron,
     read_sglang_dump,
     read_trtllm,
     read_vllm,
     save_counts,
 )
-from placer.migration import minimize_moves, moved_weights
 from placer.parallel import is_ctrl_c
-from placer.placement import BASELINES, Placement, baseline
+from placer.placement import BASELINES, Placement
+from placer.presentation import REPORT_FORMATS
 from placer.presentation.render import (
     comparison_table,
     key_value_table,
@@ -47,15 +47,13 @@ from placer.presentation.render import (
     sweep_notes,
     sweep_table,
 )
-from placer.progress import ProgressFn, prefixed, terminal_progress
-from placer.solvers import place
-from placer.solvers.api import SolveReport, summary_cap
-from placer.solvers.eplb_policy import eplb_placement
+from placer.progress import ProgressFn, terminal_progress
+from placer.request import METHODS, PlacementProblem, SolverSettings
 from placer.stats import summary_stats, trace_stats
 from placer.studies import sweep, synth
-from placer.studies.cluster import Cluster, connect
-from placer.topology import Model, Topology, memory_slots
-from placer.trace import Trace, TraceSource, save_trace, trace_digest
+from placer.studies.synth import SPLITS
+from placer.topology import Model, Topology
+from placer.trace import Trace, TraceSource, save_trace
 
 app = typer.Typer(
     help="Topology-aware expert placement for Mixture-of-Experts models.",
@@ -68,14 +66,18 @@ app.add_typer(import_app, name="import")
 console = Console(width=None if sys.stdout.isatty() else 200)
 
 
-class Source(str, Enum):
-    token = "token"
-    sequence = "sequence"
+def _choices(name: str, values: Sequence[str]) -> type[Enum]:
+    """A CLI choice type built from the library's tuple of choices (one list per concept)."""
+    return Enum(name, {value.replace("-", "_"): value for value in values}, type=str)
 
 
-class Dispatch(str, Enum):
-    normal = "normal"
-    low_latency = "low-latency"
+Source = _choices("Source", SOURCES)
+Dispatch = _choices("Dispatch", DISPATCH_MODES)
+Rule = _choices("Rule", RULES)
+SolverChoice = _choices("SolverChoice", METHODS)
+OutputFormat = _choices("OutputFormat", OUTPUT_FORMATS)
+ReportFormat = _choices("ReportFormat", REPORT_FORMATS)
+Split = _choices("Split", SPLITS)
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
@@ -88,11 +90,6 @@ ModelOpt = Annotated[
 ]
 MaxNodesOpt = Annotated[int | None, typer.Option("--max-nodes", help="Report tokens touching more than M nodes.")]
 SourceOpt = Annotated[Source, typer.Option(help="token: token t on GPU t mod P (or src_rank); sequence: sequence i on GPU i mod P.")]
-class Rule(str, Enum):
-    nearest = "nearest"
-    sglang_static = "sglang-static"
-
-
 RuleOpt = Annotated[Rule, typer.Option(help="Which replica serves a token when experts are replicated.")]
 DispatchOpt = Annotated[Dispatch, typer.Option(help="normal: one copy per remote node; low-latency: one per remote expert.")]
 SchedulerOpt = Annotated[str | None, typer.Option(
@@ -100,27 +97,11 @@ SchedulerOpt = Annotated[str | None, typer.Option(
          "its workers, which open the trace files themselves (result unchanged; needs placer[dask]).")]
 
 
-def _open_routing(path: str) -> TraceSource | Trace | ExpertCounts:
-    """Native .npz traces stream from disk; every other format is read whole (see load_routing)."""
-    given = Path(path)
-    if given.suffix == ".npz" or (given.is_dir() and any(given.glob("*.npz"))):
-        return TraceSource(given)
-    return load_routing(given)
-
-
-def _open_trace(path: str) -> TraceSource | Trace:
-    """A routing input that must hold tokens (replay and statistics need who is routed together)."""
-    routing = _open_routing(path)
-    if isinstance(routing, ExpertCounts):
-        raise InputError(path, "trace", "holds expert counts only; this command needs token-level routing")
-    return routing
-
-
 @contextmanager
 def _cluster(scheduler: str, source: TraceSource | Trace | ExpertCounts) -> Iterator[Cluster]:
-    """The Dask cluster ``scheduler`` (see placer.studies.cluster); the trace must be native .npz files."""
+    """The Dask cluster ``scheduler`` (see placer.cluster); the trace must be native .npz files."""
     if not isinstance(source, TraceSource):
-        raise InputError(None, "--scheduler", "needs a native .npz trace or shard directory (convert with placer import)")
+        raise InputError(None, "scheduler", "needs a native .npz trace or shard directory (convert with placer import)")
     with connect(scheduler) as cluster:
         yield cluster
 
@@ -135,28 +116,6 @@ def _topology(name: str, nodes: int | None, gpus_per_node: int | None) -> Topolo
         if value is not None and value <= 0:
             raise InputError(None, option, f"expected a positive count, got {value}")
     return topology.resized(nodes, gpus_per_node)
-
-
-def _model(name: str | None, num_experts: int, top_k: int | None) -> Model | None:
-    """The named model, else the unique preset with this expert count and top-k, else None."""
-    if name is None:
-        return None if top_k is None else instances.match_model(num_experts, top_k)
-    model = instances.load_model(name)
-    if model.num_experts < num_experts or top_k not in (None, model.top_k):
-        raise InputError(
-            name, "model",
-            f"{model.num_experts} experts, top-{model.top_k} does not fit a trace with "
-            f"{num_experts} experts, top-{top_k}",
-        )
-    return model
-
-
-def _placement(spec: str, trace: TraceSource, topology: Topology, model: Model | None) -> tuple[str, Placement]:
-    """A baseline by name or a placement file, with the label to show it under."""
-    if spec in BASELINES:
-        experts = model.num_experts if model is not None else trace.num_experts
-        return spec, baseline(spec, trace.num_layers, experts, topology.num_gpus, topology.gpus_per_node)
-    return Path(spec).name, placement_io.read_placement(spec, topology.num_gpus, topology.gpus_per_node, model)
 
 
 def _report_results(results: list[tuple[str, ReplayReport]], title: str, as_json: bool) -> None:
@@ -185,7 +144,7 @@ def stats_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Trace statistics per layer and averaged: load skew, entropy, distinct sets, density."""
-    source = _open_trace(trace)
+    source = workflow.open_trace(trace)
     with terminal_progress(quiet) as progress:
         if scheduler is None:
             stats = trace_stats(source, progress=progress)
@@ -221,35 +180,15 @@ def evaluate_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Replay a trace against placements: traffic per link tier, NIC and GPU load, a2a time."""
-    source_trace = _open_trace(trace)
+    source_trace = workflow.open_trace(trace)
     topo = _topology(topology, nodes, gpus_per_node)
-    mdl = _model(model, source_trace.num_experts, source_trace.top_k)
-    results = []
+    mdl = workflow.match_model(model, source_trace.num_experts, source_trace.top_k)
+    experts = mdl.num_experts if mdl is not None else source_trace.num_experts
+    entries = [workflow.load_placement(spec, source_trace.num_layers, experts, topo, mdl) for spec in placement]
     with terminal_progress(quiet) as progress:
-        for spec in placement:
-            label, chosen = _placement(spec, source_trace, topo, mdl)
-            report = evaluate(source_trace, chosen, topo, mdl, source=source.value, dispatch=dispatch.value,
-                              max_nodes=max_nodes, rule=rule.value, progress=prefixed(progress, f"{label}: "))
-            results.append((label, report))
+        results = workflow.compare(source_trace, entries, topo, mdl, progress=progress, source=source.value,
+                                   dispatch=dispatch.value, max_nodes=max_nodes, rule=rule.value)
     _report_results(results, _title(trace, source_trace, topo, mdl), as_json)
-
-
-class SolverChoice(str, Enum):
-    auto = "auto"
-    spectral = "spectral"
-    ilp = "ilp"
-    eplb = "eplb"
-    contiguous = "contiguous"
-    round_robin = "round-robin"
-    random = "random"
-
-
-class OutputFormat(str, Enum):
-    placer = "placer"
-    sglang = "sglang"
-    trtllm = "trtllm"
-    eplb = "eplb"
-    permutation = "permutation"
 
 
 @app.command("place")
@@ -301,56 +240,31 @@ def place_command(
     Ctrl-C while layers are being solved writes the best placement so far (solved layers plus
     the spectral start of the others, marked interrupted) and exits with code 130.
     """
-    refuse_overwriting_input(out, trace, *( [heldout] if heldout else []))
+    refuse_overwriting_input(out, trace, *([heldout] if heldout else []), *([current] if current else []))
     started = time.perf_counter()
-    source = _open_routing(trace)
-    counts_only = isinstance(source, ExpertCounts)
-    if counts_only and solver.value not in (*BASELINES, "eplb"):
-        raise InputError(trace, "trace", "expert counts carry no co-activation; use --solver eplb or a routing trace")
+    source = workflow.open_routing(trace)
+    test = workflow.open_trace(heldout) if heldout else None
     topo = _topology(topology, nodes, gpus_per_node)
-    mdl = _model(model, source.num_experts, None if counts_only else source.top_k)
-    experts = mdl.num_experts if mdl is not None else source.num_experts
-    slots = _slots(slots_per_gpu, memory_reserve, experts, topo, mdl)
-    dead = _gpu_list(exclude_gpus)
-    digest = None
-    if solver.value in BASELINES:
-        chosen = baseline(solver.value, source.num_layers, experts, topo.num_gpus, topo.gpus_per_node, dead)
-        solve_facts: dict = {"solver": solver.value}
-    elif counts_only:
-        chosen = eplb_placement(source.counts, topo, mdl, slots, dead)
-        solve_facts = {"solver": "eplb"}
-    else:
-        with terminal_progress(quiet) as progress:
-            chosen, report, digest = _solve(
-                scheduler, source, topo, solver=solver.value, balance=balance, max_nodes=max_nodes,
-                max_nodes_coverage=max_nodes_coverage, keep_groups=keep_groups, model=mdl,
-                time_limit=time_limit, seed=seed, workers=workers, slots_per_gpu=slots, exclude_gpus=dead,
-                max_nets=_max_nets(max_nets), progress=progress, on_interrupt="best",
-            )
-        solve_facts = report.to_dict()
-    metadata = {
-        **chosen.metadata,
-        "topology": topo.to_dict(),
-        "model": None if mdl is None else mdl.to_dict(),
-        "trace": {"sha256": digest or trace_digest(source), "layers": source.num_layers,
-                  "tokens": None if counts_only else source.num_tokens},
-    }
-    chosen = replace(chosen, metadata=metadata)
-    if current:
-        in_service = placement_io.read_placement(current, topo.num_gpus, topo.gpus_per_node, mdl)
-        naive = moved_weights(in_service, chosen, mdl.expert_param_bytes if mdl else 0.0)
-        chosen = minimize_moves(in_service, chosen)
-        solve_facts["moves"] = {
-            "without_relabel": naive["experts_moved"],
-            **moved_weights(in_service, chosen, mdl.expert_param_bytes if mdl else 0.0),
-        }
+    counts_only = isinstance(source, ExpertCounts)
+    mdl = workflow.match_model(model, source.num_experts, None if counts_only else source.top_k)
+    problem = PlacementProblem(
+        topo, mdl, balance, max_nodes, max_nodes_coverage, keep_groups, _slots(slots_per_gpu), memory_reserve,
+        tuple(_gpu_list(exclude_gpus)),
+    )
+    in_service = placement_io.read_placement(current, topo.num_gpus, topo.gpus_per_node, mdl) if current else None
+    with terminal_progress(quiet) as progress:
+        settings = SolverSettings(solver.value, time_limit, seed, None, workers, None, progress, "best",
+                                  _max_nets(max_nets))
+        with nullcontext() if scheduler is None else _cluster(scheduler, source) as cluster:
+            result = workflow.place(source, problem, settings, current=in_service, cluster=cluster)
+    chosen, solve_facts = result.placement, result.facts()
     write_output(chosen, out, output_format.value, mdl)
     wall = time.perf_counter() - started
     interrupted = solve_facts.get("interrupted")
-    test = _open_trace(heldout) if heldout and not interrupted else None
-    with terminal_progress(quiet) as progress:
-        results = _against_baselines(test, f"placer {solver.value}", chosen, topo, mdl, max_nodes,
-                                     progress) if test else []
+    results = []
+    if test is not None and not interrupted:
+        with terminal_progress(quiet) as progress:
+            results = _against_baselines(test, f"placer {solver.value}", chosen, topo, mdl, max_nodes, progress)
     if as_json:
         _print_json({"out": out, "wall_s": wall, "interrupted": bool(interrupted), "solve": solve_facts,
                      "evaluation": {name: r.totals for name, r in results}})
@@ -376,7 +290,7 @@ def place_command(
             f"({moves['bytes_moved'] / 1e9:,.2f} GB of weights), {moves['without_relabel']:,} without relabelling",
             markup=False, highlight=False,
         )
-    if test is not None:
+    if results:
         console.print(comparison_table(results, _title(heldout, test, topo, mdl, " | held-out replay")))
     _exit_if_interrupted(out, output_format.value, solve_facts)
 
@@ -393,20 +307,6 @@ def _exit_if_interrupted(out: str, output_format: str, solve_facts: dict) -> Non
         f"gap {solve_facts['gap']:.1%}; {marked})", markup=False, highlight=False, soft_wrap=True,
     )
     raise typer.Exit(130)
-
-
-def _solve(scheduler: str | None, source: TraceSource | Trace, topology: Topology, **options: object
-           ) -> tuple[Placement, SolveReport, str]:
-    """place() and the trace digest, in-process or on the Dask cluster ``scheduler`` (the shard
-    summaries, the per-layer solves and the digest run on its workers; same result)."""
-    if scheduler is None:
-        return *place(source, topology, **options), trace_digest(source)
-    cap = summary_cap(options.pop("max_nets"), options["solver"], options["time_limit"], source.num_layers,
-                      options["max_nodes"])
-    with _cluster(scheduler, source) as cluster:
-        digest = cluster.submit(trace_digest, source)
-        chosen, report = place(cluster.summarize(source, max_nets=cap), topology, mapper=cluster.map, **options)
-        return chosen, report, digest.result()
 
 
 def _gpu_list(text: str | None) -> list[int]:
@@ -428,53 +328,22 @@ def _max_nets(requested: str) -> int | None | str:
     return int(requested)
 
 
-def _slots(requested: str | None, reserve: float, experts: int, topo: Topology, mdl: Model | None) -> int | None:
-    """Slots per GPU from --slots-per-gpu, checked against what fits in GPU memory."""
-    if not 0.0 <= reserve < 1.0:
-        raise InputError(None, "--memory-reserve", f"expected a share in [0, 1), got {reserve}")
-    fits = memory_slots(topo, mdl, reserve) if mdl is not None else None
-    needed = math.ceil(experts / topo.num_gpus)
-    if requested == "memory":
-        if fits is None:
-            raise InputError(None, "--slots-per-gpu", "'memory' needs a model with expert_param_bytes (--model)")
-        slots = fits
-    elif requested is None:
-        slots = None
-    elif requested.isdigit() and int(requested) > 0:
-        slots = int(requested)
-    else:
+def _slots(requested: str | None) -> int | str | None:
+    """--slots-per-gpu: a positive count, 'memory' or None (checked by the problem)."""
+    if requested is None or requested == "memory":
+        return requested
+    if not (requested.isascii() and requested.isdigit()):
         raise InputError(None, "--slots-per-gpu", f"expected a positive integer or 'memory', got {requested!r}")
-    wanted = slots or needed
-    if wanted < needed:
-        raise InputError(None, "--slots-per-gpu", f"{wanted} slots x {topo.num_gpus} GPUs cannot hold {experts} experts")
-    if fits is not None and wanted > fits:
-        per_layer = mdl.expert_param_bytes * mdl.num_moe_layers
-        raise InputError(
-            f"model {mdl.name}", "--slots-per-gpu",
-            f"{wanted} experts per GPU and layer need {wanted * per_layer / 1e9:.1f} GB, but "
-            f"{topo.gpu_memory_bytes * (1 - reserve) / 1e9:.1f} GB of GPU memory is free for experts "
-            f"({fits} fit); use more GPUs, a smaller --memory-reserve or fewer slots",
-        )
-    return slots
+    return int(requested)
 
 
 def _against_baselines(
-    test: TraceSource, label: str, chosen: Placement, topo: Topology, mdl: Model | None, max_nodes: int | None,
-    progress: ProgressFn | None = None,
+    test: TraceSource | Trace, label: str, chosen: Placement, topo: Topology, mdl: Model | None,
+    max_nodes: int | None, progress: ProgressFn | None = None,
 ) -> list[tuple[str, ReplayReport]]:
     """Replay ``test`` against the three baselines and ``chosen`` (last)."""
-    placements = [
-        (name, baseline(name, test.num_layers, chosen.num_experts, topo.num_gpus, topo.gpus_per_node,
-                        chosen.excluded_gpus))
-        for name in BASELINES
-    ]
-    return [(name, evaluate(test, p, topo, mdl, max_nodes=max_nodes, progress=prefixed(progress, f"{name}: ")))
-            for name, p in [*placements, (label, chosen)]]
-
-
-class ReportFormat(str, Enum):
-    html = "html"
-    md = "md"
+    entries = workflow.with_baselines({label: chosen}, BASELINES, test.num_layers, chosen.num_experts, topo)
+    return workflow.compare(test, entries, topo, mdl, progress=progress, max_nodes=max_nodes)
 
 
 @app.command("report")
@@ -502,10 +371,11 @@ def report_command(
         from placer.presentation.report import FIGURE_NAMES, write_report
     except ImportError as err:
         raise InputError(None, "report", f"{err}; install the plots extra: pip install 'placer[plots]'") from None
-    source_trace = _open_trace(trace)
+    source_trace = workflow.open_trace(trace)
     topo = _topology(topology, nodes, gpus_per_node)
-    mdl = _model(model, source_trace.num_experts, source_trace.top_k)
-    chosen = [_placement(spec, source_trace, topo, mdl) for spec in placement]
+    mdl = workflow.match_model(model, source_trace.num_experts, source_trace.top_k)
+    experts = mdl.num_experts if mdl is not None else source_trace.num_experts
+    chosen = [workflow.load_placement(spec, source_trace.num_layers, experts, topo, mdl) for spec in placement]
     labels = [label for label, _ in chosen]
     placements = {
         (spec if labels.count(label) > 1 else label): p for spec, (label, p) in zip(placement, chosen)
@@ -614,8 +484,8 @@ def sweep_command(
     step = sweep.StepModel(tokens_per_step, dispatch.value, peer_latency)
     with nullcontext() if scheduler is None else connect(scheduler) as cluster:
         result = sweep.run_sweep(
-            mdl, topo, None if trace is None else _open_trace(trace),
-            None if eval_trace is None else _open_trace(eval_trace),
+            mdl, topo, None if trace is None else workflow.open_trace(trace),
+            None if eval_trace is None else workflow.open_trace(eval_trace),
             eps=_ep_list(ep), step=step, solver=solver, seed=seed, alpha=alpha,
             mapper=map if cluster is None else cluster.map,
         )
@@ -759,11 +629,6 @@ def import_trtllm_command(
     _write_imported(read_trtllm(directory), out, [directory], as_json)
 
 
-class Split(str, Enum):
-    train = "train"
-    test = "test"
-
-
 @app.command("synth")
 def synth_command(
     preset: Annotated[str, typer.Option(help="esft, deepseek-v3, kimi-k2, qwen3-235b, seed001, or a .toml with [synth].")],
@@ -801,7 +666,8 @@ def demo_command(as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
     mdl = instances.load_model("deepseek-v2-lite")
     started = time.perf_counter()
     with terminal_progress(quiet) as progress:
-        chosen, report = place(train, topo, solver="spectral", model=mdl, progress=progress)
+        result = workflow.place(train, PlacementProblem(topo, mdl), SolverSettings("spectral", progress=progress))
+        chosen, report = result.placement, result.report
         wall = time.perf_counter() - started
         results = _against_baselines(test, "placer spectral", chosen, topo, mdl, None, progress)
     if as_json:
@@ -820,7 +686,7 @@ def main() -> None:
     try:
         app()
     except (InputError, InfeasibleError) as err:
-        Console(stderr=True).print(f"placer: error: {err}", markup=False, highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"placer: error: {_in_flags(err)}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except (KeyboardInterrupt, SystemError) as err:
         if not is_ctrl_c(err):
@@ -831,6 +697,24 @@ def main() -> None:
         if err.code == 130 and _caused_by_ctrl_c(err):  # typer turns Ctrl-C into a silent exit 130
             _say_interrupted()
         raise
+
+
+#: library fields the user sets with a flag of another name
+FLAG_OF_FIELD = {"output_format": "--format", "excluded_gpus": "--exclude-gpus"}
+#: library fields the user sets with the flag of the same name
+FLAG_FIELDS = frozenset({
+    "alpha", "balance", "current", "dispatch", "exclude_gpus", "keep_groups", "max_nets", "max_nodes",
+    "max_nodes_coverage", "memory_reserve", "model", "out", "rule", "scheduler", "seed", "slots_per_gpu",
+    "solver", "source", "time_limit", "topology", "trace", "workers",
+})
+
+
+def _in_flags(err: Exception) -> str:
+    """An error as the CLI user reads it: a library field they set by a flag named as that flag."""
+    if not isinstance(err, InputError) or err.field is None:
+        return str(err)
+    flag = FLAG_OF_FIELD.get(err.field) or ("--" + err.field.replace("_", "-") if err.field in FLAG_FIELDS else None)
+    return str(err) if flag is None else str(InputError(err.source, flag, err.message))
 
 
 def _say_interrupted() -> None:

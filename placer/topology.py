@@ -6,7 +6,6 @@ NVLink domain; GPU ``g`` sits on node ``g // gpus_per_node``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 
 
@@ -80,15 +79,3 @@ class Model:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def memory_slots(topology: Topology, model: Model, reserve: float = 0.0) -> int | None:
-    """Expert slots per layer that fit one GPU: floor(free memory / (expert bytes x MoE layers)).
-
-    reserve: share of GPU memory kept for everything else (attention weights,
-    activations, KV cache). None when the model records no expert size.
-    """
-    if model.expert_param_bytes <= 0:
-        return None
-    free = topology.gpu_memory_bytes * (1.0 - reserve)
-    return math.floor(free / (model.expert_param_bytes * model.num_moe_layers))

@@ -1,4 +1,4 @@
-"""The Dask backend (placer.studies.cluster, ``--scheduler``): identical results on a real cluster.
+"""The Dask backend (placer.cluster, ``--scheduler``): identical results on a real cluster.
 
 One ``distributed.LocalCluster`` (2 single-threaded worker processes) serves the module;
 ``local:2`` starts its own. No mocks of Dask.
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from placer import graph
+from placer.cluster import connect
 from placer.errors import InputError
-from placer.studies.cluster import connect
 from placer.trace import TraceSource, save_trace, validate_arrays
 
 distributed = pytest.importorskip("distributed", reason="needs placer[dask] (part of placer[test])")

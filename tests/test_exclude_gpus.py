@@ -15,7 +15,8 @@ from placer.errors import InputError
 from placer.evaluation.replay import evaluate
 from placer.graph import summarize
 from placer.placement import contiguous_gpus, from_expert_gpu
-from placer.solvers import place
+from placer.request import PlacementProblem, SolverSettings
+from placer.solvers import solve
 from placer.solvers.problem import build_problems, connectivity
 from placer.topology import Model, Topology
 from placer.trace import Trace, load_trace
@@ -45,7 +46,7 @@ def check_live(placement, excluded, num_gpus: int, slots: int, distinct: bool = 
 def test_no_expert_on_excluded_gpus(solver):
     trace = random_trace(300, 2, 32, 4, 1)
     excluded = [5, 1]
-    placement, _ = place(trace, topo(4, 4), solver=solver, exclude_gpus=excluded, time_limit=1)
+    placement, _ = solve(trace, PlacementProblem(topo(4, 4), exclude_gpus=excluded), SolverSettings(solver=solver, time_limit=1))
     slots = math.ceil(32 / 14)  # default: ceil(E / live GPUs)
     check_live(placement, excluded, 16, slots, distinct=solver != "eplb")
     if solver != "eplb":
@@ -59,8 +60,7 @@ def test_no_expert_on_excluded_gpus(solver):
 def test_replicas_only_on_live_gpus(solver):
     trace = random_trace(300, 2, 24, 4, 2, skew=2.0)
     excluded = [0, 1, 2, 6]  # node 0 keeps one GPU, node 1 three
-    placement, report = place(trace, topo(3, 4), solver=solver, exclude_gpus=excluded, slots_per_gpu=4,
-                              time_limit=1)
+    placement, report = solve(trace, PlacementProblem(topo(3, 4), exclude_gpus=excluded, slots_per_gpu=4), SolverSettings(solver=solver, time_limit=1))
     check_live(placement, excluded, 12, 4)
     # every live slot filled: 8 live GPUs x 4 slots
     assert placement.expert_copies().sum(axis=1).tolist() == [32, 32]
@@ -78,7 +78,7 @@ def test_uneven_live_counts_per_node():
     counts = problem.node_counts()  # proportional to live capacity, as even as possible
     assert counts.sum() == 40 and (counts <= problem.node_capacity()).all()
     assert counts.tolist() == [4, 14, 11, 11]
-    placement, _ = place(trace, topo(4, 4), solver="auto", exclude_gpus=excluded, time_limit=1)
+    placement, _ = solve(trace, PlacementProblem(topo(4, 4), exclude_gpus=excluded), SolverSettings(solver="auto", time_limit=1))
     check_live(placement, excluded, 16, slots)
     assert (placement.gpu_expert_counts() <= slots).all()
     node = placement.expert_gpu() // 4
@@ -89,7 +89,7 @@ def test_uneven_live_counts_per_node():
 def test_whole_node_excluded():
     trace = random_trace(200, 1, 16, 3, 4)
     excluded = [0, 1, 5]  # node 0 entirely out of service
-    placement, _ = place(trace, topo(3, 2), solver="auto", exclude_gpus=excluded, time_limit=1)
+    placement, _ = solve(trace, PlacementProblem(topo(3, 2), exclude_gpus=excluded), SolverSettings(solver="auto", time_limit=1))
     check_live(placement, excluded, 6, 6)
     assert set(placement.expert_gpu().ravel().tolist()) <= {2, 3, 4}
 
@@ -117,7 +117,7 @@ def brute_force_cut(problem) -> int:
 def test_exact_model_with_uneven_capacities_matches_brute_force():
     trace = random_trace(60, 1, 8, 3, 7, skew=3.0)
     excluded = [1, 2, 5]  # live GPUs per node 1, 2, 3; slots ceil(8 / 6) = 2
-    placement, report = place(trace, topo(3, 3), solver="ilp", exclude_gpus=excluded, time_limit=5, alpha=0.0)
+    placement, report = solve(trace, PlacementProblem(topo(3, 3), exclude_gpus=excluded), SolverSettings(solver="ilp", time_limit=5, alpha=0.0))
     problem = build_problems(summarize(trace), 3, 3, None, None, excluded)[0]
     assert problem.node_capacity().tolist() == [2, 4, 6]
     layer = report.layers[0]
@@ -132,20 +132,20 @@ def test_invalid_exclusions_raise():
                        ([1.5], "integer"), ([True], "integer")]:
         for solver in ("spectral", "eplb"):
             with pytest.raises(InputError, match=match) as err:
-                place(trace, topo(2, 4), solver=solver, exclude_gpus=bad)
+                solve(trace, PlacementProblem(topo(2, 4), exclude_gpus=bad), SolverSettings(solver=solver))
             assert err.value.field == "exclude_gpus"
     with pytest.raises(InputError, match="6 live GPUs x 2 slots = 12 slots < 16 experts") as err:
-        place(trace, topo(2, 4), solver="spectral", exclude_gpus=[0, 7], slots_per_gpu=2)
+        solve(trace, PlacementProblem(topo(2, 4), exclude_gpus=[0, 7], slots_per_gpu=2), SolverSettings(solver="spectral"))
     assert err.value.field == "exclude_gpus"
     with pytest.raises(InputError, match="exclude_gpus"):
-        place(trace, topo(2, 4), solver="eplb", exclude_gpus=[0, 7], slots_per_gpu=2)
+        solve(trace, PlacementProblem(topo(2, 4), exclude_gpus=[0, 7], slots_per_gpu=2), SolverSettings(solver="eplb"))
 
 
 def test_deterministic_and_worker_independent():
     trace = random_trace(200, 2, 24, 4, 9)
-    kwargs = {"solver": "auto", "seed": 3, "time_limit": 1, "exclude_gpus": [3, 4, 5]}
-    a, _ = place(trace, topo(3, 4), workers=1, **kwargs)
-    b, _ = place(trace, topo(3, 4), workers=2, **kwargs)
+    problem = PlacementProblem(topo(3, 4), exclude_gpus=[3, 4, 5])
+    a, _ = solve(trace, problem, SolverSettings(solver="auto", seed=3, time_limit=1, workers=1))
+    b, _ = solve(trace, problem, SolverSettings(solver="auto", seed=3, time_limit=1, workers=2))
     assert np.array_equal(a.phy2log, b.phy2log)
 
 
@@ -156,7 +156,7 @@ def test_eplb_runs_on_the_live_gpus_as_a_smaller_cluster():
     loads = summarize(trace).loads
     model = Model("m", 16, 4, 8, 8, 2, num_groups=4)
     # two live GPUs on each node: hierarchical EPLB on 2 nodes x 2 GPUs, mapped back to the live ids
-    placement, _ = place(trace, topo(2, 4), solver="eplb", model=model, exclude_gpus=[1, 2, 4, 7], slots_per_gpu=5)
+    placement, _ = solve(trace, PlacementProblem(topo(2, 4), model=model, exclude_gpus=[1, 2, 4, 7], slots_per_gpu=5), SolverSettings(solver="eplb"))
     expected, _, _ = rebalance_experts(loads, 20, 4, 2, 4)
     live = [0, 3, 5, 6]
     per_gpu = placement.phy2log.reshape(2, 8, 5)
@@ -164,7 +164,7 @@ def test_eplb_runs_on_the_live_gpus_as_a_smaller_cluster():
     assert placement.metadata["solver"]["policy"] == "hierarchical"
     check_live(placement, [1, 2, 4, 7], 8, 5, distinct=False)
     # uneven live GPUs per node: EPLB's global policy over the 5 live GPUs
-    placement, _ = place(trace, topo(2, 4), solver="eplb", model=model, exclude_gpus=[1, 2, 4])
+    placement, _ = solve(trace, PlacementProblem(topo(2, 4), model=model, exclude_gpus=[1, 2, 4]), SolverSettings(solver="eplb"))
     expected, _, _ = rebalance_experts(loads, 5 * 4, 1, 1, 5)
     assert placement.slots_per_gpu == 4
     assert np.array_equal(placement.phy2log.reshape(2, 8, 4)[:, [0, 3, 5, 6, 7]].reshape(2, 20), expected)
@@ -175,7 +175,7 @@ def test_sample_trace_beats_contiguous_on_live_gpus():
     train = load_trace(sample_trace("train"))
     topology = topo(4, 8)
     excluded = [0, 1]
-    placement, _ = place(train, topology, solver="spectral", exclude_gpus=excluded, time_limit=2)
+    placement, _ = solve(train, PlacementProblem(topology, exclude_gpus=excluded), SolverSettings(solver="spectral", time_limit=2))
     check_live(placement, excluded, 32, math.ceil(64 / 30))
     live = np.arange(2, 32)
     contiguous = from_expert_gpu(np.tile(live[contiguous_gpus(64, 30)], (train.num_layers, 1)), 32, 8,
@@ -221,7 +221,7 @@ def test_engine_exports_fill_dead_gpus_with_placeholders():
 
     trace = random_trace(200, 1, 16, 2, 4)
     # 7 live GPUs x 4 slots: one copy needs 3 per GPU, the rest hold replicas; GPU 6 = slots 24..27
-    placement, _ = place(trace, topo(2, 4), solver="spectral", exclude_gpus=[6], slots_per_gpu=4, time_limit=1)
+    placement, _ = solve(trace, PlacementProblem(topo(2, 4), exclude_gpus=[6], slots_per_gpu=4), SolverSettings(solver="spectral", time_limit=1))
     rows = np.array(to_sglang(placement)["physical_to_logical_map"])
     assert (rows >= 0).all() and (rows[:, 24:28] == 0).all()
     assert (to_eplb(placement)["phy2log"][:, 24:28] == -1).all()

@@ -19,7 +19,8 @@ from placer import load_topology
 from placer.bundled import sample_trace
 from placer.formats.placement_io import read_placement
 from placer.parallel import Interrupted, interruptible_map
-from placer.solvers import api, place
+from placer.request import PlacementProblem, SolverSettings
+from placer.solvers import api, solve
 from placer.trace import TraceSource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def ctrl_c_on_layer_5(monkeypatch):
 def test_place_keeps_solved_layers_and_stands_in_for_the_rest(ctrl_c_on_layer_5):
     trace = TraceSource(TRAIN)
     topology = load_topology("h100-dgx").resized(4, 8)
-    placement, report = place(trace, topology, solver="spectral", on_interrupt="best")
+    placement, report = solve(trace, PlacementProblem(topology), SolverSettings(solver="spectral", on_interrupt="best"))
     assert report.interrupted
     statuses = [layer.status for layer in report.layers]
     assert statuses[:5] == ["feasible"] * 5 and set(statuses[5:]) == {"interrupted"}
@@ -88,9 +89,9 @@ def test_place_propagates_ctrl_c_unless_asked_or_when_limits_cannot_be_kept(ctrl
     trace = TraceSource(TRAIN)
     topology = load_topology("h100-dgx").resized(4, 8)
     with pytest.raises(KeyboardInterrupt):
-        place(trace, topology, solver="spectral")
+        solve(trace, PlacementProblem(topology), SolverSettings(solver="spectral"))
     with pytest.raises(KeyboardInterrupt):
-        place(trace, topology, solver="spectral", balance=2.0, on_interrupt="best")
+        solve(trace, PlacementProblem(topology, balance=2.0), SolverSettings(solver="spectral", on_interrupt="best"))
 
 
 def _interrupt(tmp_path: Path, workers: int, delay: float) -> tuple[subprocess.CompletedProcess, Path]:
@@ -137,7 +138,7 @@ def test_ctrl_c_before_any_placement_says_so_on_one_line(cli, monkeypatch, tmp_p
     def interrupted_read(path: str):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_module, "_open_routing", interrupted_read)
+    monkeypatch.setattr(cli_module.workflow, "open_routing", interrupted_read)
     result = cli("place", "--trace", TRAIN, "--nodes", "4", "--out", tmp_path / "p.json")
     assert result.code == 130
     assert result.err == "placer: interrupted; no partial output was written\n"

@@ -15,7 +15,8 @@ from placer.evaluation.replay import evaluate
 from placer.graph import LAYER_RUN
 from placer.placement import baseline
 from placer.progress import TerminalProgress, prefixed, terminal_progress, track
-from placer.solvers import place
+from placer.request import PlacementProblem, SolverSettings
+from placer.solvers import solve
 from placer.trace import TraceSource
 
 SAMPLE = str(sample_trace("test"))
@@ -52,7 +53,7 @@ def test_place_and_evaluate_report_every_stage_to_a_callback():
     trace = TraceSource(SAMPLE)
     topology = load_topology("h100-dgx").resized(2, 8)
     record = Recorder()
-    placement, _ = place(trace, topology, solver="spectral", time_limit=1, progress=record)
+    placement, _ = solve(trace, PlacementProblem(topology), SolverSettings(solver="spectral", time_limit=1, progress=record))
     evaluate(trace, placement, topology, progress=prefixed(record, "p: "))
     stages = record.stages()
     layers = trace.num_layers

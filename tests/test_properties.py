@@ -15,7 +15,8 @@ from placer.evaluation.replay import evaluate
 from placer.formats.engines import to_eplb, to_sglang, to_trtllm
 from placer.formats.placement_io import read_placement
 from placer.placement import Placement, from_expert_gpu
-from placer.solvers import place
+from placer.request import PlacementProblem, SolverSettings
+from placer.solvers import solve
 from placer.topology import Model, Topology
 from placer.trace import validate_arrays
 
@@ -126,7 +127,7 @@ def solver_requests(draw):
 def test_solver_output_meets_constraints_or_explains(request):
     trace, topology, max_nodes, balance = request
     try:
-        placement, _ = place(trace, topology, solver="spectral", max_nodes=max_nodes, balance=balance, time_limit=1)
+        placement, _ = solve(trace, PlacementProblem(topology, max_nodes=max_nodes, balance=balance), SolverSettings(solver="spectral", time_limit=1))
     except InfeasibleError as err:
         assert str(err)
         return

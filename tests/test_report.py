@@ -32,12 +32,12 @@ from placer.presentation.report import (
     reference_placement,
     save_report,
     summary_rows,
-    with_baselines,
     write_markdown_report,
     write_report,
 )
 from placer.topology import Model, Topology
 from placer.trace import TraceSource, save_trace, validate_arrays
+from placer.workflow import with_baselines
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -10,14 +10,16 @@ import pytest
 from conftest import random_trace, topo
 
 from placer.bundled import sample_trace
+from placer.constraints import Constraints
 from placer.errors import InfeasibleError
 from placer.evaluation.replay import evaluate
 from placer.graph import summarize
-from placer.solvers import api, place
+from placer.request import PlacementProblem, SolverSettings
+from placer.solvers import api, solve
 from placer.solvers import node_stage as node_stage_module
 from placer.solvers.options import Options, layer_budget
 from placer.solvers.pipeline import solve_layer
-from placer.solvers.problem import Constraints, build_problems, connectivity
+from placer.solvers.problem import build_problems, connectivity
 from placer.solvers.refine import evaluate as objective
 from placer.studies import synth
 from placer.topology import Topology
@@ -43,7 +45,7 @@ def brute_force_cut(problem, max_nodes=None) -> int:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ilp_proves_optimal_and_matches_brute_force(seed):
     trace = random_trace(60, 1, 8, 3, seed, skew=3.0)
-    pl, report = place(trace, topo(2, 2), solver="ilp", seed=0, time_limit=5)
+    pl, report = solve(trace, PlacementProblem(topo(2, 2)), SolverSettings(solver="ilp", seed=0, time_limit=5))
     layer = report.layers[0]
     problem = build_problems(summarize(trace), 2, 2)[0]
     assert layer.status == "optimal"
@@ -58,13 +60,13 @@ def test_ilp_proves_optimal_and_matches_brute_force(seed):
 def test_spectral_close_to_brute_force_on_small():
     trace = random_trace(80, 1, 9, 3, 5, skew=2.0)
     problem = build_problems(summarize(trace), 3, 1)[0]
-    _, report = place(trace, topo(3, 1), solver="spectral", alpha=0.0)
+    _, report = solve(trace, PlacementProblem(topo(3, 1)), SolverSettings(solver="spectral", alpha=0.0))
     assert report.layers[0].objective <= 1.05 * brute_force_cut(problem)
 
 
 def test_uneven_expert_count_and_slots():
     trace = random_trace(200, 2, 60, 4, 3)
-    pl, _ = place(trace, topo(2, 4), solver="spectral")
+    pl, _ = solve(trace, PlacementProblem(topo(2, 4)), SolverSettings(solver="spectral"))
     assert pl.slots_per_gpu == 8
     counts = pl.gpu_expert_counts()
     assert counts.max() <= 8
@@ -75,14 +77,14 @@ def test_uneven_expert_count_and_slots():
 
 def test_balance_respected_and_infeasible_explained():
     trace = random_trace(300, 1, 16, 2, 4, skew=1.0)
-    pl, _ = place(trace, topo(2, 4), solver="spectral", balance=0.5)
+    pl, _ = solve(trace, PlacementProblem(topo(2, 4), balance=0.5), SolverSettings(solver="spectral"))
     loads = np.bincount(trace.topk_ids[:, 0].ravel(), minlength=16)
     gpu_load = np.bincount(pl.expert_gpu()[0], weights=loads, minlength=8)
     assert gpu_load.max() <= 1.5 * gpu_load.mean() + 1e-9
     hot = np.zeros((100, 1, 2), np.int16)
     hot[:, 0, 1] = np.arange(100) % 15 + 1  # expert 0 in every token
     with pytest.raises(InfeasibleError, match="expert 0 alone carries 100.*best achievable is balance >="):
-        place(Trace(hot, 16), topo(2, 4), solver="spectral", balance=0.1)
+        solve(Trace(hot, 16), PlacementProblem(topo(2, 4), balance=0.1), SolverSettings(solver="spectral"))
 
 
 def clustered_trace(tokens: int, seed: int) -> Trace:
@@ -98,23 +100,23 @@ def clustered_trace(tokens: int, seed: int) -> Trace:
 
 def test_max_nodes_hard_and_infeasible():
     trace = clustered_trace(150, 6)
-    pl, report = place(trace, topo(4, 2), solver="spectral", max_nodes=2)
+    pl, report = solve(trace, PlacementProblem(topo(4, 2), max_nodes=2), SolverSettings(solver="spectral"))
     problem = build_problems(summarize(trace), 4, 2)[0]
     lam = connectivity(problem, pl.expert_gpu()[0] // 2)
     assert lam.max() <= 2, report.messages
     with pytest.raises(InfeasibleError, match="max_nodes 1 is infeasible.*node holds only 2"):
-        place(trace, topo(8, 1), solver="spectral", max_nodes=1)
+        solve(trace, PlacementProblem(topo(8, 1), max_nodes=1), SolverSettings(solver="spectral"))
     # every triple of 6 experts over 3 nodes of 2: no 2-node placement holds all of them
     ids = np.array(list(itertools.combinations(range(6), 3)), np.int16)[:, None, :]
     with pytest.raises(InfeasibleError, match="CP-SAT proved that no placement satisfies it"):
-        place(Trace(ids, 6), topo(3, 1), solver="spectral", max_nodes=2, slots_per_gpu=2)
+        solve(Trace(ids, 6), PlacementProblem(topo(3, 1), max_nodes=2, slots_per_gpu=2), SolverSettings(solver="spectral"))
 
 
 def test_max_nodes_coverage():
     trace = clustered_trace(200, 7)
     noisy = np.concatenate([trace.topk_ids, random_trace(20, 1, 16, 3, 7).topk_ids])
     trace = Trace(noisy, 16)
-    pl, _ = place(trace, topo(4, 2), solver="spectral", max_nodes=2, max_nodes_coverage=0.8)
+    pl, _ = solve(trace, PlacementProblem(topo(4, 2), max_nodes=2, max_nodes_coverage=0.8), SolverSettings(solver="spectral"))
     problem = build_problems(summarize(trace), 4, 2)[0]
     lam = connectivity(problem, pl.expert_gpu()[0] // 2)
     assert problem.weights[lam <= 2].sum() >= 0.8 * problem.weights.sum()
@@ -125,22 +127,22 @@ def test_groups_kept_on_own_nodes():
 
     model = Model("m", 16, 2, 8, 8, 1, num_groups=2, groups_per_token=1)
     trace = random_trace(100, 1, 16, 2, 8)
-    pl, _ = place(trace, topo(4, 2), solver="spectral", keep_groups=True, model=model)
+    pl, _ = solve(trace, PlacementProblem(topo(4, 2), keep_groups=True, model=model), SolverSettings(solver="spectral"))
     node = pl.expert_gpu()[0] // 2
     assert set(node[:8]) <= {0, 1} and set(node[8:]) <= {2, 3}
     eight = Model("m", 16, 2, 8, 8, 1, num_groups=8, groups_per_token=2)
-    pl, _ = place(trace, topo(4, 2), solver="spectral", keep_groups=True, model=eight)
+    pl, _ = solve(trace, PlacementProblem(topo(4, 2), keep_groups=True, model=eight), SolverSettings(solver="spectral"))
     node = pl.expert_gpu()[0] // 2
     assert all(node[2 * g] == node[2 * g + 1] for g in range(8))  # each group whole on one node
     assert np.bincount(node, minlength=4).tolist() == [4, 4, 4, 4]
     with pytest.raises(InfeasibleError, match="groups"):
-        place(trace, topo(3, 2), keep_groups=True, model=eight, solver="spectral")
+        solve(trace, PlacementProblem(topo(3, 2), keep_groups=True, model=eight), SolverSettings(solver="spectral"))
 
 
 def test_deterministic_and_worker_independent():
     trace = random_trace(200, 2, 32, 4, 9)
-    a, _ = place(trace, topo(4, 2), solver="auto", seed=3, time_limit=1, workers=1)
-    b, _ = place(trace, topo(4, 2), solver="auto", seed=3, time_limit=1, workers=2)
+    a, _ = solve(trace, PlacementProblem(topo(4, 2)), SolverSettings(solver="auto", seed=3, time_limit=1, workers=1))
+    b, _ = solve(trace, PlacementProblem(topo(4, 2)), SolverSettings(solver="auto", seed=3, time_limit=1, workers=2))
     assert np.array_equal(a.phy2log, b.phy2log)
 
 
@@ -156,8 +158,8 @@ def test_auto_never_worse_than_spectral():
 def test_spare_slots_hold_replicas_and_cut_traffic():
     trace = load_trace(sample_trace("train"))
     topology = Topology("t", 2, 4, 80e9, 1e15, 4.5e11, 5e10, 5e-6)
-    one_copy, _ = place(trace, topology, solver="spectral", time_limit=2)
-    replicated, report = place(trace, topology, solver="spectral", slots_per_gpu=10, time_limit=2)
+    one_copy, _ = solve(trace, PlacementProblem(topology), SolverSettings(solver="spectral", time_limit=2))
+    replicated, report = solve(trace, PlacementProblem(topology, slots_per_gpu=10), SolverSettings(solver="spectral", time_limit=2))
     copies = replicated.expert_copies()
     assert (copies >= 1).all() and copies.sum(axis=1).tolist() == [80] * trace.num_layers
     assert (replicated.gpu_expert_counts() <= 10).all()
@@ -175,7 +177,7 @@ def test_more_gpus_than_experts_fills_every_slot():
     """With fewer experts than GPUs (one slot each, as EPLB at 64 x 8 for 256 experts) the
     spare slots hold replicas instead of staying empty."""
     trace = random_trace(300, 2, 24, 4, 11, skew=2.0)
-    placement, _ = place(trace, topo(16, 2), solver="spectral", slots_per_gpu=1)
+    placement, _ = solve(trace, PlacementProblem(topo(16, 2), slots_per_gpu=1), SolverSettings(solver="spectral"))
     assert (placement.phy2log >= 0).all()
     assert (placement.expert_copies() >= 1).all()
 
@@ -199,7 +201,7 @@ def test_eplb_solver_matches_the_reference_function():
     ids = np.stack([rng.permutation(16)[:4] for _ in range(200 * 2)]).reshape(200, 2, 4)
     trace = validate_arrays("r", {"topk_ids": ids})
     topology = Topology("t", 2, 2, 80e9, 1e15, 4.5e11, 5e10, 5e-6)
-    placement, _ = place(trace, topology, solver="eplb", slots_per_gpu=5)
+    placement, _ = solve(trace, PlacementProblem(topology, slots_per_gpu=5), SolverSettings(solver="eplb"))
     expected, _, _ = rebalance_experts(summarize(trace).loads, 20, 1, 2, 4)
     assert np.array_equal(placement.phy2log, expected)
 
@@ -293,13 +295,13 @@ def test_large_layers_search_a_sample_but_report_exact_figures(monkeypatch):
     monkeypatch.setattr(options, "SAMPLE_NETS", 400)
     trace = random_trace(3000, 2, 64, 6, 4)
     summary = summarize(trace)
-    placement, report = place(summary, topo(8, 2), solver="spectral", time_limit=2)
+    placement, report = solve(summary, PlacementProblem(topo(8, 2)), SolverSettings(solver="spectral", time_limit=2))
     assert all(r.sample is not None and r.sample.kept < r.sample.nets for r in report.layers)
     assert any("weighted sample" in m for m in report.messages)
     for r, part in zip(report.layers, summary.layers):  # objective on every set, not the sample
         lam, touch = net_spans(part.sets, part.set_counts, r.expert_gpu // 2, 8)
         assert r.objective == float((part.set_counts * lam).sum()) and r.peak_touch == float(touch.max())
-    again, _ = place(summary, topo(8, 2), solver="spectral", time_limit=2, workers=2)
+    again, _ = solve(summary, PlacementProblem(topo(8, 2)), SolverSettings(solver="spectral", time_limit=2, workers=2))
     assert np.array_equal(placement.phy2log, again.phy2log)
     contiguous = (np.arange(64) // 8)
     for r, part in zip(report.layers, summary.layers):  # the sampled search still beats contiguous
@@ -320,15 +322,15 @@ def test_streaming_cap_defaults_to_the_search_size_and_reports_what_it_dropped(m
     from placer.solvers import options
 
     trace = random_trace(3000, 2, 64, 6, 4)
-    exact, _ = place(trace, topo(8, 2), solver="spectral", time_limit=2, max_nets=None)
-    same, report = place(trace, topo(8, 2), solver="spectral", time_limit=2)  # sets fit the default cap
+    exact, _ = solve(trace, PlacementProblem(topo(8, 2)), SolverSettings(solver="spectral", time_limit=2, max_nets=None))
+    same, report = solve(trace, PlacementProblem(topo(8, 2)), SolverSettings(solver="spectral", time_limit=2))  # sets fit the default cap
     assert np.array_equal(exact.phy2log, same.phy2log) and not any("streaming cap" in m for m in report.messages)
     assert api.stream_cap("spectral", 60, 58, None) == options.SAMPLE_NETS
     assert api.stream_cap("auto", 60, 58, None) == options.search_limit("auto", options.layer_budget(60, 58))
     assert api.stream_cap("auto", 60, 58, 2) is None and api.stream_cap("eplb", 60, 58, None) == 0
     monkeypatch.setattr(options, "SAMPLE_NETS", 400)
-    capped, report = place(trace, topo(8, 2), solver="spectral", time_limit=2)
-    again, _ = place(trace, topo(8, 2), solver="spectral", time_limit=2, max_nets=400)
+    capped, report = solve(trace, PlacementProblem(topo(8, 2)), SolverSettings(solver="spectral", time_limit=2))
+    again, _ = solve(trace, PlacementProblem(topo(8, 2)), SolverSettings(solver="spectral", time_limit=2, max_nets=400))
     assert np.array_equal(capped.phy2log, again.phy2log)
     assert any("streaming cap kept at most 400" in m for m in report.messages)
     assert all(r.sample is None for r in report.layers)  # the search runs on the kept sets

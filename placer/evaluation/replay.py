@@ -83,7 +83,7 @@ def source_gpus(chunk: TraceChunk, live: np.ndarray, source: str, origin: str | 
     trace = chunk.trace
     if source == "sequence":
         if trace.seq_lens is None:
-            raise InputError(None, "seq_lens", "--source sequence needs a trace with seq_lens")
+            raise InputError(None, "seq_lens", "source 'sequence' needs a trace with seq_lens")
         sequence = chunk.sequence_offset + np.repeat(np.arange(len(trace.seq_lens)), trace.seq_lens)
         return live[sequence % len(live)]
     if trace.src_rank is not None:

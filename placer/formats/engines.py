@@ -43,7 +43,7 @@ def _engine_rows(placement: Placement, model: Model | None, field: str) -> np.nd
             None, field,
             f"the engine needs every slot filled, but layer {layer} slot {slot} is empty "
             f"({placement.num_experts} experts on {placement.phy2log.shape[1]} slots); "
-            "choose --slots-per-gpu so that GPUs x slots equals the expert count",
+            "choose slots_per_gpu so that GPUs x slots equals the expert count",
         )
     missing = np.argwhere(placement.expert_copies() == 0)
     if missing.size:
@@ -61,7 +61,7 @@ def to_sglang(placement: Placement, model: Model | None = None) -> dict:
     slot filled; slots = experts + redundant experts, a multiple of the EP size.
     Slots of excluded GPUs hold expert 0 as placeholders (see :func:`_engine_rows`).
     """
-    rows = _engine_rows(placement, model, "--format sglang")
+    rows = _engine_rows(placement, model, "to_sglang")
     dense = model.first_dense_layers if model is not None else 0
     trivial = (np.arange(rows.shape[1]) % placement.num_experts).tolist()
     return {"physical_to_logical_map": [trivial] * dense + rows.tolist()}
@@ -84,7 +84,7 @@ def to_trtllm(placement: Placement, model: Model | None = None) -> dict:
     examples/wide_ep/ep_load_balancer/README.md shows DeepSeek-R1 keys 3..60.
     TensorRT-LLM asserts every expert appears in every row, so no slot may be empty.
     """
-    rows = _engine_rows(placement, model, "--format trtllm")
+    rows = _engine_rows(placement, model, "to_trtllm")
     first = model.first_dense_layers if model is not None else 0
     return {
         "num_slots": int(rows.shape[1]),
@@ -165,7 +165,7 @@ def expert_permutation(placement: Placement, model: Model | None = None) -> np.n
     - To save a checkpoint trained in this layout, apply the inverse:
       checkpoint expert e (and router row e) comes from position ``inv[l, e]``.
     """
-    field = "--format permutation"
+    field = "expert_permutation"
     layers, experts, gpus = placement.num_layers, placement.num_experts, placement.num_gpus
     copies = placement.expert_copies()
     wrong = np.argwhere(copies != 1)
@@ -199,7 +199,7 @@ def expert_permutation(placement: Placement, model: Model | None = None) -> np.n
                 f"layer {layer} positions of group {block} hold experts of groups "
                 f"{sorted(set(group[layer, block].tolist()))}; {model.name} routes to "
                 f"{model.groups_per_token} of {model.num_groups} contiguous expert groups, "
-                "so each block of positions must hold one whole group (place with --keep-groups)",
+                "so each block of positions must hold one whole group (place with keep_groups)",
             )
     return perm
 
@@ -228,4 +228,4 @@ def write_output(placement: Placement, path: str | Path, output_format: str, mod
         permutation = expert_permutation(placement, model)
         write_text_atomic(path, json.dumps({"expert_permutation": permutation.tolist()}) + "\n")
     else:
-        raise InputError(None, "--format", f"expected one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+        raise InputError(None, "output_format", f"expected one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")

@@ -14,6 +14,7 @@ import jsonschema
 import numpy as np
 
 from placer.atomic import write_text_atomic
+from placer.constraints import check_memory
 from placer.errors import InputError
 from placer.placement import Placement
 from placer.topology import Model, Topology
@@ -155,7 +156,7 @@ def read_placement(
     doc = _load_json(path)
     if isinstance(doc, dict) and "physical_to_logical_map" in doc:
         if num_gpus is None or gpus_per_node is None:
-            raise InputError(path, None, "an SGLang file needs the GPU count (--nodes/--gpus-per-node or --topology)")
+            raise InputError(path, None, "an SGLang file records no GPU count: give the topology it was made for")
         return _read_sglang(path, doc, num_gpus, gpus_per_node, model)
     if isinstance(doc, dict) and doc.get("format") == FORMAT:
         return _read_native(path, doc)
@@ -194,12 +195,6 @@ def check_against(path: str | Path, placement: Placement, topology: Topology, mo
             raise InputError(path, "num_experts", f"{placement.num_experts}; model {model.name} has {model.num_experts}")
         if model.num_moe_layers != placement.num_layers:
             raise InputError(path, "num_layers", f"{placement.num_layers}; model {model.name} has {model.num_moe_layers} MoE layers")
-        expert_bytes = facts["max_experts_per_gpu"] * model.expert_param_bytes * placement.num_layers
-        if expert_bytes > topology.gpu_memory_bytes:
-            raise InputError(
-                path, "phy2log",
-                f"a GPU holds {expert_bytes / 1e9:.1f} GB of expert weights, more than its "
-                f"{topology.gpu_memory_bytes / 1e9:.1f} GB of memory",
-            )
-        facts["expert_bytes_per_gpu"] = expert_bytes
+        facts["expert_bytes_per_gpu"] = check_memory(
+            str(path), "phy2log", facts["max_experts_per_gpu"], placement.num_layers, topology, model)
     return facts

@@ -25,16 +25,16 @@ import numpy as np
 from placer import __version__
 from placer.atomic import atomic_output, refuse_overwriting_input, write_text_atomic
 from placer.errors import InputError
-from placer.evaluation.replay import ReplayReport, evaluate
+from placer.evaluation.replay import ReplayReport
 from placer.graph import summarize
 from placer.placement import BASELINES, Placement, baseline
-from placer.presentation import plots
+from placer.presentation import REPORT_FORMATS, plots
 from placer.presentation.render import summary_notes, summary_rows
-from placer.progress import ProgressFn, prefixed
+from placer.progress import ProgressFn
 from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource
+from placer.workflow import compare, with_baselines
 
-FORMATS = ("html", "md")
 FIGURE_NAMES = ("coactivation", "expert_map", "nic_per_node", "gpu_load", "nodes_per_token", "per_layer", "tradeoff")
 """PNG files of a report (``NAME.png``), in the order the page shows them."""
 INDEX = {"html": "index.html", "md": "report.md"}
@@ -76,29 +76,6 @@ def _open(trace: Trace | TraceSource | str | Path, label: str | None) -> tuple[T
     if isinstance(trace, TraceSource):
         return trace, label or str(trace.path)
     return trace, label or "in-memory trace"
-
-
-def with_baselines(
-    placements: Mapping[str, Placement],
-    baselines: Sequence[str],
-    num_layers: int,
-    num_experts: int,
-    topology: Topology,
-) -> list[tuple[str, Placement]]:
-    """The named baselines not already given (by name or identical slots) first, then ``placements``."""
-    given = list(placements.items())
-    added = []
-    for name in baselines:
-        if name in placements:
-            continue
-        candidate = baseline(name, num_layers, num_experts, topology.num_gpus, topology.gpus_per_node)
-        same = any(
-            p.phy2log.shape == candidate.phy2log.shape and np.array_equal(p.phy2log, candidate.phy2log)
-            for _, p in given
-        )
-        if not same:
-            added.append((name, candidate))
-    return [*added, *given]
 
 
 def reference_placement(
@@ -335,11 +312,8 @@ def build_report(
     layer = num_layers // 2 if layer is None else layer
     if not 0 <= layer < num_layers:
         raise InputError(None, "layer", f"expected 0 <= layer < {num_layers}, got {layer}")
-    results = [
-        (name, evaluate(trace, p, topology, model, source=source, dispatch=dispatch, max_nodes=max_nodes, rule=rule,
-                        progress=prefixed(progress, f"{name}: ")))
-        for name, p in entries
-    ]
+    results = compare(trace, entries, topology, model, progress=progress, source=source, dispatch=dispatch,
+                      max_nodes=max_nodes, rule=rule)
     reference = reference_placement(entries, num_layers, num_experts, topology)
     figures = build_figures(trace, entries, results, layer, model)
     mode = "one copy per remote node" if dispatch == "normal" else "one copy per remote expert"
@@ -448,11 +422,11 @@ def render_markdown(data: ReportData) -> str:
 
 def _check_output(out_dir: str | Path, format: str, protected: Sequence[str | Path]) -> Path:
     """The output folder, after refusing a bad format, a file in the way or an output that is an input."""
-    if format not in FORMATS:
-        raise InputError(None, "format", f"expected one of {', '.join(FORMATS)}, got {format!r}")
+    if format not in REPORT_FORMATS:
+        raise InputError(None, "format", f"expected one of {', '.join(REPORT_FORMATS)}, got {format!r}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise InputError(out, "--out", "exists and is not a directory")
+        raise InputError(out, "out", "exists and is not a directory")
     for target in (out, out / INDEX[format], *(out / f"{name}.png" for name in FIGURE_NAMES)):
         for given in protected:
             refuse_overwriting_input(target, given)

@@ -1,4 +1,4 @@
-"""Entry point: ``place(trace, topology, ...) -> (Placement, SolveReport)``.
+"""Entry point: ``solve(trace, problem, settings) -> (Placement, SolveReport)``.
 
 Orchestration only: summarise the trace, build one problem per layer
 (:mod:`problem`), run :func:`pipeline.solve_layer` over the layers (in processes, or
@@ -19,32 +19,25 @@ CP-SAT workers), so the same inputs and seed give the same phy2log for any
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
 
 import numpy as np
 
+from placer.constraints import expert_groups, live_mask, resolve_slots
 from placer.errors import InputError
 from placer.graph import TraceSummary, summarize
 from placer.parallel import Interrupted, interruptible_map
 from placer.placement import Placement, from_expert_gpu
 from placer.progress import ProgressFn
+from placer.request import SOLVERS, PlacementProblem, SolverSettings
 from placer.solvers.eplb_policy import eplb_placement
 from placer.solvers.options import LayerResult, Options, layer_budget, search_limit
 from placer.solvers.pipeline import interrupted_layer, solve_layer
-from placer.solvers.problem import (
-    Constraints,
-    LayerProblem,
-    build_problems,
-    live_mask,
-)
+from placer.solvers.problem import LayerProblem, build_problems
 from placer.solvers.replicas import replicate
-from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource
-
-SOLVERS = ("auto", "spectral", "ilp")
 
 
 @dataclass
@@ -127,91 +120,49 @@ def _solve_all(problems: list[LayerProblem], opts: Options, workers: int, progre
     try:
         return interruptible_map(partial(solve_layer, opts=opts), problems, workers, progress, "solving layers"), False
     except Interrupted as stop:
-        limited = problems and (problems[0].constraints.balance is not None
-                                or problems[0].constraints.max_nodes is not None)
-        if on_interrupt != "best" or limited:
+        if on_interrupt != "best" or (problems and problems[0].constraints.limited):
             raise
         return [r if r is not None else interrupted_layer(p) for r, p in zip(stop.results, problems)], True
 
 
-def expert_groups(model: Model | None, num_experts: int) -> np.ndarray:
-    """Contiguous expert groups of ``model`` ([experts] group id)."""
-    if model is None or model.num_groups <= 0:
-        raise InputError(None, "keep_groups", "needs a model with num_groups > 0")
-    if num_experts % model.num_groups:
-        raise InputError(None, "num_groups", f"{model.num_groups} does not divide {num_experts} experts")
-    return np.arange(num_experts) // (num_experts // model.num_groups)
-
-
-def place(
+def solve(
     trace: Trace | TraceSource | TraceSummary,
-    topology: Topology,
-    *,
-    solver: str = "auto",
-    balance: float | None = None,
-    max_nodes: int | None = None,
-    max_nodes_coverage: float | None = None,
-    keep_groups: bool = False,
-    model: Model | None = None,
-    time_limit: float = 60.0,
-    seed: int = 0,
-    workers: int = 1,
-    slots_per_gpu: int | None = None,
-    alpha: float | None = None,
-    exclude_gpus: Sequence[int] = (),
-    mapper: Callable[[Callable[[LayerProblem], LayerResult], list[LayerProblem]], list[LayerResult]] | None = None,
-    progress: ProgressFn | None = None,
-    on_interrupt: str = "raise",
-    max_nets: int | None | Literal["auto"] = "auto",
+    problem: PlacementProblem,
+    settings: SolverSettings = SolverSettings(),
 ) -> tuple[Placement, SolveReport]:
-    """Place every layer's experts on ``topology`` from ``trace``.
+    """Place every layer's experts on ``problem.topology`` from ``trace`` with a solver.
 
-    solver: "spectral" (seconds), "ilp" / "auto" (spectral, then CP-SAT within ``time_limit``),
-    "eplb" (DeepSeek's load balancer on the loads alone).
-    slots_per_gpu: when its slots outnumber the experts, the spare slots hold replicas (see :mod:`replicas`).
-    balance: EPS (max GPU load <= (1+EPS) x mean on the trace); max_nodes: M nodes per token,
-    hard over the distinct top-k sets or, with ``max_nodes_coverage`` Q, for >= Q of tokens;
-    keep_groups: each of ``model.num_groups`` contiguous expert groups on its own nodes.
-    time_limit: total budget in seconds, converted to deterministic per-layer effort (the
-    result never depends on machine speed or ``workers``). alpha: NIC-balance weight.
-    exclude_gpus: GPU ids out of service (e.g. failed): they get no slots, every expert and
-    replica lands on a live GPU, node capacities are live GPUs x slots per GPU (experts
-    spread over nodes in proportion), slots_per_gpu defaults to ceil(E / live GPUs); the
+    settings.solver: "spectral", "ilp", "auto" or "eplb" (baselines are the workflow's,
+    :func:`placer.workflow.place`). Spare slots (slots per GPU x live GPUs > experts) hold
+    replicas (:mod:`replicas`). GPUs in ``problem.exclude_gpus`` get no slots: every expert
+    and replica lands on a live GPU, node capacities are live GPUs x slots per GPU (experts
+    spread over nodes in proportion), slots per GPU default to ceil(E / live GPUs); the
     placement keeps every GPU (excluded ones empty) and records ``metadata["excluded_gpus"]``
-    (sorted ids). Raises InputError(field "exclude_gpus") for ids out of range, all GPUs
-    excluded, or too few live slots for the experts.
-    mapper: runs the per-layer solves, ``mapper(fn, problems) -> [fn(p) for p in problems]``
-    (e.g. :meth:`placer.studies.cluster.Cluster.map`); default: a pool of ``workers`` processes.
-    progress: callback for the summarising and solving stages (:mod:`placer.progress`).
-    on_interrupt: "raise" lets Ctrl-C propagate; "best" returns the layers solved so far and
-    quick stand-ins for the rest (status "interrupted", ``report.interrupted``), except with a
-    balance or max_nodes limit, which the stand-ins do not enforce (then Ctrl-C propagates).
-    max_nets: distinct top-k sets kept per layer while summarising a trace (not a summary):
-    "auto" = :func:`stream_cap`, None = every set; the share of tokens whose set was dropped
-    is reported (loads and co-activation stay exact).
+    (sorted ids). With ``settings.on_interrupt="best"`` Ctrl-C returns the layers solved so
+    far and quick stand-ins for the rest (status "interrupted", ``report.interrupted``),
+    except with a balance or max_nodes limit, which the stand-ins do not enforce (then
+    Ctrl-C propagates). A trace (not a summary) is summarised with the streaming cap
+    ``settings.max_nets`` ("auto" = :func:`stream_cap`); the share of tokens whose set was
+    dropped is reported (loads and co-activation stay exact).
     Returns (Placement with metadata, SolveReport). Raises InfeasibleError / InputError.
     """
-    if on_interrupt not in ("raise", "best"):
-        raise InputError(None, "on_interrupt", f"expected 'raise' or 'best', got {on_interrupt!r}")
-    if solver not in (*SOLVERS, "eplb"):
-        raise InputError(None, "solver", f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
-    if balance is not None and balance < 0:
-        raise InputError(None, "balance", f"expected >= 0, got {balance}")
-    if max_nodes_coverage is not None and not (0 < max_nodes_coverage <= 1):
-        raise InputError(None, "max_nodes_coverage", f"expected a share in (0, 1], got {max_nodes_coverage}")
-    if max_nodes_coverage is not None and max_nodes is None:
-        raise InputError(None, "max_nodes_coverage", "needs max_nodes")
+    solver = settings.solver
+    if solver not in SOLVERS:
+        raise InputError(None, "solver", f"{solver!r} is not a solver; expected one of {', '.join(SOLVERS)}")
+    topology, model = problem.topology, problem.model
     if isinstance(trace, TraceSummary):
         summary = trace
     else:
-        cap = summary_cap(max_nets, solver, time_limit, trace.num_layers, max_nodes)
-        summary = summarize(trace, workers=max(1, workers), max_nets=cap, progress=progress)
-    live = live_mask(exclude_gpus, topology.num_gpus, summary.num_experts, slots_per_gpu)
+        cap = summary_cap(settings.max_nets, solver, settings.time_limit, trace.num_layers, problem.max_nodes)
+        summary = summarize(trace, workers=settings.workers, max_nets=cap, progress=settings.progress)
+    slots_per_gpu = resolve_slots(problem.slots_per_gpu, problem.memory_reserve, summary.num_experts,
+                                  topology, model)
+    live = live_mask(problem.exclude_gpus, topology.num_gpus, summary.num_experts, slots_per_gpu)
     excluded = np.flatnonzero(~live).tolist()
     if solver == "eplb":
         return eplb_placement(summary.loads, topology, model, slots_per_gpu, excluded), SolveReport(solver)
-    groups = expert_groups(model, summary.num_experts) if keep_groups else None
-    constraints = Constraints(balance, max_nodes, max_nodes_coverage, groups)
+    groups = expert_groups(model, summary.num_experts) if problem.keep_groups else None
+    constraints = problem.constraints(groups)
     live_gpus = int(live.sum())
     one_copy_slots = math.ceil(summary.num_experts / live_gpus)
     spare = slots_per_gpu is not None and slots_per_gpu * live_gpus > summary.num_experts
@@ -222,11 +173,12 @@ def place(
         summary, topology.nodes, topology.gpus_per_node,
         one_copy_slots if spare and groups is None else slots_per_gpu, constraints, excluded,
     )
-    opts = Options(solver, seed, alpha, 15, layer_budget(time_limit, len(problems)))
-    if mapper is None:
-        results, interrupted = _solve_all(problems, opts, workers, progress, on_interrupt)
+    opts = Options(solver, settings.seed, settings.alpha, 15, layer_budget(settings.time_limit, len(problems)))
+    if settings.mapper is None:
+        results, interrupted = _solve_all(problems, opts, settings.workers, settings.progress,
+                                          settings.on_interrupt)
     else:
-        results, interrupted = mapper(partial(solve_layer, opts=opts), problems), False
+        results, interrupted = settings.mapper(partial(solve_layer, opts=opts), problems), False
     report = SolveReport(solver, results, interrupted=interrupted)
     for r in results:
         report.messages.extend(r.messages)
@@ -250,12 +202,11 @@ def place(
             "are exact; objectives are on the kept sets)")
     expert_gpu = np.stack([r.expert_gpu for r in results])
     metadata = {
-        "solver": {"name": solver, "seed": seed, "time_limit": time_limit, "objective": report.objective,
-                   "bound": report.bound, "gap": report.gap,
+        "solver": {"name": solver, "seed": settings.seed, "time_limit": settings.time_limit,
+                   "objective": report.objective, "bound": report.bound, "gap": report.gap,
                    **({"interrupted": report.interrupted_facts()} if interrupted else {})},
         "topology": topology.to_dict(),
-        "constraints": {"balance": balance, "max_nodes": max_nodes, "max_nodes_coverage": max_nodes_coverage,
-                        "keep_groups": keep_groups},
+        "constraints": constraints.to_dict(),
     }
     if excluded:
         metadata["excluded_gpus"] = excluded

@@ -8,12 +8,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from placer.constraints import check_slots, live_mask
 from placer.eplb import rebalance_experts
 from placer.errors import InputError
 from placer.placement import EMPTY, Placement
-from placer.solvers.problem import (
-    live_mask,
-)
 from placer.topology import Model, Topology
 
 
@@ -33,8 +31,7 @@ def eplb_placement(loads: np.ndarray, topology: Topology, model: Model | None, s
     live_ids = np.flatnonzero(live)
     slots = slots_per_gpu or math.ceil(experts / len(live_ids))
     groups = model.num_groups if model is not None and model.num_groups > 0 else 1
-    if slots * total < experts:
-        raise InputError(None, "slots_per_gpu", f"{total} GPUs x {slots} slots < {experts} experts")
+    check_slots(experts, total, slots)
     if experts % groups:
         raise InputError(None, "num_groups", f"{groups} groups do not divide {experts} experts")
     metadata = {"solver": {"name": "eplb", "groups": groups}, "topology": topology.to_dict()}

@@ -10,7 +10,6 @@ from placer.solvers import cpsat
 from placer.solvers.options import Options
 from placer.solvers.problem import (
     LayerProblem,
-    gpu_load_lower_bound,
     net_spans,
 )
 from placer.solvers.refine import SearchSpec, evaluate, local_search
@@ -69,7 +68,7 @@ def gpu_stage(problem: LayerProblem, node: np.ndarray, opts: Options, search: La
     target = peak
     if cap is not None and peak > cap:
         messages.append(f"layer {problem.layer}: balance cap {cap:.0f} not met (peak {peak:.0f}, "
-                        f"lower bound {gpu_load_lower_bound(problem):.0f})")
+                        f"lower bound {problem.gpu_load_lower_bound():.0f})")
     elif cap is not None:
         target = cap
     expert_gpu = np.empty(problem.num_experts, np.int64)

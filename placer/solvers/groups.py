@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from placer.constraints import Constraints
 from placer.solvers.cpsat import merge_projected_array
-from placer.solvers.problem import Constraints, LayerProblem
+from placer.solvers.problem import LayerProblem
 
 #: blocks of at most this many experts project nets as 64-bit masks (else a lexicographic merge)
 MASK_BITS = 64

@@ -8,10 +8,9 @@ strict improvements.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from placer.constraints import uncovered_allowance
 from placer.errors import InfeasibleError
 from placer.solvers import cpsat
 from placer.solvers.options import Options
@@ -47,9 +46,7 @@ def _spec(problem: LayerProblem, alpha: float) -> SearchSpec:
     load_cap = np.full(N, np.inf) if cap is None else cap * problem.node_live().astype(np.float64)
     allowed = problem.allowed if problem.allowed is not None else np.ones((problem.num_experts, N), bool)
     M = c.max_nodes or 0
-    unc = -1.0
-    if M and c.max_nodes_coverage is not None:
-        unc = float(math.floor((1.0 - c.max_nodes_coverage) * problem.weights.sum() + 1e-9))
+    unc = uncovered_allowance(c.max_nodes_coverage if M else None, float(problem.weights.sum()))
     # with GPUs out of service, the proportional counts are a hard cap so no live GPU is left idle
     slot_cap = problem.node_capacity() if problem.live is None else problem.node_counts()
     return SearchSpec(ptr, inc, problem.nets, problem.weights.astype(np.float64),

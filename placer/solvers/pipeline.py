@@ -14,7 +14,6 @@ from placer.solvers.node_stage import node_stage, trivial_bound
 from placer.solvers.options import LayerResult, Options, search_problem
 from placer.solvers.problem import (
     LayerProblem,
-    gpu_load_lower_bound,
     net_spans,
 )
 from placer.solvers.spectral import one_blas_thread as _one_blas_thread
@@ -39,7 +38,7 @@ def solve_layer(problem: LayerProblem, opts: Options) -> LayerResult:
     lam, touch = net_spans(problem.nets, problem.weights, node, problem.num_nodes)
     return LayerResult(
         problem.layer, expert_gpu, float((problem.weights * lam).sum()), bound, status,
-        float(touch.max()), peak, gpu_load_lower_bound(problem), spread,
+        float(touch.max()), peak, problem.gpu_load_lower_bound(), spread,
         tuple(messages + gpu_messages), sample,
     )
 
@@ -60,5 +59,5 @@ def interrupted_layer(problem: LayerProblem) -> LayerResult:
     lam, touch = net_spans(problem.nets, problem.weights, node, problem.num_nodes)
     return LayerResult(
         problem.layer, expert_gpu, float((problem.weights * lam).sum()), trivial_bound(problem), "interrupted",
-        float(touch.max()), peak, gpu_load_lower_bound(problem), spread, tuple(messages), sample,
+        float(touch.max()), peak, problem.gpu_load_lower_bound(), spread, tuple(messages), sample,
     )

@@ -21,26 +21,19 @@ from dataclasses import dataclass, field
 import numba as nb
 import numpy as np
 
-from placer.eplb import balanced_packing
-from placer.errors import InfeasibleError, InputError
+from placer.constraints import (
+    Constraints,
+    balance_cap,
+    check_balance,
+    check_groups,
+    check_max_nodes,
+    check_slots,
+    fewest_nodes,
+    gpu_load_lower_bound,
+    group_mask,
+    live_mask,
+)
 from placer.graph import TraceSummary
-
-
-@dataclass(frozen=True)
-class Constraints:
-    """Side constraints shared by every layer.
-
-    balance: EPS, max GPU load <= (1 + EPS) x mean GPU load (on the input trace), or None.
-    max_nodes: M, a token may touch at most M nodes, or None.
-    max_nodes_coverage: Q in (0, 1]: the max_nodes limit must hold for >= Q of tokens
-        (None = hard over every distinct top-k set).
-    groups: [experts] group id per expert when groups are kept on their own nodes, else None.
-    """
-
-    balance: float | None = None
-    max_nodes: int | None = None
-    max_nodes_coverage: float | None = None
-    groups: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -100,8 +93,7 @@ class LayerProblem:
 
     def min_nodes(self, sizes: np.ndarray) -> np.ndarray:
         """Fewest nodes able to hold sets of ``sizes`` experts (largest capacities first): [n] int64."""
-        reach = np.cumsum(np.sort(self.node_capacity())[::-1])
-        return np.searchsorted(reach, np.asarray(sizes), side="left").astype(np.int64) + 1
+        return fewest_nodes(self.node_capacity(), sizes)
 
     @property
     def mean_gpu_load(self) -> float:
@@ -110,8 +102,11 @@ class LayerProblem:
 
     def gpu_load_cap(self) -> float | None:
         """Max GPU load allowed by ``balance`` (None without a balance constraint)."""
-        eps = self.constraints.balance
-        return None if eps is None else (1.0 + eps) * self.mean_gpu_load
+        return balance_cap(self.constraints.balance, float(self.loads.sum()), self.num_live_gpus)
+
+    def gpu_load_lower_bound(self) -> float:
+        """A lower bound on any placement's max GPU load (:func:`placer.constraints.gpu_load_lower_bound`)."""
+        return gpu_load_lower_bound(self.loads, self.num_live_gpus, self.slots_per_gpu)
 
     def node_counts(self) -> np.ndarray:
         """Experts per node [nodes]: proportional to node capacity, as even as possible.
@@ -141,32 +136,6 @@ class LayerProblem:
         return ptr, rows[order].astype(np.int64)
 
 
-def live_mask(excluded_gpus: Sequence[int], num_gpus: int, num_experts: int | None = None,
-              slots_per_gpu: int | None = None) -> np.ndarray:
-    """Validated [num_gpus] bool mask of the GPUs in service (``excluded_gpus`` out).
-
-    Raises InputError(None, "exclude_gpus", ...) for ids that are not integers in
-    [0, num_gpus), for excluding every GPU, and (given ``num_experts`` and
-    ``slots_per_gpu``) when the live GPUs' slots cannot hold every expert once.
-    """
-    live = np.ones(num_gpus, dtype=bool)
-    for gpu in excluded_gpus:
-        if isinstance(gpu, (bool, np.bool_)) or not isinstance(gpu, (int, np.integer)):
-            raise InputError(None, "exclude_gpus", f"expected integer GPU ids, got {gpu!r}")
-        if not 0 <= int(gpu) < num_gpus:
-            raise InputError(None, "exclude_gpus", f"GPU id {int(gpu)} is out of range: the topology has "
-                             f"{num_gpus} GPUs (ids 0..{num_gpus - 1})")
-        live[int(gpu)] = False
-    count = int(live.sum())
-    if count == 0:
-        raise InputError(None, "exclude_gpus", f"all {num_gpus} GPUs are excluded: at least one must stay in service")
-    if num_experts is not None and slots_per_gpu is not None and count * slots_per_gpu < num_experts:
-        raise InputError(None, "exclude_gpus", f"{count} live GPUs x {slots_per_gpu} slots = "
-                         f"{count * slots_per_gpu} slots < {num_experts} experts (exclude fewer GPUs "
-                         f"or use slots_per_gpu >= {math.ceil(num_experts / count)})")
-    return live
-
-
 def build_problems(
     summary: TraceSummary,
     num_nodes: int,
@@ -188,8 +157,7 @@ def build_problems(
     live = live_mask(excluded_gpus, gpus, experts, slots_per_gpu)
     live_count = int(live.sum())
     slots = slots_per_gpu if slots_per_gpu is not None else math.ceil(experts / live_count)
-    if slots * gpus < experts:
-        raise InputError(None, "slots_per_gpu", f"{gpus} GPUs x {slots} slots < {experts} experts")
+    check_slots(experts, gpus, slots)
     problems = []
     for layer, part in zip(summary.layer_ids, summary.layers):
         allowed = (None if constraints.groups is None
@@ -204,125 +172,13 @@ def build_problems(
     return problems
 
 
-def group_mask(groups: np.ndarray, loads: np.ndarray, num_nodes: int, node_slots: int) -> np.ndarray:
-    """Nodes each expert may use when every group keeps to its own nodes: [experts, nodes] bool.
-
-    groups: [experts] group ids 0..g-1; loads: [experts] token-expert pairs; node_slots:
-    slots of a node. With g <= N each group gets a disjoint, contiguous range of whole
-    nodes (group 0 first), as many as :func:`group_node_counts` apportions by group load.
-    With g > N (N | g) each group sits whole on one node, g // N groups per node, packed
-    by load as EPLB packs groups onto nodes (heaviest first into the lightest open node).
-    """
-    groups = np.asarray(groups)
-    count = int(groups.max()) + 1
-    experts = len(groups)
-    mask = np.zeros((experts, num_nodes), dtype=bool)
-    group_load = np.bincount(groups, weights=loads, minlength=count)
-    if count <= num_nodes:
-        need = -(-np.bincount(groups, minlength=count) // node_slots)
-        first = np.concatenate([[0], np.cumsum(group_node_counts(group_load, need, num_nodes))])
-        for g in range(count):
-            mask[groups == g, first[g]:first[g + 1]] = True
-        return mask
-    if count % num_nodes == 0:
-        node_of_group = balanced_packing(group_load[None, :], num_nodes)[0][0]
-        mask[np.arange(experts), node_of_group[groups]] = True
-        return mask
-    raise InfeasibleError(
-        f"keep_groups: {count} expert groups cannot each own a disjoint set of nodes among "
-        f"{num_nodes} nodes (needs at least as many nodes as groups, or the node count to "
-        "divide the group count)"
-    )
-
-
-def group_node_counts(group_load: np.ndarray, need: np.ndarray, num_nodes: int) -> np.ndarray:
-    """Whole nodes per group: [g] int64 summing to ``num_nodes``, each >= ``need``, minimising
-    the max over groups of group_load / nodes.
-
-    group_load: [g] load per group; need: [g] fewest nodes holding each group's experts.
-    Greedy from ``need``: each remaining node goes to the group with the highest load per
-    node (ties to the group with fewer nodes, then the lower id), which is optimal for the
-    max. Raises InfeasibleError when the groups need more than ``num_nodes`` nodes.
-    """
-    counts = np.asarray(need, dtype=np.int64).copy()
-    if counts.sum() > num_nodes:
-        raise InfeasibleError(
-            f"keep_groups: the {len(counts)} expert groups need {int(counts.sum())} nodes to hold their "
-            f"experts (at least {counts.tolist()}), but the topology has {num_nodes} nodes "
-            "(use more nodes or more slots per GPU)"
-        )
-    load = np.asarray(group_load, dtype=np.float64)
-    ids = np.arange(len(counts))
-    for _ in range(num_nodes - int(counts.sum())):
-        counts[np.lexsort((ids, counts, -load / counts))[0]] += 1
-    return counts
-
-
 def check_feasible(problem: LayerProblem) -> None:
     """Raise InfeasibleError (saying what is achievable) for requests no placement meets."""
     c = problem.constraints
     where = f"layer {problem.layer}"
-    if problem.allowed is not None:
-        capacity = problem.node_capacity()
-        for node_set in {tuple(np.flatnonzero(row)) for row in problem.allowed}:
-            members = int((problem.allowed[:, list(node_set)].all(axis=1)).sum())
-            room = int(capacity[list(node_set)].sum())
-            if members > room:
-                raise InfeasibleError(
-                    f"keep_groups: a group of {members} experts does not fit its {len(node_set)} "
-                    + (f"node(s) x {problem.node_slots} slots" if problem.live is None else
-                       f"node(s) ({room} slots on their live GPUs)")
-                )
-    cap = problem.gpu_load_cap()
-    if cap is not None:
-        hottest = int(problem.loads.max())
-        best = gpu_load_lower_bound(problem)
-        if best > cap + 1e-9:
-            expert = int(problem.loads.argmax())
-            raise InfeasibleError(
-                f"balance {c.balance:g} is infeasible on {where}: the cap is "
-                f"{cap:.0f} token-expert pairs per GPU (mean {problem.mean_gpu_load:.0f}), but "
-                + (f"expert {expert} alone carries {hottest}" if hottest >= best - 1e-9
-                   else f"packing {problem.num_experts} experts into {problem.slots_per_gpu} slots per GPU forces {best:.0f}")
-                + f"; the best achievable is balance >= {best / problem.mean_gpu_load - 1:.3f}"
-            )
-    if c.max_nodes is not None:
-        m = c.max_nodes
-        if m < 1:
-            raise InputError(None, "max_nodes", f"expected >= 1, got {m}")
-        need = (problem.nets >= 0).sum(axis=1)
-        min_nodes = problem.min_nodes(need)
-        if c.max_nodes_coverage is None:
-            bad = min_nodes > m
-            if bad.any():
-                j = int(np.flatnonzero(bad)[0])
-                raise InfeasibleError(
-                    f"max_nodes {m} is infeasible on {where}: top-k set {problem.nets[j][problem.nets[j] >= 0].tolist()} "
-                    + (f"has {need[j]} experts but a node holds only {problem.node_slots}" if problem.live is None else
-                       f"has {need[j]} experts but its {m} largest nodes hold only "
-                       f"{int(np.sort(problem.node_capacity())[::-1][:m].sum())} on their live GPUs")
-                )
-        else:
-            share = problem.weights[min_nodes <= m].sum() / max(1, problem.weights.sum())
-            if share + 1e-12 < c.max_nodes_coverage:
-                raise InfeasibleError(
-                    f"max_nodes {m} with coverage {c.max_nodes_coverage:g} is infeasible on {where}: "
-                    f"at most {share:.3f} of tokens can touch <= {m} nodes"
-                )
-
-
-def gpu_load_lower_bound(problem: LayerProblem) -> float:
-    """A lower bound on any placement's max GPU load: hottest expert, mean, and slot pigeonholes."""
-    loads = np.sort(problem.loads)[::-1]
-    bound = max(float(loads[0]), problem.mean_gpu_load)
-    gpus, slots = problem.num_live_gpus, problem.slots_per_gpu
-    # The hottest P+1 experts: two of them share a GPU (if more experts than GPUs), etc.
-    for s in range(1, slots):
-        if len(loads) > s * gpus:
-            # Some GPU gets s+1 of the hottest s*P+1 experts; its load >= the s+1 smallest of them.
-            top = loads[: s * gpus + 1]
-            bound = max(bound, float(top[-(s + 1):].sum()))
-    return bound
+    check_groups(problem.allowed, problem.node_capacity(), problem.node_slots)
+    check_balance(c.balance, problem.loads, problem.num_live_gpus, problem.slots_per_gpu, where)
+    check_max_nodes(c.max_nodes, c.max_nodes_coverage, problem.nets, problem.weights, problem.node_capacity(), where)
 
 
 @nb.njit(cache=True, nogil=True)

@@ -1,1 +1,1 @@
-"""Experiments over the pipeline: synthetic traces, EP sweeps, the Dask cluster backend."""
+"""Experiments over the pipeline: synthetic traces and EP sweeps."""

@@ -40,7 +40,8 @@ from placer.evaluation.calc import all_to_all_volume, expected_nvlink_copies
 from placer.evaluation.replay import DISPATCH_MODES, bottlenecks, count_traffic, layer_times
 from placer.graph import TraceSummary, summarize
 from placer.placement import Placement, baseline
-from placer.solvers import place
+from placer.request import PlacementProblem, SolverSettings
+from placer.solvers import solve
 from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource
 
@@ -273,7 +274,7 @@ def ep_point(
     else:
         contiguous = baseline("contiguous", len(summary.layer_ids), model.num_experts, ep, group.gpus_per_node)
         # one GPU leaves no choice: every placement is contiguous
-        placed = contiguous if ep == 1 else place(summary, group, solver=solver, seed=seed, model=model, alpha=alpha)[0]
+        placed = contiguous if ep == 1 else solve(summary, PlacementProblem(group, model=model), SolverSettings(solver=solver, seed=seed, alpha=alpha))[0]
         shares = {name: replay_shares(replay, p, group, step.dispatch)
                   for name, p in (("contiguous", contiguous), ("placer", placed))}
         routing = "trace"

@@ -35,7 +35,7 @@ R = TypeVar("R")
 LOCAL = "local:"
 #: seconds to wait for a scheduler (and, for ``local:N``, its workers) before giving up
 CONNECT_TIMEOUT = 10.0
-FIELD = "--scheduler"
+FIELD = "scheduler"
 #: Dask's nannies set this for their workers; it makes glibc map and unmap every large
 #: array, which slows placer's summaries and merges (merges ~1.7x), so local:N unsets it
 TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
@@ -124,7 +124,7 @@ def connect(spec: str, timeout: float = CONNECT_TIMEOUT) -> Iterator[Cluster]:
     """A :class:`Cluster` for a scheduler address (``tcp://host:8786``) or ``local:N`` (a local
     cluster of N single-threaded worker processes, closed on exit).
 
-    Raises InputError (field ``--scheduler``) when Dask is not installed, ``local:N`` is
+    Raises InputError (field ``scheduler``) when Dask is not installed, ``local:N`` is
     malformed, the scheduler cannot be reached or no worker joins it within ``timeout`` seconds.
     """
     local = spec.startswith(LOCAL)
