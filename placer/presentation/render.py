@@ -148,11 +148,11 @@ def _ratio(value: float | None, reference: float | None) -> str:
 _COMPARED = (
     # totals key, name, short header, format, meaning (one line of the glossary)
     ("internode_tokens_dedup", "inter-node copies", "inter-node", _fixed(","),
-     "token copies sent between nodes (one per remote node), all layers"),
+     "token copies between nodes, one per remote node, all layers"),
     ("nic_peak_tokens", "busiest NIC copies", "NIC peak", _fixed(","),
-     "copies into the busiest node, per layer, summed (network pace)"),
+     "busiest node's received copies per layer, summed"),
     ("gpu_peak_load", "GPU peak pairs", "GPU peak", _fixed(","),
-     "token-expert pairs on the busiest GPU, per layer, summed (compute pace)"),
+     "busiest GPU's token-expert pairs per layer, summed"),
     ("gpu_load_imbalance", "GPU max/mean", "max/mean", _fixed(".3f"),
      "busiest GPU's pairs over the mean, per layer, averaged (1 = even)"),
     ("nodes_per_token_mean", "nodes per token", "nodes/tok", _fixed(".2f"),
