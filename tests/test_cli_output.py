@@ -116,7 +116,10 @@ def test_stats_sweep_and_calc_fit_80_columns(cli, narrow):
 
 def test_sweep_without_matplotlib_prints_the_table_and_says_how_to_get_the_figure(tmp_path, cli, narrow,
                                                                                  monkeypatch):
+    import placer.presentation
+
     monkeypatch.setitem(sys.modules, "placer.presentation.plots", None)  # import fails as without matplotlib
+    monkeypatch.delattr(placer.presentation, "plots", raising=False)
     result = cli("sweep", "--model", "deepseek-v3", "--topology", "h100-dgx", "--ep", "8,16", "--out", tmp_path)
     assert result.code == 0, result.err
     assert "a2a/cmp" in result.out and (tmp_path / "sweep.json").exists() and not (tmp_path / "sweep.png").exists()

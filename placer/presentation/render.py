@@ -90,7 +90,8 @@ class Figures:
     def tables(self, console: Console, width: int) -> tuple[list[Table], bool]:
         """The tables that show every cell within ``width`` columns, and whether transposed."""
         for transpose in (self.transpose, not self.transpose):
-            table = _table(*self.grid(transpose), range(len(self.grid(transpose)[0]) - 1))
+            header, body = self.grid(transpose)
+            table = _table(header, body, range(len(header) - 1))
             if _natural_width(console, table) <= width:
                 return [table], transpose
         header, body = self.grid(self.transpose)
