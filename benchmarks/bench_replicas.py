@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from placer import evaluate, load_topology
-from placer.evaluation.dispatch import RULES
+from placer.dispatch import RULES
 from placer.formats.esft import import_esft
 from placer.graph import summarize
 from placer.request import PlacementProblem, SolverSettings

@@ -4,11 +4,12 @@ Data flows one way, and each layer imports only from the layers before it
 (``tests/test_layers.py`` enforces this order):
 
 1. foundation: ``errors``, ``progress``, ``atomic``, ``bundled``, ``parallel``, ``eplb``
-   (DeepSeek's algorithm), ``cluster`` (Dask backend);
+   (DeepSeek's algorithm);
 2. data: ``topology``, ``instances``, ``trace``, ``placement``, ``constraints``, ``request``;
-3. trace -> graph: ``graph``, ``stats``, ``formats`` (importers and exports), ``migration``;
+3. trace -> graph: ``graph``, ``stats``, ``cluster`` (Dask backend), ``formats`` (importers
+   and exports), ``migration``, ``dispatch`` (the engines' replica dispatch rules);
 4. graph -> placement: ``solvers``;
-5. placement -> judgement: ``evaluation`` (dispatch rules, replay, calculator);
+5. placement -> judgement: ``evaluation`` (replay, calculator);
 6. the workflow shared by every front end: ``workflow``;
 7. studies and presentation: ``studies`` (synthetic traces, EP sweeps),
    ``presentation`` (tables, figures, reports);

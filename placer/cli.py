@@ -23,9 +23,9 @@ from placer import instances, workflow
 from placer.atomic import atomic_output, refuse_overwriting_input, write_text_atomic
 from placer.bundled import sample_trace
 from placer.cluster import Cluster, connect
+from placer.dispatch import RULES
 from placer.errors import InfeasibleError, InputError
 from placer.evaluation import calc
-from placer.evaluation.dispatch import RULES
 from placer.evaluation.replay import DISPATCH_MODES, SOURCES, ReplayReport
 from placer.formats import placement_io
 from placer.formats.engines import OUTPUT_FORMATS, write_output

@@ -53,6 +53,14 @@ __all__ = [
 ]
 
 
+def _is_integer(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: object) -> bool:
+    return (_is_integer(value) or isinstance(value, (float, np.floating))) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class Constraints:
     """Side constraints shared by every layer (validated on construction).
@@ -70,13 +78,13 @@ class Constraints:
     groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if self.balance is not None and not (math.isfinite(self.balance) and self.balance >= 0):
-            raise InputError(None, "balance", f"expected a finite number >= 0, got {self.balance}")
-        if self.max_nodes is not None and self.max_nodes < 1:
-            raise InputError(None, "max_nodes", f"expected >= 1, got {self.max_nodes}")
+        if self.balance is not None and not (_is_number(self.balance) and self.balance >= 0):
+            raise InputError(None, "balance", f"expected a finite number >= 0, got {self.balance!r}")
+        if self.max_nodes is not None and not (_is_integer(self.max_nodes) and self.max_nodes >= 1):
+            raise InputError(None, "max_nodes", f"expected an integer >= 1, got {self.max_nodes!r}")
         coverage = self.max_nodes_coverage
-        if coverage is not None and not (0 < coverage <= 1):
-            raise InputError(None, "max_nodes_coverage", f"expected a share in (0, 1], got {coverage}")
+        if coverage is not None and not (_is_number(coverage) and 0 < coverage <= 1):
+            raise InputError(None, "max_nodes_coverage", f"expected a share in (0, 1], got {coverage!r}")
         if coverage is not None and self.max_nodes is None:
             raise InputError(None, "max_nodes_coverage", "needs max_nodes")
 

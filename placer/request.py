@@ -68,6 +68,9 @@ class PlacementProblem:
         if self.slots_per_gpu not in (None, "memory"):
             _count("slots_per_gpu", self.slots_per_gpu, 1)
         object.__setattr__(self, "exclude_gpus", tuple(self.exclude_gpus))
+        for name in ("balance", "max_nodes_coverage"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, None if value is None else float(value))
 
     def constraints(self, groups: Any = None) -> Constraints:
         """The side constraints (``groups``: [experts] group ids when groups are kept)."""
@@ -113,3 +116,4 @@ class SolverSettings:
             raise InputError(None, "on_interrupt", f"expected 'raise' or 'best', got {self.on_interrupt!r}")
         if self.max_nets not in (None, "auto"):
             _count("max_nets", self.max_nets, 0)
+        object.__setattr__(self, "time_limit", float(self.time_limit))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from placer.evaluation.dispatch import Dispatcher, replica_slots
+from placer.dispatch import Dispatcher, replica_slots
 from placer.evaluation.replay import evaluate
 from placer.placement import Placement
 from placer.topology import Topology

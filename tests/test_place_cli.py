@@ -110,3 +110,28 @@ def test_max_nets_option(tmp_path, cli):
                "--max-nets", "all").code == 0
     bad = cli("place", "--trace", TRAIN, "--out", tmp_path / "x.json", "--max-nets", "-3")
     assert bad.code == 2 and "--max-nets" in bad.err + bad.out and "Traceback" not in bad.err
+
+
+@pytest.mark.parametrize("flags, problem_fields, solver", [
+    ([], {}, "spectral"),
+    (["--slots-per-gpu", "3", "--exclude-gpus", "5"], {"slots_per_gpu": 3, "exclude_gpus": (5,)}, "spectral"),
+    (["--max-nodes", "3", "--max-nodes-coverage", "0.6"], {"max_nodes": 3, "max_nodes_coverage": 0.6}, "spectral"),
+    ([], {}, "eplb"),
+    ([], {}, "round-robin"),
+])
+def test_python_api_and_cli_write_the_same_file(cli, tmp_path, flags, problem_fields, solver):
+    """placer.place() and `placer place` are one workflow: byte-identical placement files."""
+    import placer
+
+    trace = sample_trace("train")
+    by_cli = tmp_path / "cli.json"
+    result = cli("place", "--trace", trace, "--nodes", "4", "--solver", solver, "--time-limit", "5",
+                 "--out", by_cli, "--quiet", *flags)
+    assert result.code == 0, result.err
+    topology = placer.load_topology("h100-dgx").resized(4, 8)
+    placed = placer.place(trace, placer.PlacementProblem(topology, **problem_fields),
+                          placer.SolverSettings(solver, time_limit=5))
+    by_api = tmp_path / "api.json"
+    placer.write_placement(placed.placement, by_api)
+    assert by_api.read_bytes() == by_cli.read_bytes()
+    assert json.loads(by_api.read_text())["model"]["name"] == "deepseek-v2-lite"

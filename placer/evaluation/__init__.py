@@ -1,1 +1,1 @@
-"""Judging placements: dispatch rules, trace replay, the analytic all-to-all calculator."""
+"""Judging placements: trace replay and the analytic all-to-all calculator."""

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from placer.dispatch import RULES, Dispatcher
 from placer.errors import InputError
-from placer.evaluation.dispatch import RULES, Dispatcher
 from placer.placement import Placement
 from placer.progress import ProgressFn, track
 from placer.topology import Model, Topology
@@ -347,7 +347,7 @@ def evaluate(
     """Replay ``trace`` against ``placement`` on ``topology``.
 
     Token counts need no model; bytes and times are reported when ``model`` is given.
-    rule: which replica serves a pair when experts are replicated (see :mod:`placer.evaluation.dispatch`).
+    rule: which replica serves a pair when experts are replicated (see :mod:`placer.dispatch`).
     progress: reports (chunk, layer) steps replayed (:mod:`placer.progress`).
     """
     if source not in SOURCES:

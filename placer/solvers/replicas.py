@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from placer.evaluation.dispatch import Dispatcher
+from placer.dispatch import Dispatcher
 from placer.placement import EMPTY, Placement
 
 REPACK_ROUNDS = 3
