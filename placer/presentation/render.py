@@ -317,7 +317,8 @@ def sweep_notes(result) -> str:
         f"{s.to_dict()['compute_passes']}x forward expert FLOPs; NIC {t.nic_bandwidth / 1e9:g} GB/s per GPU, "
         f"NVLink {t.nvlink_bandwidth / 1e9:g} GB/s, {t.latency_s * 1e6:g} us per phase"
         f" + {s.peer_latency_s * 1e6:g} us per inter-node peer, {t.gpu_flops / 1e12:g} TFLOP/s per GPU; "
-        f"all-to-all on the busiest NIC / NVLink GPU, compute at balanced load; placer solver {result.solver}, seed {result.seed}"
+        f"all-to-all on the busiest NIC / NVLink GPU, compute at balanced load; "
+        f"placer solver {result.solver}, seed {result.seed}"
         f"{'' if result.alpha is None else f', alpha {result.alpha:g}'}."
     )
 

@@ -261,7 +261,8 @@ def build_figures(
             "per_layer", "Traffic and balance per layer",
             "Top: token copies crossing the network in every MoE layer (the gap to the baselines is the traffic "
             "a placement saves there); bottom: the busiest GPU's load over the mean in every layer "
-            "(1 = perfectly even, the dashed line)." + (f" Bottom: {fixed}, so one line stands for all." if fixed else ""),
+            "(1 = perfectly even, the dashed line)."
+            + (f" Bottom: {fixed}, so one line stands for all." if fixed else ""),
             _per_layer_figure(reports),
         ),
         ReportFigure(
