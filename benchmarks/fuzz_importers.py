@@ -190,10 +190,10 @@ def targets(root: Path) -> list[Target]:
     loaders: dict[str, Callable[[Path], object]] = {
         "npz": lambda p: _used(load_trace(p)),
         "esft": lambda p: _used(import_esft(p)),
-        "megatron": lambda p: _used(read_megatron(p)),
-        "vllm": lambda p: _used(read_vllm([p])),
+        "megatron": lambda p: _used(read_megatron(p).routing),
+        "vllm": lambda p: _used(read_vllm([p]).routing),
         "sglang": lambda p: _used(read_sglang_dump(p)),
-        "trtllm": lambda p: _used(read_trtllm(p)),
+        "trtllm": lambda p: _used(read_trtllm(p).routing),
         "counts": read_counts_npy,
         "topology": lambda p: instances.load_topology(str(p)),
         "model": lambda p: instances.load_model(str(p)),

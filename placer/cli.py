@@ -32,12 +32,16 @@ from placer.formats.engines import OUTPUT_FORMATS, write_output
 from placer.formats.esft import ESFT_TASKS, import_esft
 from placer.formats.importers import (
     ExpertCounts,
+    Imported,
+    read_assignments,
     read_megatron,
-    read_sglang_dump,
+    read_sglang,
+    read_sglang_routed,
     read_trtllm,
     read_vllm,
     save_counts,
 )
+from placer.formats.layers import counts_layer_note, recorded_layer_ids
 from placer.parallel import is_ctrl_c
 from placer.placement import BASELINES, Placement
 from placer.presentation import REPORT_FORMATS
@@ -88,6 +92,9 @@ Split = _choices("Split", SPLITS)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (shown only when stderr is a terminal).")]
 TopologyOpt = Annotated[str, typer.Option(help="Topology preset name or .toml file.")]
+ReplayTopologyOpt = Annotated[str | None, typer.Option(
+    help="Topology preset name or .toml file (default: the cluster the placement files record; an SGLang map "
+         "records none, so state it here or with --nodes and --gpus-per-node; baselines alone: h100-dgx).")]
 NodesOpt = Annotated[int | None, typer.Option("--nodes", help="Override the topology's node count.")]
 GpnOpt = Annotated[int | None, typer.Option("--gpus-per-node", help="Override the GPUs per node.")]
 ModelOpt = Annotated[
@@ -177,7 +184,7 @@ def evaluate_command(
     placement: Annotated[
         list[str], typer.Option(help="contiguous, round-robin, random or a placement file; repeat to compare.")
     ],
-    topology: TopologyOpt = "h100-dgx",
+    topology: ReplayTopologyOpt = None,
     nodes: NodesOpt = None,
     gpus_per_node: GpnOpt = None,
     model: ModelOpt = None,
@@ -190,7 +197,7 @@ def evaluate_command(
 ) -> None:
     """Replay a trace against placements: traffic per link tier, NIC and GPU load, a2a time."""
     source_trace = workflow.open_trace(trace)
-    topo = _topology(topology, nodes, gpus_per_node)
+    topo = placement_io.replay_topology(placement, topology, nodes, gpus_per_node)
     mdl = workflow.match_model(model, source_trace.num_experts, source_trace.top_k)
     experts = mdl.num_experts if mdl is not None else source_trace.num_experts
     entries = [workflow.load_placement(spec, source_trace.num_layers, experts, topo, mdl) for spec in placement]
@@ -229,7 +236,9 @@ def place_command(
     workers: Annotated[int, typer.Option(help="Processes solving layers in parallel (result unchanged).")] = 1,
     output_format: Annotated[
         OutputFormat,
-        typer.Option("--format", help="placer JSON, SGLang JSON, TensorRT-LLM YAML, EPLB .npz or expert permutation JSON."),
+        typer.Option("--format", help="placer JSON, SGLang JSON, TensorRT-LLM YAML, EPLB .npz, expert permutation "
+                     "JSON; EXPERIMENTAL: vllm = eplb_config.initial_expert_map_path JSON (open vLLM PR #49572), "
+                     "vllm-ranks = --expert-placement-file JSON (open vLLM PR #34811)."),
     ] = OutputFormat.placer,
     heldout: Annotated[str | None, typer.Option("--evaluate", help="Held-out trace to replay against the result and the baselines.")] = None,
     exclude_gpus: Annotated[
@@ -269,7 +278,7 @@ def place_command(
         with nullcontext() if scheduler is None else _cluster(scheduler, source) as cluster:
             result = workflow.place(source, problem, settings, current=in_service, cluster=cluster)
     chosen, solve_facts = result.placement, result.facts()
-    write_output(chosen, out, output_format.value, mdl)
+    launch = write_output(chosen, out, output_format.value, mdl)
     wall = time.perf_counter() - started
     interrupted = solve_facts.get("interrupted")
     results = []
@@ -278,10 +287,12 @@ def place_command(
             results = _against_baselines(test, f"placer {solver.value}", chosen, topo, mdl, max_nodes, progress)
     if as_json:
         _print_json({"out": out, "wall_s": wall, "interrupted": bool(interrupted), "solve": solve_facts,
-                     "evaluation": {name: r.totals for name, r in results}})
+                     "evaluation": {name: r.totals for name, r in results}, "launch": launch})
         _exit_if_interrupted(out, output_format.value, solve_facts)
         return
     console.print(f"wrote {out} ({output_format.value} format) in {wall:.1f} s wall", markup=False, highlight=False)
+    for line in launch:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if result.report is not None and result.report.layers:
         console.print(f"{solver.value}: {result.report.quality()}", markup=False, highlight=False)
         for message in solve_facts["messages"]:
@@ -358,7 +369,7 @@ def report_command(
     placement: Annotated[list[str], typer.Option(help="contiguous, round-robin, random or a placement file; repeat.")],
     out: Annotated[str, typer.Option(help="Output folder: index.html (or report.md) and the PNGs.")],
     output_format: Annotated[ReportFormat, typer.Option("--format", help="html (one self-contained file) or md.")] = ReportFormat.html,
-    topology: TopologyOpt = "h100-dgx",
+    topology: ReplayTopologyOpt = None,
     nodes: NodesOpt = None,
     gpus_per_node: GpnOpt = None,
     model: ModelOpt = None,
@@ -378,7 +389,7 @@ def report_command(
     except ImportError as err:
         raise InputError(None, "report", f"{err}; install the plots extra: pip install 'placer[plots]'") from None
     source_trace = workflow.open_trace(trace)
-    topo = _topology(topology, nodes, gpus_per_node)
+    topo = placement_io.replay_topology(placement, topology, nodes, gpus_per_node)
     mdl = workflow.match_model(model, source_trace.num_experts, source_trace.top_k)
     experts = mdl.num_experts if mdl is not None else source_trace.num_experts
     chosen = [workflow.load_placement(spec, source_trace.num_layers, experts, topo, mdl) for spec in placement]
@@ -403,7 +414,7 @@ def report_command(
 @app.command("validate")
 def validate_command(
     placement: Annotated[str, typer.Argument(help="Placement file (placer JSON or SGLang JSON).")],
-    topology: TopologyOpt = "h100-dgx",
+    topology: ReplayTopologyOpt = None,
     nodes: NodesOpt = None,
     gpus_per_node: GpnOpt = None,
     model: Annotated[str | None, typer.Option(
@@ -412,7 +423,7 @@ def validate_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Check a placement: schema, every expert in every layer, slots, memory, EP divisibility."""
-    topo = _topology(topology, nodes, gpus_per_node)
+    topo = placement_io.replay_topology([placement], topology, nodes, gpus_per_node)
     mdl = instances.load_model(model) if model else None
     chosen = placement_io.read_placement(placement, topo.num_gpus, topo.gpus_per_node, mdl)
     facts = placement_io.check_against(placement, chosen, topo, mdl)
@@ -581,28 +592,53 @@ NumExpertsOpt = Annotated[
     int | None, typer.Option(help="Experts per layer, for formats that do not record it (default: largest id + 1).")
 ]
 ImportOutOpt = Annotated[str, typer.Option(help="Output: .npz for a routing trace, .npy for expert counts.")]
+ImportModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Model preset or .toml: names the dense layers (first_dense_layers), checks the layer count and "
+                    "the expert count (default: constant / all-zero layers are the dense ones).")]
 
 
-def _write_imported(result: Trace | ExpertCounts, out: str, inputs: list[str], as_json: bool) -> None:
-    """Save an import (trace -> .npz, counts -> .npy) and say what was written."""
+def _import_model(name: str | None) -> Model | None:
+    return instances.load_model(name) if name else None
+
+
+def _write_imported(result: Imported, out: str, inputs: list[str], as_json: bool) -> None:
+    """Save an import (trace -> .npz, counts -> .npy) and say what was written and noted."""
+    routing = result.routing
     for given in inputs:
         refuse_overwriting_input(out, given)
-    wanted = ".npy" if isinstance(result, ExpertCounts) else ".npz"
+    wanted = ".npy" if isinstance(routing, ExpertCounts) else ".npz"
     if Path(out).suffix != wanted:
         kind = "expert counts" if wanted == ".npy" else "a routing trace"
         raise InputError(out, "--out", f"this input holds {kind}; write a {wanted} file")
-    if isinstance(result, ExpertCounts):
-        save_counts(result, out)
-        facts = {"out": out, "kind": "counts", "layers": result.num_layers, "experts": result.num_experts}
+    notes = list(result.notes)
+    if isinstance(routing, ExpertCounts):
+        save_counts(routing, out)
+        facts = {"out": out, "kind": "counts", "layers": routing.num_layers, "experts": routing.num_experts,
+                 "layer_ids": recorded_layer_ids(routing)}
+        if routing.layer_ids is not None:
+            notes.append(counts_layer_note(routing.layer_ids))
     else:
-        save_trace(result, out)
-        facts = {"out": out, "kind": "trace", "tokens": result.num_tokens, "layers": result.num_layers,
-                 "top_k": result.top_k, "experts": result.num_experts}
+        save_trace(routing, out)
+        facts = {"out": out, "kind": "trace", "tokens": routing.num_tokens, "layers": routing.num_layers,
+                 "top_k": routing.top_k, "experts": routing.num_experts,
+                 "layer_ids": recorded_layer_ids(routing)}
     if as_json:
-        _print_json(facts)
-    else:
-        details = ", ".join(f"{key} {value:,}" for key, value in facts.items() if isinstance(value, int))
-        console.print(f"wrote {out}: {facts['kind']}, {details}", markup=False, highlight=False)
+        _print_json({**facts, "notes": notes})
+        return
+    details = ", ".join(f"{key} {value:,}" for key, value in facts.items() if isinstance(value, int))
+    console.print(f"wrote {out}: {facts['kind']}, {details}", markup=False, highlight=False)
+    for note in notes:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _layer_counts(text: str | None) -> list[int] | None:
+    """--pipeline-layers "13,13" -> [13, 13]."""
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InputError(None, "--pipeline-layers", f"expected comma-separated layer counts, got {text!r}") from None
 
 
 @import_app.command("megatron")
@@ -610,48 +646,87 @@ def import_megatron_command(
     source: Annotated[str, typer.Argument(help="Directory of router_trace_rank<R>.jsonl files, or one file.")],
     out: ImportOutOpt,
     num_experts: NumExpertsOpt = None,
+    pipeline_layers: Annotated[str | None, typer.Option(
+        help="Decoder layers per pipeline stage, e.g. 13,13: the records' layer ids are stage-local under "
+             "pipeline parallelism (ranks are stage-major).")] = None,
+    model: ImportModelOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Import Megatron-Core --moe-routing-trace-path output."""
     with terminal_progress(quiet) as progress:
-        trace = read_megatron(source, num_experts, progress)
-    _write_imported(trace, out, [source], as_json)
+        result = read_megatron(source, num_experts, progress, _layer_counts(pipeline_layers), _import_model(model))
+    _write_imported(result, out, [source], as_json)
 
 
 @import_app.command("vllm")
 def import_vllm_command(
-    files: Annotated[list[str], typer.Argument(help="routed_experts .npy files [tokens, moe_layers, top_k], one per request.")],
+    files: Annotated[list[str], typer.Argument(
+        help="routed_experts .npy files [tokens, num_hidden_layers, top_k], one per request.")],
     out: ImportOutOpt,
     num_experts: NumExpertsOpt = None,
+    model: ImportModelOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Import vLLM routed_experts arrays."""
+    """Import vLLM routed_experts arrays (dense layers dropped, decoder-layer ids kept)."""
     with terminal_progress(quiet) as progress:
-        trace = read_vllm(files, num_experts, progress)
-    _write_imported(trace, out, files, as_json)
+        result = read_vllm(files, num_experts, progress, _import_model(model))
+    _write_imported(result, out, files, as_json)
 
 
 @import_app.command("sglang")
 def import_sglang_command(
-    dump: Annotated[str, typer.Argument(help="SGLang expert-distribution dump (torch.save file; stat or per_token mode).")],
+    dump: Annotated[str, typer.Argument(
+        help="SGLang expert-distribution dump(s): a .pt file, a directory of them or a quoted glob "
+             "(per_token: one file per rank, merged; stat mode: summed).")],
     out: ImportOutOpt,
+    num_experts: NumExpertsOpt = None,
+    model: ImportModelOpt = None,
+    in_service: Annotated[str | None, typer.Option(
+        help="Also write the dump's last_physical_to_logical_map (the placement in service) as an SGLang "
+             "JSON map, usable as place --current.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import SGLang expert-distribution dumps (needs the `sglang` extra: torch)."""
+    result = read_sglang(dump, num_experts, _import_model(model))
+    if in_service:
+        if result.in_service is None:
+            raise InputError(dump, "--in-service", "stat dumps record no placement (per_token dumps do)")
+        refuse_overwriting_input(in_service, dump)
+        write_text_atomic(in_service, json.dumps({"physical_to_logical_map": result.in_service.tolist()}) + "\n")
+    _write_imported(result, out, [dump], as_json)
+
+
+@import_app.command("sglang-routed")
+def import_sglang_routed_command(
+    responses: Annotated[str, typer.Argument(
+        help="JSONL of SGLang /generate responses with meta_info.routed_experts (return_routed_experts).")],
+    out: ImportOutOpt,
+    model: ImportModelOpt = None,
+    layers: Annotated[int | None, typer.Option(help="Decoder layers (num_hidden_layers), without --model.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Experts per token, without --model.")] = None,
     num_experts: NumExpertsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Import an SGLang expert-distribution dump (needs the `sglang` extra: torch)."""
-    _write_imported(read_sglang_dump(dump, num_experts), out, [dump], as_json)
+    """Import SGLang return_routed_experts responses (base64 int32 [tokens, layers, k] each)."""
+    result = read_sglang_routed(responses, _import_model(model), layers, top_k, num_experts)
+    _write_imported(result, out, [responses], as_json)
 
 
 @import_app.command("trtllm")
 def import_trtllm_command(
     directory: Annotated[str, typer.Argument(help="TensorRT-LLM expert statistics directory (meta_info.json).")],
     out: ImportOutOpt,
+    model: ImportModelOpt = None,
+    assignment: Annotated[str | None, typer.Option(
+        help="Load-balancer config (YAML with initial_global_assignments): maps the slot ids of statistics "
+             "recorded with the MoE load balancer on to experts.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Import TensorRT-LLM expert statistics (needs the `trtllm` extra: safetensors)."""
-    _write_imported(read_trtllm(directory), out, [directory], as_json)
+    """Import TensorRT-LLM expert statistics (needs the `trtllm` extra: safetensors, PyYAML)."""
+    slots = read_assignments(assignment) if assignment else None
+    _write_imported(read_trtllm(directory, _import_model(model), slots), out, [directory], as_json)
 
 
 @app.command("synth")

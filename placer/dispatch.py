@@ -23,7 +23,7 @@ import random
 import numba
 import numpy as np
 
-from placer.placement import Placement
+from placer.placement import Placement, decoder_layer_ids
 
 RULES = ("nearest", "sglang-static")
 
@@ -110,21 +110,43 @@ def _fair_choices(replicas: list[int], count: int, rng: random.Random) -> list[i
     return picks
 
 
+def _static_column(replicas: list[int], slot_gpu: np.ndarray, gpus: int, rng: random.Random) -> np.ndarray:
+    """One (layer, expert) of SGLang's static map: [gpus] serving slot per source GPU."""
+    column = np.full(gpus, -1, dtype=np.int64)
+    for slot in reversed(replicas):
+        column[slot_gpu[slot]] = slot
+    missing = np.flatnonzero(column < 0)
+    column[missing] = _fair_choices(replicas, len(missing), rng)
+    return column
+
+
 def sglang_static_map(placement: Placement) -> np.ndarray:
-    """SGLang's static dispatch map: [layers, gpus, experts] -> serving slot."""
+    """SGLang's static dispatch map: [layers, gpus, experts] -> serving slot (-1 rows: GPUs out
+    of service).
+
+    Computed as SGLang computes it from placer's export: over the GPUs in service only
+    (EP rank r = r-th live GPU), and over every decoder layer in order, so the dense
+    layers' trivial rows (slot p -> p mod E) before each MoE row draw from the same
+    ``random.Random(42)`` first (``compute_logical_to_rank_dispatch_physical_map`` in
+    ``python/sglang/srt/eplb/expert_location.py`` at 01fec5c2).
+    """
     rng = random.Random(42)
-    slot_gpu = np.arange(placement.phy2log.shape[1]) // placement.slots_per_gpu
-    result = np.empty((placement.num_layers, placement.num_gpus, placement.num_experts), dtype=np.int64)
-    for layer in range(placement.num_layers):
-        log2phy, copies = replica_slots(placement.phy2log[layer], placement.num_experts)
-        for expert in range(placement.num_experts):
-            replicas = log2phy[expert, : copies[expert]].tolist()
-            column = np.full(placement.num_gpus, -1, dtype=np.int64)
-            for slot in reversed(replicas):
-                column[slot_gpu[slot]] = slot
-            missing = np.flatnonzero(column < 0)
-            column[missing] = _fair_choices(replicas, len(missing), rng)
-            result[layer, :, expert] = column
+    live = placement.live_gpus()
+    per_gpu = placement.phy2log.reshape(placement.num_layers, placement.num_gpus, placement.slots_per_gpu)
+    rows = per_gpu[:, live].reshape(placement.num_layers, -1)
+    slot_of = (live[:, None] * placement.slots_per_gpu + np.arange(placement.slots_per_gpu)).ravel()
+    slot_rank = np.arange(rows.shape[1]) // placement.slots_per_gpu
+    experts = placement.num_experts
+    trivial = np.arange(rows.shape[1]) % experts
+    result = np.full((placement.num_layers, placement.num_gpus, experts), -1, dtype=np.int64)
+    decoder = 0
+    for layer, layer_id in enumerate(decoder_layer_ids(placement)):
+        for row in [trivial] * (int(layer_id) - decoder) + [rows[layer]]:
+            log2phy, copies = replica_slots(row, experts)
+            table = np.stack([_static_column(log2phy[e, : copies[e]].tolist(), slot_rank, len(live), rng)
+                              for e in range(experts)], axis=1)
+        decoder = int(layer_id) + 1
+        result[layer, live] = slot_of[table]
     return result
 
 

@@ -72,6 +72,20 @@ class Placement:
         return filled.sum(axis=2)
 
 
+def decoder_layer_ids(placement: Placement, first_dense_layers: int | None = None) -> np.ndarray:
+    """The model's decoder-layer index of every placement row: [layers] int64.
+
+    From the trace it was solved on (``metadata["trace"]["layer_ids"]``), else
+    ``first_dense_layers`` (given, else the recorded model's) + row.
+    """
+    recorded = (placement.metadata.get("trace") or {}).get("layer_ids")
+    if recorded is not None:
+        return np.asarray(recorded, dtype=np.int64)
+    if first_dense_layers is None:
+        first_dense_layers = int((placement.metadata.get("model") or {}).get("first_dense_layers") or 0)
+    return first_dense_layers + np.arange(placement.num_layers, dtype=np.int64)
+
+
 def from_expert_gpu(
     expert_gpu: np.ndarray,
     num_gpus: int,

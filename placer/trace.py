@@ -35,7 +35,9 @@ MAX_EXPERTS = 1 << 16
 #: RuntimeError: an encrypted member)
 NUMPY_READ_ERRORS = (OSError, ValueError, EOFError, OverflowError, MemoryError, NotImplementedError,
                      SyntaxError, RuntimeError, zipfile.BadZipFile, KeyError, tokenize.TokenError, zlib.error)
-OPTIONAL_ARRAYS = ("topk_weights", "num_experts", "src_rank", "seq_lens")
+OPTIONAL_ARRAYS = ("topk_weights", "num_experts", "src_rank", "seq_lens", "layer_ids", "format_version")
+#: native trace format version written; version 1 (no ``format_version`` member) had no layer ids
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Trace:
     topk_weights: [tokens, layers, k] float32 or None.
     src_rank: [tokens] int64, the GPU each token starts on, or None.
     seq_lens: [sequences] int64, tokens per sequence in order (sums to tokens), or None.
+    layer_ids: [layers] int64, the model's decoder-layer index of each trace layer (strictly
+        increasing; dense layers are absent), or None when the source did not record them.
     """
 
     topk_ids: np.ndarray
@@ -53,6 +57,7 @@ class Trace:
     topk_weights: np.ndarray | None = None
     src_rank: np.ndarray | None = None
     seq_lens: np.ndarray | None = None
+    layer_ids: np.ndarray | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -88,12 +93,16 @@ def concatenate(traces: list[Trace]) -> Trace:
         parts = [getattr(t, name) for t in traces]
         return None if any(p is None for p in parts) else np.concatenate(parts)
 
+    ids = [None if t.layer_ids is None else tuple(t.layer_ids.tolist()) for t in traces]
+    if len(set(ids)) > 1:
+        raise InputError(None, "layer_ids", f"parts record different layer ids {sorted(set(map(str, ids)))}")
     return Trace(
         topk_ids=np.concatenate([t.topk_ids for t in traces]),
         num_experts=max(t.num_experts for t in traces) if traces else first.num_experts,
         topk_weights=joined("topk_weights"),
         src_rank=joined("src_rank"),
         seq_lens=joined("seq_lens"),
+        layer_ids=first.layer_ids,
     )
 
 
@@ -182,7 +191,30 @@ def validate_arrays(
         topk_weights=_weights(source, arrays, ids.shape),
         src_rank=_src_rank(source, arrays, tokens),
         seq_lens=_seq_lens(source, arrays, tokens),
+        layer_ids=check_layer_ids(source, arrays.get("layer_ids"), layers),
     )
+
+
+def check_layer_ids(source: str, value: np.ndarray | None, layers: int) -> np.ndarray | None:
+    """``layer_ids`` [layers]: non-negative, strictly increasing decoder-layer indices (or None)."""
+    if value is None:
+        return None
+    ids = _integer_array(source, "layer_ids", np.asarray(value), 1)
+    if ids.shape[0] != layers:
+        raise InputError(source, "layer_ids", f"expected {layers} entries (one per trace layer), got {ids.shape[0]}")
+    if ids.min() < 0 or (np.diff(ids) <= 0).any():
+        raise InputError(source, "layer_ids", f"expected strictly increasing non-negative layer ids, got {ids.tolist()}")
+    return ids.astype(np.int64, copy=False)
+
+
+def check_format_version(source: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """The ``format_version`` member, if any, is one this placer reads (1 or 2)."""
+    if "format_version" not in arrays:
+        return
+    value = np.asarray(arrays["format_version"])
+    if value.dtype.kind not in "iu" or value.size != 1 or int(value.reshape(())) not in (1, FORMAT_VERSION):
+        raise InputError(source, "format_version", f"{value.tolist()!r} is not supported; this placer reads "
+                         f"native trace versions 1 and {FORMAT_VERSION}")
 
 
 REPEAT_BLOCK = 1024
@@ -278,6 +310,8 @@ def numpy_input(path: str | Path, what: str) -> Iterator[None]:
 def _read_npz(path: Path, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """The arrays ``names`` (default: all) that the .npz file holds; the others are not read."""
     with numpy_input(path, ".npz trace"), np.load(path, allow_pickle=False) as npz:
+        if "format_version" in npz.files:
+            check_format_version(path, {"format_version": npz["format_version"]})
         return {name: npz[name] for name in npz.files if names is None or name in names}
 
 
@@ -340,6 +374,19 @@ class TraceSource:
         self.num_tokens = sum(self.shard_tokens)
         self.num_layers, self.top_k = shapes[0][1], shapes[0][2]
         self._num_experts: int | None = None
+        self._layer_ids: tuple[np.ndarray | None] | None = None
+
+    @property
+    def layer_ids(self) -> np.ndarray | None:
+        """The shards' ``layer_ids`` [layers] (they must agree), or None if they record none."""
+        if self._layer_ids is None:
+            found = [_read_npz(shard, ("layer_ids",)).get("layer_ids") for shard in self.shards]
+            ids = [None if f is None else check_layer_ids(str(s), f, self.num_layers)
+                   for s, f in zip(self.shards, found)]
+            if len({None if i is None else tuple(i.tolist()) for i in ids}) > 1:
+                raise InputError(self.path, "layer_ids", "shards record different layer ids")
+            self._layer_ids = (ids[0],)
+        return self._layer_ids[0]
 
     @property
     def num_experts(self) -> int:
@@ -406,12 +453,13 @@ def load_trace(path: str | Path) -> Trace:
 
 
 def save_trace(trace: Trace, path: str | Path) -> None:
-    """Write ``trace`` as a compressed native .npz, atomically."""
+    """Write ``trace`` as a compressed native .npz (format version 2: ``layer_ids`` kept), atomically."""
     arrays: dict[str, np.ndarray] = {
+        "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
         "topk_ids": trace.topk_ids,
         "num_experts": np.asarray(trace.num_experts, dtype=np.int64),
     }
-    for name in ("topk_weights", "src_rank", "seq_lens"):
+    for name in ("topk_weights", "src_rank", "seq_lens", "layer_ids"):
         value = getattr(trace, name)
         if value is not None:
             arrays[name] = value

@@ -19,6 +19,7 @@ from placer.constraints import resolve_slots
 from placer.errors import InputError
 from placer.evaluation.replay import ReplayReport, evaluate
 from placer.formats.importers import ExpertCounts, load_routing
+from placer.formats.layers import recorded_layer_ids
 from placer.formats.placement_io import check_topology, read_placement
 from placer.migration import minimize_moves, moved_weights
 from placer.placement import BASELINES, Placement, baseline
@@ -147,7 +148,8 @@ def place(
         "topology": topology.to_dict(),
         "model": None if model is None else model.to_dict(),
         "trace": {"sha256": digest or trace_digest(routing), "layers": routing.num_layers,
-                  "tokens": None if counts_only else routing.num_tokens},
+                  "tokens": None if counts_only else routing.num_tokens,
+                  "layer_ids": recorded_layer_ids(routing)},
     }
     chosen = replace(chosen, metadata=metadata)
     moves = None

@@ -128,7 +128,7 @@ def test_eplb_triple_round_trips_rebalance_experts(tmp_path):
     assert np.array_equal(np.sort(padding_last(log2phy)), padding_last(triple["log2phy"]))
     write_eplb(Placement(phy2log, 12, 4, 2), tmp_path / "eplb.npz")
     with np.load(tmp_path / "eplb.npz") as back:
-        assert sorted(back.files) == ["log2phy", "logcnt", "phy2log"]
+        assert sorted(back.files) == ["layer_ids", "log2phy", "logcnt", "phy2log"]
         assert all(np.array_equal(back[k], triple[k]) for k in triple)
 
 

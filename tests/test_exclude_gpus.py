@@ -216,12 +216,17 @@ def test_cli_exclusions_survive_file_and_relabel(tmp_path, cli):
     assert bad.code == 2 and "--exclude-gpus" in bad.err
 
 
-def test_engine_exports_fill_dead_gpus_with_placeholders():
-    from placer.formats.engines import to_eplb, to_sglang
+def test_engine_exports_leave_dead_gpus_out_of_the_map():
+    """No placeholder copies: an engine would count them and dispatch tokens to the dead GPU."""
+    from placer.formats.engines import sglang_launch, to_eplb, to_sglang, to_trtllm
 
     trace = random_trace(200, 1, 16, 2, 4)
     # 7 live GPUs x 4 slots: one copy needs 3 per GPU, the rest hold replicas; GPU 6 = slots 24..27
     placement, _ = solve(trace, PlacementProblem(topo(2, 4), exclude_gpus=[6], slots_per_gpu=4), SolverSettings(solver="spectral", time_limit=1))
+    live = np.delete(placement.phy2log, np.s_[24:28], axis=1)
     rows = np.array(to_sglang(placement)["physical_to_logical_map"])
-    assert (rows >= 0).all() and (rows[:, 24:28] == 0).all()
+    assert rows.shape == (1, 28) and (rows == live.reshape(1, -1)).all()
+    assert to_trtllm(placement)["num_slots"] == 28
+    flags = sglang_launch(placement, None, "map.json")[0]
+    assert "--ep-size 7" in flags and "--ep-num-redundant-experts 12" in flags
     assert (to_eplb(placement)["phy2log"][:, 24:28] == -1).all()

@@ -108,7 +108,7 @@ def test_megatron_joins_steps_then_ranks_with_sorted_layers(tmp_path):
         megatron_record(1, 1, 1, []),  # an empty batch on this rank
         megatron_record(1, 3, 1, []),
     ])
-    trace = read_megatron(tmp_path, num_experts=8)
+    trace = read_megatron(tmp_path, num_experts=8).routing
     # layer axis [1, 3]; order: step 0 rank 0, step 0 rank 1, step 1 rank 0
     expected = np.array([
         [[4, 5], [0, 1]],
@@ -186,9 +186,9 @@ def test_vllm_routed_experts_one_sequence_per_file(tmp_path):
     second = np.array([[[7, 6], [5, 4]]], dtype=np.int32)
     np.save(tmp_path / "a.npy", first)
     np.save(tmp_path / "b.npy", second)
-    one = read_vllm(tmp_path / "a.npy")
+    one = read_vllm(tmp_path / "a.npy").routing
     assert np.array_equal(one.topk_ids, first) and one.seq_lens.tolist() == [3] and one.num_experts == 8
-    both = read_vllm([tmp_path / "a.npy", tmp_path / "b.npy"], num_experts=16)
+    both = read_vllm([tmp_path / "a.npy", tmp_path / "b.npy"], num_experts=16).routing
     assert np.array_equal(both.topk_ids, np.concatenate([first, second]))
     assert both.seq_lens.tolist() == [3, 1] and both.num_experts == 16
     assert np.array_equal(load_routing(tmp_path / "a.npy").topk_ids, first)
@@ -198,9 +198,9 @@ def test_vllm_routed_experts_one_sequence_per_file(tmp_path):
     "arrays, bad, expected",
     [
         ([np.zeros((2, 2, 2), dtype=np.float32)], 0, "expected integer expert ids, got dtype float32"),
-        ([np.zeros((2, 4), dtype=np.int16)], 0, "expected [tokens, moe_layers, top_k], got shape (2, 4)"),
+        ([np.zeros((2, 4), dtype=np.int16)], 0, "expected [tokens, num_hidden_layers, top_k], got shape (2, 4)"),
         ([np.ones((1, 2, 2), dtype=np.int16), np.ones((1, 3, 2), dtype=np.int16)], 1,
-         "moe_layers x top_k (3, 2) differs"),
+         "layers x top_k (3, 2) differs"),
         ([np.ones((1, 2, 1), dtype=np.int16), np.ones((0, 2, 1), dtype=np.int16)], 1, "holds zero tokens"),
     ],
 )
@@ -366,7 +366,7 @@ def trtllm_counts(base: int) -> dict[str, np.ndarray]:
 
 def test_trtllm_counts_sum_ranks_and_iterations(tmp_path, save_file):
     directory = write_trtllm(tmp_path / "stats", save_file, {"": {0: trtllm_counts(0), 1: trtllm_counts(10)}})
-    counts = read_trtllm(directory)
+    counts = read_trtllm(directory).routing
     assert isinstance(counts, ExpertCounts)
     arange = np.arange(4)
     layer3 = sum(arange + base + it + 3 for base in (0, 10) for it in (100, 101))
@@ -385,7 +385,7 @@ def test_trtllm_token_files_read_rank_major_per_iteration(tmp_path, save_file):
               for rank in (0, 1)}
     counts = {rank: {key: np.bincount(v.ravel(), minlength=4) for key, v in t.items()} for rank, t in tokens.items()}
     directory = write_trtllm(tmp_path / "stats", save_file, {"": counts, "token_selected_experts_": tokens})
-    trace = read_trtllm(directory)
+    trace = read_trtllm(directory).routing
     assert isinstance(trace, Trace) and trace.num_experts == 4
     assert trace.topk_ids.tolist() == [
         [[0, 1], [1, 2]], [[2, 3], [3, 0]],  # iter 7 rank 0
@@ -488,3 +488,105 @@ def test_missing_optional_dependencies_give_one_line_errors(tmp_path, monkeypatc
     (tmp_path / "rank0.safetensors").write_bytes(b"")
     with raises(tmp_path / "rank0.safetensors", None, "needs safetensors"):
         read_trtllm(tmp_path)
+
+
+# ---------------------------------------------------------------- dense layers, ranks, stages, slots
+
+
+def test_sglang_dense_layers_dropped_with_or_without_the_model(tmp_path, torch):
+    from placer.formats.importers import read_sglang
+    from placer.topology import Model
+
+    mapping = np.tile(np.arange(4), (3, 1))  # 3 decoder layers, 4 experts
+    dense_first = padded([[[], []], [[0, 1], [2, 3]], [[1, 2], [3, 0]]])  # layer 0 dense: all -1
+    path = tmp_path / "expert_distribution_recorder_1.0_0.pt"
+    torch.save(sglang_per_token_dump(torch, [(0, dense_first)], mapping), path)
+    detected = read_sglang(path)
+    assert detected.routing.layer_ids.tolist() == [1, 2] and "dropped dense layers [0]" in detected.notes[0]
+    toy = Model("toy", 4, 2, 8, 8, num_moe_layers=2, first_dense_layers=1)
+    assert read_sglang(path, model=toy).routing.layer_ids.tolist() == [1, 2]
+    with pytest.raises(InputError, match="has 4 decoder layers"):
+        read_sglang(path, model=Model("toy", 4, 2, 8, 8, num_moe_layers=3, first_dense_layers=1))
+    routed_first = padded([[[0, 1], [2, 3]], [[], []], [[1, 2], [3, 0]]])
+    torch.save(sglang_per_token_dump(torch, [(0, routed_first)], mapping), path)
+    with pytest.raises(InputError, match="layer 0 holds routing decisions, but model toy makes layers 0..0 dense"):
+        read_sglang(path, model=toy)
+
+
+def test_sglang_rank_files_merge_and_must_share_the_map(tmp_path, torch):
+    from placer.formats.importers import read_sglang
+
+    mapping = np.tile(np.arange(4), (1, 1))
+    for rank, rows in ((0, [[[0, 1]]]), (1, [[[2, 3]]])):
+        torch.save(sglang_per_token_dump(torch, [(rank, padded(rows))], mapping),
+                   tmp_path / f"expert_distribution_recorder_5.0_{rank}.pt")
+    merged = read_sglang(tmp_path)
+    assert merged.routing.topk_ids.tolist() == [[[0, 1]], [[2, 3]]] and merged.routing.src_rank.tolist() == [0, 1]
+    assert read_sglang(str(tmp_path / "expert_distribution_recorder_5.0_*.pt")).routing.num_tokens == 2
+    torch.save(sglang_per_token_dump(torch, [(2, padded([[[0, 1]]]))], mapping[:, ::-1].copy()),
+               tmp_path / "expert_distribution_recorder_5.0_2.pt")
+    with pytest.raises(InputError, match="differs from expert_distribution_recorder_5.0_0.pt's"):
+        read_sglang(tmp_path)
+
+
+def test_vllm_zero_layers_are_dense_and_the_model_is_checked(tmp_path):
+    from placer.topology import Model
+
+    ids = np.zeros((3, 3, 2), dtype=np.uint8)
+    ids[:, 1:] = [[0, 1], [2, 3]]
+    np.save(tmp_path / "r.npy", ids)
+    result = read_vllm(tmp_path / "r.npy")
+    assert result.routing.layer_ids.tolist() == [1, 2] and result.routing.num_layers == 2
+    ids[:, 0] = [1, 2]
+    np.save(tmp_path / "r.npy", ids)
+    with pytest.raises(InputError, match="layer 0 holds routing decisions"):
+        read_vllm(tmp_path / "r.npy", model=Model("toy", 4, 2, 8, 8, num_moe_layers=2, first_dense_layers=1))
+
+
+def test_megatron_pipeline_layers_are_checked(tmp_path):
+    for rank in range(2):
+        write_jsonl(tmp_path / f"router_trace_rank{rank}.jsonl",
+                    [megatron_record(0, layer, rank, [[0, 1]]) for layer in range(3)])
+    mapped = read_megatron(tmp_path, pipeline_layers=[3, 3]).routing
+    assert mapped.layer_ids.tolist() == list(range(6)) and mapped.num_tokens == 1
+    with pytest.raises(InputError, match="stage-local layer 2 but pipeline stage 0 .* has 2 layers"):
+        read_megatron(tmp_path, pipeline_layers=[2, 4])
+    with pytest.raises(InputError, match="do not split into 3 pipeline stages"):
+        read_megatron(tmp_path, pipeline_layers=[2, 2, 2])
+
+
+def test_trtllm_assignment_must_cover_the_slots(tmp_path):
+    from placer.formats.importers import read_assignments
+
+    (tmp_path / "lb.yaml").write_text("num_slots: 3\ninitial_global_assignments:\n  1: [0, 1]\n  2: [0, 1, 1]\n")
+    with pytest.raises(InputError, match="layers list different slot counts"):
+        read_assignments(tmp_path / "lb.yaml")
+    (tmp_path / "lb.yaml").write_text("moe_config:\n  load_balancer:\n    num_slots: 2\n")
+    with pytest.raises(InputError, match="initial_global_assignments: missing"):
+        read_assignments(tmp_path / "lb.yaml")
+
+
+def test_a_dump_of_the_moe_layers_only_gets_the_models_layer_ids(tmp_path):
+    from placer.topology import Model
+
+    np.save(tmp_path / "r.npy", np.array([[[0, 1], [2, 3]]], dtype=np.int32))  # 2 MoE layers, no dense rows
+    toy = Model("toy", 4, 2, 8, 8, num_moe_layers=2, first_dense_layers=3)
+    assert read_vllm(tmp_path / "r.npy", model=toy).routing.layer_ids.tolist() == [3, 4]
+    assert read_vllm(tmp_path / "r.npy").routing.layer_ids.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"meta_info": {}}', "meta_info.routed_experts: missing"),
+    ('{"meta_info": {"routed_experts": "@@@"}}', "not valid base64"),
+    ('{"meta_info": {"routed_experts": "AAAA"}}', "3 bytes are not whole tokens of 2 layers x top-2"),
+    ('[1]', r"line 1\[0\]: expected a response object"),
+    ('{"meta', "line 1: not valid JSON"),
+])
+def test_sglang_routed_responses_are_checked(tmp_path, line, message):
+    from placer.formats.importers import read_sglang_routed
+
+    (tmp_path / "r.jsonl").write_text(line + "\n")
+    with pytest.raises(InputError, match=message):
+        read_sglang_routed(tmp_path / "r.jsonl", num_hidden_layers=2, top_k=2)
+    with pytest.raises(InputError, match="do not record their shape"):
+        read_sglang_routed(tmp_path / "r.jsonl")

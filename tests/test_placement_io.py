@@ -112,3 +112,79 @@ def test_a_placement_for_another_shape_names_the_file_and_the_fitting_flags():
     with pytest.raises(InputError, match=r"\(--nodes 16 --gpus-per-node 4\)$"):
         check_topology("p.json", baseline("contiguous", 2, 64, 64, 4), topology)
     check_topology("p.json", baseline("contiguous", 2, 64, 32, 8), topology)
+
+
+# ---------------------------------------------------------------- the cluster to replay on
+
+
+def _sglang_map(path, gpus: int, slots: int) -> str:
+    rows = [list(range(gpus * slots))]  # 64 experts on gpus x slots
+    path.write_text(json.dumps({"physical_to_logical_map": rows}))
+    return str(path)
+
+
+def test_replay_topology_rule(tmp_path):
+    from placer.formats.placement_io import replay_topology
+    from placer.instances import load_topology
+
+    dgx = load_topology("h100-dgx")
+    solved = replace_topology(baseline("random", 1, 64, 64, 8), dgx.resized(8, 8))
+    write_placement(solved, tmp_path / "p.json")
+    sglang = _sglang_map(tmp_path / "s.json", 64, 1)
+    # a placer file records its cluster: replayed on it unless one is stated
+    assert replay_topology([str(tmp_path / "p.json")]).num_gpus == 64
+    assert replay_topology([str(tmp_path / "p.json")], nodes=4).num_gpus == 32  # stated wins
+    # an SGLang map records none: never the default silently
+    with pytest.raises(InputError, match="records no cluster"):
+        replay_topology([sglang])
+    with pytest.raises(InputError, match="records no cluster"):
+        replay_topology([sglang], nodes=8)
+    assert replay_topology([sglang], nodes=8, gpus_per_node=8).num_gpus == 64
+    assert replay_topology([sglang], topology="h100-dgx").num_gpus == dgx.num_gpus
+    assert replay_topology(["contiguous"]) == dgx
+    other = replace_topology(baseline("random", 1, 64, 32, 8), dgx.resized(4, 8))
+    write_placement(other, tmp_path / "q.json")
+    with pytest.raises(InputError, match="record different clusters"):
+        replay_topology([str(tmp_path / "p.json"), str(tmp_path / "q.json")])
+
+
+def replace_topology(placement, topology):
+    from dataclasses import replace
+
+    return replace(placement, metadata={**placement.metadata, "topology": topology.to_dict()})
+
+
+def test_cli_refuses_an_sglang_map_on_an_unstated_cluster(tmp_path, cli):
+    trace = tmp_path / "t.npz"
+    from conftest import random_trace
+
+    from placer.trace import save_trace
+
+    save_trace(random_trace(200, 1, 64, 3, 1), trace)  # top-3: matches no model preset
+    sglang = _sglang_map(tmp_path / "s.json", 64, 1)
+    for args in (("validate", sglang), ("evaluate", "--trace", trace, "--placement", sglang)):
+        silent = cli(*args)
+        assert silent.code == 2 and "records no cluster" in silent.err
+    stated = cli("validate", sglang, "--nodes", "8", "--gpus-per-node", "8", "--json")
+    assert stated.code == 0 and stated.json()["gpus"] == 64
+    wrong = cli("evaluate", "--trace", trace, "--placement", sglang, "--nodes", "4", "--gpus-per-node", "8", "--json")
+    assert wrong.code == 0 and wrong.json()["config"]["nodes"] == 4  # stated explicitly: used
+
+
+def test_sglang_map_rows_must_match_the_model(tmp_path):
+    model = load_model("deepseek-v2-lite")
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"physical_to_logical_map": [list(range(64))] * 20}))
+    with pytest.raises(InputError, match="20 rows; model deepseek-v2-lite has 27 decoder layers"):
+        read_placement(path, 8, 8, model)
+
+
+def test_a_recorded_topology_is_checked(tmp_path):
+    from placer.formats.placement_io import replay_topology
+    from placer.instances import load_topology
+
+    bad = replace_topology(baseline("random", 1, 16, 8, 8), load_topology("h100-dgx"))
+    bad.metadata["topology"]["nodes"] = "1"
+    write_placement(bad, tmp_path / "p.json")
+    with pytest.raises(InputError, match="topology.nodes: expected a positive integer, got '1'"):
+        replay_topology([str(tmp_path / "p.json")])

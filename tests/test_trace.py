@@ -107,3 +107,42 @@ def test_cli_reports_one_line_and_exit_2(tmp_path, cli, case):
     assert result.code == 2
     assert result.err.count("\n") == 1 and expected in result.err and str(path) in result.err
     assert "Traceback" not in result.err
+
+
+# ---------------------------------------------------------------- layer ids (format version 2)
+
+
+def test_layer_ids_round_trip_and_version_one_still_loads(tmp_path):
+    from placer.trace import FORMAT_VERSION
+
+    ids = np.array([[[0, 1]], [[2, 3]]], dtype=np.int16).repeat(3, axis=1)
+    trace = validate_arrays("x", {"topk_ids": ids, "layer_ids": np.array([1, 2, 5])})
+    save_trace(trace, tmp_path / "v2.npz")
+    with np.load(tmp_path / "v2.npz") as npz:
+        assert int(npz["format_version"]) == FORMAT_VERSION == 2
+    back = load_trace(tmp_path / "v2.npz")
+    assert back.layer_ids.tolist() == [1, 2, 5]
+    assert TraceSource(tmp_path / "v2.npz").layer_ids.tolist() == [1, 2, 5]
+    np.savez(tmp_path / "v1.npz", topk_ids=ids, num_experts=np.int64(4))  # written before layer ids existed
+    old = load_trace(tmp_path / "v1.npz")
+    assert old.layer_ids is None and TraceSource(tmp_path / "v1.npz").layer_ids is None
+    np.savez(tmp_path / "v3.npz", topk_ids=ids, format_version=np.int64(3))
+    with pytest.raises(InputError, match="format_version: 3 is not supported"):
+        load_trace(tmp_path / "v3.npz")
+
+
+@pytest.mark.parametrize(("layer_ids", "message"), [
+    ([1, 2], "expected 3 entries"), ([2, 1, 3], "strictly increasing"), ([-1, 0, 1], "strictly increasing"),
+])
+def test_bad_layer_ids_are_refused(layer_ids, message):
+    ids = np.zeros((1, 3, 1), dtype=np.int16)
+    with pytest.raises(InputError, match=message):
+        validate_arrays("x", {"topk_ids": ids, "layer_ids": np.array(layer_ids)})
+
+
+def test_shards_must_agree_on_layer_ids(tmp_path):
+    ids = np.zeros((2, 2, 1), dtype=np.int16)
+    save_trace(validate_arrays("a", {"topk_ids": ids, "layer_ids": np.array([1, 2])}), tmp_path / "a.npz")
+    save_trace(validate_arrays("b", {"topk_ids": ids, "layer_ids": np.array([1, 3])}), tmp_path / "b.npz")
+    with pytest.raises(InputError, match="shards record different layer ids"):
+        _ = TraceSource(tmp_path).layer_ids

@@ -7,24 +7,60 @@ Every function takes a :class:`Placement` (``phy2log: [layers, gpus * slots_per_
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from placer.atomic import atomic_output, write_text_atomic
 from placer.errors import InputError
+from placer.formats.layers import placement_layer_ids
 from placer.formats.placement_io import write_placement
 from placer.placement import EMPTY, Placement, contiguous_gpus
 from placer.topology import Model
 
+__all__ = [
+    "OUTPUT_FORMATS", "EngineMap", "dumps_trtllm_yaml", "engine_map", "expert_permutation", "invert_permutation",
+    "sglang_launch", "to_eplb", "to_sglang", "to_trtllm", "to_vllm_expert_map", "to_vllm_rank_map", "vllm_launch",
+    "write_eplb", "write_output",
+]
 
-def _engine_rows(placement: Placement, model: Model | None, field: str) -> np.ndarray:
-    """phy2log for engines that need every slot filled: [layers, slots].
 
-    Slots of GPUs out of service hold expert 0 as a placeholder, as SGLang's
-    elasticity-aware EPLB writes them (the engine never dispatches to inactive
-    ranks). Raises unless every live slot holds an expert, every expert has a
-    slot and ``model`` fits.
+@dataclass(frozen=True)
+class EngineMap:
+    """A placement as an engine with static expert placement loads it.
+
+    rows: [moe_layers, ep_size * slots_per_gpu] expert of every slot, live GPUs only,
+        in rank order. layer_ids: [moe_layers] decoder-layer index of each row.
+    rank_gpus: [ep_size] placer GPU id serving as EP rank r (GPUs out of service are
+        left out, so the engine never sees them). num_redundant: slots - experts.
+    """
+
+    rows: np.ndarray
+    layer_ids: np.ndarray
+    rank_gpus: np.ndarray
+    num_experts: int
+
+    @property
+    def ep_size(self) -> int:
+        return len(self.rank_gpus)
+
+    @property
+    def num_slots(self) -> int:
+        return int(self.rows.shape[1])
+
+    @property
+    def num_redundant(self) -> int:
+        return self.num_slots - self.num_experts
+
+
+def engine_map(placement: Placement, model: Model | None, field: str) -> EngineMap:
+    """The slots of the GPUs in service, for engines that need every slot filled.
+
+    Raises unless every live slot holds an expert, every expert has a slot and
+    ``model`` fits. GPUs out of service are dropped from the map (never filled with
+    placeholders: an engine would count a placeholder as a real copy and dispatch
+    tokens to it), so the engine is launched with EP size = live GPUs.
     """
     if model is not None and (model.num_experts, model.num_moe_layers) != (
         placement.num_experts, placement.num_layers
@@ -34,37 +70,68 @@ def _engine_rows(placement: Placement, model: Model | None, field: str) -> np.nd
             f"placement has {placement.num_layers} MoE layers of {placement.num_experts} experts; "
             f"model {model.name} has {model.num_moe_layers} of {model.num_experts}",
         )
-    rows = placement.phy2log.copy()
-    per_gpu = rows.reshape(placement.num_layers, placement.num_gpus, placement.slots_per_gpu)
-    per_gpu[:, placement.excluded_gpus] = 0
+    live = placement.live_gpus()
+    per_gpu = placement.phy2log.reshape(placement.num_layers, placement.num_gpus, placement.slots_per_gpu)
+    rows = per_gpu[:, live].reshape(placement.num_layers, -1)
+    slot_of = (live[:, None] * placement.slots_per_gpu + np.arange(placement.slots_per_gpu)).ravel()
     if (rows < 0).any():
         layer, slot = np.argwhere(rows < 0)[0]
         raise InputError(
             None, field,
-            f"the engine needs every slot filled, but layer {layer} slot {slot} is empty "
-            f"({placement.num_experts} experts on {placement.phy2log.shape[1]} slots); "
+            f"the engine needs every slot filled, but layer {layer} slot {slot_of[slot]} is empty "
+            f"({placement.num_experts} experts on {rows.shape[1]} live slots); "
             "choose slots_per_gpu so that GPUs x slots equals the expert count",
         )
     missing = np.argwhere(placement.expert_copies() == 0)
     if missing.size:
         layer, expert = missing[0]
         raise InputError(None, field, f"layer {layer} expert {expert} has no slot")
-    return rows
+    return EngineMap(rows.copy(), placement_layer_ids(placement, model, field), live, placement.num_experts)
+
+
+def _hidden_layers(mapped: EngineMap, model: Model | None) -> int:
+    return model.num_hidden_layers if model is not None else int(mapped.layer_ids.max()) + 1
 
 
 def to_sglang(placement: Placement, model: Model | None = None) -> dict:
     """SGLang ``--init-expert-location`` JSON: ``{"physical_to_logical_map": [[...]]}``.
 
-    One row per MoE layer (slot p on GPU p // slots_per_gpu); with ``model``,
-    preceded by trivial rows (slot p -> p mod E) for its ``first_dense_layers``,
-    so there are ``num_hidden_layers`` rows as SGLang expects. SGLang needs every
-    slot filled; slots = experts + redundant experts, a multiple of the EP size.
-    Slots of excluded GPUs hold expert 0 as placeholders (see :func:`_engine_rows`).
+    One row per decoder layer (``num_hidden_layers`` rows, as SGLang's
+    ``ExpertLocationMetadata`` has; the model's, or the largest traced layer + 1):
+    MoE layers at their decoder-layer ids, every other row trivial (slot p -> p mod E,
+    as SGLang's ``init_trivial``). Only the GPUs in service have slots: launch with
+    :func:`sglang_launch`'s flags. The document holds that one key only (SGLang passes
+    the keys to ``init_by_mapping`` as arguments). Upstream read:
+    ``python/sglang/srt/eplb/expert_location.py`` at 01fec5c2.
     """
-    rows = _engine_rows(placement, model, "to_sglang")
-    dense = model.first_dense_layers if model is not None else 0
-    trivial = (np.arange(rows.shape[1]) % placement.num_experts).tolist()
-    return {"physical_to_logical_map": [trivial] * dense + rows.tolist()}
+    mapped = engine_map(placement, model, "to_sglang")
+    rows = np.tile(np.arange(mapped.num_slots) % placement.num_experts, (_hidden_layers(mapped, model), 1))
+    rows[mapped.layer_ids] = mapped.rows
+    return {"physical_to_logical_map": rows.tolist()}
+
+
+def sglang_launch(placement: Placement, model: Model | None, path: str) -> list[str]:
+    """What to launch SGLang with for :func:`to_sglang`'s file at ``path``: lines for the user.
+
+    SGLang derives slots = logical experts + ``--ep-num-redundant-experts`` and needs
+    them divisible by ``--ep-size``; EP rank r runs on placer GPU ``rank_gpus[r]``.
+    """
+    mapped = engine_map(placement, model, "to_sglang")
+    flags = (f"launch SGLang with: --init-expert-location {path} --ep-num-redundant-experts "
+             f"{mapped.num_redundant} --ep-size {mapped.ep_size} --ep-dispatch-algorithm static")
+    lines = [flags]
+    if model is None:
+        lines.append(f"the map has {_hidden_layers(mapped, model)} decoder-layer rows (largest MoE layer + 1); "
+                     "SGLang needs num_hidden_layers rows: pass --model to check")
+    return lines + _rank_note(placement, mapped)
+
+
+def _rank_note(placement: Placement, mapped: EngineMap) -> list[str]:
+    if not placement.excluded_gpus:
+        return []
+    note = (f"GPUs {placement.excluded_gpus} are out of service and absent from the map: EP ranks "
+            f"0..{mapped.ep_size - 1} must run on placer GPUs {mapped.rank_gpus.tolist()} in that order")
+    return [note]
 
 
 def to_trtllm(placement: Placement, model: Model | None = None) -> dict:
@@ -72,11 +139,11 @@ def to_trtllm(placement: Placement, model: Model | None = None) -> dict:
 
     ``{"num_slots": S, "layer_updates_per_iter": 0, "initial_global_assignments":
     {layer_index: [S expert ids]}}``; slot j of a layer holds expert ``[j]`` and
-    rank r owns slots r*S/EP .. (r+1)*S/EP - 1, the same slot order as ``phy2log``.
+    rank r owns slots r*S/EP .. (r+1)*S/EP - 1, the same slot order as ``phy2log``
+    restricted to the GPUs in service (EP size = live GPUs).
     ``layer_index`` is the model's decoder-layer index (the MoE module's
-    ``layer_idx``), so with ``model`` the keys start at ``first_dense_layers``;
-    without it they are MoE-layer indices, right only for models without dense
-    layers. Upstream: ``MoeLoadBalancerConfig.get_layer_initial_global_assignments``
+    ``layer_idx``): the trace's recorded layer ids, else ``first_dense_layers`` +
+    MoE layer. Upstream: ``MoeLoadBalancerConfig.get_layer_initial_global_assignments``
     (tensorrt_llm/llmapi/llm_args.py) is called with the MoE module's
     ``layer_idx``; the static-EPLB accuracy test keys layers
     ``range(first_k_dense_replace, num_hidden_layers)``
@@ -84,13 +151,65 @@ def to_trtllm(placement: Placement, model: Model | None = None) -> dict:
     examples/wide_ep/ep_load_balancer/README.md shows DeepSeek-R1 keys 3..60.
     TensorRT-LLM asserts every expert appears in every row, so no slot may be empty.
     """
-    rows = _engine_rows(placement, model, "to_trtllm")
-    first = model.first_dense_layers if model is not None else 0
+    mapped = engine_map(placement, model, "to_trtllm")
     return {
-        "num_slots": int(rows.shape[1]),
+        "num_slots": mapped.num_slots,
         "layer_updates_per_iter": 0,
-        "initial_global_assignments": {first + layer: row.tolist() for layer, row in enumerate(rows)},
+        "initial_global_assignments": {int(layer): row.tolist() for layer, row in zip(mapped.layer_ids, mapped.rows)},
     }
+
+
+def to_vllm_expert_map(placement: Placement, model: Model | None = None) -> list[list[int]]:
+    """EXPERIMENTAL: vLLM ``eplb_config.initial_expert_map_path`` JSON (open PR vllm-project/vllm#49572).
+
+    As the PR defines it today: a list with one list per MoE layer (in MoE-layer order),
+    each mapping physical slot -> logical expert; slots = logical experts +
+    ``num_redundant_experts``, divisible by the EP size; every logical expert in every
+    layer. Only the GPUs in service have slots (see :func:`vllm_launch`).
+    """
+    return engine_map(placement, model, "to_vllm").rows.tolist()
+
+
+def to_vllm_rank_map(placement: Placement, model: Model | None = None) -> dict:
+    """EXPERIMENTAL: vLLM ``--expert-placement-file`` JSON (open PR vllm-project/vllm#34811).
+
+    ``{"expert_to_ep_rank": [rank of expert 0, 1, ...]}``: one map for every layer, one
+    copy per expert. So the placement must hold each expert once and on the same GPU
+    in every layer; otherwise :class:`InputError` (use ``--format vllm``, PR #49572,
+    which wins where the two proposals differ). Ranks count the GPUs in service.
+    """
+    field = "to_vllm_rank_map"
+    mapped = engine_map(placement, model, field)
+    copies = placement.expert_copies()
+    if (copies != 1).any():
+        layer, expert = np.argwhere(copies != 1)[0]
+        raise InputError(None, field, f"layer {layer} expert {expert} has {copies[layer, expert]} copies; "
+                         "--expert-placement-file holds one rank per expert (use --format vllm for replicas)")
+    slots = placement.slots_per_gpu
+    rank = np.empty((placement.num_layers, placement.num_experts), dtype=np.int64)
+    for layer, row in enumerate(mapped.rows):
+        rank[layer, row] = np.arange(len(row)) // slots
+    differs = np.flatnonzero((rank != rank[:1]).any(axis=1))
+    if differs.size:
+        layer = int(differs[0])
+        expert = int(np.flatnonzero(rank[layer] != rank[0])[0])
+        raise InputError(None, field, f"expert {expert} sits on EP rank {rank[0, expert]} in layer 0 but "
+                         f"{rank[layer, expert]} in layer {layer}; --expert-placement-file applies one map to "
+                         "every layer (use --format vllm for per-layer placements)")
+    return {"expert_to_ep_rank": rank[0].tolist()}
+
+
+def vllm_launch(placement: Placement, model: Model | None, path: str, output_format: str) -> list[str]:
+    """Launch flags for the vLLM files (both proposals are unmerged PRs: check them first)."""
+    mapped = engine_map(placement, model, output_format)
+    if output_format == "vllm-ranks":
+        line = (f"launch vLLM (PR #34811) with: --enable-expert-parallel --expert-placement-strategy custom "
+                f"--expert-placement-file {path} (EP size {mapped.ep_size})")
+    else:
+        config = json.dumps({"num_redundant_experts": mapped.num_redundant, "initial_expert_map_path": path})
+        line = (f"launch vLLM (PR #49572) with: --enable-expert-parallel --enable-eplb --eplb-config "
+                f"'{config}' (EP size {mapped.ep_size})")
+    return [line, *_rank_note(placement, mapped)]
 
 
 def dumps_trtllm_yaml(doc: dict) -> str:
@@ -131,10 +250,12 @@ def to_eplb(placement: Placement) -> dict[str, np.ndarray]:
     return {"phy2log": phy2log, "log2phy": log2phy, "logcnt": logcnt}
 
 
-def write_eplb(placement: Placement, path: str | Path) -> None:
-    """Write :func:`to_eplb`'s arrays to ``path`` as an uncompressed .npz, atomically."""
+def write_eplb(placement: Placement, path: str | Path, model: Model | None = None) -> None:
+    """Write :func:`to_eplb`'s arrays to ``path`` as an uncompressed .npz, atomically, plus
+    ``layer_ids: [layers]`` the decoder-layer index of each row (the model's numbering)."""
+    layer_ids = placement_layer_ids(placement, model, "write_eplb")
     with atomic_output(path, "wb") as handle:
-        np.savez(handle, **to_eplb(placement))
+        np.savez(handle, **to_eplb(placement), layer_ids=layer_ids)
 
 
 def expert_permutation(placement: Placement, model: Model | None = None) -> np.ndarray:
@@ -148,8 +269,9 @@ def expert_permutation(placement: Placement, model: Model | None = None) -> np.n
     and group-limited routing (DeepSeek-V3 ``n_group``/``topk_group``), every
     block of E/G positions must also hold one whole expert group.
 
-    Recipe for Megatron-Core and vLLM (MoE layer l = decoder layer
-    ``first_dense_layers + l``), at load time, for every MoE layer:
+    Recipe for Megatron-Core and vLLM (row l is decoder layer ``layer_ids[l]``, written
+    beside the permutation: the trace's recorded ids, else ``first_dense_layers + l``),
+    at load time, for every MoE layer:
 
     - Router: gate weight ``W [experts, hidden]`` becomes ``W[perm[l]]``, and
       so do per-expert router vectors (``e_score_correction_bias`` /
@@ -211,21 +333,35 @@ def invert_permutation(perm: np.ndarray) -> np.ndarray:
     return inv
 
 
-OUTPUT_FORMATS = ("placer", "sglang", "trtllm", "eplb", "permutation")
+OUTPUT_FORMATS = ("placer", "sglang", "trtllm", "eplb", "permutation", "vllm", "vllm-ranks")
 
 
-def write_output(placement: Placement, path: str | Path, output_format: str, model: Model | None = None) -> None:
-    """Write ``placement`` atomically in one of :data:`OUTPUT_FORMATS`."""
+def write_output(placement: Placement, path: str | Path, output_format: str,
+                 model: Model | None = None) -> list[str]:
+    """Write ``placement`` atomically in one of :data:`OUTPUT_FORMATS`; return what to tell the
+    user (the engine's launch flags), one line each."""
     if output_format == "placer":
         write_placement(placement, path)
     elif output_format == "sglang":
         write_text_atomic(path, json.dumps(to_sglang(placement, model)) + "\n")
+        return sglang_launch(placement, model, str(path))
     elif output_format == "trtllm":
         write_text_atomic(path, dumps_trtllm_yaml(to_trtllm(placement, model)))
+        mapped = engine_map(placement, model, "to_trtllm")
+        return [f"TensorRT-LLM: use as moe_config.load_balancer with EP size {mapped.ep_size}",
+                *_rank_note(placement, mapped)]
+    elif output_format == "vllm":
+        write_text_atomic(path, json.dumps(to_vllm_expert_map(placement, model)) + "\n")
+        return vllm_launch(placement, model, str(path), output_format)
+    elif output_format == "vllm-ranks":
+        write_text_atomic(path, json.dumps(to_vllm_rank_map(placement, model)) + "\n")
+        return vllm_launch(placement, model, str(path), output_format)
     elif output_format == "eplb":
-        write_eplb(placement, path)
+        write_eplb(placement, path, model)
     elif output_format == "permutation":
         permutation = expert_permutation(placement, model)
-        write_text_atomic(path, json.dumps({"expert_permutation": permutation.tolist()}) + "\n")
+        layer_ids = placement_layer_ids(placement, model, "expert_permutation").tolist()
+        write_text_atomic(path, json.dumps({"expert_permutation": permutation.tolist(), "layer_ids": layer_ids}) + "\n")
     else:
         raise InputError(None, "output_format", f"expected one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    return []

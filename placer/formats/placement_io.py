@@ -7,17 +7,28 @@ same inputs and seed give a byte-identical file.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 
 import jsonschema
 import numpy as np
 
+from placer import instances
 from placer.atomic import write_text_atomic
 from placer.constraints import check_memory
 from placer.errors import InputError
-from placer.placement import Placement
+from placer.placement import BASELINES, Placement
 from placer.topology import Model, Topology
+
+__all__ = [
+    "DEFAULT_TOPOLOGY", "check_against", "check_phy2log", "dumps_placement", "placement_document",
+    "placement_schema", "read_placement", "replay_topology", "write_placement",
+]
+
+#: the topology preset used when nothing states or records the cluster
+DEFAULT_TOPOLOGY = "h100-dgx"
 
 FORMAT = "placer-placement"
 VERSION = 1
@@ -133,14 +144,20 @@ def _read_sglang(path: Path, doc: dict, num_gpus: int, gpus_per_node: int, model
         raise InputError(path, extra[0], "unexpected key in an SGLang expert-location file")
     field = "physical_to_logical_map"
     phy2log = _rectangular(path, field, doc[field])
-    if model is not None and model.first_dense_layers and phy2log.shape[0] == model.num_hidden_layers:
-        phy2log = phy2log[model.first_dense_layers :]
+    if model is not None:
+        if phy2log.shape[0] not in (model.num_hidden_layers, model.num_moe_layers):
+            raise InputError(path, field, f"{phy2log.shape[0]} rows; model {model.name} has {model.num_hidden_layers} "
+                             f"decoder layers (SGLang's rows) of which {model.num_moe_layers} are MoE layers")
+        if phy2log.shape[0] == model.num_hidden_layers:
+            phy2log = phy2log[model.first_dense_layers :]
     slots = phy2log.shape[1]
     if slots % num_gpus:
         raise InputError(path, field, f"{slots} slots per layer do not divide evenly over {num_gpus} GPUs")
     num_experts = model.num_experts if model is not None else int(phy2log.max()) + 1
     check_phy2log(path, field, phy2log, num_experts)
     metadata = {"solver": {"name": f"sglang:{path.name}"}}
+    if model is not None:  # its dense layers come first: SGLang's static dispatch draws for them too
+        metadata["model"] = model.to_dict()
     return Placement(phy2log, num_experts, gpus_per_node, slots // num_gpus, metadata)
 
 
@@ -198,3 +215,67 @@ def check_against(path: str | Path, placement: Placement, topology: Topology, mo
         facts["expert_bytes_per_gpu"] = check_memory(
             str(path), "phy2log", facts["max_experts_per_gpu"], placement.num_layers, topology, model)
     return facts
+
+
+def _recorded_cluster(path: Path) -> Topology | None:
+    """The cluster a placement file records: placer JSON -> its topology (its ``topology``
+    metadata, else the default preset's hardware resized to its node shape); SGLang's map
+    records none -> None."""
+    doc = _load_json(path)
+    if isinstance(doc, dict) and "physical_to_logical_map" in doc:
+        return None
+    if not (isinstance(doc, dict) and doc.get("format") == FORMAT):
+        return read_placement(path, 1, 1)  # raises the unrecognised-format error
+    recorded = doc.get("topology")
+    if isinstance(recorded, dict):
+        names = {f.name for f in fields(Topology)}
+        if set(recorded) != names:
+            raise InputError(path, "topology", f"expected the keys {sorted(names)}")
+        for key, value in recorded.items():
+            whole = key in ("nodes", "gpus_per_node")
+            may_be_zero = key == "latency_s"  # as the topology presets allow
+            if key != "name" and (type(value) not in ((int,) if whole else (int, float))
+                                  or value < 0 or (value == 0 and not may_be_zero)):
+                raise InputError(path, f"topology.{key}", f"expected a positive {'integer' if whole else 'number'}, "
+                                 f"got {value!r}")
+        return Topology(**recorded)
+    nodes, per_node = doc.get("num_nodes"), doc.get("gpus_per_node")
+    if type(nodes) is not int or type(per_node) is not int or nodes <= 0 or per_node <= 0:
+        raise InputError(path, "num_nodes", "expected positive num_nodes and gpus_per_node")
+    return instances.load_topology(DEFAULT_TOPOLOGY).resized(nodes, per_node)
+
+
+def replay_topology(specs: Sequence[str], topology: str | None = None, nodes: int | None = None,
+                    gpus_per_node: int | None = None) -> Topology:
+    """The cluster to replay or validate placements on.
+
+    specs: placement files or baseline names. The rule: an explicit ``topology`` (preset
+    or .toml), ``nodes`` or ``gpus_per_node`` wins (resizing the stated preset, else the
+    files' recorded cluster, else the default); otherwise the cluster the placer files
+    record (they must agree); a file that records none (an SGLang map) needs the cluster
+    stated (``topology``, or both ``nodes`` and ``gpus_per_node``), never the default
+    silently. Only baselines: the default preset.
+    """
+    for option, value in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node)):
+        if value is not None and value <= 0:
+            raise InputError(None, option, f"expected a positive count, got {value}")
+    files = [Path(spec) for spec in specs if spec not in BASELINES]
+    recorded = {str(path): _recorded_cluster(path) for path in files}
+    unrecorded = [name for name, cluster in recorded.items() if cluster is None]
+    known = {cluster for cluster in recorded.values() if cluster is not None}
+    if unrecorded and topology is None and (nodes is None or gpus_per_node is None):
+        raise InputError(unrecorded[0], None, "records no cluster (an SGLang map): state it with --topology, "
+                         "or --nodes and --gpus-per-node")
+    if topology is None and nodes is None and gpus_per_node is None:
+        if len(known) > 1:
+            shapes = sorted(f"{c.nodes}x{c.gpus_per_node}" for c in known)
+            raise InputError(None, "--topology", f"the placement files record different clusters ({', '.join(shapes)}): "
+                             "state the one to replay on")
+        return known.pop() if known else instances.load_topology(DEFAULT_TOPOLOGY)
+    if topology is not None:
+        base = instances.load_topology(topology)
+    elif len(known) == 1:
+        base = next(iter(known))
+    else:
+        base = instances.load_topology(DEFAULT_TOPOLOGY)
+    return base.resized(nodes, gpus_per_node)

@@ -8,7 +8,9 @@
   EPLB consumes): a counts ``.npy``, SGLang ``stat`` dumps, TensorRT-LLM counts.
 
 :func:`load_routing` tells the formats apart; the ``read_*`` functions read
-one format each. Every bad input raises :class:`~placer.errors.InputError`
+one format each and returns an :class:`Imported` (routing, the placement in service
+when the dump records it, notes). Dense layers are dropped and traces keep the
+model's decoder-layer ids (:mod:`placer.formats.layers`). Every bad input raises :class:`~placer.errors.InputError`
 naming the file and field; nothing is ever unpickled.
 """
 
@@ -24,18 +26,24 @@ from placer.formats.importers.counts import (
     save_counts,
     validate_counts,
 )
+from placer.formats.importers.imported import Imported
 from placer.formats.importers.megatron import megatron_files, read_megatron
-from placer.formats.importers.sglang import read_sglang_dump
-from placer.formats.importers.trtllm import META_INFO, read_trtllm
+from placer.formats.importers.sglang import read_sglang, read_sglang_dump
+from placer.formats.importers.sglang_routed import read_sglang_routed
+from placer.formats.importers.trtllm import META_INFO, read_assignments, read_trtllm
 from placer.formats.importers.vllm import read_vllm, routed_experts_trace
 from placer.trace import Trace, load_trace
 
 __all__ = [
     "ExpertCounts",
+    "Imported",
     "load_routing",
+    "read_assignments",
     "read_counts_npy",
     "read_megatron",
+    "read_sglang",
     "read_sglang_dump",
+    "read_sglang_routed",
     "read_trtllm",
     "read_vllm",
     "save_counts",
@@ -61,9 +69,9 @@ def load_routing(path: str | Path, num_experts: int | None = None) -> Trace | Ex
     path = Path(path)
     if path.is_dir():
         if megatron_files(path):
-            return read_megatron(path, num_experts)
+            return read_megatron(path, num_experts).routing
         if (path / META_INFO).is_file():
-            return read_trtllm(path)
+            return read_trtllm(path).routing
         if any(path.glob("*.npz")):
             return load_trace(path)
         raise InputError(path, None, f"directory in no known routing format (expected {FORMATS})")
@@ -73,13 +81,13 @@ def load_routing(path: str | Path, num_experts: int | None = None) -> Trace | Ex
     if suffix == ".npz":
         return load_trace(path)
     if suffix == ".jsonl":
-        return read_megatron(path, num_experts)
+        return read_megatron(path, num_experts).routing
     if suffix in (".pt", ".pth"):
         return read_sglang_dump(path, num_experts)
     if suffix == ".npy":
         array = read_npy(path)
         if array.ndim == 3:
-            return routed_experts_trace(str(path), [(str(path), array)], num_experts)
+            return routed_experts_trace(str(path), [(str(path), array)], num_experts).routing
         if array.ndim == 2:
             return validate_counts(str(path), array)
         raise InputError(

@@ -24,10 +24,13 @@ class ExpertCounts:
 
     counts: [layers, experts] int64, non-negative, not all zero.
     source: where they were read from (for messages).
+    layer_ids: [layers] decoder-layer index of each row when the source records it (engine
+        dumps), else None. The counts ``.npy`` file does not keep it.
     """
 
     counts: np.ndarray
     source: str
+    layer_ids: np.ndarray | None = None
 
     @property
     def num_layers(self) -> int:
@@ -42,8 +45,10 @@ class ExpertCounts:
 MAX_COUNT = 1 << 53
 
 
-def validate_counts(source: str, counts: np.ndarray, field: str = "counts") -> ExpertCounts:
-    """Check a raw ``[layers, experts]`` array (integers, or floats holding whole numbers)."""
+def validate_counts(source: str, counts: np.ndarray, field: str = "counts",
+                    layer_ids: np.ndarray | None = None) -> ExpertCounts:
+    """Check a raw ``[layers, experts]`` array (integers, or floats holding whole numbers);
+    layer_ids: [layers] decoder-layer ids of the rows, if known."""
     value = np.asarray(counts)
     if value.dtype.kind not in "iuf":
         raise InputError(source, field, f"expected integer counts, got dtype {value.dtype}")
@@ -73,7 +78,8 @@ def validate_counts(source: str, counts: np.ndarray, field: str = "counts") -> E
         )
     if not value.any():
         raise InputError(source, field, "every count is zero: no routed tokens")
-    return ExpertCounts(counts=value.astype(np.int64), source=source)
+    ids = None if layer_ids is None else np.asarray(layer_ids, dtype=np.int64)
+    return ExpertCounts(counts=value.astype(np.int64), source=source, layer_ids=ids)
 
 
 def read_npy(path: str | Path) -> np.ndarray:

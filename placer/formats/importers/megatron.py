@@ -1,6 +1,7 @@
 """Importer for Megatron-Core router traces (``--moe-routing-trace-path``).
 
-Follows NVIDIA/Megatron-LM ``megatron/core/transformer/moe/router_trace.py``:
+Follows NVIDIA/Megatron-LM ``megatron/core/transformer/moe/router_trace.py`` (read at
+059f0f5c; the issue's findings at d98e8a64):
 each rank writes ``router_trace_rank{r}.jsonl``, one JSON object per line and
 per (step, layer)::
 
@@ -13,18 +14,30 @@ optional. Choices where upstream leaves the layout open:
 
 - Multi-token-prediction records (``"block": "mtp"`` or an ``mtp_idx``) are
   skipped: they route the same tokens through extra heads, not decoder layers.
-- The trace's layer axis is the sorted distinct ``layer`` values (dense layers
-  have no records, so MoE layer ``i`` is the ``i``-th smallest traced layer).
+- ``layer`` is the index in the module name ``decoder.layers.{i}``: 0-based, dense
+  layers counted, and *local to the pipeline stage* (each stage's module list
+  starts at 0). The trace's layer axis is the sorted distinct global layers, kept
+  as ``Trace.layer_ids`` (dense layers have no records).
+- Pipeline parallelism: the records do not say which stage wrote them, so pass
+  ``pipeline_layers`` (decoder layers per stage, e.g. ``[13, 13]``). Megatron's
+  default rank order puts the pipeline outermost: with W ranks and P stages, rank
+  r is stage ``r // (W / P)`` and its layer ``i`` is global ``sum(pipeline_layers[:stage])
+  + i``; the ranks ``r mod (W / P)`` of every stage saw the same tokens and are joined
+  layer-wise. Without ``pipeline_layers`` and with a ``model`` whose MoE layers
+  do not match the recorded ones, the import is refused.
+- Activation recompute fires the router hook twice for the same micro-batch:
+  a record identical to an earlier one of the same step, rank and layer is dropped
+  (and counted in the notes) rather than doubling tokens.
 - Tokens join step by step in ascending step order and, within a step, rank by
   rank (rank-major); ``src_rank`` is the record's ``rank``.
 - A layer with several records in one step and rank (training micro-batches)
   has them concatenated in file order; every layer of that step and rank must
   show the same sequence of token counts.
-- Every rank must trace every layer (no pipeline parallelism), and ranks that
+- Every rank of a stage must trace every layer of the stage, and ranks that
   route the same tokens (tensor parallelism without sequence parallelism)
   repeat them: import one rank's file in that case.
-- The expert count is not recorded: pass ``num_experts`` or it is the largest
-  id + 1.
+- The expert count is not recorded: pass ``num_experts`` (or a model) or it is
+  the largest id + 1.
 """
 
 from __future__ import annotations
@@ -37,9 +50,13 @@ from pathlib import Path
 import numpy as np
 
 from placer.errors import InputError
+from placer.formats.importers.imported import Imported
 from placer.formats.importers.steps import StepGroup, stack_groups
+from placer.formats.layers import check_model_layers
 from placer.progress import ProgressFn, track
-from placer.trace import Trace
+from placer.topology import Model
+
+__all__ = ["megatron_files", "read_megatron"]
 
 _RANK_FILE = re.compile(r"router_trace_rank(\d+)\.jsonl")
 _INT_FIELDS = ("step", "layer", "rank", "num_tokens", "topk")
@@ -106,14 +123,30 @@ def _records(path: Path) -> Iterator[tuple[str, int, int, int, np.ndarray]]:
         raise InputError(path, None, f"unreadable ({err})") from None
 
 
+def _stages(label: Path, ranks: list[int], pipeline_layers: Sequence[int] | None) -> tuple[int, list[int]]:
+    """(ranks per stage, first global layer of each stage); one stage without pipeline_layers."""
+    if not pipeline_layers:
+        return max(ranks) + 1, [0]
+    if any(type(n) is not int or n <= 0 for n in pipeline_layers):
+        raise InputError(None, "pipeline_layers", f"expected positive layer counts, got {list(pipeline_layers)}")
+    world, stages = max(ranks) + 1, len(pipeline_layers)
+    if world % stages or len(ranks) != world:
+        raise InputError(label, "rank", f"ranks {ranks[0]}..{ranks[-1]} ({len(ranks)} files) do not split into "
+                         f"{stages} pipeline stages of equal size (every rank's file is needed)")
+    offsets = [sum(pipeline_layers[:stage]) for stage in range(stages)]
+    return world // stages, offsets
+
+
 def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | None = None,
-                  progress: ProgressFn | None = None) -> Trace:
+                  progress: ProgressFn | None = None, pipeline_layers: Sequence[int] | None = None,
+                  model: Model | None = None) -> Imported:
     """Read a Megatron router-trace directory, one ``.jsonl`` file, or a list of them.
 
-    progress: reports files read (:mod:`placer.progress`).
+    progress: reports files read (:mod:`placer.progress`). pipeline_layers: decoder
+    layers per pipeline stage (see the module docstring). model: checks the MoE layers.
 
-    Returns a trace ``[tokens, layers, k]`` with ``src_rank``; see the module
-    docstring for the token and layer order.
+    Returns a trace ``[tokens, layers, k]`` with ``src_rank`` and ``layer_ids``; see the
+    module docstring for the token and layer order.
     """
     if isinstance(source, (str, Path)):
         label = Path(source)
@@ -127,13 +160,36 @@ def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | 
         if not files:
             raise InputError(None, "files", "no Megatron trace files given")
         label = files[0].parent
-    groups: dict[tuple[int, int], StepGroup] = {}
+    records: list[tuple[Path, str, int, int, int, np.ndarray]] = []
     rank_file: dict[int, Path] = {}
     for path in track(files, "reading Megatron files", len(files), progress):
         for where, step, rank, layer, ids in _records(path):
             owner = rank_file.setdefault(rank, path)
             if owner != path:
                 raise InputError(path, f"{where}: rank", f"rank {rank} also appears in {owner}")
-            group = groups.setdefault((step, rank), StepGroup(path, f"step {step}", rank))
-            group.parts.setdefault(layer, []).append(ids)
-    return stack_groups(str(label), [groups[key] for key in sorted(groups)], num_experts)
+            records.append((path, where, step, rank, layer, ids))
+    if not records:
+        raise InputError(label, None, "holds no routing records")
+    per_stage, offsets = _stages(label, sorted(rank_file), pipeline_layers)
+    groups: dict[tuple[int, int], StepGroup] = {}
+    repeats = 0
+    for path, where, step, rank, layer, ids in records:
+        stage, position = divmod(rank, per_stage)
+        if pipeline_layers and layer >= pipeline_layers[stage]:
+            raise InputError(path, f"{where}: layer", f"stage-local layer {layer} but pipeline stage {stage} "
+                             f"(rank {rank}) has {pipeline_layers[stage]} layers")
+        group = groups.setdefault((step, position), StepGroup(path, f"step {step}", position))
+        parts = group.parts.setdefault(offsets[stage] + layer, [])
+        if any(part.shape == ids.shape and (part == ids).all() for part in parts):
+            repeats += 1  # activation recompute: the same micro-batch routed again
+            continue
+        parts.append(ids)
+    experts = num_experts or (model.num_experts if model is not None else None)
+    trace = stack_groups(str(label), [groups[key] for key in sorted(groups)], experts)
+    check_model_layers(str(label), "layer", trace.layer_ids, model)
+    recompute = (f"dropped {repeats} records repeating an earlier record of the same step, rank and layer "
+                 "(activation recompute)")
+    notes = [recompute] if repeats else []
+    if pipeline_layers:
+        notes.append(f"mapped stage-local layers of {len(pipeline_layers)} pipeline stages to global layers")
+    return Imported(trace, None, notes)

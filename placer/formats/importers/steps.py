@@ -34,7 +34,8 @@ class StepGroup:
 
 
 def stack_groups(source: str, groups: list[StepGroup], num_experts: int | None) -> Trace:
-    """One trace: each group's layers side by side (layer axis = sorted layer ids), groups in order.
+    """One trace: each group's layers side by side (layer axis = sorted layer ids, kept as the
+    trace's ``layer_ids``), groups in order.
 
     Every group must hold every layer, the same block sizes in every layer, and
     one top-k throughout. ``src_rank`` is each token's group rank.
@@ -67,5 +68,6 @@ def stack_groups(source: str, groups: list[StepGroup], num_experts: int | None) 
         block = np.stack([np.concatenate(group.parts[layer]) for layer in layers], axis=1)
         blocks.append(block)
         ranks.append(np.full(len(block), group.rank, dtype=np.int64))
-    arrays = {"topk_ids": np.concatenate(blocks), "src_rank": np.concatenate(ranks)}
+    arrays = {"topk_ids": np.concatenate(blocks), "src_rank": np.concatenate(ranks),
+              "layer_ids": np.asarray(layers, dtype=np.int64)}
     return validate_arrays(source, arrays, num_experts)
