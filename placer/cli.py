@@ -14,6 +14,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated
 
 import typer
@@ -60,11 +61,13 @@ from placer.parallel import is_ctrl_c
 from placer.placement import BASELINES, Placement
 from placer.presentation import REPORT_FORMATS
 from placer.presentation.render import (
+    calc_figures,
     comparison_table,
     key_value_table,
     stats_table,
     sweep_notes,
     sweep_table,
+    verdict,
 )
 from placer.progress import ProgressFn, terminal_progress
 from placer.request import METHODS, PlacementProblem, SolverSettings
@@ -79,10 +82,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain click help: no markup eating "[synth]", flags without "<bool>"
 )
-import_app = typer.Typer(help="Convert routing traces from other tools into placer's .npz format.")
+import_app = typer.Typer(help="Convert routing traces from other tools into placer's .npz format.",
+                         rich_markup_mode=None)
 app.add_typer(import_app, name="import")
-console = Console(width=None if sys.stdout.isatty() else 200)
+console = Console(highlight=False)  # width: $COLUMNS, else the terminal's, else 80; tables fit any
 
 
 def _choices(name: str, values: Sequence[str]) -> type[Enum]:
@@ -141,12 +146,14 @@ def _topology(name: str, nodes: int | None, gpus_per_node: int | None) -> Topolo
     return topology.resized(nodes, gpus_per_node)
 
 
-def _report_results(results: list[tuple[str, ReplayReport]], title: str, as_json: bool) -> None:
+def _report_results(results: list[tuple[str, ReplayReport]], title: str, as_json: bool,
+                    used: dict) -> None:
+    """The comparison table, or JSON with ``used`` (the topology and model replayed on)."""
     if as_json:
         if len(results) == 1:
-            _print_json(results[0][1].to_dict())
+            _print_json({**results[0][1].to_dict(), **used})
         else:
-            _print_json({"results": {name: report.to_dict() for name, report in results}})
+            _print_json({"results": {name: report.to_dict() for name, report in results}, **used})
         return
     console.print(comparison_table(results, title))
 
@@ -162,7 +169,9 @@ def _title(trace_path: str, trace: TraceSource, topology: Topology, model: Model
 @app.command("stats")
 def stats_command(
     trace: Annotated[str, typer.Argument(help="Trace .npz file or directory of shards.")],
-    scheduler: SchedulerOpt = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="Dask scheduler address (tcp://host:8786) or local:N: summarise the shards on its workers, "
+             "which open the trace files themselves (result unchanged; needs placer[dask]).")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -214,7 +223,9 @@ def evaluate_command(
     with terminal_progress(quiet) as progress:
         results = workflow.compare(source_trace, entries, topo, mdl, progress=progress, source=source.value,
                                    dispatch=dispatch.value, max_nodes=max_nodes, rule=rule.value)
-    _report_results(results, _title(trace, source_trace, topo, mdl), as_json)
+    reference = "" if len(results) == 1 else f" | ratios against {results[0][0]}, the first --placement"
+    used = {"topology": topo.to_dict(), "model": None if mdl is None else mdl.to_dict()}
+    _report_results(results, _title(trace, source_trace, topo, mdl, reference), as_json, used)
 
 
 @app.command("place")
@@ -304,14 +315,8 @@ def place_command(
     console.print(f"wrote {out} ({output_format.value} format) in {wall:.1f} s wall", markup=False, highlight=False)
     for line in launch:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
-    if solve_facts.get("layers"):
-        optimal = sum(layer["status"] == "optimal" for layer in solve_facts["layers"])
-        console.print(
-            f"{solver.value}: train objective {solve_facts['objective']:,.0f} token-node copies, "
-            f"bound {solve_facts['bound']:,.0f}, gap {solve_facts['gap']:.1%} "
-            f"({optimal}/{len(solve_facts['layers'])} layers proven optimal)",
-            markup=False, highlight=False,
-        )
+    if result.report is not None and result.report.layers:
+        console.print(f"{solver.value}: {result.report.quality()}", markup=False, highlight=False)
         for message in solve_facts["messages"]:
             console.print(f"note: {message}", markup=False, highlight=False)
         if solve_facts.get("interrupted"):
@@ -325,6 +330,7 @@ def place_command(
         )
     if results:
         console.print(comparison_table(results, _title(heldout, test, topo, mdl, " | held-out replay")))
+        console.print(verdict(results, results[-1][0], results[0][0]), markup=False)
     _exit_if_interrupted(out, output_format.value, solve_facts)
 
 
@@ -346,7 +352,7 @@ def _exit_if_interrupted(out: str, output_format: str, solve_facts: dict) -> Non
               else f"the {output_format} format cannot record that")
     Console(stderr=True).print(
         f"placer: interrupted: wrote the best placement so far to {out} ({interrupted['note']}; "
-        f"gap {solve_facts['gap']:.1%}; {marked})", markup=False, highlight=False, soft_wrap=True,
+        f"{marked})", markup=False, highlight=False, soft_wrap=True,
     )
     sys.exit(130)  # not typer.Exit: main() reads a 130 returned by typer as an unreported Ctrl-C
 
@@ -443,7 +449,9 @@ def validate_command(
     topology: ReplayTopologyOpt = None,
     nodes: NodesOpt = None,
     gpus_per_node: GpnOpt = None,
-    model: ModelOpt = None,
+    model: Annotated[str | None, typer.Option(
+        help="Model preset name or .toml file: also check its expert count and that the experts fit in GPU "
+             "memory.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check a placement: schema, every expert in every layer, slots, memory, EP divisibility."""
@@ -474,7 +482,8 @@ def calc_command(
     ep: Annotated[int, typer.Option(help="Expert-parallel size (GPUs).")] = 256,
     tokens_per_gpu: Annotated[int, typer.Option(help="Tokens per GPU per micro-batch.")] = 4096,
     gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs per node.")] = 8,
-    max_nodes: MaxNodesOpt = None,
+    max_nodes: Annotated[int | None, typer.Option(
+        "--max-nodes", help="A token reaches at most M nodes (node-limited routing, as DeepSeek-V3).")] = None,
     dispatch_bytes: Annotated[float | None, typer.Option(help="Override bytes per element for dispatch.")] = None,
     combine_bytes: Annotated[float | None, typer.Option(help="Override bytes per element for combine.")] = None,
     topology: Annotated[str | None, typer.Option(help="Topology for time estimates.")] = None,
@@ -491,7 +500,7 @@ def calc_command(
     if as_json:
         _print_json(volume.to_dict())
     else:
-        console.print(key_value_table(volume.to_dict(), f"{mdl.name} at EP {ep}, {tokens_per_gpu:,} tokens per GPU"))
+        console.print(calc_figures(volume))
 
 
 def _ep_list(text: str) -> list[int]:
@@ -528,6 +537,7 @@ def sweep_command(
     for target in targets:
         refuse_overwriting_input(target, *inputs)
     step = sweep.StepModel(tokens_per_step, dispatch.value, peer_latency)
+    plots = _plots() if out is not None else None
     with nullcontext() if scheduler is None else connect(scheduler) as cluster:
         result = sweep.run_sweep(
             mdl, topo, None if trace is None else workflow.open_trace(trace),
@@ -536,21 +546,37 @@ def sweep_command(
             mapper=map if cluster is None else cluster.map,
         )
     facts = {**result.to_dict(), "trace": trace, "eval_trace": eval_trace}
+    written = []
     if out is not None:
-        write_text_atomic(targets[1], json.dumps(finite_json(facts), indent=2, allow_nan=False) + "\n")
-        _write_sweep_png(result, targets[2])
+        write_text_atomic(targets[1], json.dumps(finite_json(facts), indent=2, allow_nan=False) + "
+")
+        written.append(str(targets[1]))
+        if plots is not None:
+            _write_sweep_png(plots, result, targets[2])
+            written.append(str(targets[2]))
     if as_json:
         _print_json(facts)
     else:
         console.print(sweep_table(result), sweep_notes(result))
-        if out is not None:
-            console.print(f"wrote {targets[1]} and {targets[2]}", markup=False, highlight=False)
+        if written:
+            console.print(f"wrote {' and '.join(written)}", markup=False)
+    if out is not None and plots is None:
+        Console(stderr=True).print(
+            f"placer: {targets[2]} not drawn: matplotlib is not installed; pip install 'placer[plots]' and run "
+            "again for the figure", markup=False, highlight=False, soft_wrap=True)
 
 
-def _write_sweep_png(result: sweep.SweepResult, path: Path) -> None:
+def _plots() -> ModuleType | None:
+    """placer.presentation.plots, or None when matplotlib is not installed."""
+    try:
+        from placer.presentation import plots
+    except ImportError:
+        return None
+    return plots
+
+
+def _write_sweep_png(plots: ModuleType, result: sweep.SweepResult, path: Path) -> None:
     """The sweep's figure, with seed 001's figures marked when the model is seed001."""
-    from placer.presentation import plots
-
     reference = sweep.SEED001_REFERENCE if result.model.name == "seed001" else None
     fig = plots.network_cliff(result.to_dict(), reference)
     with atomic_output(path) as handle:
@@ -789,6 +815,7 @@ def demo_command(as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
         markup=False, highlight=False,
     )
     console.print(comparison_table(results, _title("embedded ESFT sample (intent, held-out half)", test, topo, mdl)))
+    console.print(verdict(results, results[-1][0], results[0][0]), markup=False)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from placer.errors import InputError
 from placer.evaluation.replay import ReplayReport, evaluate
 from placer.formats.importers import ExpertCounts, load_routing
 from placer.formats.layers import recorded_layer_ids
-from placer.formats.placement_io import read_placement
+from placer.formats.placement_io import check_topology, read_placement
 from placer.migration import minimize_moves, moved_weights
 from placer.placement import BASELINES, Placement, baseline
 from placer.progress import ProgressFn, prefixed
@@ -184,10 +184,13 @@ def _solve_on(cluster: Cluster, routing: Trace | TraceSource, problem: Placement
 
 def load_placement(spec: str | Path, num_layers: int, num_experts: int, topology: Topology,
                    model: Model | None) -> tuple[str, Placement]:
-    """A baseline by name or a placement file, with the label to show it under."""
+    """A baseline by name or a placement file (checked to have the topology's shape), with the
+    label to show it under."""
     if str(spec) in BASELINES:
         return str(spec), baseline(str(spec), num_layers, num_experts, topology.num_gpus, topology.gpus_per_node)
-    return Path(spec).name, read_placement(spec, topology.num_gpus, topology.gpus_per_node, model, num_experts)
+    placement = read_placement(spec, topology.num_gpus, topology.gpus_per_node, model, num_experts)
+    check_topology(spec, placement, topology)
+    return Path(spec).name, placement
 
 
 def with_baselines(placements: Mapping[str, Placement], names: Sequence[str], num_layers: int,

@@ -11,12 +11,13 @@ import pytest
 from placer.bundled import sample_trace
 from placer.errors import InputError
 from placer.formats.placement_io import (
+    check_topology,
     dumps_placement,
     placement_schema,
     read_placement,
     write_placement,
 )
-from placer.instances import load_model
+from placer.instances import load_model, load_topology
 from placer.placement import baseline, contiguous_gpus
 
 
@@ -100,6 +101,17 @@ def test_schema_command_prints_the_schema_with_or_without_json(cli):
     plain, flagged = cli("schema"), cli("schema", "--json")
     assert plain.code == flagged.code == 0
     assert plain.json() == flagged.json() == placement_schema()
+
+
+def test_a_placement_for_another_shape_names_the_file_and_the_fitting_flags():
+    placement = baseline("contiguous", 2, 64, 64, 8)
+    topology = load_topology("h100-dgx").resized(4, 8)
+    with pytest.raises(InputError, match=r"^p\.json: num_gpus: placement is for 8 nodes x 8 GPUs, .* has 4 x 8; "
+                                         r".*\(--nodes 8\)$"):
+        check_topology("p.json", placement, topology)
+    with pytest.raises(InputError, match=r"\(--nodes 16 --gpus-per-node 4\)$"):
+        check_topology("p.json", baseline("contiguous", 2, 64, 64, 4), topology)
+    check_topology("p.json", baseline("contiguous", 2, 64, 32, 8), topology)
 
 
 # ---------------------------------------------------------------- the cluster to replay on

@@ -95,10 +95,13 @@ def test_src_rank_overrides_the_default_source(identity):
     assert t["nic_recv_tokens_per_node"] == [3, 0]
 
 
-def test_src_rank_beyond_topology_is_an_input_error(identity):
+def test_src_rank_beyond_topology_is_an_input_error(identity, tmp_path):
     trace = validate_arrays("hand", {"topk_ids": IDS, "src_rank": np.array([0, 1, 2, 9])})
-    with pytest.raises(InputError, match="src_rank"):
+    with pytest.raises(InputError, match=r"src_rank: GPU rank 9 is not a GPU in service \(expected 0\.\.3\)"):
         evaluate(trace, identity, TOPOLOGY)
+    save_trace(trace, tmp_path / "t.npz")
+    with pytest.raises(InputError, match=r"t\.npz: src_rank: GPU rank 9 .*expected 0\.\.3"):
+        evaluate(TraceSource(tmp_path / "t.npz"), identity, TOPOLOGY)
 
 
 def test_sharded_trace_gives_the_same_figures(tmp_path, trace, identity):

@@ -6,6 +6,7 @@ import base64
 import io
 import re
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -158,10 +159,10 @@ def test_markdown_report_references_the_pngs(tiny_reports, tiny_trace, tmp_path,
     for link in links:
         assert (page.parent / link).read_bytes() == png.getvalue()
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| placement | inter-node tokens | x contiguous |")
+    assert rows[0].startswith("| placement | inter-node | x contiguous |")
     totals = tokens_only["mine"].totals
     assert f"| mine | {totals['internode_tokens_dedup']:,} |" in text
-    assert "| - | - |" in text, "a2a columns are blank without a model"
+    assert "a2a" not in rows[0], "no a2a columns without a model"
     assert not (page.parent / "index.html").exists()
 
     # write_markdown_report is write_report(format="md"): same page from the same data
@@ -182,12 +183,12 @@ def test_baselines_are_added_once_and_ratios_are_against_contiguous(tiny_reports
 
     _, tokens_only = tiny_reports
     header, rows = summary_rows(list(tokens_only.items()), "contiguous")
-    assert header[:3] == ["placement", "inter-node tokens", "x contiguous"]
+    assert header[:3] == ["placement", "inter-node", "x contiguous"]
     by_name = {row[0]: row for row in rows}
     mine, contiguous = tokens_only["mine"].totals, tokens_only["contiguous"].totals
     assert by_name["contiguous"][2] == "1.000"
     assert by_name["mine"][2] == f"{mine['internode_tokens_dedup'] / contiguous['internode_tokens_dedup']:.3f}"
-    assert by_name["mine"][-2:] == ["-", "-"]
+    assert not any("a2a" in name or "compute" in name for name in header), "no time columns without a model"
 
 
 def test_report_refuses_bad_requests_and_never_overwrites_inputs(tiny_trace, tmp_path):
@@ -278,9 +279,9 @@ def test_replay_plots_on_tiny_reports(tiny_reports, tmp_path):
     with pytest.raises(ValueError, match="direction"):
         plots.nic_bytes_per_node(tokens_only, direction="both")
 
-    fig = plots.gpu_load(tokens_only)
+    fig = plots.gpu_peak_per_layer(tokens_only)
     ax = fig.axes[0]
-    assert ax.get_ylabel().startswith("token-expert pairs")
+    assert ax.get_ylabel().startswith("busiest GPU's token-expert pairs")
     assert [line.get_label() for line in ax.get_lines()][:3] == ["contiguous", "round-robin", "mine"]
 
     fig = plots.nodes_per_token(tokens_only)
@@ -295,7 +296,7 @@ def test_replay_plots_on_tiny_reports(tiny_reports, tmp_path):
     # drawing on a caller's axes returns what was drawn on, and the figure saves as PNG
     fig = plots.new_figure(6, 3)
     ax = fig.add_subplot()
-    assert plots.gpu_load(list(tokens_only.items()), ax, legend=False) is ax
+    assert plots.gpu_peak_per_layer(list(tokens_only.items()), ax, legend=False) is ax
     plots.save_png(fig, tmp_path / "load.png")
     width, height = png_size((tmp_path / "load.png").read_bytes())
     assert (width, height) == (720, 360)
@@ -307,3 +308,25 @@ def test_cli_report_writes_page_and_figures(tmp_path, cli):
     assert result.code == 0, result.err
     doc = result.json()
     assert Path(doc["out"]).name == "index.html" and all(Path(f).stat().st_size > 1000 for f in doc["figures"])
+
+
+def test_gpu_figure_plots_per_layer_peaks_and_says_when_there_is_no_balance_freedom(tiny_trace, tiny_reports):
+    with_model, _ = tiny_reports
+    ax = plots.gpu_peak_per_layer(with_model).axes[0]
+    lines = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
+    for name, report in with_model.items():
+        np.testing.assert_allclose(lines[name], report.per_layer["gpu_load"].max(axis=1))
+    mean = with_model["contiguous"].per_layer["gpu_load"].mean(axis=1)
+    np.testing.assert_allclose(lines["mean per GPU"], mean)
+    assert not plots.balance_is_fixed(with_model)
+
+    one_per_gpu = replace(TINY_TOPOLOGY, nodes=4)  # 8 experts on 8 GPUs: every placement has the same loads
+    reports = {name: evaluate(tiny_trace, baseline(name, 3, 8, 8, 2), one_per_gpu) for name in BASELINES}
+    assert plots.balance_is_fixed(reports)
+    for draw in (plots.gpu_peak_per_layer, plots.imbalance_per_layer):
+        ax = draw(reports).axes[0]
+        assert "no balance freedom" in ax.get_title()
+        assert len([line for line in ax.get_lines() if line.get_label().startswith("every placement")]) == 1
+    ax = plots.tradeoff(reports).axes[0]
+    assert "no balance freedom" in ax.get_title() and len(ax.patches) == len(BASELINES)
+    assert [p.get_width() for p in ax.patches] == [reports[n].totals["internode_tokens_dedup"] for n in BASELINES]

@@ -347,3 +347,15 @@ def test_node_stage_is_never_worse_than_contiguous_on_its_objective():
         spec = node_stage_module._spec(problem, node_stage_module.DEFAULT_ALPHA.get(8, 2.0))
         part = node_stage_module.node_stage(problem, opts)[0]
         assert objective(spec, part)[0] <= objective(spec, contiguous)[0], problem.layer
+
+
+def test_summary_calls_an_unproven_bound_weak_instead_of_a_gap():
+    def layer(status: str, objective: float, bound: float) -> api.LayerResult:
+        return api.LayerResult(0, np.zeros(4, dtype=np.int64), objective, bound, status, 0.0, 0.0, 0.0, 0.0)
+
+    proven = api.SolveReport("auto", [layer("optimal", 10, 10), layer("optimal", 12, 12)])
+    assert "every layer proven optimal" in proven.summary() and "22 token-node copies" in proven.summary()
+    weak = api.SolveReport("spectral", [layer("optimal", 10, 10), layer("feasible", 30, 9)])
+    text = weak.summary()
+    assert "1/2 layers proven optimal" in text and "weak" in text and "19 in all" in text
+    assert "gap" not in text and "%" not in text

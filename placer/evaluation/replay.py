@@ -18,6 +18,7 @@ Conventions (shared by every figure placer prints):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -73,11 +74,12 @@ class ReplayReport:
         }
 
 
-def source_gpus(chunk: TraceChunk, live: np.ndarray, source: str) -> np.ndarray:
+def source_gpus(chunk: TraceChunk, live: np.ndarray, source: str, origin: str | Path | None = None) -> np.ndarray:
     """GPU each token of the chunk starts on: [tokens].
 
     live: [L] ids of the GPUs in service (all GPUs unless some are excluded);
-    token t starts on live[t mod L], sequence i on live[i mod L].
+    token t starts on live[t mod L], sequence i on live[i mod L]. origin: the trace's file,
+    named by errors.
     """
     trace = chunk.trace
     if source == "sequence":
@@ -88,7 +90,10 @@ def source_gpus(chunk: TraceChunk, live: np.ndarray, source: str) -> np.ndarray:
     if trace.src_rank is not None:
         outside = np.setdiff1d(np.unique(trace.src_rank), live)
         if outside.size:
-            raise InputError(None, "src_rank", f"GPU rank {int(outside[0])} is not a GPU in service")
+            gaps = np.setdiff1d(np.arange(live.min(), live.max() + 1), live)
+            expected = f"{live.min()}..{live.max()}" + (f" except {gaps.tolist()}" if gaps.size else "")
+            raise InputError(origin, "src_rank",
+                             f"GPU rank {int(outside[0])} is not a GPU in service (expected {expected})")
         return trace.src_rank
     return live[(chunk.token_offset + np.arange(trace.num_tokens)) % len(live)]
 
@@ -209,7 +214,7 @@ def count_traffic(
     totals: dict[str, np.ndarray] = {}
     for index, chunk in enumerate(chunks):
         _check_compatible(chunk.trace.num_experts, chunk.trace.num_layers, placement, topology)
-        src = source_gpus(chunk, placement.live_gpus(), source)
+        src = source_gpus(chunk, placement.live_gpus(), source, trace.path if isinstance(trace, TraceSource) else None)
         layers = range(chunk.trace.num_layers)
         for layer in track(layers, "replaying trace", steps, progress, start=index * len(layers)):
             ids = chunk.trace.topk_ids[:, layer, :]

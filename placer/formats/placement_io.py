@@ -212,14 +212,23 @@ def read_placement(
     )
 
 
+def check_topology(path: str | Path, placement: Placement, topology: Topology) -> None:
+    """Raise InputError naming ``path`` unless the placement has the topology's nodes and GPUs
+    per node, saying which node count (and GPUs per node) would fit."""
+    if placement.num_gpus == topology.num_gpus and placement.gpus_per_node == topology.gpus_per_node:
+        return
+    fix = f"--nodes {placement.num_nodes}" + (
+        f" --gpus-per-node {placement.gpus_per_node}" if placement.gpus_per_node != topology.gpus_per_node else "")
+    raise InputError(
+        path, "num_gpus",
+        f"placement is for {placement.num_nodes} nodes x {placement.gpus_per_node} GPUs, the topology "
+        f"{topology.name} has {topology.nodes} x {topology.gpus_per_node}; give the placement's shape ({fix})",
+    )
+
+
 def check_against(path: str | Path, placement: Placement, topology: Topology, model: Model | None) -> dict:
     """Check a placement fits a topology (GPU count, node size, memory); return its facts."""
-    if placement.num_gpus != topology.num_gpus or placement.gpus_per_node != topology.gpus_per_node:
-        raise InputError(
-            path, "num_gpus",
-            f"placement is for {placement.num_gpus} GPUs, {placement.gpus_per_node} per node; "
-            f"the topology has {topology.nodes} x {topology.gpus_per_node}",
-        )
+    check_topology(path, placement, topology)
     facts: dict = {
         "layers": placement.num_layers,
         "experts": placement.num_experts,

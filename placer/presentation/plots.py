@@ -35,11 +35,12 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 from placer.placement import BASELINES
 
 __all__ = [
+    "balance_is_fixed",
     "coactivation_heatmap",
     "expert_gpu_map",
     "expert_order",
     "figure_legend",
-    "gpu_load",
+    "gpu_peak_per_layer",
     "imbalance_per_layer",
     "internode_per_layer",
     "legend_columns",
@@ -420,45 +421,54 @@ def nic_bytes_per_node(reports, ax=None, *, direction: str = "recv", title: str 
     return _result(fig, ax, own)
 
 
-@_styled
-def gpu_load(reports, ax=None, *, gpus_per_node: int | None = None, title: str | None = None, legend: bool = True):
-    """Token-expert pairs served by each GPU, summed over layers: one line per placement.
+def balance_is_fixed(reports) -> bool:
+    """Whether every placement has the same GPU load in every layer up to GPU order (e.g. one
+    expert per GPU and no replicas): then no placement can trade balance for traffic."""
+    reports = _reports_dict(reports)
+    loads = [np.sort(r.per_layer["gpu_load"], axis=1) for r in reports.values()]
+    return len(loads) > 1 and all(load.shape == loads[0].shape and np.array_equal(load, loads[0])
+                                  for load in loads[1:])
 
-    Dotted vertical lines separate nodes; the dashed line is the mean (the same for
-    every placement of one trace).
+
+_ALL_COLOUR = "#333333"
+"""The one line standing for every placement when :func:`balance_is_fixed`."""
+_NO_FREEDOM = "no balance freedom: every placement has the same GPU loads (e.g. one expert per GPU)"
+
+
+@_styled
+def gpu_peak_per_layer(reports, ax=None, *, title: str | None = None, legend: bool = True, first_layer: int = 0):
+    """The busiest GPU's token-expert pairs in each layer, one line per placement.
+
+    This is what sets the pace of expert compute: every layer waits for its busiest GPU,
+    whichever GPU that is (summed over layers it is the tables' "GPU peak pairs"). The
+    dashed line is the mean per GPU in service, the same for every placement. When
+    :func:`balance_is_fixed`, one line stands for all placements.
     """
     reports = _reports_dict(reports)
-    series = {name: r.per_layer["gpu_load"].sum(axis=0).astype(float) for name, r in reports.items()}
+    series = {name: r.per_layer["gpu_load"].max(axis=1).astype(float) for name, r in reports.items()}
     first = next(iter(reports.values()))
-    gpus_per_node = gpus_per_node or first.config.get("gpus_per_node") or len(next(iter(series.values())))
+    imbalance = np.asarray(first.per_layer["gpu_load_imbalance"], dtype=float)
+    mean = np.divide(series[next(iter(series))], imbalance, out=np.zeros(imbalance.shape), where=imbalance > 0)
+    fixed = balance_is_fixed(reports)
+    if fixed:
+        series = {"every placement (the same peaks)": next(iter(series.values()))}
     divisor, unit = _scale(np.concatenate(list(series.values())), "tokens")
-    colours = placement_colours(list(series))
+    colours = {name: _ALL_COLOUR for name in series} if fixed else placement_colours(list(series))
     own = ax is None
     fig, ax = _axes(ax, 9.0, 4.2)
-    gpus = len(next(iter(series.values())))
-    positions = np.arange(gpus)
+    layers = len(mean)
     markers = "os^Dv<>ph"
     for index, (name, values) in enumerate(series.items()):
-        ax.plot(positions, values / divisor, marker=markers[index % len(markers)], markersize=4,
+        ax.plot(np.arange(layers), values / divisor, marker=markers[index % len(markers)], markersize=4,
                 linewidth=1.3, color=colours[name], label=name)
-    mean = np.mean(next(iter(series.values()))) / divisor
-    ax.axhline(mean, color="black", linestyle="--", linewidth=0.9, label="mean")
-    for boundary in range(gpus_per_node, gpus, gpus_per_node):
-        ax.axvline(boundary - 0.5, color="#555555", linestyle=":", linewidth=1.0)
-    nodes = -(-gpus // gpus_per_node)
-    if nodes <= MAX_TICK_LABELS:
-        ax.set_xticks(np.arange(0, gpus, gpus_per_node))
-        top = ax.secondary_xaxis("top")
-        centres = np.arange(nodes) * gpus_per_node + (gpus_per_node - 1) / 2
-        top.set_xticks(centres, labels=[f"node {n}" for n in range(nodes)])
-        top.tick_params(length=0)
-    else:
-        _index_ticks(ax.xaxis, gpus)
-    ax.set_xlim(-0.5, gpus - 0.5)
-    ax.set_xlabel(f"GPU id ({gpus_per_node} GPUs per node, dotted lines between nodes)")
-    ax.set_ylabel("token-expert pairs, all layers" + (f" ({unit})" if unit else ""))
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title(title or "Load per GPU")
+    ax.plot(np.arange(layers), mean / divisor, color="black", linestyle="--", linewidth=0.9, label="mean per GPU")
+    _index_ticks(ax.xaxis, layers, first=first_layer)
+    ax.set_xlim(-0.5, layers - 0.5)
+    ax.set_ylim(0, max(float(v.max()) for v in series.values()) / divisor * 1.08 or 1.0)
+    ax.set_xlabel("MoE layer")
+    ax.set_ylabel("busiest GPU's token-expert pairs" + (f" ({unit})" if unit else ""))
+    ax.grid(alpha=0.3)
+    ax.set_title(title or ("Busiest GPU per layer" + (f"\n{_NO_FREEDOM}" if fixed else "")))
     if legend:
         _legend(ax, own, ncol=min(len(series) + 1, 5))
     return _result(fig, ax, own)
@@ -526,10 +536,14 @@ def internode_per_layer(reports, ax=None, *, title: str | None = None, legend: b
 
 @_styled
 def imbalance_per_layer(reports, ax=None, *, title: str | None = None, legend: bool = True, first_layer: int = 0):
-    """Busiest GPU's load over the mean GPU load in each layer, one line per placement (1 = perfect)."""
+    """Busiest GPU's load over the mean GPU load in each layer, one line per placement (1 = perfect;
+    one line for all when :func:`balance_is_fixed`)."""
     reports = _reports_dict(reports)
     series = {name: np.asarray(r.per_layer["gpu_load_imbalance"], dtype=float) for name, r in reports.items()}
-    colours = placement_colours(list(series))
+    fixed = balance_is_fixed(reports)
+    if fixed:
+        series = {"every placement (the same loads)": next(iter(series.values()))}
+    colours = {name: _ALL_COLOUR for name in series} if fixed else placement_colours(list(series))
     own = ax is None
     fig, ax = _axes(ax, 9.0, 4.2)
     layers = len(next(iter(series.values())))
@@ -545,7 +559,7 @@ def imbalance_per_layer(reports, ax=None, *, title: str | None = None, legend: b
     ax.set_xlabel("MoE layer")
     ax.set_ylabel("GPU load max / mean")
     ax.grid(alpha=0.3)
-    ax.set_title(title or "GPU load imbalance per layer")
+    ax.set_title(title or ("GPU load imbalance per layer" + (f"\n{_NO_FREEDOM}" if fixed else "")))
     if legend:
         _legend(ax, own, ncol=min(len(series), 5))
     return _result(fig, ax, own)
@@ -596,6 +610,8 @@ def tradeoff(
     """Scatter of one total against another per placement, with the Pareto front (lower-left is better).
 
     x, y: keys of ``ReplayReport.totals`` (default: GPU load imbalance vs inter-node tokens).
+    When every placement has the same ``x`` (no balance freedom, e.g. one expert per GPU)
+    there is nothing to trade: bars of ``y`` per placement, titled with the shared ``x``.
     """
     reports = _reports_dict(reports)
     names = list(reports)
@@ -605,6 +621,12 @@ def tradeoff(
     colours = placement_colours(names)
     own = ax is None
     fig, ax = _axes(ax, 8.0, 4.8)
+    if len(names) > 1 and np.ptp(xs) <= 1e-9 * max(abs(float(xs[0])), 1e-12):
+        _bars(ax, names, ys, colours, y_label, y_counts)
+        shared = f"{xs[0]:,.0f}" if x_counts else f"{xs[0]:.3g}"
+        ax.set_title(title or f"{y_label.split(',')[0]} (lower is better)\nno balance freedom: "
+                              f"every placement has {x_label.split(' (')[0]} {shared}")
+        return _result(fig, ax, own)
     front = pareto_front(raw)
     if len(front) > 1:
         ax.step(xs[front], ys[front], where="post", color="#444444", linestyle="--", linewidth=1.0,
@@ -627,6 +649,23 @@ def tradeoff(
     if legend:
         _legend(ax, own, ncol=min(len(names) + (len(front) > 1), 5))
     return _result(fig, ax, own)
+
+
+def _bars(ax, names: Sequence[str], values: np.ndarray, colours: Mapping[str, str], label: str,
+          counts: bool) -> None:
+    """Horizontal bars of one total per placement (first placement on top), values printed."""
+    positions = np.arange(len(names))[::-1]
+    ax.barh(positions, values, color=[colours[n] for n in names], hatch=None, edgecolor="white")
+    ax.set_yticks(positions, labels=[short(n) for n in names])
+    for position, value in zip(positions, values):
+        ax.annotate(f"{value:,.0f}" if counts else f"{value:.3g}", (value, position), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    ax.set_xlim(0, float(values.max()) * 1.15 or 1.0)
+    if counts:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    ax.set_xlabel(label)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
 
 
 # ---------------------------------------------------------------- EP sweep

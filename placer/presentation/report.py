@@ -29,7 +29,7 @@ from placer.evaluation.replay import ReplayReport
 from placer.graph import summarize
 from placer.placement import BASELINES, Placement, baseline
 from placer.presentation import REPORT_FORMATS, plots
-from placer.presentation.render import summary_rows
+from placer.presentation.render import summary_notes, summary_rows
 from placer.progress import ProgressFn
 from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource
@@ -111,21 +111,6 @@ def _solver_facts(name: str, placement: Placement) -> str:
         parts.append(f"GPUs out of service: {placement.excluded_gpus}")
     parts.append(f"{placement.slots_per_gpu} slots per GPU")
     return ", ".join(parts)
-
-
-# ---------------------------------------------------------------- summary table
-
-
-COLUMN_NOTES = (
-    "inter-node tokens: token copies crossing a NIC, one per (token, layer, remote node) as DeepEP normal "
-    "dispatch sends them, summed over layers; "
-    "NIC peak: the busiest node's received copies per layer, summed over layers; "
-    "GPU peak: the busiest GPU's token-expert pairs per layer, summed; "
-    "GPU max/mean: per-layer max over mean GPU load, averaged over layers; "
-    "nodes/token: mean nodes a token's experts span in a layer; "
-    "a2a ms: estimated dispatch + combine time over all layers (needs a model); "
-    "a2a/compute: that time over the busiest GPU's expert compute time."
-)
 
 
 # ---------------------------------------------------------------- figures
@@ -233,6 +218,8 @@ def build_figures(
     coactivation = summarize(trace, layers=[layer]).layers[0].coactivation
     heatmap = _coactivation_figure(coactivation, entries, layer, num_experts)
     unit = "bytes (scaled to kB/MB/GB)" if model is not None else "token copies (pass a model for bytes)"
+    fixed = ("no balance freedom: every placement has the same GPU loads (e.g. one expert per GPU)"
+             if plots.balance_is_fixed(reports) else "")
     figures = [
         ReportFigure(
             "coactivation", "Co-activation ordered by placement",
@@ -256,11 +243,13 @@ def build_figures(
             _nic_figure(reports),
         ),
         ReportFigure(
-            "gpu_load", "Load per GPU",
-            "Each line gives the token-expert pairs every GPU serves summed over layers; the dashed line is the "
-            "mean, points far above it are hot GPUs that set the pace of expert compute "
-            "(per-layer peaks are in the table's GPU peak column).",
-            _single(plots.gpu_load, reports),
+            "gpu_load", "Busiest GPU per layer",
+            "Each line gives, in every MoE layer, the token-expert pairs of that layer's busiest GPU: every layer "
+            "waits for its busiest GPU, so this sets the pace of expert compute (summed over layers it is the "
+            "table's GPU peak column); the dashed line is the mean per GPU. Which GPU is the busiest can change "
+            "from layer to layer, so load summed per GPU over layers would not show the pace."
+            + (f" Here there is {fixed}, so one line stands for all." if fixed else ""),
+            _single(plots.gpu_peak_per_layer, reports),
         ),
         ReportFigure(
             "nodes_per_token", "Nodes reached per token",
@@ -272,14 +261,16 @@ def build_figures(
             "per_layer", "Traffic and balance per layer",
             "Top: token copies crossing the network in every MoE layer (the gap to the baselines is the traffic "
             "a placement saves there); bottom: the busiest GPU's load over the mean in every layer "
-            "(1 = perfectly even, the dashed line).",
+            "(1 = perfectly even, the dashed line)."
+            + (f" Bottom: {fixed}, so one line stands for all." if fixed else ""),
             _per_layer_figure(reports),
         ),
         ReportFigure(
             "tradeoff", "Traffic vs balance",
             "Each point is a placement: further left is better balanced, lower sends less across nodes; "
             "points with a thick outline (joined by a dashed staircase when several) are the placements no "
-            "other beats on both.",
+            "other beats on both." if not fixed else
+            f"There is {fixed}: nothing to trade, so the bars give each placement's inter-node copies.",
             _single(plots.tradeoff, reports, 9.0, 5.0),
         ),
     ]
@@ -392,7 +383,7 @@ def render_html(data: ReportData) -> str:
     for row in rows:
         cells = [f"<th>{e(row[0])}</th>"] + [f'<td class="num">{e(cell)}</td>' for cell in row[1:]]
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out += ["</tbody>", "</table>", f'<p class="note">{e(COLUMN_NOTES)}</p>']
+    out += ["</tbody>", "</table>", f'<p class="note">{e(summary_notes(data.results, data.reference))}</p>']
     out += ['<h2 id="config">Configuration</h2>', '<table class="config">']
     out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in data.config.items()]
     out += [f"<tr><th>placement {e(name)}</th><td>{e(facts)}</td></tr>" for name, facts in data.placements_info]
@@ -421,7 +412,7 @@ def render_markdown(data: ReportData) -> str:
     out.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
     out.append("|" + "|".join([":---", *["---:"] * (len(header) - 1)]) + "|")
     out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-    out += ["", COLUMN_NOTES, "", "## Configuration", "", "| | |", "|:---|:---|"]
+    out += ["", summary_notes(data.results, data.reference), "", "## Configuration", "", "| | |", "|:---|:---|"]
     out += [f"| {_md_cell(k)} | {_md_cell(v)} |" for k, v in data.config.items()]
     out += [f"| placement {_md_cell(name)} | {_md_cell(facts)} |" for name, facts in data.placements_info]
     for figure in data.figures:
