@@ -66,8 +66,8 @@ def serve(call: EngineCall) -> np.ndarray:
     current = _current
     phy2log = balance(call, current.proposer, current.peak_tolerance)
     if current.agree is not None:
-        phy2log = np.asarray(current.agree(phy2log), dtype=np.int64)
-    return phy2log
+        phy2log = current.agree(phy2log)
+    return np.ascontiguousarray(phy2log, dtype=np.int64)
 
 
 def broadcast_from_rank0(group: object = None, device: str | None = None) -> Agree:

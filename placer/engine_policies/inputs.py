@@ -130,8 +130,9 @@ def check_call(
 ) -> EngineCall:
     """Check one rebalancing request; ``names`` maps each argument to the engine's own name.
 
-    num_groups: None or 0 mean no expert groups (one group); otherwise it must
-    divide the experts. num_replicas must be >= experts and a multiple of
+    num_groups: None or 0 mean no expert groups (one group); when the groups
+    divide by nodes (the engines' hierarchical case) they must divide the
+    experts, otherwise they are ignored (the engines' global case). num_replicas must be >= experts and a multiple of
     num_ranks; num_ranks a multiple of num_nodes.
     """
     name = {k: k for k in ("weight", "num_replicas", "num_groups", "num_nodes", "num_ranks", "old_phy2log")}
@@ -148,7 +149,7 @@ def check_call(
         raise EngineInputError(name["num_replicas"], f"{replicas} replicas are not a multiple of {ranks} ranks")
     if ranks % nodes:
         raise EngineInputError(name["num_nodes"], f"{ranks} ranks are not a multiple of {nodes} nodes")
-    if experts % groups:
+    if groups % nodes == 0 and experts % groups:  # the hierarchical case; otherwise groups are ignored
         raise EngineInputError(name["num_groups"], f"{groups} groups do not divide {experts} experts")
     old = _check_old(old_phy2log, layers, experts, replicas, name["old_phy2log"])
     return EngineCall(loads, replicas, groups, nodes, ranks, old)
