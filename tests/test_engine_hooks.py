@@ -6,8 +6,8 @@ import types
 import numpy as np
 import pytest
 import torch
-
 from engine_standins import sglang_modules, vllm_modules
+
 from placer.engine_policies import (
     EngineInputError,
     RoutingRecorder,
