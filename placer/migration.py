@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from placer.errors import InputError
 from placer.placement import EMPTY, Placement
 
-__all__ = ["minimize_moves", "moved_weights"]
+__all__ = ["arrange_slots", "minimize_moves", "moved_by_link", "moved_weights"]
 
 
 def _gpu_counts(placement: Placement, layer: int) -> np.ndarray:
@@ -56,6 +56,23 @@ def moved_weights(current: Placement, proposed: Placement, expert_param_bytes: f
     }
 
 
+def moved_by_link(current: Placement, proposed: Placement) -> tuple[np.ndarray, np.ndarray]:
+    """Copies loaded going from ``current`` to ``proposed`` (as :func:`moved_weights`), split by
+    the link they arrive over: (nvlink [layers], nic [layers]) int64. A copy arrives over NVLink
+    when another GPU of its node holds the expert in ``current``, else over the NIC."""
+    _check_same_cluster(current, proposed)
+    nvlink = np.zeros(current.num_layers, dtype=np.int64)
+    nic = np.zeros(current.num_layers, dtype=np.int64)
+    gpn = current.gpus_per_node
+    for layer in range(current.num_layers):
+        old, new = _gpu_counts(current, layer), _gpu_counts(proposed, layer)
+        added = new - np.minimum(old, new)
+        on_node = old.reshape(-1, gpn, current.num_experts).sum(axis=1) > 0
+        local = int((added * np.repeat(on_node, gpn, axis=0)).sum())
+        nvlink[layer], nic[layer] = local, int(added.sum()) - local
+    return nvlink, nic
+
+
 def _relabel_gpus(overlap: np.ndarray, gpus_per_node: int) -> np.ndarray:
     """Best node permutation plus GPU permutations within nodes.
 
@@ -78,7 +95,7 @@ def _relabel_gpus(overlap: np.ndarray, gpus_per_node: int) -> np.ndarray:
     return label
 
 
-def _arrange(wanted: np.ndarray, here: np.ndarray, slots: int) -> np.ndarray:
+def arrange_slots(wanted: np.ndarray, here: np.ndarray, slots: int) -> np.ndarray:
     """One GPU's slots: ``wanted`` experts, each one already in ``here`` kept at its slot.
 
     wanted: experts of the proposed GPU in slot order; here: [current slots]
@@ -132,6 +149,6 @@ def minimize_moves(current: Placement, proposed: Placement) -> Placement:
         for gpu, target in enumerate(label):
             wanted = proposed.phy2log[layer, gpu * new_slots : (gpu + 1) * new_slots]
             here = current.phy2log[layer, target * old_slots : (target + 1) * old_slots]
-            arranged = _arrange(wanted[wanted >= 0], here, new_slots)
+            arranged = arrange_slots(wanted[wanted >= 0], here, new_slots)
             result[layer, target * new_slots : (target + 1) * new_slots] = arranged
     return Placement(result, proposed.num_experts, gpn, new_slots, dict(proposed.metadata))
