@@ -7,7 +7,8 @@ and the entry points in :mod:`placer.engine_policies.plugins`), and routing
 hooks that feed a window from the engines' top-k capture without a host sync
 per step (:class:`RoutingRecorder`, :func:`install_vllm_routing_hook`,
 :func:`install_sglang_routing_hook`). The engines pass load only; a
-co-activation source is attached with :func:`attach`. Versions read are
+co-activation source is attached with :func:`attach`, usually a
+:class:`RebalancerProposer` around a :class:`placer.online.Rebalancer`. Versions read are
 pinned in each module's docstring and in ``docs/engines-online.md``.
 """
 
@@ -20,6 +21,7 @@ from placer.engine_policies.hooks import (
     routed_experts_rows,
 )
 from placer.engine_policies.inputs import EngineInputError
+from placer.engine_policies.online import RebalancerProposer
 from placer.engine_policies.recorder import RoutingRecorder
 from placer.engine_policies.sglang import install_sglang, rebalance_experts
 from placer.engine_policies.vllm import PlacerEplbPolicy, install_vllm
@@ -27,6 +29,7 @@ from placer.engine_policies.vllm import PlacerEplbPolicy, install_vllm
 __all__ = [
     "EngineInputError",
     "PlacerEplbPolicy",
+    "RebalancerProposer",
     "RoutingRecorder",
     "attach",
     "attached",

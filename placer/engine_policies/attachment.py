@@ -62,12 +62,19 @@ def attached() -> Attachment:
 
 
 def serve(call: EngineCall) -> np.ndarray:
-    """The placement for one checked call under the current attachment: phy2log [layers, replicas] int64."""
+    """The placement for one checked call under the current attachment: phy2log [layers, replicas] int64.
+
+    A proposer with a ``served(phy2log)`` method is told what will be served.
+    """
     current = _current
     phy2log = balance(call, current.proposer, current.peak_tolerance)
     if current.agree is not None:
         phy2log = current.agree(phy2log)
-    return np.ascontiguousarray(phy2log, dtype=np.int64)
+    phy2log = np.ascontiguousarray(phy2log, dtype=np.int64)
+    served = getattr(current.proposer, "served", None)
+    if served is not None:
+        served(phy2log)
+    return phy2log
 
 
 def broadcast_from_rank0(group: object = None, device: str | None = None) -> Agree:
