@@ -9,10 +9,12 @@ One call of :func:`balance` does what both engines ask of a policy:
    it is valid (every expert held, ids in range, right shape) and its GPU peak
    under the engine's loads is at most ``peak_tolerance`` x EPLB's on that
    layer;
-3. with the placement in service given, nodes and GPUs are relabelled
-   (:func:`placer.migration.minimize_moves`) so that as many expert copies as
-   possible stay on their GPU, each in its old slot. Relabelling permutes
-   whole GPUs, so every GPU's load, and the peak, is unchanged.
+3. with the placement in service given, EPLB's layers are relabelled
+   (:func:`placer.migration.minimize_moves`: nodes and GPUs) so that as many
+   expert copies as possible stay on their GPU, each in its old slot.
+   Relabelling permutes whole GPUs, so every GPU's load, and the peak, is
+   unchanged. A proposer's layers are served as it proposed them (the online
+   rebalancer warm-starts from the map in service and keeps slots itself).
 
 GPU load follows both engines' EPLB convention: an expert's load is split
 evenly over its copies.
@@ -70,28 +72,26 @@ def _eplb(call: EngineCall) -> np.ndarray:
 
 
 def _merge(call: EngineCall, base: np.ndarray, candidate: object, peak_tolerance: float) -> np.ndarray:
-    """Per layer, the candidate where valid and within ``peak_tolerance`` x base's GPU peak."""
+    """Which layers take the candidate: [layers] bool, valid and within ``peak_tolerance`` x base's GPU peak."""
     ok = valid_layers(candidate, call.num_layers, call.num_experts, call.num_replicas)
     if not ok.any():
         log.warning("proposed placement rejected (shape, range or missing experts); serving EPLB")
-        return base
-    candidate = np.asarray(candidate, dtype=np.int64)
-    ok_rows = np.flatnonzero(ok)
-    peak_ok = gpu_peaks(candidate[ok_rows], call.weight[ok_rows], call.num_ranks) <= peak_tolerance * gpu_peaks(
-        base[ok_rows], call.weight[ok_rows], call.num_ranks
-    ) + 1e-9
-    take = ok_rows[peak_ok]
-    merged = base.copy()
-    merged[take] = candidate[take]
-    if take.size < call.num_layers:
-        log.info("proposed placement used on %d of %d layers (others: EPLB)", take.size, call.num_layers)
-    return merged
+        return ok
+    rows = np.flatnonzero(ok)
+    candidate = np.asarray(candidate, dtype=np.int64)[rows]
+    peak = gpu_peaks(candidate, call.weight[rows], call.num_ranks)
+    limit = peak_tolerance * gpu_peaks(base[rows], call.weight[rows], call.num_ranks) + 1e-9
+    ok[rows[peak > limit]] = False
+    if ok.sum() < call.num_layers:
+        log.info("proposed placement used on %d of %d layers (others: EPLB)", ok.sum(), call.num_layers)
+    return ok
 
 
 def _keep_slots(call: EngineCall, phy2log: np.ndarray) -> np.ndarray:
-    """Relabel nodes and GPUs so copies already on a GPU stay there, in their slot."""
-    if call.old_phy2log is None:
-        return phy2log
+    """Relabel nodes and GPUs of these layers so copies already on a GPU stay there, in their slot.
+
+    phy2log: [some layers, replicas]; call.old_phy2log must hold the same layers.
+    """
     current = Placement(call.old_phy2log, call.num_experts, call.ranks_per_node, call.slots_per_rank)
     proposed = Placement(phy2log, call.num_experts, call.ranks_per_node, call.slots_per_rank)
     return minimize_moves(current, proposed).phy2log.astype(np.int64)
@@ -101,15 +101,26 @@ def balance(call: EngineCall, proposer: Proposer | None = None, peak_tolerance: 
     """The placement to serve next: phy2log [layers, num_replicas] int64, every expert held.
 
     proposer: None for load only (then the result is EPLB's, relabelled); its
-    layers are kept only within ``peak_tolerance`` x EPLB's GPU peak.
+    layers are kept only within ``peak_tolerance`` x EPLB's GPU peak. A
+    proposer's layers are served as proposed (it warm-starts from the map in
+    service itself); EPLB's are relabelled against the map in service.
     """
     base = _eplb(call)
-    chosen = base
-    if proposer is not None:
-        candidate = proposer(call)
-        if candidate is not None:
-            chosen = _merge(call, base, candidate, peak_tolerance)
-    return _keep_slots(call, chosen)
+    proposed = np.zeros(call.num_layers, dtype=bool)
+    candidate = proposer(call) if proposer is not None else None
+    if candidate is not None:
+        proposed = _merge(call, base, candidate, peak_tolerance)
+    result = base
+    if call.old_phy2log is not None and not proposed.all():
+        rest = np.flatnonzero(~proposed)
+        relabel = EngineCall(call.weight[rest], call.num_replicas, call.num_groups, call.num_nodes,
+                             call.num_ranks, call.old_phy2log[rest])
+        result = base.copy()
+        result[rest] = _keep_slots(relabel, base[rest])
+    if proposed.any():
+        result = result.copy() if result is base else result
+        result[proposed] = np.asarray(candidate, dtype=np.int64)[proposed]
+    return result
 
 
 def logical_maps(phy2log: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,8 @@ from placer.engine_policies.inputs import EngineInputError, check_count
 __all__ = ["RoutingRecorder", "Sink"]
 
 Sink = Callable[[np.ndarray], None]
-"""Receives top-k ids [tokens, layers, k] int16, tokens with any id < 0 (padding) left out."""
+"""Receives top-k ids [tokens, layers, k] int16 (a view, valid during the call); padded tokens
+(first id -1: both engines mask a padded token's ids to -1 throughout) are left out."""
 
 
 class RoutingRecorder:
@@ -66,6 +67,8 @@ class RoutingRecorder:
         shape = (self.capacity, len(keep), self.top_k)
         self._device = [torch.full(shape, -1, dtype=torch.int16, device=self.device) for _ in range(2)]
         self._host = [torch.empty(shape, dtype=torch.int16, pin_memory=self._cuda) for _ in range(2)]
+        contiguous = keep == list(range(keep[0], keep[0] + len(keep)))
+        self._layer_slice = slice(keep[0], keep[0] + len(keep)) if contiguous else None
         self._layer_index = torch.tensor(keep, dtype=torch.long, device=self.device)
         self._stream = torch.cuda.Stream(device=self.device) if self._cuda else None
         self._active = 0
@@ -82,7 +85,9 @@ class RoutingRecorder:
                                    f"got {list(ids.shape)}")
         if self.stride > 1:
             ids = ids[:: self.stride]
-        if len(self.layers) != self.num_layers:
+        if self._layer_slice is not None:
+            ids = ids[:, self._layer_slice]  # a view: the copy below is the only one
+        else:
             ids = ids.index_select(1, self._layer_index.to(ids.device))
         for start in range(0, ids.shape[0], self.capacity):
             self._append(ids[start : start + self.capacity])
@@ -94,7 +99,7 @@ class RoutingRecorder:
         if self._fill + count > self.capacity:
             self._launch()
         target = self._device[self._active][self._fill : self._fill + count]
-        target.copy_(rows.to(device=self.device, dtype=self._torch.int16), non_blocking=True)
+        target.copy_(rows, non_blocking=True)  # converts dtype and device in the one copy
         self._fill += count
         self.tokens_recorded += count
 
@@ -129,7 +134,9 @@ class RoutingRecorder:
         index, fill, _ = self._pending
         self._pending = None
         rows = self._host[index][:fill].numpy()
-        rows = rows[(rows >= 0).all(axis=(1, 2))]
+        real = rows[:, 0, 0] >= 0  # the engines mask a padded token's ids to -1 throughout
+        if not real.all():
+            rows = rows[real]
         self.sink(rows)
         self.tokens_delivered += int(rows.shape[0])
 
