@@ -30,7 +30,13 @@ import time
 import numpy as np
 import torch
 
-from placer.engine_policies import PlacerEplbPolicy, RebalancerProposer, RoutingRecorder, attach, detach
+from placer.engine_policies import (
+    PlacerEplbPolicy,
+    RebalancerProposer,
+    RoutingRecorder,
+    attach,
+    detach,
+)
 from placer.eplb import rebalance_experts as eplb
 from placer.online import Rebalancer
 from placer.studies.synth import generate, preset

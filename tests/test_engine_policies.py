@@ -357,3 +357,18 @@ def test_property_no_expert_dropped_peak_no_worse_than_eplb_unmoved_kept(args):
                                                  groups or None, nodes)
     assert_served(phy2log.numpy(), layers, experts, replicas)
     assert (logcnt.sum(dim=1) == replicas).all() and (logcnt >= 1).all()
+
+
+def test_broadcast_from_rank0_over_a_real_gloo_group(tmp_path):
+    import torch.distributed as dist
+
+    from placer.engine_policies import broadcast_from_rank0
+
+    phy2log = np.arange(12, dtype=np.int64).reshape(2, 6)
+    agree = broadcast_from_rank0(lambda: None)
+    assert agree(phy2log) is phy2log  # no process group: a no-op
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert np.array_equal(agree(phy2log), phy2log)
+    finally:
+        dist.destroy_process_group()

@@ -78,10 +78,12 @@ def serve(call: EngineCall) -> np.ndarray:
 
 
 def broadcast_from_rank0(group: object = None, device: str | None = None) -> Agree:
-    """An ``agree`` that broadcasts the group's rank 0 placement over ``group`` with torch.distributed.
+    """An ``agree`` that broadcasts the group's rank-0 placement with torch.distributed.
 
-    group: a process group (vLLM: ``get_ep_group().cpu_group``, gloo on CPU; SGLang:
-    None, the default group, then ``device="cuda"`` for NCCL). A no-op when
+    group: a process group, or a function returning one, called at the first
+    rebalance (process groups do not exist yet when the engines load plugins);
+    vLLM: ``get_ep_group().cpu_group`` (gloo, CPU tensors); SGLang: None, the
+    default group, with ``device="cuda"`` for NCCL. A no-op when
     torch.distributed is not initialised (one process).
     """
 
@@ -92,7 +94,7 @@ def broadcast_from_rank0(group: object = None, device: str | None = None) -> Agr
         if not (dist.is_available() and dist.is_initialized()):
             return phy2log
         tensor = torch.from_numpy(np.ascontiguousarray(phy2log)).to(device or "cpu")
-        dist.broadcast(tensor, group=group, group_src=0)
+        dist.broadcast(tensor, group=group() if callable(group) else group, group_src=0)
         return tensor.cpu().numpy()
 
     return agree
