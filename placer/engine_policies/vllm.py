@@ -116,7 +116,7 @@ def _rebuild_parents(config_module: object, child: type) -> None:
 
     for value in vars(config_module).values():
         if isinstance(value, type) and value is not child and is_dataclass(value) and any(
-            f.type is child for f in fields(value)
+            f.type is child or f.type == child.__name__ for f in fields(value)  # also postponed annotations
         ):
             rebuild_dataclass(value, force=True)
 
