@@ -372,3 +372,17 @@ def test_broadcast_from_rank0_over_a_real_gloo_group(tmp_path):
         assert np.array_equal(agree(phy2log), phy2log)
     finally:
         dist.destroy_process_group()
+
+
+def test_proposer_layers_keep_unmoved_experts_in_their_slots():
+    weight = skewed_load(14).numpy().astype(np.float64)
+    old = eplb(weight, 24, 4, NODES, RANKS)[0]
+    gpus = old.reshape(LAYERS, RANKS, 6)[:, :, ::-1].copy()  # every GPU's slots reversed ...
+    gpus[:, [0, 1]] = gpus[:, [1, 0]]  # ... and GPUs 0 and 1 swapped: same peak, other contents
+    candidate = gpus.reshape(LAYERS, 24)
+    attach(lambda call: candidate, peak_tolerance=1.0)
+    result = PlacerEplbPolicy.rebalance_experts(weight, 24, 4, NODES, RANKS, old)
+    assert np.array_equal(np.sort(result[:, :12].reshape(LAYERS, 2, 6), axis=2),
+                          np.sort(candidate[:, :12].reshape(LAYERS, 2, 6), axis=2))  # the proposer's GPUs
+    assert np.array_equal(result[:, 12:], old[:, 12:])  # unmoved experts back in their slots
+    assert_slots_kept(old, result, RANKS)

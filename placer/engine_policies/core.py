@@ -13,8 +13,10 @@ One call of :func:`balance` does what both engines ask of a policy:
    (:func:`placer.migration.minimize_moves`: nodes and GPUs) so that as many
    expert copies as possible stay on their GPU, each in its old slot.
    Relabelling permutes whole GPUs, so every GPU's load, and the peak, is
-   unchanged. A proposer's layers are served as it proposed them (the online
-   rebalancer warm-starts from the map in service and keeps slots itself).
+   unchanged. A proposer's layers keep its GPU contents (the online
+   rebalancer warm-starts from the map in service itself); only the slot
+   order inside each GPU is restored, so the slot-keeping guarantee holds
+   whatever the proposer.
 
 GPU load follows both engines' EPLB convention: an expert's load is split
 evenly over its copies.
@@ -29,7 +31,7 @@ import numpy as np
 
 from placer.engine_policies.inputs import EngineCall
 from placer.eplb import rebalance_experts as eplb_rebalance
-from placer.migration import minimize_moves
+from placer.migration import arrange_slots, minimize_moves
 from placer.placement import Placement
 
 __all__ = ["Proposer", "balance", "gpu_peaks", "logical_maps", "valid_layers"]
@@ -97,13 +99,27 @@ def _keep_slots(call: EngineCall, phy2log: np.ndarray) -> np.ndarray:
     return minimize_moves(current, proposed).phy2log.astype(np.int64)
 
 
+def _keep_in_gpu(old: np.ndarray, rows: np.ndarray, slots: int) -> np.ndarray:
+    """Per layer and GPU, experts of ``rows`` already on that GPU in ``old`` back in their old slots.
+
+    old, rows: [layers, replicas]; GPU contents are unchanged, only their slot order.
+    """
+    result = rows.copy()
+    for layer in range(rows.shape[0]):
+        for start in range(0, rows.shape[1], slots):
+            span = slice(start, start + slots)
+            result[layer, span] = arrange_slots(rows[layer, span], old[layer, span], slots)
+    return result
+
+
 def balance(call: EngineCall, proposer: Proposer | None = None, peak_tolerance: float = 1.0) -> np.ndarray:
     """The placement to serve next: phy2log [layers, num_replicas] int64, every expert held.
 
     proposer: None for load only (then the result is EPLB's, relabelled); its
     layers are kept only within ``peak_tolerance`` x EPLB's GPU peak. A
-    proposer's layers are served as proposed (it warm-starts from the map in
-    service itself); EPLB's are relabelled against the map in service.
+    proposer's GPU contents are served as proposed (it warm-starts from the map
+    in service itself), with experts already on a GPU back in their old slots;
+    EPLB's layers are relabelled against the map in service.
     """
     base = _eplb(call)
     proposed = np.zeros(call.num_layers, dtype=bool)
@@ -118,8 +134,11 @@ def balance(call: EngineCall, proposer: Proposer | None = None, peak_tolerance: 
         result = base.copy()
         result[rest] = _keep_slots(relabel, base[rest])
     if proposed.any():
+        rows = np.asarray(candidate, dtype=np.int64)[proposed]
+        if call.old_phy2log is not None:
+            rows = _keep_in_gpu(call.old_phy2log[proposed], rows, call.slots_per_rank)
         result = result.copy() if result is base else result
-        result[proposed] = np.asarray(candidate, dtype=np.int64)[proposed]
+        result[proposed] = rows
     return result
 
 
