@@ -198,6 +198,28 @@ def test_install_vllm_as_default_keeps_async(vllm):
     assert vllm["vllm.config.parallel"].EPLBConfig().use_async
 
 
+def test_install_vllm_on_the_first_policy_package_returns_three_maps(vllm):
+    """Before old_global_expert_indices, rebalance_experts returned (phy2log, log2phy, logcnt)."""
+    from placer.engine_policies import PlacerEplbMapsPolicy
+
+    class FirstDefaultEplbPolicy:
+        @classmethod
+        def rebalance_experts(cls, weight, num_replicas, num_groups, num_nodes, num_ranks):
+            raise AssertionError("not called")
+
+    vllm["vllm.distributed.eplb.policy"].EPLB_POLICIES["default"] = FirstDefaultEplbPolicy
+    install_vllm()
+    policy = vllm["vllm.distributed.eplb.policy"].EPLB_POLICIES["placer"]
+    assert policy is PlacerEplbMapsPolicy
+    phy2log, log2phy, logcnt = policy.rebalance_experts(skewed_load(15), 24, 4, NODES, RANKS)  # as EplbState.build
+    assert_served(phy2log.numpy(), LAYERS, EXPERTS, 24)
+    assert log2phy.dtype == logcnt.dtype == torch.int64 and (logcnt.sum(dim=1) == 24).all()
+    for layer in range(LAYERS):
+        for expert in range(EXPERTS):
+            held = log2phy[layer, expert][log2phy[layer, expert] >= 0].tolist()
+            assert sorted(held) == np.flatnonzero(phy2log[layer].numpy() == expert).tolist()
+
+
 def test_install_vllm_rejects_a_registry_it_does_not_know(vllm):
     del vllm["vllm.distributed.eplb.policy"].EPLB_POLICIES
     with pytest.raises(EngineInputError, match="EPLB_POLICIES"):

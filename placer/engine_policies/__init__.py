@@ -24,10 +24,11 @@ from placer.engine_policies.inputs import EngineInputError
 from placer.engine_policies.online import RebalancerProposer
 from placer.engine_policies.recorder import RoutingRecorder
 from placer.engine_policies.sglang import install_sglang, rebalance_experts
-from placer.engine_policies.vllm import PlacerEplbPolicy, install_vllm
+from placer.engine_policies.vllm import PlacerEplbMapsPolicy, PlacerEplbPolicy, install_vllm
 
 __all__ = [
     "EngineInputError",
+    "PlacerEplbMapsPolicy",
     "PlacerEplbPolicy",
     "RebalancerProposer",
     "RoutingRecorder",

@@ -7,9 +7,10 @@ is vLLM's):
   ``AbstractEplbPolicy.rebalance_experts(cls, weight, num_replicas,
   num_groups, num_nodes, num_ranks, old_global_expert_indices=None) ->
   torch.Tensor``, a classmethod returning ``phy2log [layers, num_replicas]``
-  (int64, CPU) only: the tuple (phy2log, log2phy, logcnt) of the older
-  ``rebalance_algo.py`` is gone; ``DefaultEplbPolicy.preserve_intragpu_slots``
-  keeps experts that stay on a GPU in their old slots.
+  (int64, CPU) only; ``DefaultEplbPolicy.preserve_intragpu_slots`` keeps
+  experts that stay on a GPU in their old slots. The first policy package
+  (before ``old_global_expert_indices``) returned the tuple (phy2log,
+  log2phy, logcnt) of ``rebalance_algo.py``: :class:`PlacerEplbMapsPolicy`.
 - ``vllm/distributed/eplb/policy/__init__.py`` (f3ef7dbb): ``EPLB_POLICIES =
   {"default": DefaultEplbPolicy}`` and ``assert set(EPLB_POLICIES) ==
   set(get_args(EPLBPolicyOption))``.
@@ -32,15 +33,17 @@ is vLLM's):
 from __future__ import annotations
 
 import importlib
+import inspect
 import typing
 from dataclasses import fields, is_dataclass
 
 import numpy as np
 
 from placer.engine_policies.attachment import serve
-from placer.engine_policies.inputs import EngineInputError, check_call
+from placer.engine_policies.core import logical_maps
+from placer.engine_policies.inputs import EngineInputError, as_numpy, check_call
 
-__all__ = ["CONFIG_MODULE", "POLICY_MODULE", "PlacerEplbPolicy", "install_vllm"]
+__all__ = ["CONFIG_MODULE", "POLICY_MODULE", "PlacerEplbMapsPolicy", "PlacerEplbPolicy", "install_vllm"]
 
 POLICY_MODULE = "vllm.distributed.eplb.policy"
 CONFIG_MODULE = "vllm.config.parallel"
@@ -88,6 +91,37 @@ class PlacerEplbPolicy:
         return phy2log
 
 
+class PlacerEplbMapsPolicy(PlacerEplbPolicy):
+    """The same policy for the first policy package (before ``old_global_expert_indices``).
+
+    There ``rebalance_experts(cls, weight, num_replicas, num_groups, num_nodes,
+    num_ranks)`` returns ``(physical_to_logical_map [layers, num_replicas],
+    logical_to_physical_map [layers, experts, X] -1 padded, logical_replica_count
+    [layers, experts])`` and the caller pads X itself.
+    """
+
+    @classmethod
+    def rebalance_experts(cls, weight, num_replicas, num_groups, num_nodes, num_ranks,
+                          old_global_expert_indices=None):
+        phy2log = super().rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_ranks,
+                                            old_global_expert_indices)
+        log2phy, logcnt = logical_maps(np.asarray(phy2log), as_numpy(weight, "weight").shape[1])
+        if _is_torch(phy2log):
+            import torch
+
+            return phy2log, torch.from_numpy(log2phy), torch.from_numpy(logcnt)
+        return phy2log, log2phy, logcnt
+
+
+def _policy_for(registry: dict) -> type:
+    """The drop-in matching the registry's default policy: maps-returning before old indices existed."""
+    default = registry.get("default")
+    method = getattr(default, "rebalance_experts", None)
+    if method is not None and "old_global_expert_indices" not in inspect.signature(method).parameters:
+        return PlacerEplbMapsPolicy
+    return PlacerEplbPolicy
+
+
 def _extend_literal(options: object, name: str) -> object:
     """``Literal[..., name]`` from a Literal of option strings."""
     values = typing.get_args(options)
@@ -121,7 +155,7 @@ def _rebuild_parents(config_module: object, child: type) -> None:
             rebuild_dataclass(value, force=True)
 
 
-def install_vllm(name: str = "placer", policy: type = PlacerEplbPolicy) -> None:
+def install_vllm(name: str = "placer", policy: type | None = None) -> None:
     """Register ``policy`` as ``--eplb-config '{"policy": name}'`` in this process's vLLM.
 
     Adds it to ``EPLB_POLICIES`` (in place, so ``eplb_state``'s imported dict
@@ -131,15 +165,19 @@ def install_vllm(name: str = "placer", policy: type = PlacerEplbPolicy) -> None:
     policy instead, which keeps async EPLB (vLLM allows async only with
     "default"); any other name needs ``"use_async": false``. Idempotent. Must
     run in every vLLM process: the ``vllm.general_plugins`` entry point
-    (:func:`placer.engine_policies.plugins.vllm_plugin`) does that.
+    (:func:`placer.engine_policies.plugins.vllm_plugin`) does that. policy:
+    None picks :class:`PlacerEplbPolicy`, or :class:`PlacerEplbMapsPolicy` when
+    the registered default policy has no ``old_global_expert_indices`` (the
+    first policy package, whose callers unpack three maps).
     """
     if not isinstance(name, str) or not name:
         raise EngineInputError("name", f"expected a non-empty policy name, got {name!r}")
-    if not callable(getattr(policy, "rebalance_experts", None)):
-        raise EngineInputError("policy", f"{policy!r} has no rebalance_experts")
     registry = getattr(importlib.import_module(POLICY_MODULE), "EPLB_POLICIES", None)
     if not isinstance(registry, dict):
         raise EngineInputError(POLICY_MODULE, "has no EPLB_POLICIES dict (vLLM version not supported)")
+    policy = _policy_for(registry) if policy is None else policy
+    if not callable(getattr(policy, "rebalance_experts", None)):
+        raise EngineInputError("policy", f"{policy!r} has no rebalance_experts")
     config = importlib.import_module(CONFIG_MODULE)
     options = getattr(config, "EPLBPolicyOption", None)
     extended = _extend_literal(options, name)
