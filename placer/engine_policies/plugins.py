@@ -4,7 +4,7 @@ vLLM runs each ``vllm.general_plugins`` entry point in every process
 (``vllm/plugins/__init__.py: load_general_plugins``; ``VLLM_PLUGINS`` filters
 by name) and SGLang each ``sglang.srt.plugins`` entry point
 (``python/sglang/srt/plugins/__init__.py: load_plugins``, 0298b5b4;
-``SGLANG_PLUGINS`` filters). Both engines start their workers with spawn, so
+``SGLANG_PLUGINS`` filters). Both engines may start workers with spawn (fresh interpreters), so
 an installer called only in the launcher would not reach the process that
 rebalances; these do. Environment:
 
