@@ -188,9 +188,3 @@ def install_vllm(name: str = "placer", policy: type | None = None) -> None:
         config.EPLBPolicyOption = extended
     registry[name] = policy
 
-
-def as_numpy_phy2log(result: object) -> np.ndarray:
-    """A drop-in's result as numpy (tests and tools): [layers, num_replicas] int64."""
-    if _is_torch(result):
-        result = result.numpy()
-    return np.asarray(result)
