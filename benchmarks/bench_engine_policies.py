@@ -19,6 +19,13 @@ Prints two tables:
    (slot keeping), and the drop-in with a Rebalancer whose window holds
    ``--tokens`` tokens of the ``deepseek-v3`` synthetic preset (warm from the
    map in service). Wall time on this machine, median of ``--repeats``.
+3. With ``--esft DIR`` (default ../shared/traces/esft-dsv2lite, skipped when
+   absent): the drop-in's trade-off on held-out ESFT tokens, 8 x 8 GPUs, 2 slots
+   per GPU, ``nearest`` rule. Per task the window holds the train half (fed
+   through the recorder), the engine's load is the train half's counts, and the
+   drop-in is called 4 times in a row from vLLM's initial map (as successive
+   rearrangements); its inter-node tokens and GPU peak on the test half are
+   printed as ratios to the load-only drop-in (EPLB), per ``peak_tolerance``.
 """
 
 from __future__ import annotations
@@ -26,10 +33,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from placer import evaluate, load_topology
 from placer.engine_policies import (
     PlacerEplbPolicy,
     RebalancerProposer,
@@ -38,9 +47,12 @@ from placer.engine_policies import (
     detach,
 )
 from placer.eplb import rebalance_experts as eplb
+from placer.formats.esft import ESFT_TASKS, import_esft
 from placer.online import Rebalancer
+from placer.placement import Placement
 from placer.studies.synth import generate, preset
 
+ESFT = Path(__file__).resolve().parents[2] / "shared" / "traces" / "esft-dsv2lite"
 HIDDEN, DENSE, TOP_K, EXPERTS = 61, 3, 8, 256
 LAYERS = HIDDEN - DENSE
 NODES, GPUS_PER_NODE, SLOTS, GROUPS = 32, 8, 2, 8
@@ -83,10 +95,48 @@ def synthetic_routing(tokens: int) -> np.ndarray:
     return generate(preset("deepseek-v3"), tokens, seed=0).topk_ids
 
 
+def esft_tradeoff(root: Path, tolerances: tuple[float, ...] = (1.02, 1.1, 1.25), calls: int = 4) -> None:
+    """Held-out inter-node tokens and GPU peak of the drop-in with a window, x the load-only drop-in."""
+    topology = load_topology("h100-dgx").resized(8, 8)
+    replicas = topology.num_gpus * 2
+    print(f"\nESFT held-out, 8 x 8 GPUs, 2 slots/GPU, nearest rule, {calls} successive calls\n")
+    print("| task        | peak_tolerance | inter-node x EPLB | GPU peak x EPLB |")
+    print("|-------------|---------------:|------------------:|----------------:|")
+    for task in ESFT_TASKS:
+        train, test = import_esft(root, task=task, split=True)
+        ids = train.topk_ids
+        layers, experts, top_k = ids.shape[1], train.num_experts, ids.shape[2]
+        load = torch.from_numpy(np.stack([np.bincount(ids[:, layer].ravel(), minlength=experts)
+                                          for layer in range(layers)]))
+        initial = torch.from_numpy(np.tile(np.arange(replicas) % experts, (layers, 1)))
+
+        def replay(phy2log, experts=experts, test=test):
+            totals = evaluate(test, Placement(np.asarray(phy2log), experts, 8, 2), topology, rule="nearest").totals
+            return totals["internode_tokens_dedup"], totals["gpu_peak_load"]
+
+        detach()
+        reference = replay(PlacerEplbPolicy.rebalance_experts(load, replicas, 0, 8, topology.num_gpus, initial))
+        for tolerance in tolerances:
+            proposer = RebalancerProposer(Rebalancer(layers, experts, 8, 8, 2, top_k=top_k))
+            recorder = RoutingRecorder(proposer.observe, num_layers=layers, top_k=top_k)
+            for begin in range(0, len(ids), 512):
+                recorder.record(torch.from_numpy(ids[begin : begin + 512].astype(np.int32)))
+            recorder.flush()
+            attach(proposer, peak_tolerance=tolerance)
+            served = initial
+            for _ in range(calls):
+                served = PlacerEplbPolicy.rebalance_experts(load, replicas, 0, 8, topology.num_gpus, served)
+            detach()
+            internode, peak = replay(served)
+            print(f"| {task:<11} | {tolerance:>14.2f} | {internode / reference[0]:>17.3f} "
+                  f"| {peak / reference[1]:>15.3f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--esft", type=Path, default=ESFT)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -142,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     if proposer.last is not None:
         print(f"\nlast window rebalance: mode {proposer.last.mode}, {len(proposer.last.changed_layers)} layers "
               f"changed, {proposer.last.experts_moved} copies moved, {proposer.last.seconds:.2f} s inside")
+    if args.esft.is_dir():
+        esft_tradeoff(args.esft)
+    else:
+        print(f"\nESFT traces not found at {args.esft}: trade-off table skipped.")
     return 0
 
 
