@@ -24,9 +24,11 @@ class RebalanceConfig:
     move_budget: share of all physical slots (layers x GPUs x slots per GPU) whose expert
         copy may change in one rebalance. Whole layers are re-placed, best predicted gain per
         moved copy first, while they fit. Default 0.3.
-    min_gain: a layer is re-placed only if its predicted relative gain (drop of the window's
-        inter-node cut, or of its predicted GPU peak, whichever is larger) is at least this;
+    min_gain: a layer is re-placed only if its predicted relative gain (see ``peak_weight``)
+        is at least this;
         below it the layer moves nothing. Default 0.02.
+    peak_weight: weight of the predicted GPU-peak drop beside the cut drop in a layer's gain
+        (gain = relative cut drop + peak_weight x relative peak drop). Default 0.5.
     move_penalty: cost of moving an expert to another node in the warm node search, as a
         share of the layer's mean tokens per expert in the window (a move must save that
         many window tokens of cut). Default 0.05.
@@ -41,6 +43,7 @@ class RebalanceConfig:
     max_nets: int = 4096
     move_budget: float = 0.3
     min_gain: float = 0.02
+    peak_weight: float = 0.5
     move_penalty: float = 0.05
     kicks: int = 0
     alpha: float | None = None
@@ -59,6 +62,7 @@ class RebalanceConfig:
             ("move_budget", 0 <= self.move_budget <= 1, "a share in [0, 1]"),
             ("min_gain", self.min_gain >= 0, ">= 0"),
             ("move_penalty", self.move_penalty >= 0, ">= 0"),
+            ("peak_weight", self.peak_weight >= 0, ">= 0"),
             ("kicks", isinstance(self.kicks, int) and self.kicks >= 0, "an integer >= 0"),
             ("alpha", self.alpha is None or self.alpha >= 0, ">= 0 or None"),
             ("seed", isinstance(self.seed, int) and self.seed >= 0, "an integer >= 0"),

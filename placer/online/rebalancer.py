@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from placer.online.warm import (
 from placer.online.window import RoutingWindow
 from placer.placement import Placement
 from placer.solvers.node_stage import DEFAULT_ALPHA
-from placer.solvers.problem import build_problems
+from placer.solvers.problem import LayerProblem, build_problems
 from placer.solvers.replicas import replica_counts
 from placer.topology import Topology
 from placer.trace import Trace, TraceSource
@@ -164,17 +165,19 @@ class Rebalancer:
     num_layers, num_experts: MoE layers and routed experts; num_nodes, gpus_per_node,
     slots_per_gpu: the cluster (every GPU in service; slots x GPUs >= experts; spare slots
     hold replicas); config: :class:`RebalanceConfig`; top_k: experts per token (None: from
-    the first batch); placement: the placement in service (default :func:`contiguous_slots`).
+    the first batch); placement: the placement in service (default :func:`contiguous_slots`);
+    workers: threads re-placing layers (the result does not depend on it).
     """
 
     def __init__(self, num_layers: int, num_experts: int, num_nodes: int, gpus_per_node: int,
                  slots_per_gpu: int, config: RebalanceConfig | None = None, *, top_k: int | None = None,
-                 placement: Placement | None = None) -> None:
+                 placement: Placement | None = None, workers: int = 1) -> None:
         self.num_layers = _positive("num_layers", num_layers)
         self.num_experts = _positive("num_experts", num_experts)
         self.num_nodes = _positive("num_nodes", num_nodes)
         self.gpus_per_node = _positive("gpus_per_node", gpus_per_node)
         self.slots_per_gpu = _positive("slots_per_gpu", slots_per_gpu)
+        self.workers = _positive("workers", workers)
         if self.num_gpus * self.slots_per_gpu < self.num_experts:
             raise InputError(None, "slots_per_gpu", f"{self.num_gpus} GPUs x {self.slots_per_gpu} slots < "
                              f"{self.num_experts} experts")
@@ -262,44 +265,47 @@ class Rebalancer:
     # ------------------------------------------------------------ candidates
 
     def _routing_candidates(self, loads: np.ndarray | None, serving: Placement) -> list[list[Candidate]]:
-        """Per layer the warm candidates, one per rung of :data:`PENALTY_LADDER` (distinct ones)."""
-        cfg = self.config
+        """Per layer the warm candidates, one per rung of :data:`PENALTY_LADDER` (distinct ones),
+        layers on ``workers`` threads (the searches release the GIL; results do not depend on it)."""
         summary = self.window.summary()
         one_copy = -(-self.num_experts // self.num_gpus)
         problems = build_problems(summary, self.num_nodes, self.gpus_per_node, one_copy)
-        alpha = cfg.alpha if cfg.alpha is not None else DEFAULT_ALPHA.get(self.num_nodes, 2.0)
         window_loads = self.window.loads() if loads is None else loads
-        result = []
-        for layer, (problem, part) in enumerate(zip(problems, summary.layers)):
-            current = serving.phy2log[layer]
-            start_gpu = primary_gpus(current, self.num_experts, self.slots_per_gpu, self.gpus_per_node, one_copy)
-            start_node = start_gpu // self.gpus_per_node
-            spec = anchored_spec(problem, start_node, alpha)
-            before = node_objective(spec, start_node)
-            layer_loads = window_loads[layer]
-            copies = replica_counts(layer_loads, self.num_slots)
-            affinity = part.coactivation.toarray()
-            peak = predicted_peak(current, layer_loads, self.slots_per_gpu)
-            mean = float(problem.loads.sum()) / self.num_experts
-            seen: list[np.ndarray] = []
-            layer_candidates = []
-            node = start_node
-            for rung in PENALTY_LADDER:
-                penalty = rung * cfg.move_penalty * mean
-                if not math.isinf(rung):  # each rung searches on from the stiffer rung's nodes
-                    node = warm_nodes(with_penalty(spec, self.num_experts, penalty), node, cfg.kicks,
-                                      cfg.seed + layer)
-                row = arrange_layer(current, node, start_gpu, layer_loads, copies, affinity, self.gpus_per_node,
-                                    self.slots_per_gpu, one_copy, REPLICA_KEEP * penalty)
-                if any(np.array_equal(row, other) for other in seen):
-                    continue
-                seen.append(row)
-                gain = (_relative_drop(before, node_objective(spec, node))
-                        + _relative_drop(peak, predicted_peak(row, layer_loads, self.slots_per_gpu)))
-                layer_candidates.append(Candidate(row, gain, _moved(current, row, self.slots_per_gpu,
-                                                                    self.num_experts)))
-            result.append(layer_candidates)
-        return result
+
+        def layer_candidates(layer: int) -> list[Candidate]:
+            return self._layer_candidates(layer, problems[layer], summary.layers[layer].coactivation.toarray(),
+                                          serving.phy2log[layer], window_loads[layer], one_copy)
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            return list(pool.map(layer_candidates, range(self.num_layers)))
+
+    def _layer_candidates(self, layer: int, problem: LayerProblem, affinity: np.ndarray, current: np.ndarray,
+                          loads: np.ndarray, one_copy: int) -> list[Candidate]:
+        """One layer's distinct warm candidates, stiffest rung first. affinity: [E, E]
+        co-activation; current: [slots] row in service; loads: [E]."""
+        cfg = self.config
+        alpha = cfg.alpha if cfg.alpha is not None else DEFAULT_ALPHA.get(self.num_nodes, 2.0)
+        start_gpu = primary_gpus(current, self.num_experts, self.slots_per_gpu, self.gpus_per_node, one_copy)
+        start_node = start_gpu // self.gpus_per_node
+        spec = anchored_spec(problem, start_node, alpha)
+        before = node_objective(spec, start_node)
+        copies = replica_counts(loads, self.num_slots)
+        peak = predicted_peak(current, loads, self.slots_per_gpu)
+        mean = float(problem.loads.sum()) / self.num_experts
+        candidates: list[Candidate] = []
+        node = start_node
+        for rung in PENALTY_LADDER:
+            penalty = rung * cfg.move_penalty * mean
+            if not math.isinf(rung):  # each rung searches on from the stiffer rung's nodes
+                node = warm_nodes(with_penalty(spec, self.num_experts, penalty), node, cfg.kicks, cfg.seed + layer)
+            row = arrange_layer(current, node, start_gpu, loads, copies, affinity, self.gpus_per_node,
+                                self.slots_per_gpu, one_copy, REPLICA_KEEP * penalty)
+            if any(np.array_equal(row, other.row) for other in candidates):
+                continue
+            gain = (_relative_drop(before, node_objective(spec, node))
+                    + cfg.peak_weight * _relative_drop(peak, predicted_peak(row, loads, self.slots_per_gpu)))
+            candidates.append(Candidate(row, gain, _moved(current, row, self.slots_per_gpu, self.num_experts)))
+        return candidates
 
     def _load_candidates(self, loads: np.ndarray, serving: Placement, num_groups: int) -> list[list[Candidate]]:
         """Per layer EPLB's row on the loads, relabelled to keep experts in place, with its
