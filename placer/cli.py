@@ -855,17 +855,30 @@ def synth_command(
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
     shard_tokens: Annotated[int | None, typer.Option(help="Write shards of about T tokens (cut at sequence starts).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing shards in OUT.")] = False,
+    phases: Annotated[int, typer.Option(help="A drifting stream: P phases in order, phase p drawn from the "
+                                             "test split with drift p x --drift-step (one .npz).")] = 1,
+    drift_step: Annotated[float, typer.Option(help="Drift added per phase (with --phases).")] = 1.0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Generate a synthetic routing trace calibrated to real traces (see placer/studies/synth.py)."""
     if tokens <= 0:
         raise InputError(None, "--tokens", f"expected a positive count, got {tokens}")
+    if phases < 1:
+        raise InputError(None, "--phases", f"expected >= 1, got {phases}")
     params = synth.load_params(preset)
     started = time.perf_counter()
-    with terminal_progress(quiet) as progress:
-        paths = synth.write_trace(params, tokens, out, seed=seed, split=split.value,
-                                  shard_tokens=shard_tokens, overwrite=overwrite, progress=progress)
+    if phases > 1:
+        if Path(out).suffix != ".npz" or shard_tokens is not None:
+            raise InputError(None, "--phases", "writes one .npz file (no --shard-tokens)")
+        if Path(out).exists() and not overwrite:
+            raise InputError(out, None, "already exists; choose another name or overwrite")
+        save_trace(synth.phased(params, tokens, phases, seed, drift_step), out)
+        paths = [Path(out)]
+    else:
+        with terminal_progress(quiet) as progress:
+            paths = synth.write_trace(params, tokens, out, seed=seed, split=split.value,
+                                      shard_tokens=shard_tokens, overwrite=overwrite, progress=progress)
     seconds = time.perf_counter() - started
     if as_json:
         _print_json({"preset": preset, "params": synth.describe(params), "tokens": tokens, "split": split.value,
