@@ -884,7 +884,8 @@ def synth_command(
         _print_json({"preset": preset, "params": synth.describe(params), "tokens": tokens, "split": split.value,
                      "seed": seed, "files": [str(p) for p in paths], "seconds": seconds})
     else:
-        console.print(f"wrote {tokens:,} {split.value} tokens of {preset} to {out} ({len(paths)} file(s)) "
+        what = f"{phases}-phase" if phases > 1 else split.value
+        console.print(f"wrote {tokens:,} {what} tokens of {preset} to {out} ({len(paths)} file(s)) "
                       f"in {seconds:.1f} s", markup=False, highlight=False)
 
 
