@@ -5,16 +5,21 @@ routing (top-k ids ``[tokens, layers, k]``) into a bounded, decayed window
 (:class:`placer.online.window.RoutingWindow`); :meth:`Rebalancer.rebalance` returns a new
 placement warm-started from the one in service:
 
-* with routing in the window, each layer is re-placed by :mod:`placer.online.warm`
-  (a penalised local search from the nodes in service on the window's nets, replicas kept
-  where still wanted, intra-node swaps for the GPU peak);
+* with routing in the window, each layer gets one warm candidate per rung of
+  :data:`PENALTY_LADDER` (:mod:`placer.online.warm`: a local search from the nodes in service
+  on the window's nets with a migration penalty, replicas re-placed by co-activation with a
+  keep bonus); its predicted gain is the relative drop of the window's node objective plus
+  ``peak_weight`` x the relative drop of the predicted GPU peak;
 * with no routing (loads alone, as the engines pass them), each layer's candidate is
   DeepSeek's EPLB on the loads (:func:`placer.eplb.rebalance_experts`), relabelled by
-  :func:`placer.migration.minimize_moves` so experts that stay on a GPU keep their slot.
+  :func:`placer.migration.minimize_moves` so experts that stay on a GPU keep their slot;
+  its gain is the relative drop of the predicted GPU peak.
 
-Then migration control: a layer whose predicted gain is below ``min_gain`` keeps its slots;
-the others are taken best gain per moved copy first while their moved copies fit
-``move_budget``; every unmoved expert keeps its slot. The returned placement becomes the one
+Then migration control (:func:`_choose`, a greedy multiple-choice knapsack): candidates whose
+gain is below ``min_gain`` are never taken; the others are taken (or upgraded to a candidate
+of higher gain) best extra gain per extra copy moved first, while the copies moved fit
+``move_budget``; a layer with no candidate taken keeps its slots, and every expert that stays
+on its GPU keeps its slot. The returned placement becomes the one
 in service. Every layer of every placement returned holds every expert at least once.
 """
 
