@@ -64,18 +64,19 @@ def moved_weights(current: Placement, proposed: Placement, expert_param_bytes: f
 
 def moved_by_link(current: Placement, proposed: Placement) -> tuple[np.ndarray, np.ndarray]:
     """Copies loaded going from ``current`` to ``proposed`` (as :func:`moved_weights`), split by
-    the link they arrive over: (nvlink [layers], nic [layers]) int64. A copy arrives over NVLink
-    when another GPU of its node holds the expert in ``current``, else over the NIC."""
+    the link they arrive over: (nvlink [layers, gpus], nic [layers, gpus]) int64, per receiving
+    GPU. A copy arrives over NVLink when another GPU of its node holds the expert in
+    ``current``, else over the NIC."""
     _check_same_cluster(current, proposed)
-    nvlink = np.zeros(current.num_layers, dtype=np.int64)
-    nic = np.zeros(current.num_layers, dtype=np.int64)
+    shape = (current.num_layers, current.num_gpus)
+    nvlink, nic = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
     gpn = current.gpus_per_node
     for layer in range(current.num_layers):
         old, new = _gpu_counts(current, layer), _gpu_counts(proposed, layer)
         added = new - np.minimum(old, new)
         on_node = old.reshape(-1, gpn, current.num_experts).sum(axis=1) > 0
-        local = int((added * np.repeat(on_node, gpn, axis=0)).sum())
-        nvlink[layer], nic[layer] = local, int(added.sum()) - local
+        local = (added * np.repeat(on_node, gpn, axis=0)).sum(axis=1)
+        nvlink[layer], nic[layer] = local, added.sum(axis=1) - local
     return nvlink, nic
 
 

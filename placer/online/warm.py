@@ -14,22 +14,25 @@ Three steps, each starting from what is in service:
    the freed primary slots (heaviest first, least loaded GPU); replica copies in service
    are kept while the expert still wants them (copy counts by load per copy, as EPLB and
    :mod:`placer.solvers.replicas`); missing replicas go to the node they are most
-   co-activated with among those lacking the expert, least-loaded GPU; then swaps inside a
-   node lower the predicted GPU peak (load per copy); finally every expert that stays on a
-   GPU keeps its slot (:func:`placer.migration.arrange_slots`).
+   co-activated with among those lacking the expert (a node holding it in service scores a
+   keep bonus), on the least-loaded GPU (load per copy); finally every expert that stays on
+   a GPU keeps its slot (:func:`placer.migration.arrange_slots`).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numba
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from placer.migration import arrange_slots
-from placer.placement import EMPTY
 from placer.solvers.problem import LayerProblem
 from placer.solvers.refine import SearchSpec, evaluate, local_search
 
-__all__ = ["arrange_layer", "node_objective", "predicted_peak", "primary_gpus", "warm_nodes"]
+__all__ = ["anchored_spec", "arrange_layer", "node_objective", "predicted_peak", "primary_gpus", "warm_nodes",
+           "with_penalty"]
 
 
 def primary_gpus(row: np.ndarray, num_experts: int, slots_per_gpu: int, gpus_per_node: int,
@@ -52,16 +55,17 @@ def primary_gpus(row: np.ndarray, num_experts: int, slots_per_gpu: int, gpus_per
     return result
 
 
-def _anchored_spec(problem: LayerProblem, start_node: np.ndarray, penalty: float, alpha: float) -> SearchSpec:
+def anchored_spec(problem: LayerProblem, start_node: np.ndarray, alpha: float) -> SearchSpec:
     """The node stage's search spec plus one anchor vertex per node and one 2-pin net per expert
-    {expert, anchor of its start node} of weight ``penalty`` (see the module docstring)."""
+    {expert, anchor of its start node}, of weight 0 (:func:`with_penalty` sets it; see the
+    module docstring). Vertices: experts 0..E-1, then anchors E..E+N-1."""
     E, N = problem.num_experts, problem.num_nodes
     k = max(2, problem.nets.shape[1])
     nets = np.full((len(problem.nets) + E, k), -1, dtype=np.int32)
     nets[:len(problem.nets), :problem.nets.shape[1]] = problem.nets
     nets[len(problem.nets):, 0] = np.arange(E)
     nets[len(problem.nets):, 1] = E + start_node
-    weights = np.concatenate([problem.weights.astype(np.float64), np.full(E, float(penalty))])
+    weights = np.concatenate([problem.weights.astype(np.float64), np.zeros(E)])
     rows = np.repeat(np.arange(len(nets)), k)
     cols = nets.ravel().astype(np.int64)
     keep = cols >= 0
@@ -76,26 +80,28 @@ def _anchored_spec(problem: LayerProblem, start_node: np.ndarray, penalty: float
                       problem.node_capacity() + 1, np.full(N, np.inf), allowed, float(alpha))
 
 
-def node_objective(problem: LayerProblem, node: np.ndarray, alpha: float) -> tuple[float, float]:
-    """(cut + alpha x peak node touch, cut) of ``node`` [experts] on the problem's nets."""
-    spec = SearchSpec(*problem.incidence(), problem.nets, problem.weights.astype(np.float64),
-                      problem.loads.astype(np.float64), problem.node_capacity(),
-                      np.full(problem.num_nodes, np.inf), np.ones((problem.num_experts, problem.num_nodes), bool),
-                      float(alpha))
-    value, cut, _ = evaluate(spec, node)
-    return value, cut
+def with_penalty(spec: SearchSpec, num_experts: int, penalty: float) -> SearchSpec:
+    """``spec`` (:func:`anchored_spec`) with the anchor nets weighing ``penalty`` each."""
+    weights = spec.weights.copy()
+    weights[len(weights) - num_experts:] = penalty
+    return replace(spec, weights=weights)
 
 
-def warm_nodes(problem: LayerProblem, start_node: np.ndarray, penalty: float, alpha: float, kicks: int,
-               seed: int) -> np.ndarray:
-    """Node of every expert [experts] after the penalised local search from ``start_node``
-    [experts] (never worse than the start on the penalised objective)."""
-    if problem.num_nodes == 1 or not len(problem.nets):
+def node_objective(spec: SearchSpec, node: np.ndarray) -> float:
+    """cut + alpha x peak node touch of ``node`` [experts] on an :func:`anchored_spec` with
+    weightless anchors (the node stage's objective on the window's nets)."""
+    anchors = np.arange(len(spec.slot_cap))
+    return evaluate(spec, np.concatenate([node, anchors]))[0]
+
+
+def warm_nodes(spec: SearchSpec, start_node: np.ndarray, kicks: int, seed: int) -> np.ndarray:
+    """Node of every expert [experts] after the local search from ``start_node`` [experts] on a
+    penalised :func:`anchored_spec` (never worse than the start on the penalised objective)."""
+    nodes = len(spec.slot_cap)
+    if nodes == 1 or len(spec.nets) == len(start_node):
         return start_node.copy()
-    spec = _anchored_spec(problem, start_node, penalty, alpha)
-    start = np.concatenate([start_node, np.arange(problem.num_nodes)])
-    part, _ = local_search(spec, start, seed=seed, kicks=kicks)
-    return part[:problem.num_experts].astype(np.int64)
+    part, _ = local_search(spec, np.concatenate([start_node, np.arange(nodes)]), seed=seed, kicks=kicks)
+    return part[:len(start_node)].astype(np.int64)
 
 
 def predicted_peak(row: np.ndarray, loads: np.ndarray, slots_per_gpu: int) -> float:
@@ -127,12 +133,14 @@ def _primaries(node: np.ndarray, start_gpu: np.ndarray, loads: np.ndarray, gpus_
 
 def arrange_layer(current: np.ndarray, node: np.ndarray, start_gpu: np.ndarray, loads: np.ndarray,
                   copies: np.ndarray, affinity: np.ndarray, gpus_per_node: int, slots_per_gpu: int,
-                  one_copy_slots: int, balance_rounds: int) -> np.ndarray:
+                  one_copy_slots: int, keep_bonus: float) -> np.ndarray:
     """One layer's new slots row [gpus * slots] (see the module docstring, step 3).
 
     current: [gpus * slots] row in service; node: [E] new node of each primary; start_gpu:
     [E] GPU of each primary in service (:func:`primary_gpus`); loads: [E]; copies: [E]
-    copies wanted (each >= 1, summing to at most the slots); affinity: [E, E] co-activation.
+    copies wanted (each >= 1, summing to at most the slots); affinity: [E, E] co-activation;
+    keep_bonus: score (co-activation units) a replica gains by staying on a node that holds
+    it in service (inf: replicas stay wherever they can).
     """
     num_slots = len(current)
     gpus = num_slots // slots_per_gpu
@@ -141,91 +149,76 @@ def arrange_layer(current: np.ndarray, node: np.ndarray, start_gpu: np.ndarray, 
     if len(node) and int(node.max()) >= num_nodes:
         raise ValueError("node ids exceed the cluster")
     primary = _primaries(node, start_gpu, loads, gpus_per_node, one_copy_slots, gpus)
-    held: list[list[int]] = [[] for _ in range(gpus)]
-    for e in np.argsort(primary, kind="stable"):
-        held[primary[e]].append(int(e))
-    have = np.ones(E, dtype=np.int64)
     per_copy = loads / copies
-    # replicas in service, hottest per copy first, kept while wanted and room remains
-    slots = np.flatnonzero(current >= 0)
-    for slot in sorted(slots, key=lambda s: (-per_copy[current[s]], s)):
-        e, g = int(current[slot]), slot // slots_per_gpu
-        if have[e] < copies[e] and e not in held[g] and len(held[g]) < slots_per_gpu:
-            held[g].append(e)
-            have[e] += 1
-    gpu_load = np.array([per_copy[h].sum() if h else 0.0 for h in held])
-    on_node = np.zeros((num_nodes, E), dtype=bool)
-    for g, members in enumerate(held):
-        on_node[g // gpus_per_node, members] = True
-    for e in sorted(np.flatnonzero(have < copies), key=lambda e: (-per_copy[e], e)):
-        for _ in range(int(copies[e] - have[e])):
-            g = _replica_gpu(e, held, on_node, affinity, gpu_load, gpus_per_node, slots_per_gpu)
-            if g < 0:
-                break
-            held[g].append(int(e))
-            gpu_load[g] += per_copy[e]
-            on_node[g // gpus_per_node, e] = True
-            have[e] += 1
-    _balance(held, gpu_load, per_copy, gpus_per_node, slots_per_gpu, balance_rounds)
-    row = np.full(num_slots, EMPTY, dtype=np.int64)
-    for g, members in enumerate(held):
+    holds = np.zeros((gpus, E), dtype=np.bool_)
+    holds[primary, np.arange(E)] = True
+    in_service = np.zeros((gpus, E), dtype=np.bool_)
+    filled = np.flatnonzero(current >= 0)
+    in_service[filled // slots_per_gpu, current[filled]] = True
+    bonus = (in_service.reshape(num_nodes, gpus_per_node, E).any(axis=1)
+             * (1e30 if np.isinf(keep_bonus) else keep_bonus))
+    score = _node_scores(np.ascontiguousarray(affinity, dtype=np.float64), primary // gpus_per_node, bonus)
+    extra = copies - 1
+    replicas = np.repeat(np.lexsort((np.arange(E), -per_copy)), extra[np.lexsort((np.arange(E), -per_copy))])
+    _place_replicas(replicas.astype(np.int64), holds, np.bincount(primary, minlength=gpus).astype(np.int64),
+                    np.bincount(primary, weights=per_copy, minlength=gpus), per_copy, score, in_service,
+                    np.ascontiguousarray(affinity, dtype=np.float64), gpus_per_node, slots_per_gpu)
+    row = current.copy()
+    for g in np.flatnonzero((holds != in_service).any(axis=1)):
         span = slice(g * slots_per_gpu, (g + 1) * slots_per_gpu)
-        row[span] = arrange_slots(members, current[span], slots_per_gpu)
+        row[span] = arrange_slots(np.flatnonzero(holds[g]).tolist(), current[span], slots_per_gpu)
     return row
 
 
-def _replica_gpu(e: int, held: list[list[int]], on_node: np.ndarray, affinity: np.ndarray,
-                 gpu_load: np.ndarray, gpus_per_node: int, slots_per_gpu: int) -> int:
-    """GPU for a new copy of ``e``: a node lacking it, most co-activated with it (else any node),
-    then its least-loaded GPU with a free slot and without ``e``; -1 when none fits."""
-    open_gpus = np.array([g for g, members in enumerate(held) if len(members) < slots_per_gpu and e not in members],
-                         dtype=np.int64)
-    if not len(open_gpus):
-        return -1
-    nodes = np.unique(open_gpus // gpus_per_node)
-    fresh = nodes[~on_node[nodes, e]]
-    if len(fresh):
-        score = on_node[fresh].astype(np.float64) @ affinity[e]
-        node = int(fresh[np.argmax(score)])
-    else:
-        node_load = np.array([gpu_load[n * gpus_per_node:(n + 1) * gpus_per_node].sum() for n in nodes])
-        node = int(nodes[np.argmin(node_load)])
-    local = open_gpus[open_gpus // gpus_per_node == node]
-    return int(local[np.argmin(gpu_load[local])])
+@numba.njit(cache=True, nogil=True)
+def _node_scores(affinity, node, bonus):  # pragma: no cover - jitted
+    """[nodes, E] co-activation of each expert with the experts of each node (node [E]) plus
+    bonus [nodes, E]; one pass over affinity [E, E] (no BLAS)."""
+    score = bonus.astype(np.float64)
+    for x in range(affinity.shape[0]):
+        for j in range(affinity.shape[1]):
+            score[node[j], x] += affinity[x, j]
+    return score
 
 
-def _balance(held: list[list[int]], gpu_load: np.ndarray, per_copy: np.ndarray, gpus_per_node: int,
-             slots_per_gpu: int, rounds: int) -> None:
-    """Swap (or move) copies between GPUs of one node while that lowers the busiest GPU's
-    predicted load: each round takes the busiest GPU and the best exchange with another GPU of
-    its node (never two copies of an expert on one GPU). In place."""
-    for _ in range(rounds):
-        g = int(np.argmax(gpu_load))
-        first = g // gpus_per_node * gpus_per_node
-        best = (gpu_load[g], -1, -1, -1)
-        for h in range(first, first + gpus_per_node):
-            if h == g:
+@numba.njit(cache=True, nogil=True)
+def _place_replicas(replicas, holds, fill, gpu_load, per_copy, score, was_here, affinity, gpus_per_node,
+                    slots_per_gpu):  # pragma: no cover - jitted
+    """Place one copy of each of ``replicas`` [r] (experts, in order) in place: on the node with
+    a GPU that has a free slot and lacks the expert, preferring nodes lacking it, then the
+    highest score [nodes, E]; there a GPU that held it in service (``was_here`` [gpus, E]),
+    else the least-loaded (ties: lower id). holds [gpus, E], fill [gpus], gpu_load [gpus] and
+    score (a node's row grows by the expert's co-activations) are updated."""
+    gpus = holds.shape[0]
+    nodes = gpus // gpus_per_node
+    for i in range(replicas.shape[0]):
+        e = replicas[i]
+        best, best_fresh, best_score = -1, False, 0.0
+        for n in range(nodes):
+            room, fresh = False, True
+            for g in range(n * gpus_per_node, (n + 1) * gpus_per_node):
+                if holds[g, e]:
+                    fresh = False
+                elif fill[g] < slots_per_gpu:
+                    room = True
+            if not room:
                 continue
-            for i, a in enumerate(held[g]):
-                if a in held[h]:
-                    continue
-                options = [(j, b) for j, b in enumerate(held[h]) if b not in held[g]]
-                if len(held[h]) < slots_per_gpu:
-                    options.append((-1, -1))
-                for j, b in options:
-                    moved = per_copy[a] - (per_copy[b] if b >= 0 else 0.0)
-                    worst = max(gpu_load[g] - moved, gpu_load[h] + moved)
-                    if worst < best[0] - 1e-9:
-                        best = (worst, h, i, j)
-        _, h, i, j = best
-        if h < 0:
-            return
-        a = held[g].pop(i)
-        moved = per_copy[a]
-        if j >= 0:
-            b = held[h].pop(j)
-            held[g].append(b)
-            moved -= per_copy[b]
-        held[h].append(a)
-        gpu_load[g] -= moved
-        gpu_load[h] += moved
+            if best < 0 or (fresh and not best_fresh) or (fresh == best_fresh and score[n, e] > best_score):
+                best, best_fresh, best_score = n, fresh, score[n, e]
+        if best < 0:
+            continue
+        chosen = -1
+        for g in range(best * gpus_per_node, (best + 1) * gpus_per_node):
+            if holds[g, e] or fill[g] >= slots_per_gpu:
+                continue
+            if was_here[g, e]:
+                chosen = g
+                break
+            if chosen < 0 or gpu_load[g] < gpu_load[chosen]:
+                chosen = g
+        holds[chosen, e] = True
+        fill[chosen] += 1
+        gpu_load[chosen] += per_copy[e]
+        if best_fresh:
+            for x in range(score.shape[1]):
+                score[best, x] += affinity[x, e]

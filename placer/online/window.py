@@ -6,7 +6,8 @@ matrix ``[E, E]`` and at most ``max_nets`` distinct top-k sets with their counts
 priority sampling (the capped merge of :mod:`placer.graph`). Each batch is summarised in
 pieces of at most ``chunk_tokens`` tokens (:func:`placer.graph.summarize_chunk`); before a
 piece of ``n`` tokens is merged the window's counts are multiplied by ``0.5 ** (n /
-half_life_tokens)``.
+half_life_tokens)``: a piece is folded at one instant (its tokens share one weight), so the
+window is exact for any batching up to the decay within a piece.
 
 Why exponential decay rather than a sliding window: one summary per layer instead of one per
 bucket (memory does not grow with the window's reach), the age of a token is measured in
