@@ -41,6 +41,7 @@ from placer.dispatch import RULES
 from placer.errors import InfeasibleError, InputError
 from placer.evaluation import calc
 from placer.evaluation.replay import DISPATCH_MODES, SOURCES, ReplayReport
+from placer.evaluation.timeline import POLICIES, replay_timeline
 from placer.formats import placement_io
 from placer.formats.engines import OUTPUT_FORMATS, write_output
 from placer.formats.esft import ESFT_TASKS, import_esft
@@ -57,6 +58,7 @@ from placer.formats.importers import (
 )
 from placer.formats.layers import counts_layer_note, recorded_layer_ids
 from placer.inputs import input_path
+from placer.online import RebalanceConfig
 from placer.parallel import is_ctrl_c
 from placer.placement import BASELINES, Placement
 from placer.presentation import REPORT_FORMATS
@@ -68,6 +70,7 @@ from placer.presentation.render import (
     sweep_notes,
     sweep_table,
     verdict,
+    timeline_tables,
 )
 from placer.progress import ProgressFn, terminal_progress
 from placer.request import METHODS, PlacementProblem, SolverSettings
@@ -548,8 +551,7 @@ def sweep_command(
     facts = {**result.to_dict(), "trace": trace, "eval_trace": eval_trace}
     written = []
     if out is not None:
-        write_text_atomic(targets[1], json.dumps(finite_json(facts), indent=2, allow_nan=False) + "
-")
+        write_text_atomic(targets[1], json.dumps(finite_json(facts), indent=2, allow_nan=False) + "\n")
         written.append(str(targets[1]))
         if plots is not None:
             _write_sweep_png(plots, result, targets[2])
@@ -765,6 +767,82 @@ def import_trtllm_command(
     _write_imported(read_trtllm(directory, _import_model(model), slots), out, [directory], as_json)
 
 
+Policy = _choices("Policy", POLICIES)
+
+
+def _stream(path: str, quiet: bool) -> Trace:
+    """A time-ordered trace in memory: a native .npz trace, or an ESFT root directory (its four
+    tasks concatenated in order, sequences in order)."""
+    given = Path(path)
+    if given.is_dir() and any((given / task).is_dir() for task in ESFT_TASKS):
+        with terminal_progress(quiet) as progress:
+            return import_esft(given, progress=progress)
+    source = workflow.open_trace(path)
+    return source.load() if isinstance(source, TraceSource) else source
+
+
+@app.command("replay")
+def replay_command(
+    trace: Annotated[str, typer.Option(help="Time-ordered trace (.npz or shards) or an ESFT root directory.")],
+    window: Annotated[int, typer.Option(help="Tokens per window: each window is served by the placement "
+                                             "decided from the windows before it.")] = 4000,
+    slots_per_gpu: Annotated[int, typer.Option("--slots-per-gpu", help="Expert slots per GPU (spare slots "
+                                                                       "hold replicas).")] = 2,
+    policy: Annotated[list[Policy] | None, typer.Option(help="Policies to compare (repeat; default all).")] = None,
+    topology: TopologyOpt = "h100-dgx",
+    nodes: NodesOpt = None,
+    gpus_per_node: GpnOpt = None,
+    model: ModelOpt = None,
+    dispatch: DispatchOpt = Dispatch.normal,
+    rule: RuleOpt = Rule.nearest,
+    solver: Annotated[SolverChoice, typer.Option(help="Solver of the fresh solves (static, naive, oracle).")]
+    = SolverChoice.spectral,
+    time_limit: Annotated[float, typer.Option(help="Seconds per fresh solve.")] = 60.0,
+    seed: Annotated[int, typer.Option(help="Seed of the solves and the rebalancer.")] = 0,
+    half_life: Annotated[float | None, typer.Option(help="Rebalancer window half-life in tokens.")] = None,
+    move_budget: Annotated[float | None, typer.Option(help="Rebalancer: share of slots movable per "
+                                                           "rebalance.")] = None,
+    min_gain: Annotated[float | None, typer.Option(help="Rebalancer: least predicted gain worth moving "
+                                                        "a layer.")] = None,
+    plot: Annotated[str | None, typer.Option(help="Write the timeline figure to this PNG (needs "
+                                                  "placer[plots]).")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Timeline replay: policies side by side over a time-ordered trace cut into windows."""
+    if solver.value not in ("auto", "spectral", "ilp"):
+        raise InputError(None, "--solver", f"expected auto, spectral or ilp, got {solver.value}")
+    overrides = {name: value for name, value in (("half_life_tokens", half_life), ("move_budget", move_budget),
+                                                 ("min_gain", min_gain)) if value is not None}
+    flags = {"half_life_tokens": "--half-life", "move_budget": "--move-budget", "min_gain": "--min-gain"}
+    try:
+        config = replace(RebalanceConfig(), **overrides)
+    except InputError as err:
+        raise InputError(None, flags.get(err.field or "", err.field), err.message) from None
+    stream = _stream(trace, quiet)
+    topo = _topology(topology, nodes, gpus_per_node)
+    mdl = workflow.match_model(model, stream.num_experts, stream.top_k)
+    policies = [p.value for p in policy] if policy else list(POLICIES)
+    with terminal_progress(quiet) as progress:
+        result = replay_timeline(stream, topo, mdl, window_tokens=window, slots_per_gpu=slots_per_gpu,
+                                 policies=policies, config=config, rule=rule.value, dispatch=dispatch.value,
+                                 solver=solver.value, time_limit=time_limit, seed=seed, progress=progress)
+    if plot is not None:
+        from placer.presentation import plots
+
+        with atomic_output(plot) as target:
+            plots.save_png(plots.timeline(result, title=f"{Path(trace).name}: policies over time"), target)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    console.print(_title(trace, stream, topo, mdl, f" | {slots_per_gpu} slots/GPU, rule {rule.value}"),
+                  markup=False, highlight=False)
+    for table in timeline_tables(result):
+        console.print(table)
+
+
+
+
 @app.command("synth")
 def synth_command(
     preset: Annotated[str, typer.Option(help="esft, deepseek-v3, kimi-k2, qwen3-235b, seed001, or a .toml with [synth].")],
@@ -774,23 +852,37 @@ def synth_command(
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
     shard_tokens: Annotated[int | None, typer.Option(help="Write shards of about T tokens (cut at sequence starts).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing shards in OUT.")] = False,
+    phases: Annotated[int, typer.Option(help="A drifting stream: P phases in order, phase p drawn from the "
+                                             "test split with drift p x --drift-step (one .npz).")] = 1,
+    drift_step: Annotated[float, typer.Option(help="Drift added per phase (with --phases).")] = 1.0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Generate a synthetic routing trace calibrated to real traces (see placer/studies/synth.py)."""
     if tokens <= 0:
         raise InputError(None, "--tokens", f"expected a positive count, got {tokens}")
+    if phases < 1:
+        raise InputError(None, "--phases", f"expected >= 1, got {phases}")
     params = synth.load_params(preset)
     started = time.perf_counter()
-    with terminal_progress(quiet) as progress:
-        paths = synth.write_trace(params, tokens, out, seed=seed, split=split.value,
-                                  shard_tokens=shard_tokens, overwrite=overwrite, progress=progress)
+    if phases > 1:
+        if Path(out).suffix != ".npz" or shard_tokens is not None:
+            raise InputError(None, "--phases", "writes one .npz file (no --shard-tokens)")
+        if Path(out).exists() and not overwrite:
+            raise InputError(out, None, "already exists; choose another name or overwrite")
+        save_trace(synth.phased(params, tokens, phases, seed, drift_step), out)
+        paths = [Path(out)]
+    else:
+        with terminal_progress(quiet) as progress:
+            paths = synth.write_trace(params, tokens, out, seed=seed, split=split.value,
+                                      shard_tokens=shard_tokens, overwrite=overwrite, progress=progress)
     seconds = time.perf_counter() - started
     if as_json:
         _print_json({"preset": preset, "params": synth.describe(params), "tokens": tokens, "split": split.value,
                      "seed": seed, "files": [str(p) for p in paths], "seconds": seconds})
     else:
-        console.print(f"wrote {tokens:,} {split.value} tokens of {preset} to {out} ({len(paths)} file(s)) "
+        what = f"{phases}-phase" if phases > 1 else split.value
+        console.print(f"wrote {tokens:,} {what} tokens of {preset} to {out} ({len(paths)} file(s)) "
                       f"in {seconds:.1f} s", markup=False, highlight=False)
 
 

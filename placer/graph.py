@@ -289,14 +289,31 @@ class LayerSummary:
             coactivation=self.coactivation,
             sets=np.take(self.sets, keep, axis=0),
             set_counts=counts,
-            dropped_weight=self.dropped_weight + int(self.set_counts.sum() - counts.sum()),
+            dropped_weight=self.dropped_weight + (self.set_counts.sum() - counts.sum()).item(),
             threshold=max(self.threshold, float(priority[dropped].max())),
         )
 
     def net_weights(self) -> np.ndarray:
         """[n] int64 tokens each kept set stands for: its count, or for a set kept by a cap at
-        random, the cap's threshold if larger (so light kept sets represent the dropped ones)."""
+        random, the cap's threshold if larger (so light kept sets represent the dropped ones);
+        float64 for a :meth:`scaled` summary."""
+        if self.set_counts.dtype.kind == "f":
+            return np.maximum(self.set_counts, self.threshold)
         return np.maximum(self.set_counts, np.int64(round(self.threshold)))
+
+    def scaled(self, factor: float) -> LayerSummary:
+        """This summary with every count (loads, co-activation, set counts, dropped weight and
+        threshold) multiplied by ``factor``, as float64: an exponentially decayed window
+        (:mod:`placer.online.window`). Priorities keep their order, so a capped merge of a
+        scaled summary is the priority sample of the decayed counts."""
+        return LayerSummary(
+            loads=self.loads * float(factor),
+            coactivation=(self.coactivation * float(factor)).tocsr(),
+            sets=self.sets,
+            set_counts=self.set_counts * float(factor),
+            dropped_weight=float(self.dropped_weight) * factor,
+            threshold=self.threshold * factor,
+        )
 
     def hypergraph(self, max_nets: int | None = None) -> Hypergraph:
         """The layer's hypergraph, keeping only the ``max_nets`` heaviest nets if given

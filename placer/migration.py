@@ -7,13 +7,14 @@ slots_per_gpu]``, -1 = empty slot, slot ``p`` on GPU ``p // slots_per_gpu``).
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 
 from placer.checks import check_real, check_type
 from placer.errors import InputError
 from placer.placement import EMPTY, Placement
 
-__all__ = ["minimize_moves", "moved_weights"]
+__all__ = ["arrange_slots", "minimize_moves", "moved_by_link", "moved_weights"]
 
 
 def _gpu_counts(placement: Placement, layer: int) -> np.ndarray:
@@ -23,6 +24,11 @@ def _gpu_counts(placement: Placement, layer: int) -> np.ndarray:
     counts = np.zeros((placement.num_gpus, placement.num_experts), dtype=np.int64)
     np.add.at(counts, (held // placement.slots_per_gpu, row[held]), 1)
     return counts
+
+
+def _held(counts: np.ndarray, k: int) -> sp.csr_matrix:
+    """Which GPU holds at least k copies of which expert: sparse [gpus, experts] float64."""
+    return sp.csr_matrix((counts >= k).astype(np.float64))
 
 
 def _check_same_cluster(current: Placement, proposed: Placement) -> None:
@@ -60,6 +66,24 @@ def moved_weights(current: Placement, proposed: Placement, expert_param_bytes: f
     }
 
 
+def moved_by_link(current: Placement, proposed: Placement) -> tuple[np.ndarray, np.ndarray]:
+    """Copies loaded going from ``current`` to ``proposed`` (as :func:`moved_weights`), split by
+    the link they arrive over: (nvlink [layers, gpus], nic [layers, gpus]) int64, per receiving
+    GPU. A copy arrives over NVLink when another GPU of its node holds the expert in
+    ``current``, else over the NIC."""
+    _check_same_cluster(current, proposed)
+    shape = (current.num_layers, current.num_gpus)
+    nvlink, nic = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+    gpn = current.gpus_per_node
+    for layer in range(current.num_layers):
+        old, new = _gpu_counts(current, layer), _gpu_counts(proposed, layer)
+        added = new - np.minimum(old, new)
+        on_node = old.reshape(-1, gpn, current.num_experts).sum(axis=1) > 0
+        local = (added * np.repeat(on_node, gpn, axis=0)).sum(axis=1)
+        nvlink[layer], nic[layer] = local, added.sum(axis=1) - local
+    return nvlink, nic
+
+
 def _relabel_gpus(overlap: np.ndarray, gpus_per_node: int) -> np.ndarray:
     """Best node permutation plus GPU permutations within nodes.
 
@@ -82,7 +106,7 @@ def _relabel_gpus(overlap: np.ndarray, gpus_per_node: int) -> np.ndarray:
     return label
 
 
-def _arrange(wanted: np.ndarray, here: np.ndarray, slots: int) -> np.ndarray:
+def arrange_slots(wanted: np.ndarray, here: np.ndarray, slots: int) -> np.ndarray:
     """One GPU's slots: ``wanted`` experts, each one already in ``here`` kept at its slot.
 
     wanted: experts of the proposed GPU in slot order; here: [current slots]
@@ -128,14 +152,15 @@ def minimize_moves(current: Placement, proposed: Placement) -> Placement:
         old, new = _gpu_counts(current, layer), _gpu_counts(proposed, layer)
         # kept[g, h]: copies proposed GPU h keeps if it becomes GPU g (sum_e min(old[g,e], new[h,e]));
         # the identity bonus (< one copy in total) breaks ties towards unchanged GPU ids.
+        # sparse products: a GPU holds a few experts (dense ones took most of the time at 256 GPUs)
         kept = sum(
-            (old >= k).astype(np.float64) @ (new >= k).astype(np.float64).T
+            (_held(old, k) @ _held(new, k).T).toarray()
             for k in range(1, int(min(old.max(), new.max())) + 1)
         )
         label = _relabel_gpus(np.rint(kept) * (gpus + 1) + np.eye(gpus) + dead_penalty, gpn)
         for gpu, target in enumerate(label):
             wanted = proposed.phy2log[layer, gpu * new_slots : (gpu + 1) * new_slots]
             here = current.phy2log[layer, target * old_slots : (target + 1) * old_slots]
-            arranged = _arrange(wanted[wanted >= 0], here, new_slots)
+            arranged = arrange_slots(wanted[wanted >= 0], here, new_slots)
             result[layer, target * new_slots : (target + 1) * new_slots] = arranged
     return Placement(result, proposed.num_experts, gpn, new_slots, dict(proposed.metadata))

@@ -206,9 +206,13 @@ def count_traffic(
     max_nodes: int | None = None,
     rule: str = "nearest",
     progress: ProgressFn | None = None,
+    token_offset: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Per-layer counters of a replay, accumulated chunk by chunk: name -> [layers, ...]."""
-    chunks = trace.chunks() if isinstance(trace, TraceSource) else [TraceChunk(trace, 0, 0)]
+    """Per-layer counters of a replay, accumulated chunk by chunk: name -> [layers, ...].
+
+    token_offset: position of an in-memory trace's first token in a longer stream (its token
+    t then starts on GPU (token_offset + t) mod P; :mod:`placer.evaluation.timeline`)."""
+    chunks = trace.chunks() if isinstance(trace, TraceSource) else [TraceChunk(trace, token_offset, 0)]
     steps = trace.num_layers * chunk_count(trace)
     dispatcher = Dispatcher(placement, rule)
     totals: dict[str, np.ndarray] = {}
@@ -352,12 +356,15 @@ def evaluate(
     max_nodes: int | None = None,
     rule: str = "nearest",
     progress: ProgressFn | None = None,
+    token_offset: int = 0,
 ) -> ReplayReport:
     """Replay ``trace`` against ``placement`` on ``topology``.
 
     Token counts need no model; bytes and times are reported when ``model`` is given.
     rule: which replica serves a pair when experts are replicated (see :mod:`placer.dispatch`).
     progress: reports (chunk, layer) steps replayed (:mod:`placer.progress`).
+    token_offset: position of an in-memory trace's first token in a longer stream (token source
+    ``(token_offset + t) mod P``).
     """
     if source not in SOURCES:
         raise InputError(None, "source", f"expected one of {', '.join(SOURCES)}, got {source!r}")
@@ -370,7 +377,7 @@ def evaluate(
         check_count(max_nodes, "max_nodes", 1, MAX_NODES)
     counts = count_traffic(
         trace, placement, topology, source=source, dispatch=dispatch, max_nodes=max_nodes, rule=rule,
-        progress=progress,
+        progress=progress, token_offset=token_offset,
     )
     per_layer, totals = summarize(counts, topology, model, dispatch, max_nodes, placement.live_gpus())
     config = {

@@ -53,6 +53,7 @@ __all__ = [
     "placement_colours",
     "save_png",
     "short",
+    "timeline",
     "tradeoff",
     "within_block_share",
 ]
@@ -727,4 +728,45 @@ def network_cliff(sweep: Mapping, reference: Mapping[int, Mapping[str, float]] |
                  f"per step, {sweep['routing']} routing, {step['dispatch']} dispatch")
     handles, labels = traffic.get_legend_handles_labels()
     figure_legend(fig, handles, labels, max_columns=3)
+    return fig
+
+
+_TIMELINE_PANELS = (
+    ("internode_copies", "inter-node copies", "tokens"),
+    ("gpu_peak", "GPU peak pairs", "tokens"),
+    ("experts_moved", "copies moved", "count"),
+    ("all_to_all_s", "a2a + migration s", "seconds"),
+)
+
+
+@_styled
+def timeline(result, *, title: str | None = None) -> Figure:
+    """Policies over time (a :class:`placer.evaluation.timeline.Timeline`): inter-node copies,
+    GPU peak, expert copies moved into each window, and all-to-all time plus migration
+    (when the replay had a model), one line per policy; window 0 (contiguous) is shaded."""
+    panels = [p for p in _TIMELINE_PANELS
+              if p[0] != "all_to_all_s" or not np.isnan(result.series(next(iter(result.per_window)), p[0])).any()]
+    fig = new_figure(9.0, 2.4 * len(panels))
+    axes = fig.subplots(len(panels), 1, sharex=True)
+    colours = dict(zip(result.per_window, _PLACEMENT_COLOURS * 2))
+    windows = len(result.windows)
+    for ax, (name, label, kind) in zip(np.atleast_1d(axes), panels):
+        series = {policy: result.series(policy, name) for policy in result.per_window}
+        if name == "all_to_all_s":
+            series = {policy: values + np.nan_to_num(result.series(policy, "migration_s"))
+                      for policy, values in series.items()}
+        divisor, unit = _scale(np.concatenate(list(series.values())), kind)
+        for policy, values in series.items():
+            ax.plot(np.arange(windows), values / divisor, marker="o", markersize=3, linewidth=1.3,
+                    color=colours[policy], label=policy)
+        ax.axvspan(-0.5, 0.5, color="#dddddd", alpha=0.6, linewidth=0)
+        ax.set_ylabel(label + (f"\n({unit})" if unit and kind != "seconds" else ""))
+        ax.grid(alpha=0.3)
+    last = np.atleast_1d(axes)[-1]
+    _index_ticks(last.xaxis, windows)
+    last.set_xlim(-0.5, windows - 0.5)
+    last.set_xlabel(f"window ({result.config.get('window_tokens', '?')} tokens; 0 = contiguous, not counted)")
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    figure_legend(fig, handles, labels)
+    fig.suptitle(title or "Placement policies over time")
     return fig

@@ -367,3 +367,41 @@ def calc_figures(volume: AllToAllVolume) -> Figures:
     title = (f"{v.model} at EP {v.ep_size} ({v.nodes} nodes x {v.gpus_per_node} GPUs), "
              f"{v.tokens_per_gpu:,} tokens per GPU, uniform routing; per GPU, per MoE layer, one way")
     return Figures("", measures, rows, title, notes=tuple(notes))
+
+
+# ---------------------------------------------------------------- timeline
+
+
+def timeline_tables(result) -> list[Table]:
+    """A timeline replay (:class:`placer.evaluation.timeline.Timeline`) as two tables that fit
+    80 columns: totals per policy over the counted windows (ratios against ``static`` when it
+    ran), then inter-node copies per window and policy (thousands)."""
+    totals = result.totals
+    static = totals.get("static")
+    summary = Table(title=f"totals over windows 1..{len(result.windows) - 1} ({result.config['window_tokens']:,} "
+                          "tokens each; window 0 contiguous, not counted). inter/NIC/GPU: inter-node "
+                          "copies, NIC peak, GPU peak (thousands); moved: expert copies per rebalance "
+                          "(NIC mv: over the NIC); a2a+mig: seconds; b-even: serving steps to repay "
+                          "migration vs static", title_justify="left", box=box.SIMPLE_HEAD)
+    for name in ("policy", "inter", "x stat", "NIC", "GPU", "moved", "NIC mv", "a2a+mig", "b-even"):
+        summary.add_column(name, justify="left" if name == "policy" else "right")
+    for policy, t in totals.items():
+        a2a = t.get("a2a_plus_migration_s")
+        even = t.get("break_even_steps")
+        summary.add_row(
+            policy, f"{t['internode_copies'] / 1e3:,.1f}",
+            "-" if static is None else _ratio(t["internode_copies"], static["internode_copies"]),
+            f"{t['nic_peak'] / 1e3:,.1f}", f"{t['gpu_peak'] / 1e3:,.1f}", f"{t['moves_per_rebalance']:,.0f}",
+            f"{t['nic_moves'] / (len(result.windows) - 1):,.0f}", "-" if a2a is None else f"{a2a:.4f}",
+            "-" if even is None else ("never" if even == float("inf") else f"{even:,.1f}"),
+        )
+    windows = Table(title="inter-node copies per window (thousands; * = contiguous)", title_justify="left",
+                    box=box.SIMPLE_HEAD)
+    windows.add_column("window", justify="right")
+    windows.add_column("tokens", justify="right")
+    for policy in result.per_window:
+        windows.add_column(policy, justify="right")
+    for index, (lo, hi) in enumerate(result.windows):
+        windows.add_row(str(index) + ("*" if index == 0 else ""), f"{hi - lo:,}",
+                        *(f"{rows[index]['internode_copies'] / 1e3:,.1f}" for rows in result.per_window.values()))
+    return [summary, windows]

@@ -478,7 +478,7 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
     return cut, cur, tok
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _ils(part0, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alpha, M,
          unc_allowed, big, seed, kicks, kick_size):
     np.random.seed(seed)

@@ -918,6 +918,26 @@ def _swap_in(staging: Path, out: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def phased(params: SynthParams, tokens: int, phases: int, seed: int = 0, drift_step: float = 1.0) -> Trace:
+    """A time-ordered stream with phase changes: ``tokens`` split into ``phases`` equal runs
+    (the first ones one token longer when they do not divide); phase 0 is the train split,
+    phase p >= 1 the test split of ``params`` with ``drift = p * drift_step`` (topic weights
+    and expert popularity moved p steps along one direction; the co-activation clusters stay),
+    each drawn from its own token positions (no phase repeats another's tokens). Sequence
+    lengths are kept per phase. Raises InputError on bad counts."""
+    _check(isinstance(phases, (int, np.integer)) and phases >= 1, "phases", f"expected >= 1, got {phases}")
+    _check(isinstance(tokens, (int, np.integer)) and tokens >= phases, "tokens",
+           f"expected at least one token per phase ({phases}), got {tokens}")
+    _check(math.isfinite(drift_step) and drift_step >= 0, "drift_step", f"expected >= 0, got {drift_step}")
+    sizes = [tokens // phases + (p < tokens % phases) for p in range(phases)]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
+    parts = [generate(params if p == 0 else replace(params, drift=p * drift_step), size, seed,
+                      "train" if p == 0 else "test", start)
+             for p, (size, start) in enumerate(zip(sizes, starts))]
+    return Trace(topk_ids=np.concatenate([t.topk_ids for t in parts]), num_experts=params.num_experts,
+                 seq_lens=np.concatenate([t.seq_lens for t in parts]))
+
+
 def write_trace(params: SynthParams, tokens: int, out: str | Path, seed: int = 0, split: str = "train",
                 shard_tokens: int | None = None, overwrite: bool = False,
                 progress: ProgressFn | None = None) -> list[Path]:
