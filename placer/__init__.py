@@ -8,9 +8,10 @@ Data flows one way, and each layer imports only from the layers before it
 2. data: ``topology``, ``instances``, ``trace``, ``placement``, ``constraints``, ``request``;
 3. trace -> graph: ``graph``, ``stats``, ``cluster`` (Dask backend), ``formats`` (importers
    and exports), ``migration``, ``dispatch`` (the engines' replica dispatch rules);
-4. graph -> placement: ``solvers``;
-5. placement -> judgement: ``evaluation`` (replay, calculator);
-6. the workflow shared by every front end: ``workflow``;
+4. graph -> placement: ``solvers``, ``online`` (the rebalancer that lives across calls);
+5. placement -> judgement: ``evaluation`` (replay, timeline replay, calculator);
+6. the workflow shared by every front end: ``workflow``; the engines' policy drop-ins,
+   installers and routing hooks: ``engine_policies``;
 7. studies and presentation: ``studies`` (synthetic traces, EP sweeps),
    ``presentation`` (tables, figures, reports);
 8. the command line: ``cli``.

@@ -69,8 +69,8 @@ from placer.presentation.render import (
     stats_table,
     sweep_notes,
     sweep_table,
-    verdict,
     timeline_tables,
+    verdict,
 )
 from placer.progress import ProgressFn, terminal_progress
 from placer.request import METHODS, PlacementProblem, SolverSettings

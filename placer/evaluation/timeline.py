@@ -42,7 +42,8 @@ from placer.migration import minimize_moves, moved_by_link
 from placer.online import RebalanceConfig, Rebalancer, contiguous_slots
 from placer.placement import Placement
 from placer.progress import ProgressFn
-from placer.solvers.api import place
+from placer.request import PlacementProblem, SolverSettings
+from placer.solvers.api import solve
 from placer.solvers.eplb_policy import eplb_placement
 from placer.topology import Model, Topology
 from placer.trace import Trace
@@ -125,8 +126,9 @@ class _Policies:
         return Trace(self.trace.topk_ids[lo:hi], self.trace.num_experts)
 
     def _solve(self, lo: int, hi: int) -> Placement:
-        placement, _ = place(self._part(lo, hi), self.topology, solver=self.solver, slots_per_gpu=self.slots,
-                             time_limit=self.time_limit, seed=self.seed, model=self.model)
+        problem = PlacementProblem(self.topology, self.model, slots_per_gpu=self.slots)
+        settings = SolverSettings(self.solver, self.time_limit, self.seed)
+        placement, _ = solve(self._part(lo, hi), problem, settings)
         return placement
 
     def decide(self, policy: str, previous: Placement, prior: tuple[int, int], serving: tuple[int, int],
