@@ -39,6 +39,11 @@ def test_presets_exist_with_their_shapes():
     assert shapes["kimi-k2"][:3] == (384, 8, 60)
     assert shapes["qwen3-235b"][:3] == (128, 8, 94)
     assert shapes["seed001"][:2] == (64, 2)
+    assert shapes["qwen1.5-moe"][:3] == (60, 4, 24)
+    assert shapes["olmoe"][:3] == (64, 8, 16)
+    assert shapes["qwen3-30b"][:3] == (128, 8, 48)
+    assert shapes["mixtral"][:3] == (8, 2, 32)
+    assert shapes["deepseek-v2"][:3] == (160, 6, 59)
     for name, params in PRESETS.items():
         assert validate_params(params) is params
         assert name in PRESET_SKEW and params.description

@@ -247,6 +247,43 @@ _register("seed001", SynthParams(
     **_FRONTIER,
 ), (3.8, 5.5))
 
+# Shapes of common open models, for held-out studies across shapes
+# (benchmarks/bench_generalise.py). Same routing character as the frontier presets
+# (``_FRONTIER``, boosts scaled by ln(E / 64) from esft's, topics 16 per 64 experts,
+# clusters and favourites scaled with k); only routed experts are traced (shared experts
+# run on every GPU and move no tokens between them). Layer counts are the models' MoE
+# layers; skew ranges measured like the others (seeds 0-2, 20k tokens).
+_register("qwen1.5-moe", SynthParams(
+    num_experts=60, top_k=4, num_layers=24,
+    topics=15, cluster_size=2, topic_strength=8.1, families=15, identity_experts=4, identity_strength=7.9,
+    description="Qwen1.5-MoE-A2.7B: 60 routed experts top-4 (+4 shared, not traced), 24 layers",
+    **_FRONTIER,
+), (2.5, 3.5))
+_register("olmoe", SynthParams(
+    num_experts=64, top_k=8, num_layers=16,
+    topics=16, cluster_size=3, topic_strength=8.2, families=4, identity_experts=7, identity_strength=8.0,
+    description="OLMoE-1B-7B: 64 experts, top-8, 16 layers",
+    **_FRONTIER,
+), (2.0, 3.0))
+_register("qwen3-30b", SynthParams(
+    num_experts=128, top_k=8, num_layers=48,
+    topics=32, cluster_size=3, topic_strength=8.9, families=8, identity_experts=7, identity_strength=8.7,
+    description="Qwen3-30B-A3B: 128 experts, top-8, 48 layers",
+    **_FRONTIER,
+), (2.5, 3.5))
+_register("mixtral", SynthParams(
+    num_experts=8, top_k=2, num_layers=32,
+    topics=4, cluster_size=1, topic_strength=6.1, families=2, identity_experts=2, identity_strength=5.9,
+    description="Mixtral 8x7B: 8 experts, top-2, 32 layers",
+    **_FRONTIER,
+), (1.5, 2.5))
+_register("deepseek-v2", SynthParams(
+    num_experts=160, top_k=6, num_layers=59,
+    topics=40, cluster_size=2, topic_strength=9.1, families=10, identity_experts=5, identity_strength=8.9,
+    description="DeepSeek-V2: 160 routed experts top-6 (+2 shared, not traced), 59 MoE layers",
+    **_FRONTIER,
+), (3.3, 4.5))
+
 
 # ---------------------------------------------------------------- validation
 
