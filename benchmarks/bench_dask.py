@@ -40,16 +40,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from placer import instances  # noqa: E402
-from placer.cluster import connect  # noqa: E402
-from placer.graph import TraceSummary, merge_in_order, summarize  # noqa: E402
-from placer.request import PlacementProblem, SolverSettings  # noqa: E402
-from placer.solvers import solve  # noqa: E402
-from placer.solvers.options import Options  # noqa: E402
-from placer.solvers.pipeline import solve_layer  # noqa: E402
-from placer.solvers.problem import build_problems  # noqa: E402
-from placer.studies import synth  # noqa: E402
-from placer.trace import TraceSource, trace_digest, validate_arrays  # noqa: E402
+from placer import instances
+from placer.cluster import connect
+from placer.graph import TraceSummary, merge_in_order, summarize
+from placer.request import PlacementProblem, SolverSettings
+from placer.solvers import solve
+from placer.solvers.options import Options
+from placer.solvers.pipeline import solve_layer
+from placer.solvers.problem import build_problems
+from placer.studies import synth
+from placer.trace import TraceSource, trace_digest, validate_arrays
 
 TIME_LIMIT = 60.0
 
@@ -100,10 +100,22 @@ def in_process(source: TraceSource, topology, args: argparse.Namespace) -> dict:
 
     summary, summarise_s = _timed(lambda: merge_in_order(map(shard, range(len(source.shards))), merge))
     (placement, _), solve_s = _timed(
-        lambda: solve(summary, PlacementProblem(topology), SolverSettings(solver=args.solver, time_limit=TIME_LIMIT, mapper=timed_map)))
+        lambda: solve(
+            summary,
+            PlacementProblem(topology),
+            SolverSettings(solver=args.solver, time_limit=TIME_LIMIT, mapper=timed_map),
+        )
+    )
     _, digest_s = _timed(trace_digest, source)
-    return {"placement": placement, "shard_s": shard_s, "merge_s": merge_s, "summarise_s": summarise_s,
-            "solve_s": solve_s, "layer_s": layer_s, "digest_s": digest_s}
+    return {
+        "placement": placement,
+        "shard_s": shard_s,
+        "merge_s": merge_s,
+        "summarise_s": summarise_s,
+        "solve_s": solve_s,
+        "layer_s": layer_s,
+        "digest_s": digest_s,
+    }
 
 
 def merge_chain(source: TraceSource, shard_s: list[float], merge_s: list[float], workers: int) -> float:
@@ -144,7 +156,13 @@ def on_cluster(source: TraceSource, topology, args: argparse.Namespace, workers:
         started = time.perf_counter()
         digest = cluster.submit(trace_digest, source)
         summary, summarise_s = _timed(cluster.summarize, source)
-        (placement, _), solve_s = _timed(lambda: solve(summary, PlacementProblem(topology), SolverSettings(solver=args.solver, time_limit=TIME_LIMIT, mapper=cluster.map)))
+        (placement, _), solve_s = _timed(
+            lambda: solve(
+                summary,
+                PlacementProblem(topology),
+                SolverSettings(solver=args.solver, time_limit=TIME_LIMIT, mapper=cluster.map),
+            )
+        )
         digest.result()
         total_s = time.perf_counter() - started
     return {"summarise_s": summarise_s, "solve_s": solve_s, "total_s": total_s, "placement": placement}
@@ -168,30 +186,38 @@ def main() -> None:
 
     shards, layers = local["shard_s"], local["layer_s"]
     merges = local["merge_s"]
-    print(f"## Dask backend: {args.preset}, {source.num_tokens:,} tokens in {len(shards)} shards x "
-          f"{source.num_layers} layers, {args.solver} on {topology.nodes} x {topology.gpus_per_node} GPUs\n")
+    print(
+        f"## Dask backend: {args.preset}, {source.num_tokens:,} tokens in {len(shards)} shards x "
+        f"{source.num_layers} layers, {args.solver} on {topology.nodes} x {topology.gpus_per_node} GPUs\n"
+    )
     print(f"Placements identical to the in-process one on local:1 and local:2: {identical}.\n")
     print("| step | in-process, 1 core (s) | local:1 (s) | local:2 (s) | speed-up 1 -> 2 |")
     print("| --- | ---: | ---: | ---: | ---: |")
     local["total_s"] = local["summarise_s"] + local["solve_s"] + local["digest_s"]
-    for name, key in (("summarise (read + summarise shards, merge)", "summarise_s"),
-                      ("place (build problems, one task per layer)", "solve_s"),
-                      ("total (in-process: + digest; Dask: digest overlaps)", "total_s")):
+    for name, key in (
+        ("summarise (read + summarise shards, merge)", "summarise_s"),
+        ("place (build problems, one task per layer)", "solve_s"),
+        ("total (in-process: + digest; Dask: digest overlaps)", "total_s"),
+    ):
         one, two = runs[1][key], runs[2][key]
         print(f"| {name} | {local[key]:.1f} | {one:.1f} | {two:.1f} | {one / two:.2f} |")
 
-    print(f"\nIn-process parts: {len(shards)} shards {sum(shards):.1f} s (each {min(shards):.2f}.."
-          f"{max(shards):.2f}), {len(merges)} merges {sum(merges):.1f} s (largest "
-          f"{max(merges):.2f}), {len(layers)} layer solves {sum(layers):.1f} s "
-          f"(each {min(layers):.2f}..{max(layers):.2f}), digest {local['digest_s']:.1f} s "
-          "(one task, overlaps).\n")
+    print(
+        f"\nIn-process parts: {len(shards)} shards {sum(shards):.1f} s (each {min(shards):.2f}.."
+        f"{max(shards):.2f}), {len(merges)} merges {sum(merges):.1f} s (largest "
+        f"{max(merges):.2f}), {len(layers)} layer solves {sum(layers):.1f} s "
+        f"(each {min(layers):.2f}..{max(layers):.2f}), digest {local['digest_s']:.1f} s "
+        "(one task, overlaps).\n"
+    )
     compute_1 = merge_chain(source, shards, merges, 1) + lpt(layers, 1)
     client = max(0.0, runs[1]["summarise_s"] + runs[1]["solve_s"] - compute_1)
-    print(f"Model: client + summary(W) + LPT(layer solves, W), client = {client:.1f} s (measured at "
-          "W = 1 beyond the workers' compute: transfers of the merged summary and of the problems, "
-          "building the problems). Summary(W) is simulated on the merge tree (merges one task per "
-          "layer); the layer solves cap "
-          f"the solve's speed-up at {len(layers)} workers (one task per layer).\n")
+    print(
+        f"Model: client + summary(W) + LPT(layer solves, W), client = {client:.1f} s (measured at "
+        "W = 1 beyond the workers' compute: transfers of the merged summary and of the problems, "
+        "building the problems). Summary(W) is simulated on the merge tree (merges one task per "
+        "layer); the layer solves cap "
+        f"the solve's speed-up at {len(layers)} workers (one task per layer).\n"
+    )
     print("| workers W | summary (s) | of which serial merge chain (s) | solve (s) | total (s) | speed-up |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for workers in (1, 2, 4, 8, 16, 32, 64, 128):
@@ -199,8 +225,10 @@ def main() -> None:
         chain = merge_chain(source, [0.0] * len(shards), merges, workers)
         solve_w = lpt(layers, workers)
         total = client + summary_w + solve_w
-        print(f"| {workers} | {summary_w:.1f} | {chain:.1f} | {solve_w:.1f} | {total:.1f} | "
-              f"{(client + compute_1) / total:.2f} |")
+        print(
+            f"| {workers} | {summary_w:.1f} | {chain:.1f} | {solve_w:.1f} | {total:.1f} | "
+            f"{(client + compute_1) / total:.2f} |"
+        )
 
 
 if __name__ == "__main__":

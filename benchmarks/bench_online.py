@@ -46,23 +46,30 @@ def esft_floors(root: Path, windows: list[int]) -> None:
     stream = import_esft(root)
     topology = load_topology("h100-dgx").resized(8, 8)
     model = load_model("deepseek-v2-lite")
-    print(f"## ESFT stream: {stream.num_tokens:,} tokens (intent, law, summary, translation), 8 x 8 GPUs, "
-          "2 slots/GPU, nearest rule, rebalancer defaults")
+    print(
+        f"## ESFT stream: {stream.num_tokens:,} tokens (intent, law, summary, translation), 8 x 8 GPUs, "
+        "2 slots/GPU, nearest rule, rebalancer defaults"
+    )
     for window in windows:
         started = time.perf_counter()
         result = replay_timeline(stream, topology, model, window_tokens=window, slots_per_gpu=2)
         t = result.totals
         p, e, s, n, o = (t[k] for k in ("placer", "eplb", "static", "naive", "oracle"))
-        print(f"\n### W = {window:,} tokens ({len(result.windows) - 1} counted windows, "
-              f"{time.perf_counter() - started:.0f} s)")
+        print(
+            f"\n### W = {window:,} tokens ({len(result.windows) - 1} counted windows, "
+            f"{time.perf_counter() - started:.0f} s)"
+        )
         print("policy  inter-node  x static  GPU peak  moved/reb  NVLink  NIC   GB/reb  break-even")
         for name, row in t.items():
             even = row["break_even_steps"]
             rebalances = len(result.windows) - 1
-            print(f"{name:7s} {row['internode_copies']:>10,.0f} {row['internode_copies'] / s['internode_copies']:>9.3f}"
-                  f" {row['gpu_peak']:>9,.0f} {row['moves_per_rebalance']:>10,.0f} {row['nvlink_moves'] / rebalances:>7,.0f}"
-                  f" {row['nic_moves'] / rebalances:>5,.0f} {row['bytes_moved'] / rebalances / 1e9:>7.2f}"
-                  f" {'-' if even is None else ('never' if even == float('inf') else f'{even:,.1f}'):>11}")
+            print(
+                f"{name:7s} {row['internode_copies']:>10,.0f} {row['internode_copies'] / s['internode_copies']:>9.3f}"
+                f" {row['gpu_peak']:>9,.0f} {row['moves_per_rebalance']:>10,.0f}"
+                f" {row['nvlink_moves'] / rebalances:>7,.0f}"
+                f" {row['nic_moves'] / rebalances:>5,.0f} {row['bytes_moved'] / rebalances / 1e9:>7.2f}"
+                f" {'-' if even is None else ('never' if even == float('inf') else f'{even:,.1f}'):>11}"
+            )
         floors = [
             ("placer inter-node <= 0.60 x eplb", p["internode_copies"] / e["internode_copies"], 0.60),
             ("placer GPU peak <= 1.02 x eplb", p["gpu_peak"] / e["gpu_peak"], 1.02),
@@ -71,8 +78,10 @@ def esft_floors(root: Path, windows: list[int]) -> None:
             ("placer moves/rebalance <= 0.5 x naive", p["moves_per_rebalance"] / n["moves_per_rebalance"], 0.5),
             ("placer break-even < naive's", p["break_even_steps"] / n["break_even_steps"], 1.0),
         ]
-        print(f"(naive {n['internode_copies'] / s['internode_copies']:.3f} x static, "
-              f"oracle {o['internode_copies'] / s['internode_copies']:.3f} x static)")
+        print(
+            f"(naive {n['internode_copies'] / s['internode_copies']:.3f} x static, "
+            f"oracle {o['internode_copies'] / s['internode_copies']:.3f} x static)"
+        )
         for name, ratio, bound in floors:
             ok = ratio < bound if "break-even" in name else ratio <= bound
             print(f"  {name:40s} {ratio:7.3f}  {_verdict(ok) if window == 4000 else '(reported)'}")
@@ -96,19 +105,26 @@ def dsv3_rebalance(workers: int) -> None:
     started = time.perf_counter()
     rebalance_experts(loads, 32 * 8 * 2, 1, 32, 256)
     eplb_s = time.perf_counter() - started
-    print(f"warm rebalance from the placement in service, 100,000-token window, {workers} worker(s): "
-          f"{result.seconds:.2f} s ({result.experts_moved:,} copies moved, {len(result.changed_layers)} layers "
-          f"changed); EPLB on the same loads: {eplb_s:.2f} s")
+    print(
+        f"warm rebalance from the placement in service, 100,000-token window, {workers} worker(s): "
+        f"{result.seconds:.2f} s ({result.experts_moved:,} copies moved, {len(result.changed_layers)} layers "
+        f"changed); EPLB on the same loads: {eplb_s:.2f} s"
+    )
     print(f"  rebalance <= 3 s                          {result.seconds:7.2f}  {_verdict(result.seconds <= 3.0)}")
     bound = memory_bound(layers, experts, k, config.max_nets, online.window.chunk_tokens)
     after_100k = online.window.nbytes()
     online.observe(train.topk_ids)
-    print(f"window memory bound {bound / 2**20:.1f} MiB (state {memory_bound(layers, experts, k, config.max_nets) / 2**20:.1f}"
-          f" MiB + one {online.window.chunk_tokens:,}-token piece); measured state {after_100k / 2**20:.1f} MiB after "
-          f"100k tokens, {online.window.nbytes() / 2**20:.1f} MiB after 200k, peak with a piece "
-          f"{online.window.peak_nbytes / 2**20:.1f} MiB")
-    print(f"  peak <= bound                             {online.window.peak_nbytes / bound:7.3f}  "
-          f"{_verdict(online.window.peak_nbytes <= bound)}")
+    print(
+        f"window memory bound {bound / 2**20:.1f} MiB"
+        f" (state {memory_bound(layers, experts, k, config.max_nets) / 2**20:.1f}"
+        f" MiB + one {online.window.chunk_tokens:,}-token piece); measured state {after_100k / 2**20:.1f} MiB after "
+        f"100k tokens, {online.window.nbytes() / 2**20:.1f} MiB after 200k, peak with a piece "
+        f"{online.window.peak_nbytes / 2**20:.1f} MiB"
+    )
+    print(
+        f"  peak <= bound                             {online.window.peak_nbytes / bound:7.3f}  "
+        f"{_verdict(online.window.peak_nbytes <= bound)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

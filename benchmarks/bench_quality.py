@@ -78,9 +78,13 @@ METRICS = ("internode_tokens_dedup", "nic_peak_tokens", "gpu_peak_load")
 BASELINES = ("contiguous", "round-robin", "random")
 PLACEMENTS = (*BASELINES, "eplb", "mtkahypar", "spectral", "ilp", "auto")
 #: synthetic preset -> (model preset, nodes x GPUs)
-PRESETS = {"esft": ("deepseek-v2-lite", "4x8"), "deepseek-v3": ("deepseek-v3", "32x8"),
-           "kimi-k2": ("kimi-k2", "48x8"), "qwen3-235b": ("qwen3-235b-a22b", "16x8"),
-           "seed001": ("seed001", "8x8")}
+PRESETS = {
+    "esft": ("deepseek-v2-lite", "4x8"),
+    "deepseek-v3": ("deepseek-v3", "32x8"),
+    "kimi-k2": ("kimi-k2", "48x8"),
+    "qwen3-235b": ("qwen3-235b-a22b", "16x8"),
+    "seed001": ("seed001", "8x8"),
+}
 
 
 def mtkahypar_placement(summary: TraceSummary, topology: Topology) -> Placement:
@@ -102,8 +106,7 @@ def mtkahypar_placement(summary: TraceSummary, topology: Topology) -> Placement:
         context.set_partitioning_parameters(nodes, 0.0, mtkahypar.Objective.KM1)
         context.logging = False
         nets = [list(row[row >= 0]) for row in part.sets]
-        graph = library.create_hypergraph(context, experts, len(nets), nets, [1] * experts,
-                                          part.set_counts.tolist())
+        graph = library.create_hypergraph(context, experts, len(nets), nets, [1] * experts, part.set_counts.tolist())
         blocks = graph.partition(context)
         node = np.array([blocks.block_id(e) for e in range(experts)])
         for n in range(nodes):
@@ -120,8 +123,15 @@ class Entry:
     note: str = ""
 
 
-def solve(summary: TraceSummary, topology: Topology, names: list[str], time_limit: float,
-          model: Model | None = None, workers: int = 2, **options) -> list[Entry]:
+def solve(
+    summary: TraceSummary,
+    topology: Topology,
+    names: list[str],
+    time_limit: float,
+    model: Model | None = None,
+    workers: int = 2,
+    **options,
+) -> list[Entry]:
     """The named placements (see :data:`PLACEMENTS`), all from ``summary`` (Mt-KaHyPar skipped
     when not installed); ``workers`` and ``options`` go to :func:`placer.solvers.solve` for EPLB and placer's
     solvers (results do not depend on ``workers``)."""
@@ -140,16 +150,24 @@ def solve(summary: TraceSummary, topology: Topology, names: list[str], time_limi
             entries.append(Entry(name, chosen, time.perf_counter() - started))
         else:
             eplb = name == "eplb"
-            problem = PlacementProblem(topology, model=model, **{k: v for k, v in options.items()
-                                                                 if not (eplb and k == "keep_groups")})
+            problem = PlacementProblem(
+                topology, model=model, **{k: v for k, v in options.items() if not (eplb and k == "keep_groups")}
+            )
             chosen, report = run_solver(summary, problem, SolverSettings(name, time_limit, workers=workers))
-            entries.append(Entry(name if eplb else f"placer {name}", chosen, time.perf_counter() - started,
-                                 "" if eplb else report.summary()))
+            entries.append(
+                Entry(
+                    name if eplb else f"placer {name}",
+                    chosen,
+                    time.perf_counter() - started,
+                    "" if eplb else report.summary(),
+                )
+            )
     return entries
 
 
-def placements(train: Trace, topology: Topology, solvers: list[str], time_limit: float,
-               baselines: tuple[str, ...] = BASELINES) -> list[Entry]:
+def placements(
+    train: Trace, topology: Topology, solvers: list[str], time_limit: float, baselines: tuple[str, ...] = BASELINES
+) -> list[Entry]:
     """Baselines, Mt-KaHyPar (when installed) and placer's solvers, all solved on ``train``."""
     return solve(summarize(train), topology, [*baselines, "mtkahypar", *solvers], time_limit)
 
@@ -161,8 +179,13 @@ def ratio(value: float, reference: dict | None, key: str) -> str:
 def held_out_table(entries: list[Entry], test: Trace, topology: Topology) -> tuple[str, dict]:
     totals = {e.name: evaluate(test, e.placement, topology).totals for e in entries}
     contiguous, peer = totals["contiguous"], totals.get("mtkahypar")
-    lines = [("| placement | solve s | inter-node tokens | x contiguous | x Mt-KaHyPar | NIC peak | x contiguous "
-             "| x Mt-KaHyPar | GPU peak | x Mt-KaHyPar | GPU max/mean |"), "|---" * 11 + "|"]
+    lines = [
+        (
+            "| placement | solve s | inter-node tokens | x contiguous | x Mt-KaHyPar | NIC peak | x contiguous "
+            "| x Mt-KaHyPar | GPU peak | x Mt-KaHyPar | GPU max/mean |"
+        ),
+        "|---" * 11 + "|",
+    ]
     for e in entries:
         t = totals[e.name]
         lines.append(
@@ -183,11 +206,20 @@ def floors(totals: dict, entries: list[Entry], nodes: int) -> list[str]:
     auto, peer, contiguous = totals.get("placer auto"), totals.get("mtkahypar"), totals["contiguous"]
     checks = []
     if auto:
-        checks.append(("inter-node <= 0.75 x contiguous",
-                       auto["internode_tokens_dedup"] / contiguous["internode_tokens_dedup"], 0.75))
+        checks.append(
+            (
+                "inter-node <= 0.75 x contiguous",
+                auto["internode_tokens_dedup"] / contiguous["internode_tokens_dedup"],
+                0.75,
+            )
+        )
         if peer:
             checks += [
-                ("inter-node <= 1.02 x Mt-KaHyPar", auto["internode_tokens_dedup"] / peer["internode_tokens_dedup"], 1.02),
+                (
+                    "inter-node <= 1.02 x Mt-KaHyPar",
+                    auto["internode_tokens_dedup"] / peer["internode_tokens_dedup"],
+                    1.02,
+                ),
                 ("NIC peak <= 0.90 x Mt-KaHyPar", auto["nic_peak_tokens"] / peer["nic_peak_tokens"], 0.90),
                 ("GPU peak <= Mt-KaHyPar", auto["gpu_peak_load"] / peer["gpu_peak_load"], 1.0),
             ]
@@ -208,8 +240,9 @@ def sequence_counters(test: Trace, entry: Entry, topology: Topology) -> dict[str
     """
     sources = np.arange(test.num_tokens) % topology.num_gpus
     pinned = replace(test, src_rank=sources)
-    per_sequence = [count_traffic(pinned.sequence_slice(s, s + 1), entry.placement, topology)
-                    for s in range(len(test.seq_lens))]
+    per_sequence = [
+        count_traffic(pinned.sequence_slice(s, s + 1), entry.placement, topology) for s in range(len(test.seq_lens))
+    ]
     keys = ("internode_tokens_dedup", "node_recv_dedup", "gpu_load")
     return {key: np.stack([c[key] for c in per_sequence]) for key in keys}
 
@@ -253,8 +286,13 @@ def bootstrap_table(entries: list[Entry], test: Trace, topology: Topology, reps:
 
 def leave_one_task_out(topology: Topology, solvers: list[str], time_limit: float) -> str:
     tasks = {name: read_esft_task(ESFT / name) for name in ESFT_TASKS}
-    lines = [("| held-out task | placement | inter-node x contiguous | x Mt-KaHyPar | NIC peak x contiguous "
-             "| x Mt-KaHyPar | GPU peak x Mt-KaHyPar |"), "|---" * 7 + "|"]
+    lines = [
+        (
+            "| held-out task | placement | inter-node x contiguous | x Mt-KaHyPar | NIC peak x contiguous "
+            "| x Mt-KaHyPar | GPU peak x Mt-KaHyPar |"
+        ),
+        "|---" * 7 + "|",
+    ]
     for held_out in ESFT_TASKS:
         train = concatenate([tasks[name] for name in ESFT_TASKS if name != held_out])
         entries = placements(train, topology, solvers, time_limit, baselines=("contiguous",))
@@ -266,18 +304,25 @@ def leave_one_task_out(topology: Topology, solvers: list[str], time_limit: float
                 f"| {held_out} | {e.name} | {ratio(t['internode_tokens_dedup'], contiguous, 'internode_tokens_dedup')} "
                 f"| {ratio(t['internode_tokens_dedup'], peer, 'internode_tokens_dedup')} "
                 f"| {ratio(t['nic_peak_tokens'], contiguous, 'nic_peak_tokens')} "
-                f"| {ratio(t['nic_peak_tokens'], peer, 'nic_peak_tokens')} | {ratio(t['gpu_peak_load'], peer, 'gpu_peak_load')} |"
+                f"| {ratio(t['nic_peak_tokens'], peer, 'nic_peak_tokens')} "
+                f"| {ratio(t['gpu_peak_load'], peer, 'gpu_peak_load')} |"
             )
     return "\n".join(lines)
 
 
-def all_placements_table(entries: list[Entry], test: Trace, topology: Topology, model: Model | None
-                         ) -> tuple[str, dict]:
+def all_placements_table(
+    entries: list[Entry], test: Trace, topology: Topology, model: Model | None
+) -> tuple[str, dict]:
     """Held-out figures of every entry with ratios to contiguous and EPLB (when present)."""
     totals = {e.name: evaluate(test, e.placement, topology, model=model).totals for e in entries}
     contiguous, eplb = totals.get("contiguous"), totals.get("eplb")
-    lines = [("| placement | solve s | inter-node GB | x contiguous | x EPLB | NIC peak x contiguous | x EPLB "
-             "| GPU peak x contiguous | x EPLB | nodes per token | all-to-all s | x EPLB |"), "|---" * 12 + "|"]
+    lines = [
+        (
+            "| placement | solve s | inter-node GB | x contiguous | x EPLB | NIC peak x contiguous | x EPLB "
+            "| GPU peak x contiguous | x EPLB | nodes per token | all-to-all s | x EPLB |"
+        ),
+        "|---" * 12 + "|",
+    ]
     for e in entries:
         t = totals[e.name]
         gb = f"{t['internode_bytes'] / 1e9:,.2f}" if "internode_bytes" in t else "n/a"
@@ -290,7 +335,8 @@ def all_placements_table(entries: list[Entry], test: Trace, topology: Topology, 
             f"| {ratio(t['nic_peak_tokens'], eplb, 'nic_peak_tokens')} "
             f"| {ratio(t['gpu_peak_load'], contiguous, 'gpu_peak_load')} "
             f"| {ratio(t['gpu_peak_load'], eplb, 'gpu_peak_load')} | {t['nodes_per_token_mean']:.2f} | {a2a} "
-            f"| {ratio(t['all_to_all_s'], eplb, 'all_to_all_s') if 'all_to_all_s' in t else 'n/a'} |")
+            f"| {ratio(t['all_to_all_s'], eplb, 'all_to_all_s') if 'all_to_all_s' in t else 'n/a'} |"
+        )
     return "\n".join(lines), totals
 
 
@@ -313,10 +359,11 @@ def synthetic_suite(args: argparse.Namespace, names: list[str]) -> None:
         nodes, gpus = map(int, shape.split("x"))
         topology, model = hardware.resized(nodes, gpus), load_model(model_name)
         train, test = synthetic_split(preset, args.train_tokens, args.test_tokens, args.cache_dir)
-        print(f"\n## Synthetic `{preset}` on {nodes} x {gpus} (model {model_name}; train {train.num_tokens:,}, "
-              f"held-out test {test.num_tokens:,} tokens)\n")
-        entries = solve(summarize(train, workers=args.workers), topology, names, args.time_limit, model,
-                        args.workers)
+        print(
+            f"\n## Synthetic `{preset}` on {nodes} x {gpus} (model {model_name}; train {train.num_tokens:,}, "
+            f"held-out test {test.num_tokens:,} tokens)\n"
+        )
+        entries = solve(summarize(train, workers=args.workers), topology, names, args.time_limit, model, args.workers)
         print(all_placements_table(entries, test, topology, model)[0])
 
 
@@ -360,7 +407,7 @@ def eplb_within_groups(loads: np.ndarray, groups: np.ndarray, topology: Topology
             nodes = np.flatnonzero(mask[members[0]])
             gpus = len(nodes) * topology.gpus_per_node
             sub, _, _ = rebalance_experts(load[members][None, :], gpus * slots, 1, 1, gpus)
-            phy2log[layer, nodes[0] * node_slots:(nodes[-1] + 1) * node_slots] = members[sub[0]]
+            phy2log[layer, nodes[0] * node_slots : (nodes[-1] + 1) * node_slots] = members[sub[0]]
     return phy2log
 
 
@@ -372,8 +419,10 @@ def scale_suite(args: argparse.Namespace) -> list[str]:
     groups = np.arange(model.num_experts) // (model.num_experts // model.num_groups)
     test_loads = expert_loads(test.topk_ids, test.num_experts)
     verdicts = []
-    print(f"\n## Quality at scale: synthetic `deepseek-v3`, train {train.num_tokens:,} tokens, "
-          f"held-out test {test.num_tokens:,} tokens\n")
+    print(
+        f"\n## Quality at scale: synthetic `deepseek-v3`, train {train.num_tokens:,} tokens, "
+        f"held-out test {test.num_tokens:,} tokens\n"
+    )
     for shape in args.scale_topologies.split(","):
         nodes, gpus = map(int, shape.split("x"))
         topology = load_topology("h100-dgx").resized(nodes, gpus)
@@ -381,18 +430,25 @@ def scale_suite(args: argparse.Namespace) -> list[str]:
         for slots in (one_copy, one_copy + 1):
             spare = slots * topology.num_gpus - model.num_experts
             names = ["contiguous", "eplb", *args.scale_solvers.split(",")]
-            entries = solve(summary, topology, names, args.time_limit, model, args.workers, slots_per_gpu=slots,
-                            keep_groups=True)
-            print(f"\n### {nodes} x {gpus}, {slots} slot(s) per GPU ({spare} redundant experts for EPLB and "
-                  "placer alike), placer with keep-groups\n")
+            entries = solve(
+                summary, topology, names, args.time_limit, model, args.workers, slots_per_gpu=slots, keep_groups=True
+            )
+            print(
+                f"\n### {nodes} x {gpus}, {slots} slot(s) per GPU ({spare} redundant experts for EPLB and "
+                "placer alike), placer with keep-groups\n"
+            )
             table, totals = all_placements_table(entries, test, topology, model)
             print(table + "\n")
             reference = {e.name: even_split_peak(e.placement.phy2log, test_loads, slots) for e in entries[1:]}
             if nodes >= model.num_groups:
                 within = eplb_within_groups(summary.loads, groups, topology, slots)
                 reference["EPLB inside each kept group's node set"] = even_split_peak(within, test_loads, slots)
-            print("GPU peak with each expert's test load split evenly over its copies, x EPLB's: " + "; ".join(
-                f"{name} {value / reference['eplb']:.3f}" for name, value in reference.items() if name != "eplb"))
+            print(
+                "GPU peak with each expert's test load split evenly over its copies, x EPLB's: "
+                + "; ".join(
+                    f"{name} {value / reference['eplb']:.3f}" for name, value in reference.items() if name != "eplb"
+                )
+            )
             eplb = totals["eplb"]
             for e in entries[2:]:
                 t = totals[e.name]
@@ -401,10 +457,13 @@ def scale_suite(args: argparse.Namespace) -> list[str]:
                 kept = groups_disjoint(e.placement, groups)
                 where = f"{nodes} x {gpus}, {slots} slot(s)/GPU, {e.name}"
                 verdicts += [
-                    f"- {'PASS' if inter <= 0.85 else 'FAIL'}: {where}: inter-node <= 0.85 x EPLB (measured {inter:.3f})",
+                    f"- {'PASS' if inter <= 0.85 else 'FAIL'}: {where}: inter-node <= 0.85 x EPLB "
+                    f"(measured {inter:.3f})",
                     f"- {'PASS' if peak <= 1.05 else 'FAIL'}: {where}: GPU peak <= 1.05 x EPLB (measured {peak:.3f})",
-                    (f"- {'PASS' if kept else 'FAIL'}: {where}: each group on its own nodes "
-                    f"(max nodes per token {int(np.flatnonzero(t['nodes_per_token_histogram']).max())})"),
+                    (
+                        f"- {'PASS' if kept else 'FAIL'}: {where}: each group on its own nodes "
+                        f"(max nodes per token {int(np.flatnonzero(t['nodes_per_token_histogram']).max())})"
+                    ),
                 ]
     print("\n### Floors\n\n" + "\n".join(verdicts))
     return verdicts
@@ -417,12 +476,14 @@ def esft_suite(args: argparse.Namespace, names: list[str]) -> int:
     train, test = import_esft(args.esft, split=True)
     hardware = load_topology("h100-dgx")
     model = load_model("deepseek-v2-lite")
-    print(f"ESFT split: train {train.num_tokens:,} tokens, held-out test {test.num_tokens:,} tokens, "
-          f"{train.num_layers} layers, top-{train.top_k} of {train.num_experts}")
+    print(
+        f"ESFT split: train {train.num_tokens:,} tokens, held-out test {test.num_tokens:,} tokens, "
+        f"{train.num_layers} layers, top-{train.top_k} of {train.num_experts}"
+    )
     try:
-        import mtkahypar  # noqa: F401
+        import mtkahypar  # noqa: F401 (availability check)
     except ImportError:
-        print("\nMt-KaHyPar is not installed (pip install -e \".[bench]\"): its rows and ratios are n/a.")
+        print('\nMt-KaHyPar is not installed (pip install -e ".[bench]"): its rows and ratios are n/a.')
     for shape in args.topologies.split(","):
         nodes, gpus = map(int, shape.split("x"))
         topology = hardware.resized(nodes, gpus)
@@ -469,8 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.solvers, args.boot, args.loto = "spectral", 0, False
         args.train_tokens, args.test_tokens, args.scale_train_tokens = 20_000, 10_000, 20_000
-    names = (args.placements.split(",") if args.placements
-             else [*BASELINES, "eplb", "mtkahypar", *args.solvers.split(",")])
+    names = (
+        args.placements.split(",") if args.placements else [*BASELINES, "eplb", "mtkahypar", *args.solvers.split(",")]
+    )
     unknown = sorted(set(names) - set(PLACEMENTS)) + sorted(set(args.presets.split(",")) - set(PRESETS))
     if unknown:
         parser.error(f"unknown placement or preset: {', '.join(unknown)}")

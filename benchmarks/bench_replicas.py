@@ -44,11 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     solved = {}
     for name in ("eplb", args.solver):
         started = time.perf_counter()
-        placement, _ = solve(summary, PlacementProblem(topology, slots_per_gpu=args.slots_per_gpu), SolverSettings(solver=name, workers=2))
+        placement, _ = solve(
+            summary,
+            PlacementProblem(topology, slots_per_gpu=args.slots_per_gpu),
+            SolverSettings(solver=name, workers=2),
+        )
         solved[name] = (placement, time.perf_counter() - started)
     spare = args.slots_per_gpu * topology.num_gpus - train.num_experts
-    print(f"## {nodes} x {gpus} GPUs, {args.slots_per_gpu} slots per GPU ({spare} spare slots), "
-          f"held-out {test.num_tokens:,} tokens\n")
+    print(
+        f"## {nodes} x {gpus} GPUs, {args.slots_per_gpu} slots per GPU ({spare} spare slots), "
+        f"held-out {test.num_tokens:,} tokens\n"
+    )
     print("| rule | placement | solve s | inter-node tokens | x EPLB | NIC peak | x EPLB | GPU peak | x EPLB |")
     print("|---" * 9 + "|")
     verdicts = []
@@ -57,16 +63,20 @@ def main(argv: list[str] | None = None) -> int:
         eplb = totals["eplb"]
         for name, (_, seconds) in solved.items():
             t = totals[name]
-            print(f"| {rule} | {name} | {seconds:.1f} | {t['internode_tokens_dedup']:,} "
-                  f"| {t['internode_tokens_dedup'] / eplb['internode_tokens_dedup']:.3f} | {t['nic_peak_tokens']:,} "
-                  f"| {t['nic_peak_tokens'] / eplb['nic_peak_tokens']:.3f} | {t['gpu_peak_load']:,} "
-                  f"| {t['gpu_peak_load'] / eplb['gpu_peak_load']:.3f} |")
+            print(
+                f"| {rule} | {name} | {seconds:.1f} | {t['internode_tokens_dedup']:,} "
+                f"| {t['internode_tokens_dedup'] / eplb['internode_tokens_dedup']:.3f} | {t['nic_peak_tokens']:,} "
+                f"| {t['nic_peak_tokens'] / eplb['nic_peak_tokens']:.3f} | {t['gpu_peak_load']:,} "
+                f"| {t['gpu_peak_load'] / eplb['gpu_peak_load']:.3f} |"
+            )
         if rule == "nearest":
             ours = totals[args.solver]
             internode = ours["internode_tokens_dedup"] / eplb["internode_tokens_dedup"]
             peak = ours["gpu_peak_load"] / eplb["gpu_peak_load"]
-            verdicts = [f"- {'PASS' if internode <= 0.80 else 'FAIL'}: inter-node <= 0.80 x EPLB (measured {internode:.3f})",
-                        f"- {'PASS' if peak <= 1.05 else 'FAIL'}: GPU peak <= 1.05 x EPLB (measured {peak:.3f})"]
+            verdicts = [
+                f"- {'PASS' if internode <= 0.80 else 'FAIL'}: inter-node <= 0.80 x EPLB (measured {internode:.3f})",
+                f"- {'PASS' if peak <= 1.05 else 'FAIL'}: GPU peak <= 1.05 x EPLB (measured {peak:.3f})",
+            ]
     print("\n" + "\n".join(verdicts))
     return 0
 

@@ -118,12 +118,15 @@ def _route(out, pop_cdf, cl_cdf, cl_members, cl_mass, topic, seeds):  # pragma: 
                 state += golden
                 u1 = float(_mix(state) >> np.uint64(11)) * scale
                 if u0 < cl_mass[layer, z]:
-                    i = min(np.searchsorted(cl_cdf[layer, z], u1 * cl_cdf[layer, z, -1], side="right"),
-                            cl_members.shape[2] - 1)
+                    i = min(
+                        np.searchsorted(cl_cdf[layer, z], u1 * cl_cdf[layer, z, -1], side="right"),
+                        cl_members.shape[2] - 1,
+                    )
                     e = cl_members[layer, z, i]
                 else:
-                    e = min(np.searchsorted(pop_cdf[layer], u1 * pop_cdf[layer, -1], side="right"),
-                            pop_cdf.shape[1] - 1)
+                    e = min(
+                        np.searchsorted(pop_cdf[layer], u1 * pop_cdf[layer, -1], side="right"), pop_cdf.shape[1] - 1
+                    )
                 dup = False
                 for c in range(chosen):
                     if out[t, layer, c] == e:
@@ -133,8 +136,17 @@ def _route(out, pop_cdf, cl_cdf, cl_members, cl_mass, topic, seeds):  # pragma: 
                     chosen += 1
 
 
-def simple_routing(shape: Shape, tokens: int, seed: int, drift: float = 0.0, topics: int = 32,
-                   cluster: int = 16, boost: float = 4.0, sigma: float = 0.6, persistence: float = 0.9) -> Trace:
+def simple_routing(
+    shape: Shape,
+    tokens: int,
+    seed: int,
+    drift: float = 0.0,
+    topics: int = 32,
+    cluster: int = 16,
+    boost: float = 4.0,
+    sigma: float = 0.6,
+    persistence: float = 0.9,
+) -> Trace:
     """Log-normal popularity, ``topics`` latent clusters of ``cluster`` experts per layer (weight
     x ``boost``), topics persisting along the stream. The model (popularity, clusters) depends
     on the shape only; ``seed`` draws the tokens, ``drift`` perturbs popularity (held-out)."""
@@ -153,8 +165,15 @@ def simple_routing(shape: Shape, tokens: int, seed: int, drift: float = 0.0, top
     new[0] = True
     topic = stream.choice(topics, size=int(new.sum()), p=mix)[np.cumsum(new) - 1].astype(np.int64)
     out = np.empty((tokens, L, shape.top_k), np.int16 if E < 32768 else np.int32)
-    _route(out, np.cumsum(pop, axis=1), np.cumsum(cl_w, axis=2), members.astype(np.int64), cl_mass, topic,
-           stream.integers(0, 2**31 - 1, L).astype(np.int64))
+    _route(
+        out,
+        np.cumsum(pop, axis=1),
+        np.cumsum(cl_w, axis=2),
+        members.astype(np.int64),
+        cl_mass,
+        topic,
+        stream.integers(0, 2**31 - 1, L).astype(np.int64),
+    )
     return Trace(topk_ids=out, num_experts=E)
 
 
@@ -197,24 +216,51 @@ def child(args: argparse.Namespace) -> None:
     read = time.perf_counter()
     summary = summarize(trace, workers=args.workers)
     summarized = time.perf_counter()
-    placement, report = solve(summary, PlacementProblem(topology), SolverSettings(solver=args.solver, workers=args.workers, time_limit=args.time_limit))
+    placement, report = solve(
+        summary,
+        PlacementProblem(topology),
+        SolverSettings(solver=args.solver, workers=args.workers, time_limit=args.time_limit),
+    )
     done = time.perf_counter()
     np.save(args.out, placement.phy2log)
     sets = float(np.mean([len(layer.sets) for layer in summary.layers]))
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(json.dumps({
-        "read": read - started, "summarize": summarized - read, "solve": done - summarized,
-        "total": done - started,
-        "cpu": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
-        "slots": placement.slots_per_gpu, "sets": sets, "messages": report.messages[-1:],
-        "rss_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "rss_worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
-    }))
+    print(
+        json.dumps(
+            {
+                "read": read - started,
+                "summarize": summarized - read,
+                "solve": done - summarized,
+                "total": done - started,
+                "cpu": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
+                "slots": placement.slots_per_gpu,
+                "sets": sets,
+                "messages": report.messages[-1:],
+                "rss_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                "rss_worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+            }
+        )
+    )
 
 
 def timed_run(trace: Path, topology: str, solver: str, workers: int, out: Path, time_limit: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--trace", str(trace), "--topology", topology,
-           "--solver", solver, "--workers", str(workers), "--out", str(out), "--time-limit", str(time_limit)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--trace",
+        str(trace),
+        "--topology",
+        topology,
+        "--solver",
+        solver,
+        "--workers",
+        str(workers),
+        "--out",
+        str(out),
+        "--time-limit",
+        str(time_limit),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
@@ -240,8 +286,11 @@ def rows(kinds: list[str], scaling_layers: int, quick: bool) -> list[Row]:
         out += [Row(MAIN[0], Shape("dsv3", 256, 58), 32, tokens), Row(MAIN[1], Shape("kimi", 384, 60), 48, tokens)]
     L = scaling_layers
     if "tokens" in kinds:
-        out += [Row("tokens", Shape("dsv3", 256, L), 32, t) for t in (100_000, 300_000, 1_000_000)
-                if not quick or t <= 300_000]
+        out += [
+            Row("tokens", Shape("dsv3", 256, L), 32, t)
+            for t in (100_000, 300_000, 1_000_000)
+            if not quick or t <= 300_000
+        ]
     if "experts" in kinds:
         out += [Row("experts", Shape("dsv3", e, L), 8, tokens) for e in (64, 128, 256)]
     if "nodes" in kinds:
@@ -272,8 +321,12 @@ def main() -> None:
     parser.add_argument("--topology", help=argparse.SUPPRESS)
     parser.add_argument("--solver", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--time-limit", type=float, default=60.0,
-                        help="place()'s time_limit for the main rows (scaling rows: x layers / 58)")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=60.0,
+        help="place()'s time_limit for the main rows (scaling rows: x layers / 58)",
+    )
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -282,11 +335,16 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     solvers = args.solvers.split(",")
     warm_up(args.workers)
-    print(f"placer bench_scale: {os.cpu_count()} cores, workers={args.workers}, repeat={args.repeat}, "
-          f"default time_limit (60 s); load average at start {os.getloadavg()[0]:.1f}\n", flush=True)
-    print("| rows | experts x layers | nodes x GPUs | tokens | distinct sets/layer | solver | read s "
-          "| summarize s | solve s | total s | CPU s | held-out inter-node x contiguous | NIC peak x contiguous "
-          "| peak RSS main / worker GB | load avg | routing |")
+    print(
+        f"placer bench_scale: {os.cpu_count()} cores, workers={args.workers}, repeat={args.repeat}, "
+        f"default time_limit (60 s); load average at start {os.getloadavg()[0]:.1f}\n",
+        flush=True,
+    )
+    print(
+        "| rows | experts x layers | nodes x GPUs | tokens | distinct sets/layer | solver | read s "
+        "| summarize s | solve s | total s | CPU s | held-out inter-node x contiguous | NIC peak x contiguous "
+        "| peak RSS main / worker GB | load avg | routing |"
+    )
     print("|---" * 16 + "|", flush=True)
     tests: dict[Shape, Trace] = {}
     for row in rows(args.rows.split(","), args.scaling_layers, args.quick):
@@ -304,24 +362,32 @@ def main() -> None:
             for _ in range(args.repeat):
                 with tempfile.TemporaryDirectory() as tmp:
                     out = Path(tmp) / "phy2log.npy"
-                    runs.append(timed_run(path, f"{row.nodes}x{row.gpus}", solver, args.workers, out,
-                                          limit))
+                    runs.append(timed_run(path, f"{row.nodes}x{row.gpus}", solver, args.workers, out, limit))
                     phy2log = np.load(out)
             last = runs[-1]
             placement = Placement(phy2log, row.shape.experts, row.gpus, last["slots"], {})
             if contiguous is None:
-                contiguous = evaluate(test, baseline("contiguous", row.shape.layers, row.shape.experts,
-                                                     topology.num_gpus, row.gpus), topology).totals
+                contiguous = evaluate(
+                    test,
+                    baseline("contiguous", row.shape.layers, row.shape.experts, topology.num_gpus, row.gpus),
+                    topology,
+                ).totals
             totals = evaluate(test, placement, topology).totals
-            spread = lambda key: (f"{min(r[key] for r in runs):.1f}" if len(runs) == 1 else
-                                  f"{min(r[key] for r in runs):.1f}..{max(r[key] for r in runs):.1f}")
-            print(f"| {row.group} | {row.shape.experts} x {row.shape.layers} | {row.nodes} x {row.gpus} "
-                  f"| {row.tokens:,} | {last['sets']:,.0f} | {solver} | {spread('read')} | {spread('summarize')} "
-                  f"| {spread('solve')} | {spread('total')} | {spread('cpu')} "
-                  f"| {totals['internode_tokens_dedup'] / contiguous['internode_tokens_dedup']:.3f} "
-                  f"| {totals['nic_peak_tokens'] / contiguous['nic_peak_tokens']:.3f} "
-                  f"| {max(r['rss_main'] for r in runs):.2f} / {max(r['rss_worker'] for r in runs):.2f} "
-                  f"| {load:.1f} | {generator} |", flush=True)
+
+            def spread(key: str, runs: list = runs) -> str:
+                low, high = min(r[key] for r in runs), max(r[key] for r in runs)
+                return f"{low:.1f}" if len(runs) == 1 else f"{low:.1f}..{high:.1f}"
+
+            print(
+                f"| {row.group} | {row.shape.experts} x {row.shape.layers} | {row.nodes} x {row.gpus} "
+                f"| {row.tokens:,} | {last['sets']:,.0f} | {solver} | {spread('read')} | {spread('summarize')} "
+                f"| {spread('solve')} | {spread('total')} | {spread('cpu')} "
+                f"| {totals['internode_tokens_dedup'] / contiguous['internode_tokens_dedup']:.3f} "
+                f"| {totals['nic_peak_tokens'] / contiguous['nic_peak_tokens']:.3f} "
+                f"| {max(r['rss_main'] for r in runs):.2f} / {max(r['rss_worker'] for r in runs):.2f} "
+                f"| {load:.1f} | {generator} |",
+                flush=True,
+            )
     print(f"\nload average at end {os.getloadavg()[0]:.1f}; held-out traces: {TEST_TOKENS:,} tokens")
 
 

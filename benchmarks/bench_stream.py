@@ -51,18 +51,30 @@ def child(args: argparse.Namespace) -> None:
     max_nets = None if args.max_nets == "all" else args.max_nets if args.max_nets == "auto" else int(args.max_nets)
     started = time.perf_counter()
     source = TraceSource(args.trace)
-    placement, report = solve(source, PlacementProblem(topology), SolverSettings(solver=args.solver, workers=args.workers, max_nets=max_nets))
+    placement, report = solve(
+        source, PlacementProblem(topology), SolverSettings(solver=args.solver, workers=args.workers, max_nets=max_nets)
+    )
     placed = time.perf_counter()
     digest = trace_digest(source)
     done = time.perf_counter()
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(json.dumps({
-        "tokens": source.num_tokens, "shards": len(source.shards), "place": placed - started,
-        "digest": done - placed, "cpu": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
-        "rss_main": _vm_hwm_gb(), "rss_worker": kids.ru_maxrss / 2**20, "sha": digest[:12],
-        "notes": [m for m in report.messages if "streaming cap" in m],
-        "objective": report.objective, "experts_placed": int((placement.phy2log >= 0).sum()),
-    }))
+    print(
+        json.dumps(
+            {
+                "tokens": source.num_tokens,
+                "shards": len(source.shards),
+                "place": placed - started,
+                "digest": done - placed,
+                "cpu": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
+                "rss_main": _vm_hwm_gb(),
+                "rss_worker": kids.ru_maxrss / 2**20,
+                "sha": digest[:12],
+                "notes": [m for m in report.messages if "streaming cap" in m],
+                "objective": report.objective,
+                "experts_placed": int((placement.phy2log >= 0).sum()),
+            }
+        )
+    )
 
 
 def cached_shards(tokens: int, shard_tokens: int, cache: Path) -> Path:
@@ -96,20 +108,37 @@ def main() -> None:
     trace = cached_shards(args.tokens, args.shard_tokens, cache)
     raw_gb = args.tokens * 58 * 8 * 2 / 1e9
     load = os.getloadavg()[0]
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--trace", str(trace), "--solver", args.solver,
-           "--workers", str(args.workers), "--max-nets", args.max_nets]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--trace",
+        str(trace),
+        "--solver",
+        args.solver,
+        "--workers",
+        str(args.workers),
+        "--max-nets",
+        args.max_nets,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     r = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"placer bench_stream: {os.cpu_count()} cores; deepseek-v3 preset, {r['tokens']:,} tokens x 58 layers x "
-          f"top-8 ({raw_gb:.1f} GB of int16 ids) in {r['shards']} shards of {args.shard_tokens:,} tokens\n")
-    print("| solver | workers | max-nets | place s (read + summarize + solve) | digest s | CPU s "
-          "| peak RSS main GiB | peak RSS worker GiB | dropped by streaming cap | load avg |")
+    print(
+        f"placer bench_stream: {os.cpu_count()} cores; deepseek-v3 preset, {r['tokens']:,} tokens x 58 layers x "
+        f"top-8 ({raw_gb:.1f} GB of int16 ids) in {r['shards']} shards of {args.shard_tokens:,} tokens\n"
+    )
+    print(
+        "| solver | workers | max-nets | place s (read + summarize + solve) | digest s | CPU s "
+        "| peak RSS main GiB | peak RSS worker GiB | dropped by streaming cap | load avg |"
+    )
     print("|---" * 10 + "|")
     dropped = r["notes"][0].split("dropping ")[1].split(" of")[0] if r["notes"] else "0%"
-    print(f"| {args.solver} | {args.workers} | {args.max_nets} | {r['place']:.0f} | {r['digest']:.0f} | {r['cpu']:.0f} "
-          f"| {r['rss_main']:.2f} | {r['rss_worker']:.2f} | {dropped} | {load:.1f} |")
+    print(
+        f"| {args.solver} | {args.workers} | {args.max_nets} | {r['place']:.0f} | {r['digest']:.0f} | {r['cpu']:.0f} "
+        f"| {r['rss_main']:.2f} | {r['rss_worker']:.2f} | {dropped} | {load:.1f} |"
+    )
     for note in r["notes"]:
         print(f"\nnote: {note}")
 

@@ -87,8 +87,9 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,  # plain click help: no markup eating "[synth]", flags without "<bool>"
 )
-import_app = typer.Typer(help="Convert routing traces from other tools into placer's .npz format.",
-                         rich_markup_mode=None)
+import_app = typer.Typer(
+    help="Convert routing traces from other tools into placer's .npz format.", rich_markup_mode=None
+)
 app.add_typer(import_app, name="import")
 console = Console(highlight=False)  # width: $COLUMNS, else the terminal's, else 80; tables fit any
 
@@ -108,23 +109,37 @@ Split = _choices("Split", SPLITS)
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (shown only when stderr is a terminal).")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bars (shown only when stderr is a terminal).")
+]
 TopologyOpt = Annotated[str, typer.Option(help="Topology preset name or .toml file.")]
-ReplayTopologyOpt = Annotated[str | None, typer.Option(
-    help="Topology preset name or .toml file (default: the cluster the placement files record; an SGLang map "
-         "records none, so state it here or with --nodes and --gpus-per-node; baselines alone: h100-dgx).")]
+ReplayTopologyOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Topology preset name or .toml file (default: the cluster the placement files record; an SGLang map "
+        "records none, so state it here or with --nodes and --gpus-per-node; baselines alone: h100-dgx)."
+    ),
+]
 NodesOpt = Annotated[int | None, typer.Option("--nodes", help="Override the topology's node count.")]
 GpnOpt = Annotated[int | None, typer.Option("--gpus-per-node", help="Override the GPUs per node.")]
 ModelOpt = Annotated[
     str | None, typer.Option(help="Model preset name or .toml file (default: the preset matching the trace).")
 ]
 MaxNodesOpt = Annotated[int | None, typer.Option("--max-nodes", help="Report tokens touching more than M nodes.")]
-SourceOpt = Annotated[Source, typer.Option(help="token: token t on GPU t mod P (or src_rank); sequence: sequence i on GPU i mod P.")]
+SourceOpt = Annotated[
+    Source, typer.Option(help="token: token t on GPU t mod P (or src_rank); sequence: sequence i on GPU i mod P.")
+]
 RuleOpt = Annotated[Rule, typer.Option(help="Which replica serves a token when experts are replicated.")]
-DispatchOpt = Annotated[Dispatch, typer.Option(help="normal: one copy per remote node; low-latency: one per remote expert.")]
-SchedulerOpt = Annotated[str | None, typer.Option(
-    help="Dask scheduler address (tcp://host:8786) or local:N: summarise shards and solve layers on "
-         "its workers, which open the trace files themselves (result unchanged; needs placer[dask]).")]
+DispatchOpt = Annotated[
+    Dispatch, typer.Option(help="normal: one copy per remote node; low-latency: one per remote expert.")
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Dask scheduler address (tcp://host:8786) or local:N: summarise shards and solve layers on "
+        "its workers, which open the trace files themselves (result unchanged; needs placer[dask])."
+    ),
+]
 
 
 @contextmanager
@@ -149,8 +164,7 @@ def _topology(name: str, nodes: int | None, gpus_per_node: int | None) -> Topolo
     return topology.resized(nodes, gpus_per_node)
 
 
-def _report_results(results: list[tuple[str, ReplayReport]], title: str, as_json: bool,
-                    used: dict) -> None:
+def _report_results(results: list[tuple[str, ReplayReport]], title: str, as_json: bool, used: dict) -> None:
     """The comparison table, or JSON with ``used`` (the topology and model replayed on)."""
     if as_json:
         if len(results) == 1:
@@ -172,9 +186,13 @@ def _title(trace_path: str, trace: TraceSource, topology: Topology, model: Model
 @app.command("stats")
 def stats_command(
     trace: Annotated[str, typer.Argument(help="Trace .npz file or directory of shards.")],
-    scheduler: Annotated[str | None, typer.Option(
-        help="Dask scheduler address (tcp://host:8786) or local:N: summarise the shards on its workers, "
-             "which open the trace files themselves (result unchanged; needs placer[dask]).")] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Dask scheduler address (tcp://host:8786) or local:N: summarise the shards on its workers, "
+            "which open the trace files themselves (result unchanged; needs placer[dask])."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -192,12 +210,17 @@ def stats_command(
     doc = stats.to_dict()
     console.print(
         f"{trace}: {doc['tokens']:,} tokens x {doc['layers']} MoE layers, top-{doc['k']} of {doc['experts']} experts",
-        markup=False, highlight=False,
+        markup=False,
+        highlight=False,
     )
     console.print(stats_table(doc))
     if doc["distinct_sets_estimated"]:
-        console.print("note: distinct sets above 65,536 per layer are estimated (k-minimum-values sketch, "
-                      "about 0.4% relative error)", markup=False, highlight=False)
+        console.print(
+            "note: distinct sets above 65,536 per layer are estimated (k-minimum-values sketch, "
+            "about 0.4% relative error)",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command("evaluate")
@@ -224,8 +247,17 @@ def evaluate_command(
     experts = mdl.num_experts if mdl is not None else source_trace.num_experts
     entries = [workflow.load_placement(spec, source_trace.num_layers, experts, topo, mdl) for spec in placement]
     with terminal_progress(quiet) as progress:
-        results = workflow.compare(source_trace, entries, topo, mdl, progress=progress, source=source.value,
-                                   dispatch=dispatch.value, max_nodes=max_nodes, rule=rule.value)
+        results = workflow.compare(
+            source_trace,
+            entries,
+            topo,
+            mdl,
+            progress=progress,
+            source=source.value,
+            dispatch=dispatch.value,
+            max_nodes=max_nodes,
+            rule=rule.value,
+        )
     reference = "" if len(results) == 1 else f" | ratios against {results[0][0]}, the first --placement"
     used = {"topology": topo.to_dict(), "model": None if mdl is None else mdl.to_dict()}
     _report_results(results, _title(trace, source_trace, topo, mdl, reference), as_json, used)
@@ -248,7 +280,9 @@ def place_command(
     keep_groups: Annotated[bool, typer.Option(help="Keep each expert group of the model on its own nodes.")] = False,
     slots_per_gpu: Annotated[
         str | None,
-        typer.Option(help="Expert slots per GPU and layer: a number, or 'memory' for as many as fit (default: ceil(E / GPUs))."),
+        typer.Option(
+            help="Expert slots per GPU and layer: a number, or 'memory' for as many as fit (default: ceil(E / GPUs))."
+        ),
     ] = None,
     memory_reserve: Annotated[
         float, typer.Option(help="Share of GPU memory kept for non-expert use when checking that experts fit.")
@@ -258,20 +292,29 @@ def place_command(
     workers: Annotated[int, typer.Option(help="Processes solving layers in parallel (result unchanged).")] = 1,
     output_format: Annotated[
         OutputFormat,
-        typer.Option("--format", help="placer JSON, SGLang JSON, TensorRT-LLM YAML, EPLB .npz, expert permutation "
-                     "JSON; EXPERIMENTAL: vllm = eplb_config.initial_expert_map_path JSON (open vLLM PR #49572), "
-                     "vllm-ranks = --expert-placement-file JSON (open vLLM PR #34811)."),
+        typer.Option(
+            "--format",
+            help="placer JSON, SGLang JSON, TensorRT-LLM YAML, EPLB .npz, expert permutation "
+            "JSON; EXPERIMENTAL: vllm = eplb_config.initial_expert_map_path JSON (open vLLM PR #49572), "
+            "vllm-ranks = --expert-placement-file JSON (open vLLM PR #34811).",
+        ),
     ] = OutputFormat.placer,
-    heldout: Annotated[str | None, typer.Option("--evaluate", help="Held-out trace to replay against the result and the baselines.")] = None,
+    heldout: Annotated[
+        str | None, typer.Option("--evaluate", help="Held-out trace to replay against the result and the baselines.")
+    ] = None,
     exclude_gpus: Annotated[
         str | None, typer.Option(help="Comma-separated GPU ids out of service (e.g. failed): they get no experts.")
     ] = None,
     current: Annotated[
-        str | None, typer.Option(help="Placement in service now: relabel nodes/GPUs of the result to move the fewest experts.")
+        str | None,
+        typer.Option(help="Placement in service now: relabel nodes/GPUs of the result to move the fewest experts."),
     ] = None,
     max_nets: Annotated[
-        str, typer.Option(help="Distinct top-k sets kept per layer while streaming the trace: a number, "
-                          "'all', or 'auto' (as many as the solver's search uses; bounds memory).")
+        str,
+        typer.Option(
+            help="Distinct top-k sets kept per layer while streaming the trace: a number, "
+            "'all', or 'auto' (as many as the solver's search uses; bounds memory)."
+        ),
     ] = "auto",
     scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
@@ -293,13 +336,21 @@ def place_command(
     counts_only = isinstance(source, ExpertCounts)
     mdl = workflow.match_model(model, source.num_experts, None if counts_only else source.top_k)
     problem = PlacementProblem(
-        topo, mdl, balance, max_nodes, max_nodes_coverage, keep_groups, _slots(slots_per_gpu), memory_reserve,
+        topo,
+        mdl,
+        balance,
+        max_nodes,
+        max_nodes_coverage,
+        keep_groups,
+        _slots(slots_per_gpu),
+        memory_reserve,
         tuple(_gpu_list(exclude_gpus)),
     )
     in_service = placement_io.read_placement(current, topo.num_gpus, topo.gpus_per_node, mdl) if current else None
     with terminal_progress(quiet) as progress:
-        settings = SolverSettings(solver.value, time_limit, seed, None, workers, None, progress, "best",
-                                  _max_nets(max_nets))
+        settings = SolverSettings(
+            solver.value, time_limit, seed, None, workers, None, progress, "best", _max_nets(max_nets)
+        )
         with nullcontext() if scheduler is None else _cluster(scheduler, source) as cluster:
             result = workflow.place(source, problem, settings, current=in_service, cluster=cluster)
     chosen, solve_facts = result.placement, result.facts()
@@ -311,8 +362,16 @@ def place_command(
         with terminal_progress(quiet) as progress:
             results = _against_baselines(test, f"placer {solver.value}", chosen, topo, mdl, max_nodes, progress)
     if as_json:
-        _print_json({"out": out, "wall_s": wall, "interrupted": bool(interrupted), "solve": solve_facts,
-                     "evaluation": {name: r.totals for name, r in results}, "launch": launch})
+        _print_json(
+            {
+                "out": out,
+                "wall_s": wall,
+                "interrupted": bool(interrupted),
+                "solve": solve_facts,
+                "evaluation": {name: r.totals for name, r in results},
+                "launch": launch,
+            }
+        )
         _exit_if_interrupted(out, output_format.value, solve_facts)
         return
     console.print(f"wrote {out} ({output_format.value} format) in {wall:.1f} s wall", markup=False, highlight=False)
@@ -329,7 +388,8 @@ def place_command(
         console.print(
             f"from {current}: {moves['experts_moved']:,} expert copies to load "
             f"({moves['bytes_moved'] / 1e9:,.2f} GB of weights), {moves['without_relabel']:,} without relabelling",
-            markup=False, highlight=False,
+            markup=False,
+            highlight=False,
         )
     if results:
         console.print(comparison_table(results, _title(heldout, test, topo, mdl, " | held-out replay")))
@@ -342,8 +402,9 @@ def _check_heldout(path: str, test: TraceSource | Trace, source: TraceSource | T
     if test.num_layers != source.num_layers:
         raise InputError(path, "--evaluate", f"{test.num_layers} layers; the trace placed from has {source.num_layers}")
     if test.num_experts > source.num_experts:
-        raise InputError(path, "--evaluate", f"uses {test.num_experts} experts; the trace placed from has "
-                                             f"{source.num_experts}")
+        raise InputError(
+            path, "--evaluate", f"uses {test.num_experts} experts; the trace placed from has {source.num_experts}"
+        )
 
 
 def _exit_if_interrupted(out: str, output_format: str, solve_facts: dict) -> None:
@@ -351,11 +412,16 @@ def _exit_if_interrupted(out: str, output_format: str, solve_facts: dict) -> Non
     interrupted = solve_facts.get("interrupted")
     if not interrupted:
         return
-    marked = ("marked interrupted in its solver metadata" if output_format == "placer"
-              else f"the {output_format} format cannot record that")
+    marked = (
+        "marked interrupted in its solver metadata"
+        if output_format == "placer"
+        else f"the {output_format} format cannot record that"
+    )
     Console(stderr=True).print(
-        f"placer: interrupted: wrote the best placement so far to {out} ({interrupted['note']}; "
-        f"{marked})", markup=False, highlight=False, soft_wrap=True,
+        f"placer: interrupted: wrote the best placement so far to {out} ({interrupted['note']}; {marked})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
     sys.exit(130)  # not typer.Exit: main() reads a 130 returned by typer as an unreported Ctrl-C
 
@@ -389,8 +455,13 @@ def _slots(requested: str | None) -> int | str | None:
 
 
 def _against_baselines(
-    test: TraceSource | Trace, label: str, chosen: Placement, topo: Topology, mdl: Model | None,
-    max_nodes: int | None, progress: ProgressFn | None = None,
+    test: TraceSource | Trace,
+    label: str,
+    chosen: Placement,
+    topo: Topology,
+    mdl: Model | None,
+    max_nodes: int | None,
+    progress: ProgressFn | None = None,
 ) -> list[tuple[str, ReplayReport]]:
     """Replay ``test`` against the three baselines and ``chosen`` (last)."""
     entries = workflow.with_baselines({label: chosen}, BASELINES, test.num_layers, chosen.num_experts, topo)
@@ -402,7 +473,9 @@ def report_command(
     trace: Annotated[str, typer.Option(help="Trace .npz file or directory of shards to replay.")],
     placement: Annotated[list[str], typer.Option(help="contiguous, round-robin, random or a placement file; repeat.")],
     out: Annotated[str, typer.Option(help="Output folder: index.html (or report.md) and the PNGs.")],
-    output_format: Annotated[ReportFormat, typer.Option("--format", help="html (one self-contained file) or md.")] = ReportFormat.html,
+    output_format: Annotated[
+        ReportFormat, typer.Option("--format", help="html (one self-contained file) or md.")
+    ] = ReportFormat.html,
     topology: ReplayTopologyOpt = None,
     nodes: NodesOpt = None,
     gpus_per_node: GpnOpt = None,
@@ -429,14 +502,24 @@ def report_command(
     experts = mdl.num_experts if mdl is not None else source_trace.num_experts
     chosen = [workflow.load_placement(spec, source_trace.num_layers, experts, topo, mdl) for spec in placement]
     labels = [label for label, _ in chosen]
-    placements = {
-        (spec if labels.count(label) > 1 else label): p for spec, (label, p) in zip(placement, chosen)
-    }
+    placements = {(spec if labels.count(label) > 1 else label): p for spec, (label, p) in zip(placement, chosen)}
     with terminal_progress(quiet) as progress:
         page = write_report(
-            source_trace, placements, topo, mdl, out, title=title, format=output_format.value,
-            baselines=() if no_baselines else BASELINES, layer=layer, source=source.value, dispatch=dispatch.value,
-            max_nodes=max_nodes, rule=rule.value, trace_label=trace, inputs=[s for s in placement if s not in BASELINES],
+            source_trace,
+            placements,
+            topo,
+            mdl,
+            out,
+            title=title,
+            format=output_format.value,
+            baselines=() if no_baselines else BASELINES,
+            layer=layer,
+            source=source.value,
+            dispatch=dispatch.value,
+            max_nodes=max_nodes,
+            rule=rule.value,
+            trace_label=trace,
+            inputs=[s for s in placement if s not in BASELINES],
             progress=progress,
         )
     figures = [str(page.parent / f"{name}.png") for name in FIGURE_NAMES]
@@ -452,9 +535,12 @@ def validate_command(
     topology: ReplayTopologyOpt = None,
     nodes: NodesOpt = None,
     gpus_per_node: GpnOpt = None,
-    model: Annotated[str | None, typer.Option(
-        help="Model preset name or .toml file: also check its expert count and that the experts fit in GPU "
-             "memory.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model preset name or .toml file: also check its expert count and that the experts fit in GPU memory."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check a placement: schema, every expert in every layer, slots, memory, EP divisibility."""
@@ -462,8 +548,12 @@ def validate_command(
     mdl = instances.load_model(model) if model else None
     chosen = placement_io.read_placement(placement, topo.num_gpus, topo.gpus_per_node, mdl)
     if mdl is None and str((chosen.metadata.get("solver") or {}).get("name", "")).startswith("sglang:"):
-        raise InputError(placement, "--model", "an SGLang map records no expert count, so an expert it never "
-                                               "places cannot be found: give the model it was made for")
+        raise InputError(
+            placement,
+            "--model",
+            "an SGLang map records no expert count, so an expert it never "
+            "places cannot be found: give the model it was made for",
+        )
     facts = placement_io.check_against(placement, chosen, topo, mdl)
     if as_json:
         _print_json({"valid": True, **facts})
@@ -473,7 +563,9 @@ def validate_command(
 
 @app.command("schema")
 def schema_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Accepted for uniformity: the schema is always JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Accepted for uniformity: the schema is always JSON.")
+    ] = False,
 ) -> None:
     """Print the JSON Schema of placer's placement file."""
     _print_json(placement_io.placement_schema())
@@ -485,8 +577,10 @@ def calc_command(
     ep: Annotated[int, typer.Option(help="Expert-parallel size (GPUs).")] = 256,
     tokens_per_gpu: Annotated[int, typer.Option(help="Tokens per GPU per micro-batch.")] = 4096,
     gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs per node.")] = 8,
-    max_nodes: Annotated[int | None, typer.Option(
-        "--max-nodes", help="A token reaches at most M nodes (node-limited routing, as DeepSeek-V3).")] = None,
+    max_nodes: Annotated[
+        int | None,
+        typer.Option("--max-nodes", help="A token reaches at most M nodes (node-limited routing, as DeepSeek-V3)."),
+    ] = None,
     dispatch_bytes: Annotated[float | None, typer.Option(help="Override bytes per element for dispatch.")] = None,
     combine_bytes: Annotated[float | None, typer.Option(help="Override bytes per element for combine.")] = None,
     topology: Annotated[str | None, typer.Option(help="Topology for time estimates.")] = None,
@@ -518,19 +612,33 @@ def _ep_list(text: str) -> list[int]:
 def sweep_command(
     model: Annotated[str, typer.Option(help="Model preset name or .toml file.")],
     topology: Annotated[str, typer.Option(help="Topology preset or .toml file: the whole cluster.")],
-    trace: Annotated[str | None, typer.Option(help="Routing trace to solve placer's placement on (default: uniform routing).")] = None,
-    eval_trace: Annotated[str | None, typer.Option(help="Trace to replay (ideally held out; default: --trace).")] = None,
+    trace: Annotated[
+        str | None, typer.Option(help="Routing trace to solve placer's placement on (default: uniform routing).")
+    ] = None,
+    eval_trace: Annotated[
+        str | None, typer.Option(help="Trace to replay (ideally held out; default: --trace).")
+    ] = None,
     ep: Annotated[str, typer.Option(help="Comma-separated EP sizes.")] = ",".join(map(str, sweep.DEFAULT_EPS)),
-    tokens_per_step: Annotated[int, typer.Option(help="Tokens per training step, whole cluster.")] = sweep.DEFAULT_TOKENS_PER_STEP,
+    tokens_per_step: Annotated[
+        int, typer.Option(help="Tokens per training step, whole cluster.")
+    ] = sweep.DEFAULT_TOKENS_PER_STEP,
     dispatch: DispatchOpt = Dispatch.normal,
-    peer_latency: Annotated[float, typer.Option(help="Seconds per inter-node peer per all-to-all phase (0: bandwidth + fixed latency).")] = 0.0,
+    peer_latency: Annotated[
+        float, typer.Option(help="Seconds per inter-node peer per all-to-all phase (0: bandwidth + fixed latency).")
+    ] = 0.0,
     solver: Annotated[str, typer.Option(help="placer's solver: spectral, auto, ilp, eplb.")] = "spectral",
     seed: Annotated[int, typer.Option(help="Solver seed.")] = 0,
-    alpha: Annotated[float | None, typer.Option(help="placer's NIC-balance weight (default: the solver's per node count).")] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="placer's NIC-balance weight (default: the solver's per node count).")
+    ] = None,
     out: Annotated[str | None, typer.Option(help="Directory for sweep.json and sweep.png.")] = None,
-    scheduler: Annotated[str | None, typer.Option(
-        help="Dask scheduler address or local:N: solve and replay each EP size as a task on its workers "
-             "(result unchanged; needs placer[dask]).")] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Dask scheduler address or local:N: solve and replay each EP size as a task on its workers "
+            "(result unchanged; needs placer[dask])."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Inter- and intra-node GB per training step and a2a/compute time as EP grows: contiguous vs placer."""
@@ -543,9 +651,15 @@ def sweep_command(
     plots = _plots() if out is not None else None
     with nullcontext() if scheduler is None else connect(scheduler) as cluster:
         result = sweep.run_sweep(
-            mdl, topo, None if trace is None else workflow.open_trace(trace),
+            mdl,
+            topo,
+            None if trace is None else workflow.open_trace(trace),
             None if eval_trace is None else workflow.open_trace(eval_trace),
-            eps=_ep_list(ep), step=step, solver=solver, seed=seed, alpha=alpha,
+            eps=_ep_list(ep),
+            step=step,
+            solver=solver,
+            seed=seed,
+            alpha=alpha,
             mapper=map if cluster is None else cluster.map,
         )
     facts = {**result.to_dict(), "trace": trace, "eval_trace": eval_trace}
@@ -565,7 +679,11 @@ def sweep_command(
     if out is not None and plots is None:
         Console(stderr=True).print(
             f"placer: {targets[2]} not drawn: matplotlib is not installed; pip install 'placer[plots]' and run "
-            "again for the figure", markup=False, highlight=False, soft_wrap=True)
+            "again for the figure",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _plots() -> ModuleType | None:
@@ -616,23 +734,32 @@ def import_esft_command(
     for path, trace in outputs.items():
         refuse_overwriting_input(path, directory)
         save_trace(trace, path)
-    summary = {path: {"tokens": t.num_tokens, "layers": t.num_layers, "top_k": t.top_k,
-                      "sequences": len(t.seq_lens)} for path, t in outputs.items()}
+    summary = {
+        path: {"tokens": t.num_tokens, "layers": t.num_layers, "top_k": t.top_k, "sequences": len(t.seq_lens)}
+        for path, t in outputs.items()
+    }
     if as_json:
         _print_json(summary)
     else:
         for path, facts in summary.items():
-            console.print(f"wrote {path}: {facts['tokens']:,} tokens, {facts['sequences']} sequences, "
-                          f"{facts['layers']} layers, top-{facts['top_k']}")
+            console.print(
+                f"wrote {path}: {facts['tokens']:,} tokens, {facts['sequences']} sequences, "
+                f"{facts['layers']} layers, top-{facts['top_k']}"
+            )
 
 
 NumExpertsOpt = Annotated[
     int | None, typer.Option(help="Experts per layer, for formats that do not record it (default: largest id + 1).")
 ]
 ImportOutOpt = Annotated[str, typer.Option(help="Output: .npz for a routing trace, .npy for expert counts.")]
-ImportModelOpt = Annotated[str | None, typer.Option(
-    "--model", help="Model preset or .toml: names the dense layers (first_dense_layers), checks the layer count and "
-                    "the expert count (default: constant / all-zero layers are the dense ones).")]
+ImportModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Model preset or .toml: names the dense layers (first_dense_layers), checks the layer count and "
+        "the expert count (default: constant / all-zero layers are the dense ones).",
+    ),
+]
 
 
 def _import_model(name: str | None) -> Model | None:
@@ -651,15 +778,26 @@ def _write_imported(result: Imported, out: str, inputs: list[str], as_json: bool
     notes = list(result.notes)
     if isinstance(routing, ExpertCounts):
         save_counts(routing, out)
-        facts = {"out": out, "kind": "counts", "layers": routing.num_layers, "experts": routing.num_experts,
-                 "layer_ids": recorded_layer_ids(routing)}
+        facts = {
+            "out": out,
+            "kind": "counts",
+            "layers": routing.num_layers,
+            "experts": routing.num_experts,
+            "layer_ids": recorded_layer_ids(routing),
+        }
         if routing.layer_ids is not None:
             notes.append(counts_layer_note(routing.layer_ids))
     else:
         save_trace(routing, out)
-        facts = {"out": out, "kind": "trace", "tokens": routing.num_tokens, "layers": routing.num_layers,
-                 "top_k": routing.top_k, "experts": routing.num_experts,
-                 "layer_ids": recorded_layer_ids(routing)}
+        facts = {
+            "out": out,
+            "kind": "trace",
+            "tokens": routing.num_tokens,
+            "layers": routing.num_layers,
+            "top_k": routing.top_k,
+            "experts": routing.num_experts,
+            "layer_ids": recorded_layer_ids(routing),
+        }
     if as_json:
         _print_json({**facts, "notes": notes})
         return
@@ -684,9 +822,13 @@ def import_megatron_command(
     source: Annotated[str, typer.Argument(help="Directory of router_trace_rank<R>.jsonl files, or one file.")],
     out: ImportOutOpt,
     num_experts: NumExpertsOpt = None,
-    pipeline_layers: Annotated[str | None, typer.Option(
-        help="Decoder layers per pipeline stage, e.g. 13,13: the records' layer ids are stage-local under "
-             "pipeline parallelism (ranks are stage-major).")] = None,
+    pipeline_layers: Annotated[
+        str | None,
+        typer.Option(
+            help="Decoder layers per pipeline stage, e.g. 13,13: the records' layer ids are stage-local under "
+            "pipeline parallelism (ranks are stage-major)."
+        ),
+    ] = None,
     model: ImportModelOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -699,8 +841,9 @@ def import_megatron_command(
 
 @import_app.command("vllm")
 def import_vllm_command(
-    files: Annotated[list[str], typer.Argument(
-        help="routed_experts .npy files [tokens, num_hidden_layers, top_k], one per request.")],
+    files: Annotated[
+        list[str], typer.Argument(help="routed_experts .npy files [tokens, num_hidden_layers, top_k], one per request.")
+    ],
     out: ImportOutOpt,
     num_experts: NumExpertsOpt = None,
     model: ImportModelOpt = None,
@@ -715,15 +858,23 @@ def import_vllm_command(
 
 @import_app.command("sglang")
 def import_sglang_command(
-    dump: Annotated[str, typer.Argument(
-        help="SGLang expert-distribution dump(s): a .pt file, a directory of them or a quoted glob "
-             "(per_token: one file per rank, merged; stat mode: summed).")],
+    dump: Annotated[
+        str,
+        typer.Argument(
+            help="SGLang expert-distribution dump(s): a .pt file, a directory of them or a quoted glob "
+            "(per_token: one file per rank, merged; stat mode: summed)."
+        ),
+    ],
     out: ImportOutOpt,
     num_experts: NumExpertsOpt = None,
     model: ImportModelOpt = None,
-    in_service: Annotated[str | None, typer.Option(
-        help="Also write the dump's last_physical_to_logical_map (the placement in service) as an SGLang "
-             "JSON map, usable as place --current.")] = None,
+    in_service: Annotated[
+        str | None,
+        typer.Option(
+            help="Also write the dump's last_physical_to_logical_map (the placement in service) as an SGLang "
+            "JSON map, usable as place --current."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Import SGLang expert-distribution dumps (needs the `sglang` extra: torch)."""
@@ -738,8 +889,12 @@ def import_sglang_command(
 
 @import_app.command("sglang-routed")
 def import_sglang_routed_command(
-    responses: Annotated[str, typer.Argument(
-        help="JSONL of SGLang /generate responses with meta_info.routed_experts (return_routed_experts).")],
+    responses: Annotated[
+        str,
+        typer.Argument(
+            help="JSONL of SGLang /generate responses with meta_info.routed_experts (return_routed_experts)."
+        ),
+    ],
     out: ImportOutOpt,
     model: ImportModelOpt = None,
     layers: Annotated[int | None, typer.Option(help="Decoder layers (num_hidden_layers), without --model.")] = None,
@@ -757,9 +912,13 @@ def import_trtllm_command(
     directory: Annotated[str, typer.Argument(help="TensorRT-LLM expert statistics directory (meta_info.json).")],
     out: ImportOutOpt,
     model: ImportModelOpt = None,
-    assignment: Annotated[str | None, typer.Option(
-        help="Load-balancer config (YAML with initial_global_assignments): maps the slot ids of statistics "
-             "recorded with the MoE load balancer on to experts.")] = None,
+    assignment: Annotated[
+        str | None,
+        typer.Option(
+            help="Load-balancer config (YAML with initial_global_assignments): maps the slot ids of statistics "
+            "recorded with the MoE load balancer on to experts."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Import TensorRT-LLM expert statistics (needs the `trtllm` extra: safetensors, PyYAML)."""
@@ -784,10 +943,15 @@ def _stream(path: str, quiet: bool) -> Trace:
 @app.command("replay")
 def replay_command(
     trace: Annotated[str, typer.Option(help="Time-ordered trace (.npz or shards) or an ESFT root directory.")],
-    window: Annotated[int, typer.Option(help="Tokens per window: each window is served by the placement "
-                                             "decided from the windows before it.")] = 4000,
-    slots_per_gpu: Annotated[int, typer.Option("--slots-per-gpu", help="Expert slots per GPU (spare slots "
-                                                                       "hold replicas).")] = 2,
+    window: Annotated[
+        int,
+        typer.Option(
+            help="Tokens per window: each window is served by the placement decided from the windows before it."
+        ),
+    ] = 4000,
+    slots_per_gpu: Annotated[
+        int, typer.Option("--slots-per-gpu", help="Expert slots per GPU (spare slots hold replicas).")
+    ] = 2,
     policy: Annotated[list[Policy] | None, typer.Option(help="Policies to compare (repeat; default all).")] = None,
     topology: TopologyOpt = "h100-dgx",
     nodes: NodesOpt = None,
@@ -795,25 +959,30 @@ def replay_command(
     model: ModelOpt = None,
     dispatch: DispatchOpt = Dispatch.normal,
     rule: RuleOpt = Rule.nearest,
-    solver: Annotated[SolverChoice, typer.Option(help="Solver of the fresh solves (static, naive, oracle).")]
-    = SolverChoice.spectral,
+    solver: Annotated[
+        SolverChoice, typer.Option(help="Solver of the fresh solves (static, naive, oracle).")
+    ] = SolverChoice.spectral,
     time_limit: Annotated[float, typer.Option(help="Seconds per fresh solve.")] = 60.0,
     seed: Annotated[int, typer.Option(help="Seed of the solves and the rebalancer.")] = 0,
     half_life: Annotated[float | None, typer.Option(help="Rebalancer window half-life in tokens.")] = None,
-    move_budget: Annotated[float | None, typer.Option(help="Rebalancer: share of slots movable per "
-                                                           "rebalance.")] = None,
-    min_gain: Annotated[float | None, typer.Option(help="Rebalancer: least predicted gain worth moving "
-                                                        "a layer.")] = None,
-    plot: Annotated[str | None, typer.Option(help="Write the timeline figure to this PNG (needs "
-                                                  "placer[plots]).")] = None,
+    move_budget: Annotated[float | None, typer.Option(help="Rebalancer: share of slots movable per rebalance.")] = None,
+    min_gain: Annotated[
+        float | None, typer.Option(help="Rebalancer: least predicted gain worth moving a layer.")
+    ] = None,
+    plot: Annotated[
+        str | None, typer.Option(help="Write the timeline figure to this PNG (needs placer[plots]).")
+    ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Timeline replay: policies side by side over a time-ordered trace cut into windows."""
     if solver.value not in ("auto", "spectral", "ilp"):
         raise InputError(None, "--solver", f"expected auto, spectral or ilp, got {solver.value}")
-    overrides = {name: value for name, value in (("half_life_tokens", half_life), ("move_budget", move_budget),
-                                                 ("min_gain", min_gain)) if value is not None}
+    overrides = {
+        name: value
+        for name, value in (("half_life_tokens", half_life), ("move_budget", move_budget), ("min_gain", min_gain))
+        if value is not None
+    }
     flags = {"half_life_tokens": "--half-life", "move_budget": "--move-budget", "min_gain": "--min-gain"}
     try:
         config = replace(RebalanceConfig(), **overrides)
@@ -824,9 +993,21 @@ def replay_command(
     mdl = workflow.match_model(model, stream.num_experts, stream.top_k)
     policies = [p.value for p in policy] if policy else list(POLICIES)
     with terminal_progress(quiet) as progress:
-        result = replay_timeline(stream, topo, mdl, window_tokens=window, slots_per_gpu=slots_per_gpu,
-                                 policies=policies, config=config, rule=rule.value, dispatch=dispatch.value,
-                                 solver=solver.value, time_limit=time_limit, seed=seed, progress=progress)
+        result = replay_timeline(
+            stream,
+            topo,
+            mdl,
+            window_tokens=window,
+            slots_per_gpu=slots_per_gpu,
+            policies=policies,
+            config=config,
+            rule=rule.value,
+            dispatch=dispatch.value,
+            solver=solver.value,
+            time_limit=time_limit,
+            seed=seed,
+            progress=progress,
+        )
     if plot is not None:
         from placer.presentation import plots
 
@@ -835,25 +1016,35 @@ def replay_command(
     if as_json:
         _print_json(result.to_dict())
         return
-    console.print(_title(trace, stream, topo, mdl, f" | {slots_per_gpu} slots/GPU, rule {rule.value}"),
-                  markup=False, highlight=False)
+    console.print(
+        _title(trace, stream, topo, mdl, f" | {slots_per_gpu} slots/GPU, rule {rule.value}"),
+        markup=False,
+        highlight=False,
+    )
     for table in timeline_tables(result):
         console.print(table)
 
 
-
-
 @app.command("synth")
 def synth_command(
-    preset: Annotated[str, typer.Option(help="esft, deepseek-v3, kimi-k2, qwen3-235b, seed001, or a .toml with [synth].")],
+    preset: Annotated[
+        str, typer.Option(help="esft, deepseek-v3, kimi-k2, qwen3-235b, seed001, or a .toml with [synth].")
+    ],
     tokens: Annotated[int, typer.Option(help="Tokens to generate.")],
     out: Annotated[str, typer.Option(help=".npz file, or a directory of shards (with --shard-tokens).")],
     split: Annotated[Split, typer.Option(help="train, or test (applies the preset's domain drift).")] = Split.train,
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
-    shard_tokens: Annotated[int | None, typer.Option(help="Write shards of about T tokens (cut at sequence starts).")] = None,
+    shard_tokens: Annotated[
+        int | None, typer.Option(help="Write shards of about T tokens (cut at sequence starts).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing shards in OUT.")] = False,
-    phases: Annotated[int, typer.Option(help="A drifting stream: P phases in order, phase p drawn from the "
-                                             "test split with drift p x --drift-step (one .npz).")] = 1,
+    phases: Annotated[
+        int,
+        typer.Option(
+            help="A drifting stream: P phases in order, phase p drawn from the "
+            "test split with drift p x --drift-step (one .npz)."
+        ),
+    ] = 1,
     drift_step: Annotated[float, typer.Option(help="Drift added per phase (with --phases).")] = 1.0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -874,16 +1065,36 @@ def synth_command(
         paths = [Path(out)]
     else:
         with terminal_progress(quiet) as progress:
-            paths = synth.write_trace(params, tokens, out, seed=seed, split=split.value,
-                                      shard_tokens=shard_tokens, overwrite=overwrite, progress=progress)
+            paths = synth.write_trace(
+                params,
+                tokens,
+                out,
+                seed=seed,
+                split=split.value,
+                shard_tokens=shard_tokens,
+                overwrite=overwrite,
+                progress=progress,
+            )
     seconds = time.perf_counter() - started
     if as_json:
-        _print_json({"preset": preset, "params": synth.describe(params), "tokens": tokens, "split": split.value,
-                     "seed": seed, "files": [str(p) for p in paths], "seconds": seconds})
+        _print_json(
+            {
+                "preset": preset,
+                "params": synth.describe(params),
+                "tokens": tokens,
+                "split": split.value,
+                "seed": seed,
+                "files": [str(p) for p in paths],
+                "seconds": seconds,
+            }
+        )
     else:
         what = f"{phases}-phase" if phases > 1 else split.value
-        console.print(f"wrote {tokens:,} {what} tokens of {preset} to {out} ({len(paths)} file(s)) "
-                      f"in {seconds:.1f} s", markup=False, highlight=False)
+        console.print(
+            f"wrote {tokens:,} {what} tokens of {preset} to {out} ({len(paths)} file(s)) in {seconds:.1f} s",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command("demo")
@@ -904,7 +1115,8 @@ def demo_command(as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
     console.print(
         f"placed {train.num_tokens:,} tokens of the embedded ESFT sample (intent, first half) "
         f"with spectral in {wall:.1f} s; replaying the held-out half:",
-        markup=False, highlight=False,
+        markup=False,
+        highlight=False,
     )
     console.print(comparison_table(results, _title("embedded ESFT sample (intent, held-out half)", test, topo, mdl)))
     console.print(verdict(results, results[-1][0], results[0][0]), markup=False)
@@ -963,8 +1175,11 @@ def _usage_line(err: click_errors.ClickException) -> str:
     """A click usage error on one line, naming the command."""
     message = " ".join(err.format_message().split())
     ctx = getattr(err, "ctx", None)
-    return f"{ctx.command_path.removeprefix(ctx.find_root().info_name or '').strip() or 'placer'}: {message}" \
-        if ctx is not None else message
+    return (
+        f"{ctx.command_path.removeprefix(ctx.find_root().info_name or '').strip() or 'placer'}: {message}"
+        if ctx is not None
+        else message
+    )
 
 
 def _say(text: str) -> None:
@@ -972,15 +1187,46 @@ def _say(text: str) -> None:
 
 
 #: library fields the user sets with a flag of another name
-FLAG_OF_FIELD = {"output_format": "--format", "excluded_gpus": "--exclude-gpus",
-                 "dispatch_bytes_per_element": "--dispatch-bytes", "combine_bytes_per_element": "--combine-bytes"}
+FLAG_OF_FIELD = {
+    "output_format": "--format",
+    "excluded_gpus": "--exclude-gpus",
+    "dispatch_bytes_per_element": "--dispatch-bytes",
+    "combine_bytes_per_element": "--combine-bytes",
+}
 #: library fields the user sets with the flag of the same name
-FLAG_FIELDS = frozenset({
-    "alpha", "balance", "current", "dispatch", "exclude_gpus", "keep_groups", "max_nets", "max_nodes",
-    "max_nodes_coverage", "memory_reserve", "model", "out", "rule", "scheduler", "seed", "slots_per_gpu",
-    "nodes", "gpus_per_node", "tokens", "shard_tokens", "layer", "ep", "tokens_per_gpu",
-    "solver", "source", "time_limit", "topology", "trace", "workers",
-})
+FLAG_FIELDS = frozenset(
+    {
+        "alpha",
+        "balance",
+        "current",
+        "dispatch",
+        "exclude_gpus",
+        "keep_groups",
+        "max_nets",
+        "max_nodes",
+        "max_nodes_coverage",
+        "memory_reserve",
+        "model",
+        "out",
+        "rule",
+        "scheduler",
+        "seed",
+        "slots_per_gpu",
+        "nodes",
+        "gpus_per_node",
+        "tokens",
+        "shard_tokens",
+        "layer",
+        "ep",
+        "tokens_per_gpu",
+        "solver",
+        "source",
+        "time_limit",
+        "topology",
+        "trace",
+        "workers",
+    }
+)
 
 
 def _in_flags(err: Exception) -> str:

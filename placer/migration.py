@@ -38,7 +38,8 @@ def _check_same_cluster(current: Placement, proposed: Placement) -> None:
     shapes = [(p.num_layers, p.num_experts, p.num_gpus, p.gpus_per_node) for p in (proposed, current)]
     if shapes[0] != shapes[1]:
         raise InputError(
-            None, "proposed",
+            None,
+            "proposed",
             "(layers, experts, GPUs, GPUs per node) must match the current placement's: "
             f"proposed {shapes[0]}, current {shapes[1]}",
         )
@@ -93,9 +94,7 @@ def _relabel_gpus(overlap: np.ndarray, gpus_per_node: int) -> np.ndarray:
     best GPU matching, and the node matching maximises the sum of those.
     """
     nodes = overlap.shape[0] // gpus_per_node
-    blocks = np.ascontiguousarray(
-        overlap.reshape(nodes, gpus_per_node, nodes, gpus_per_node).transpose(0, 2, 1, 3)
-    )
+    blocks = np.ascontiguousarray(overlap.reshape(nodes, gpus_per_node, nodes, gpus_per_node).transpose(0, 2, 1, 3))
     inner = np.empty((nodes, nodes, gpus_per_node), dtype=np.int64)
     for m, n in np.ndindex(nodes, nodes):
         inner[m, n] = linear_sum_assignment(blocks[m, n], maximize=True)[1]
@@ -129,7 +128,8 @@ def minimize_moves(current: Placement, proposed: Placement) -> Placement:
     for every (current node, proposed node) pair the GPU matching keeping the
     most expert copies, then the node matching maximising the total; ties keep
     proposed GPU ids; GPUs excluded in ``proposed`` stay out of service. An
-    expert that stays on its GPU keeps its slot when the new slot count allows. Returns a placement with ``proposed``'s slots per
+    expert that stays on its GPU keeps its slot when the new slot count allows. Returns a placement
+    with ``proposed``'s slots per
     GPU and metadata; per layer its GPU contents are ``proposed``'s, permuted.
 
     Node and within-node GPU relabelings leave the per-node and per-GPU expert
@@ -147,16 +147,15 @@ def minimize_moves(current: Placement, proposed: Placement) -> Placement:
     # a GPU out of service in ``proposed`` may only take the label of another excluded GPU
     dead_penalty = np.zeros((gpus, gpus))
     dead = proposed.excluded_gpus
-    dead_penalty[np.ix_(dead, np.setdiff1d(np.arange(gpus), dead))] = -float(gpus + 1) ** 2 * proposed.phy2log.shape[1]
+    dead_penalty[np.ix_(dead, np.setdiff1d(np.arange(gpus), dead))] = (
+        -(float(gpus + 1) ** 2) * proposed.phy2log.shape[1]
+    )
     for layer in range(proposed.num_layers):
         old, new = _gpu_counts(current, layer), _gpu_counts(proposed, layer)
         # kept[g, h]: copies proposed GPU h keeps if it becomes GPU g (sum_e min(old[g,e], new[h,e]));
         # the identity bonus (< one copy in total) breaks ties towards unchanged GPU ids.
         # sparse products: a GPU holds a few experts (dense ones took most of the time at 256 GPUs)
-        kept = sum(
-            (_held(old, k) @ _held(new, k).T).toarray()
-            for k in range(1, int(min(old.max(), new.max())) + 1)
-        )
+        kept = sum((_held(old, k) @ _held(new, k).T).toarray() for k in range(1, int(min(old.max(), new.max())) + 1))
         label = _relabel_gpus(np.rint(kept) * (gpus + 1) + np.eye(gpus) + dead_penalty, gpn)
         for gpu, target in enumerate(label):
             wanted = proposed.phy2log[layer, gpu * new_slots : (gpu + 1) * new_slots]

@@ -35,8 +35,20 @@ from placer.topology import MAX_EXPERTS
 PADDING = -1
 #: what numpy's .npy/.npz readers raise on corrupt input (header parsing, shapes, zip members;
 #: RuntimeError: an encrypted member)
-NUMPY_READ_ERRORS = (OSError, ValueError, EOFError, OverflowError, MemoryError, NotImplementedError,
-                     SyntaxError, RuntimeError, zipfile.BadZipFile, KeyError, tokenize.TokenError, zlib.error)
+NUMPY_READ_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    OverflowError,
+    MemoryError,
+    NotImplementedError,
+    SyntaxError,
+    RuntimeError,
+    zipfile.BadZipFile,
+    KeyError,
+    tokenize.TokenError,
+    zlib.error,
+)
 OPTIONAL_ARRAYS = ("topk_weights", "num_experts", "src_rank", "seq_lens", "layer_ids", "format_version")
 #: native trace format version written; version 1 (no ``format_version`` member) had no layer ids
 FORMAT_VERSION = 2
@@ -81,8 +93,7 @@ class Trace:
         if self.checked:
             return
         check_count(self.num_experts, "num_experts", 1, MAX_EXPERTS)
-        arrays = {name: getattr(self, name) for name in ("topk_ids", *TRACE_ARRAYS)
-                  if getattr(self, name) is not None}
+        arrays = {name: getattr(self, name) for name in ("topk_ids", *TRACE_ARRAYS) if getattr(self, name) is not None}
         if any(not isinstance(value, np.ndarray) for value in arrays.values()):
             raise InputError(None, "trace", f"expected numpy arrays ({', '.join(('topk_ids', *TRACE_ARRAYS))})")
         valid = validate_arrays("trace", arrays, int(self.num_experts))
@@ -149,9 +160,7 @@ def _integer_array(source: str, name: str, value: np.ndarray, ndim: int) -> np.n
     if value.dtype.kind not in "iu":
         raise InputError(source, name, f"expected an integer array, got dtype {value.dtype}")
     if value.ndim != ndim:
-        raise InputError(
-            source, name, f"expected {ndim} dimension(s), got shape {tuple(value.shape)}"
-        )
+        raise InputError(source, name, f"expected {ndim} dimension(s), got shape {tuple(value.shape)}")
     return value
 
 
@@ -167,9 +176,7 @@ def _declared_num_experts(source: str, arrays: Mapping[str, np.ndarray]) -> int 
     return number
 
 
-def validate_arrays(
-    source: str, arrays: Mapping[str, np.ndarray], num_experts: int | None = None
-) -> Trace:
+def validate_arrays(source: str, arrays: Mapping[str, np.ndarray], num_experts: int | None = None) -> Trace:
     """Check raw arrays (from a file or a caller) and build a :class:`Trace`.
 
     arrays: ``topk_ids`` [tokens, layers, k] plus the optional arrays of the format.
@@ -186,24 +193,24 @@ def validate_arrays(
         raise InputError(source, "topk_ids", f"expected layers > 0 and k > 0, got shape {ids.shape}")
     lowest = int(ids.min())
     if lowest < PADDING:
-        raise InputError(
-            source, "topk_ids", f"negative expert id {lowest} (only -1 is allowed, as padding)"
-        )
+        raise InputError(source, "topk_ids", f"negative expert id {lowest} (only -1 is allowed, as padding)")
     highest = int(ids.max())
     declared = _declared_num_experts(source, arrays)
     experts = num_experts or declared or highest + 1
     if highest < 0:
         raise InputError(source, "topk_ids", "every entry is -1 padding: no routing decisions")
     if experts > MAX_EXPERTS:
-        raise InputError(source, "num_experts" if num_experts or declared else "topk_ids",
-                         f"{experts:,} experts exceed placer's limit of {MAX_EXPERTS:,}")
+        raise InputError(
+            source,
+            "num_experts" if num_experts or declared else "topk_ids",
+            f"{experts:,} experts exceed placer's limit of {MAX_EXPERTS:,}",
+        )
     if highest >= experts:
         where = np.argwhere(ids >= experts)[0]
         raise InputError(
             source,
             "topk_ids",
-            f"expert id {highest} >= num_experts {experts} "
-            f"(first at token {where[0]}, layer {where[1]})",
+            f"expert id {highest} >= num_experts {experts} (first at token {where[0]}, layer {where[1]})",
         )
     ids = ids.astype(id_dtype(experts), copy=False)
     row = _first_repeat(ids.reshape(-1, k))
@@ -235,7 +242,9 @@ def check_layer_ids(source: str, value: np.ndarray | None, layers: int) -> np.nd
     if ids.shape[0] != layers:
         raise InputError(source, "layer_ids", f"expected {layers} entries (one per trace layer), got {ids.shape[0]}")
     if ids.min() < 0 or (np.diff(ids) <= 0).any():
-        raise InputError(source, "layer_ids", f"expected strictly increasing non-negative layer ids, got {ids.tolist()}")
+        raise InputError(
+            source, "layer_ids", f"expected strictly increasing non-negative layer ids, got {ids.tolist()}"
+        )
     return ids.astype(np.int64, copy=False)
 
 
@@ -245,8 +254,11 @@ def check_format_version(source: str | Path, arrays: Mapping[str, np.ndarray]) -
         return
     value = np.asarray(arrays["format_version"])
     if value.dtype.kind not in "iu" or value.size != 1 or int(value.reshape(())) not in (1, FORMAT_VERSION):
-        raise InputError(source, "format_version", f"{value.tolist()!r} is not supported; this placer reads "
-                         f"native trace versions 1 and {FORMAT_VERSION}")
+        raise InputError(
+            source,
+            "format_version",
+            f"{value.tolist()!r} is not supported; this placer reads native trace versions 1 and {FORMAT_VERSION}",
+        )
 
 
 REPEAT_BLOCK = 1024
@@ -292,9 +304,7 @@ def _weights(source: str, arrays: Mapping[str, np.ndarray], shape: tuple) -> np.
         )
     if not np.isfinite(weights).all():
         bad = np.argwhere(~np.isfinite(weights))[0]
-        raise InputError(
-            source, "topk_weights", f"NaN or infinite weight at token {bad[0]}, layer {bad[1]}"
-        )
+        raise InputError(source, "topk_weights", f"NaN or infinite weight at token {bad[0]}, layer {bad[1]}")
     return weights.astype(np.float32, copy=False)
 
 
@@ -318,8 +328,11 @@ def _seq_lens(source: str, arrays: Mapping[str, np.ndarray], tokens: int) -> np.
     if lens.size == 0 or lens.min() <= 0:
         raise InputError(source, "seq_lens", "expected positive sequence lengths")
     if lens.size > tokens or int(lens.max()) > tokens:  # each length <= tokens: the sum cannot wrap
-        raise InputError(source, "seq_lens", f"{lens.size:,} lengths up to {int(lens.max()):,} cannot "
-                                             f"sum to the trace's {tokens:,} tokens")
+        raise InputError(
+            source,
+            "seq_lens",
+            f"{lens.size:,} lengths up to {int(lens.max()):,} cannot sum to the trace's {tokens:,} tokens",
+        )
     lens = lens.astype(np.int64, copy=False)
     total = int(lens.sum())
     if total != tokens:
@@ -349,16 +362,22 @@ def numpy_input(path: str | Path, what: str) -> Iterator[None]:
 def _check_member(path: Path, info: zipfile.ZipInfo) -> None:
     """Refuse a large member whose compression ratio only a decompression bomb reaches."""
     if info.file_size > BOMB_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
-        raise InputError(path, info.filename.removesuffix(".npy"),
-                         f"{info.file_size:,} bytes compressed into {info.compress_size:,}: refused as a "
-                         f"decompression bomb (ratio above {MAX_COMPRESSION_RATIO})")
+        raise InputError(
+            path,
+            info.filename.removesuffix(".npy"),
+            f"{info.file_size:,} bytes compressed into {info.compress_size:,}: refused as a "
+            f"decompression bomb (ratio above {MAX_COMPRESSION_RATIO})",
+        )
 
 
 def _read_npz(path: Path, names: tuple[str, ...] = ARRAYS) -> dict[str, np.ndarray]:
     """The arrays ``names`` (default: the format's) that the .npz file holds; other members are
     never decompressed."""
-    with numpy_input(path, ".npz trace"), open_input(path, ".npz trace") as handle, \
-            np.load(handle, allow_pickle=False) as npz:
+    with (
+        numpy_input(path, ".npz trace"),
+        open_input(path, ".npz trace") as handle,
+        np.load(handle, allow_pickle=False) as npz,
+    ):
         if "format_version" in npz.files:
             check_format_version(path, {"format_version": npz["format_version"]})
         wanted = [name for name in npz.files if name in names]
@@ -370,23 +389,23 @@ def _read_npz(path: Path, names: tuple[str, ...] = ARRAYS) -> dict[str, np.ndarr
 def _header_shape(path: Path) -> tuple[int, ...]:
     """Shape of ``topk_ids`` in an .npz shard, read from the array header only; the shape must
     account for exactly the bytes the member holds (a forged header cannot claim more)."""
-    with numpy_input(path, ".npz trace"), open_input(path, ".npz trace") as handle, \
-            zipfile.ZipFile(handle) as archive:
+    with numpy_input(path, ".npz trace"), open_input(path, ".npz trace") as handle, zipfile.ZipFile(handle) as archive:
         if "topk_ids.npy" not in archive.namelist():
             raise InputError(path, "topk_ids", "missing (the native trace format requires it)")
         info = archive.getinfo("topk_ids.npy")
         _check_member(path, info)
         with archive.open(info) as member:
             major, _ = np.lib.format.read_magic(member)
-            read_header = (
-                np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            )
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
             shape, _, dtype = read_header(member)
             declared = math.prod(shape) * dtype.itemsize
             held = info.file_size - member.tell()
         if declared != held:
-            raise InputError(path, "topk_ids", f"header declares shape {tuple(shape)} ({declared:,} bytes) "
-                             f"but the file holds {held:,} bytes of data")
+            raise InputError(
+                path,
+                "topk_ids",
+                f"header declares shape {tuple(shape)} ({declared:,} bytes) but the file holds {held:,} bytes of data",
+            )
         return tuple(shape)
 
 
@@ -397,8 +416,12 @@ MANIFEST_FORMAT = "placer-shards"
 
 def write_shard_manifest(folder: Path, shards: list[tuple[str, int]]) -> None:
     """Record ``(file name, tokens)`` of every shard of a complete set in ``folder``."""
-    doc = {"format": MANIFEST_FORMAT, "version": 1, "tokens": sum(t for _, t in shards),
-           "shards": [{"file": name, "tokens": tokens} for name, tokens in shards]}
+    doc = {
+        "format": MANIFEST_FORMAT,
+        "version": 1,
+        "tokens": sum(t for _, t in shards),
+        "shards": [{"file": name, "tokens": tokens} for name, tokens in shards],
+    }
     write_text_atomic(folder / MANIFEST, json.dumps(doc, indent=1) + "\n")
 
 
@@ -436,8 +459,11 @@ def check_shard_tokens(folder: Path, shards: list[Path], tokens: list[int]) -> N
     listed = _manifest(folder)
     for shard, count in zip(shards, tokens):
         if listed is not None and listed[shard.name] != count:
-            raise InputError(shard, "topk_ids", f"{count:,} tokens; the shard manifest records "
-                                                f"{listed[shard.name]:,} (a truncated or replaced shard)")
+            raise InputError(
+                shard,
+                "topk_ids",
+                f"{count:,} tokens; the shard manifest records {listed[shard.name]:,} (a truncated or replaced shard)",
+            )
 
 
 @dataclass(frozen=True)
@@ -475,7 +501,8 @@ class TraceSource:
                 raise InputError(shard, "topk_ids", f"expected 3 dimensions, got shape {shape}")
             if shape[1:] != shapes[0][1:]:
                 raise InputError(
-                    shard, "topk_ids",
+                    shard,
+                    "topk_ids",
                     f"layers x k {shape[1:]} differs from the first shard's {shapes[0][1:]}",
                 )
         self.shard_tokens = [int(shape[0]) for shape in shapes]
@@ -489,8 +516,9 @@ class TraceSource:
         """The shards' ``layer_ids`` [layers] (they must agree), or None if they record none."""
         if self._layer_ids is None:
             found = [_read_npz(shard, ("layer_ids",)).get("layer_ids") for shard in self.shards]
-            ids = [None if f is None else check_layer_ids(str(s), f, self.num_layers)
-                   for s, f in zip(self.shards, found)]
+            ids = [
+                None if f is None else check_layer_ids(str(s), f, self.num_layers) for s, f in zip(self.shards, found)
+            ]
             if len({None if i is None else tuple(i.tolist()) for i in ids}) > 1:
                 raise InputError(self.path, "layer_ids", "shards record different layer ids")
             self._layer_ids = (ids[0],)
@@ -564,7 +592,7 @@ def token_blocks(source: Trace | TraceSource) -> Iterator[Trace]:
     block_tokens = BLOCK_TOKENS
     if isinstance(source, Trace):
         for lo in range(0, source.num_tokens, block_tokens):
-            yield Trace(source.topk_ids[lo:lo + block_tokens], source.num_experts, checked=True)
+            yield Trace(source.topk_ids[lo : lo + block_tokens], source.num_experts, checked=True)
         return
     pending: list[np.ndarray] = []
     held = 0
@@ -600,7 +628,7 @@ def read_block(source: Trace | TraceSource, index: int) -> Trace:
     for shard, tokens in enumerate(source.shard_tokens):
         if start < hi and start + tokens > lo:
             ids = source.read_shard(shard).topk_ids
-            parts.append(ids[max(lo - start, 0):min(hi - start, tokens)])
+            parts.append(ids[max(lo - start, 0) : min(hi - start, tokens)])
         start += tokens
     return Trace(_joined(parts), source.num_experts, checked=True)
 
@@ -644,6 +672,6 @@ def trace_digest(source: Trace | TraceSource) -> str:
     for chunk in chunks:
         ids = chunk.trace.topk_ids
         for start in range(0, len(ids), 1 << 16):  # slices: no whole-shard int32 copy
-            digest.update(np.ascontiguousarray(ids[start:start + (1 << 16)], dtype="<i4").tobytes())
+            digest.update(np.ascontiguousarray(ids[start : start + (1 << 16)], dtype="<i4").tobytes())
     digest.update(str(source.num_experts).encode())
     return digest.hexdigest()

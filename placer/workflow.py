@@ -63,7 +63,8 @@ def match_model(model: str | Model | None, num_experts: int, top_k: int | None) 
     loaded = model if isinstance(model, Model) else instances.load_model(model)
     if loaded.num_experts < num_experts or top_k not in (None, loaded.top_k):
         raise InputError(
-            loaded.name, "model",
+            loaded.name,
+            "model",
             f"{loaded.num_experts} experts, top-{loaded.top_k} does not fit a trace with "
             f"{num_experts} experts, top-{top_k}",
         )
@@ -87,7 +88,9 @@ class PlaceResult:
 
     def facts(self) -> dict:
         """JSON-ready summary of the solve (and of the moves)."""
-        facts = self.report.to_dict() if self.report is not None else {"solver": self.placement.metadata["solver"]["name"]}
+        facts = (
+            self.report.to_dict() if self.report is not None else {"solver": self.placement.metadata["solver"]["name"]}
+        )
         return {**facts, **({"moves": self.moves} if self.moves is not None else {})}
 
 
@@ -95,8 +98,9 @@ def _routing(trace: str | Path | Routing) -> Routing:
     if isinstance(trace, (str, Path)):
         return open_routing(trace)
     if not isinstance(trace, (Trace, TraceSource, ExpertCounts)):
-        raise InputError(None, "trace", f"expected a path, Trace, TraceSource or ExpertCounts, got "
-                         f"{type(trace).__name__}")
+        raise InputError(
+            None, "trace", f"expected a path, Trace, TraceSource or ExpertCounts, got {type(trace).__name__}"
+        )
     return trace
 
 
@@ -128,22 +132,30 @@ def place(
     counts_only = isinstance(routing, ExpertCounts)
     method = settings.solver
     if counts_only and method not in (*BASELINES, "eplb"):
-        raise InputError(getattr(trace, "path", None) or (trace if isinstance(trace, (str, Path)) else None),
-                         "trace", "expert counts carry no co-activation; use solver eplb or a routing trace")
+        raise InputError(
+            getattr(trace, "path", None) or (trace if isinstance(trace, (str, Path)) else None),
+            "trace",
+            "expert counts carry no co-activation; use solver eplb or a routing trace",
+        )
     model = match_model(problem.model, routing.num_experts, None if counts_only else routing.top_k)
     topology = problem.topology
     experts = model.num_experts if model is not None else routing.num_experts
     slots = resolve_slots(problem.slots_per_gpu, problem.memory_reserve, experts, topology, model)
     problem = replace(problem, model=model, slots_per_gpu=slots)
     if current is not None and (current.num_gpus, current.gpus_per_node) != (topology.num_gpus, topology.gpus_per_node):
-        raise InputError(None, "current", f"placement in service is for {current.num_gpus} GPUs "
-                         f"({current.gpus_per_node} per node); the topology has {topology.nodes} x "
-                         f"{topology.gpus_per_node}")
+        raise InputError(
+            None,
+            "current",
+            f"placement in service is for {current.num_gpus} GPUs "
+            f"({current.gpus_per_node} per node); the topology has {topology.nodes} x "
+            f"{topology.gpus_per_node}",
+        )
     report = None
     digest = None
     if method in BASELINES:
-        chosen = baseline(method, routing.num_layers, experts, topology.num_gpus, topology.gpus_per_node,
-                          problem.exclude_gpus)
+        chosen = baseline(
+            method, routing.num_layers, experts, topology.num_gpus, topology.gpus_per_node, problem.exclude_gpus
+        )
     elif counts_only:
         chosen = eplb_placement(routing.counts, topology, model, slots, problem.exclude_gpus)
     elif cluster is None:
@@ -154,9 +166,12 @@ def place(
         **chosen.metadata,
         "topology": topology.to_dict(),
         "model": None if model is None else model.to_dict(),
-        "trace": {"sha256": digest or trace_digest(routing), "layers": routing.num_layers,
-                  "tokens": None if counts_only else routing.num_tokens,
-                  "layer_ids": recorded_layer_ids(routing)},
+        "trace": {
+            "sha256": digest or trace_digest(routing),
+            "layers": routing.num_layers,
+            "tokens": None if counts_only else routing.num_tokens,
+            "layer_ids": recorded_layer_ids(routing),
+        },
     }
     chosen = replace(chosen, metadata=metadata)
     moves = None
@@ -168,22 +183,21 @@ def place(
     return PlaceResult(chosen, report, moves)
 
 
-def _solve_on(cluster: Cluster, routing: Trace | TraceSource, problem: PlacementProblem,
-              settings: SolverSettings) -> tuple[Placement, SolveReport, str]:
+def _solve_on(
+    cluster: Cluster, routing: Trace | TraceSource, problem: PlacementProblem, settings: SolverSettings
+) -> tuple[Placement, SolveReport, str]:
     """solve() with the shard summaries, the per-layer solves and the digest on ``cluster``."""
     if not isinstance(routing, TraceSource):
-        raise InputError(None, "scheduler", "needs a native .npz trace or shard directory (convert with "
-                         "placer import)")
-    cap = summary_cap(settings.max_nets, settings.solver, settings.time_limit, routing.num_layers,
-                      problem.max_nodes)
+        raise InputError(None, "scheduler", "needs a native .npz trace or shard directory (convert with placer import)")
+    cap = summary_cap(settings.max_nets, settings.solver, settings.time_limit, routing.num_layers, problem.max_nodes)
     digest = cluster.submit(trace_digest, routing)
-    chosen, report = solve(cluster.summarize(routing, max_nets=cap), problem,
-                           replace(settings, mapper=cluster.map))
+    chosen, report = solve(cluster.summarize(routing, max_nets=cap), problem, replace(settings, mapper=cluster.map))
     return chosen, report, digest.result()
 
 
-def load_placement(spec: str | Path, num_layers: int, num_experts: int, topology: Topology,
-                   model: Model | None) -> tuple[str, Placement]:
+def load_placement(
+    spec: str | Path, num_layers: int, num_experts: int, topology: Topology, model: Model | None
+) -> tuple[str, Placement]:
     """A baseline by name or a placement file (checked to have the topology's shape), with the
     label to show it under."""
     if str(spec) in BASELINES:
@@ -193,8 +207,9 @@ def load_placement(spec: str | Path, num_layers: int, num_experts: int, topology
     return Path(spec).name, placement
 
 
-def with_baselines(placements: Mapping[str, Placement], names: Sequence[str], num_layers: int,
-                   num_experts: int, topology: Topology) -> list[tuple[str, Placement]]:
+def with_baselines(
+    placements: Mapping[str, Placement], names: Sequence[str], num_layers: int, num_experts: int, topology: Topology
+) -> list[tuple[str, Placement]]:
     """The named baselines not already given (by name or identical slots) first, then
     ``placements``. Baselines avoid the GPUs the first given placement leaves out of service."""
     given = list(placements.items())
@@ -204,16 +219,25 @@ def with_baselines(placements: Mapping[str, Placement], names: Sequence[str], nu
         if name in placements:
             continue
         candidate = baseline(name, num_layers, num_experts, topology.num_gpus, topology.gpus_per_node, excluded)
-        if not any(p.phy2log.shape == candidate.phy2log.shape and (p.phy2log == candidate.phy2log).all()
-                   for _, p in given):
+        if not any(
+            p.phy2log.shape == candidate.phy2log.shape and (p.phy2log == candidate.phy2log).all() for _, p in given
+        ):
             added.append((name, candidate))
     return [*added, *given]
 
 
-def compare(trace: Trace | TraceSource, entries: Sequence[tuple[str, Placement]], topology: Topology,
-            model: Model | None, *, progress: ProgressFn | None = None, **replay: object
-            ) -> list[tuple[str, ReplayReport]]:
+def compare(
+    trace: Trace | TraceSource,
+    entries: Sequence[tuple[str, Placement]],
+    topology: Topology,
+    model: Model | None,
+    *,
+    progress: ProgressFn | None = None,
+    **replay: object,
+) -> list[tuple[str, ReplayReport]]:
     """Replay ``trace`` against each (label, placement); ``replay``: options of
     :func:`placer.evaluation.replay.evaluate` (source, dispatch, max_nodes, rule)."""
-    return [(label, evaluate(trace, p, topology, model, progress=prefixed(progress, f"{label}: "), **replay))
-            for label, p in entries]
+    return [
+        (label, evaluate(trace, p, topology, model, progress=prefixed(progress, f"{label}: "), **replay))
+        for label, p in entries
+    ]

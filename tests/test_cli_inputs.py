@@ -35,8 +35,20 @@ def test_import_refuses_the_wrong_output_kind(tmp_path, cli):
 
 def test_counts_place_with_eplb_only(tmp_path, cli):
     np.save(tmp_path / "counts.npy", LOADS)
-    ok = cli("place", "--trace", tmp_path / "counts.npy", "--solver", "eplb", "--slots-per-gpu", "3",
-             "--out", tmp_path / "e.json", "--evaluate", sample_trace("test"), "--json")
+    ok = cli(
+        "place",
+        "--trace",
+        tmp_path / "counts.npy",
+        "--solver",
+        "eplb",
+        "--slots-per-gpu",
+        "3",
+        "--out",
+        tmp_path / "e.json",
+        "--evaluate",
+        sample_trace("test"),
+        "--json",
+    )
     assert ok.code == 0, ok.err
     evaluation = ok.json()["evaluation"]
     assert evaluation["placer eplb"]["gpu_peak_load"] < evaluation["contiguous"]["gpu_peak_load"]
@@ -49,8 +61,19 @@ def test_counts_place_with_eplb_only(tmp_path, cli):
 def test_every_export_format_is_written(tmp_path, cli):
     for fmt in ("placer", "sglang", "trtllm", "eplb", "permutation"):
         out = tmp_path / f"p.{fmt}"
-        result = cli("place", "--trace", sample_trace("train"), "--solver", "round-robin",
-                     "--model", "deepseek-v2-lite", "--out", out, "--format", fmt)
+        result = cli(
+            "place",
+            "--trace",
+            sample_trace("train"),
+            "--solver",
+            "round-robin",
+            "--model",
+            "deepseek-v2-lite",
+            "--out",
+            out,
+            "--format",
+            fmt,
+        )
         assert result.code == 0, (fmt, result.err)
         assert out.stat().st_size > 0
 
@@ -97,40 +120,56 @@ def test_out_may_not_be_any_input(tmp_path, cli):
 
 def test_every_input_is_checked_before_work_or_write(tmp_path, cli):
     (tmp_path / "keep.json").write_text("keep")
-    result = cli("place", "--trace", SAMPLE, "--solver", "auto", "--evaluate", tmp_path / "typo.npz",
-                 "--out", tmp_path / "keep.json")
+    result = cli(
+        "place",
+        "--trace",
+        SAMPLE,
+        "--solver",
+        "auto",
+        "--evaluate",
+        tmp_path / "typo.npz",
+        "--out",
+        tmp_path / "keep.json",
+    )
     one_line_refusal(result, "typo.npz")
     assert (tmp_path / "keep.json").read_text() == "keep"
     other = tmp_path / "other.npz"
     np.savez(other, topk_ids=TRACE.topk_ids[:20, :3])  # 3 layers, the placement has 26
-    one_line_refusal(cli("place", "--trace", SAMPLE, "--solver", "auto", "--evaluate", other,
-                         "--out", tmp_path / "keep.json"), "other.npz", "--evaluate", "3 layers")
+    one_line_refusal(
+        cli("place", "--trace", SAMPLE, "--solver", "auto", "--evaluate", other, "--out", tmp_path / "keep.json"),
+        "other.npz",
+        "--evaluate",
+        "3 layers",
+    )
     assert (tmp_path / "keep.json").read_text() == "keep"
 
 
-@pytest.mark.parametrize("flags, named", [
-    (["--balance", "nan"], "--balance"),
-    (["--balance", "-1"], "--balance"),
-    (["--balance", "inf"], "--balance"),
-    (["--time-limit", "inf"], "--time-limit"),
-    (["--time-limit", "nan"], "--time-limit"),
-    (["--time-limit", "0"], "--time-limit"),
-    (["--seed", "-1"], "--seed"),
-    (["--seed", str(2**64)], "--seed"),
-    (["--workers", "0"], "--workers"),
-    (["--nodes", "1000000"], "--nodes"),
-    (["--nodes", "²"], "--nodes"),
-    (["--gpus-per-node", "0"], "--gpus-per-node"),
-    (["--slots-per-gpu", "²"], "--slots-per-gpu"),
-    (["--slots-per-gpu", "100000000"], "--slots-per-gpu"),
-    (["--max-nets", "²"], "--max-nets"),
-    (["--max-nodes", "0"], "--max-nodes"),
-    (["--max-nodes-coverage", "nan", "--max-nodes", "2"], "--max-nodes-coverage"),
-    (["--memory-reserve", "nan"], "--memory-reserve"),
-    (["--exclude-gpus", "1,x"], "--exclude-gpus"),
-    (["--trace", ""], "--trace"),
-    (["--bogus"], "--bogus"),
-])
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--balance", "nan"], "--balance"),
+        (["--balance", "-1"], "--balance"),
+        (["--balance", "inf"], "--balance"),
+        (["--time-limit", "inf"], "--time-limit"),
+        (["--time-limit", "nan"], "--time-limit"),
+        (["--time-limit", "0"], "--time-limit"),
+        (["--seed", "-1"], "--seed"),
+        (["--seed", str(2**64)], "--seed"),
+        (["--workers", "0"], "--workers"),
+        (["--nodes", "1000000"], "--nodes"),
+        (["--nodes", "²"], "--nodes"),
+        (["--gpus-per-node", "0"], "--gpus-per-node"),
+        (["--slots-per-gpu", "²"], "--slots-per-gpu"),
+        (["--slots-per-gpu", "100000000"], "--slots-per-gpu"),
+        (["--max-nets", "²"], "--max-nets"),
+        (["--max-nodes", "0"], "--max-nodes"),
+        (["--max-nodes-coverage", "nan", "--max-nodes", "2"], "--max-nodes-coverage"),
+        (["--memory-reserve", "nan"], "--memory-reserve"),
+        (["--exclude-gpus", "1,x"], "--exclude-gpus"),
+        (["--trace", ""], "--trace"),
+        (["--bogus"], "--bogus"),
+    ],
+)
 def test_bad_numbers_and_usage_are_one_line(flags, named, tmp_path, cli):
     args = ["place", "--solver", "spectral", "--out", tmp_path / "p.json", *flags]
     if "--trace" not in flags:
@@ -139,19 +178,22 @@ def test_bad_numbers_and_usage_are_one_line(flags, named, tmp_path, cli):
     assert not (tmp_path / "p.json").exists()
 
 
-@pytest.mark.parametrize("args, named", [
-    (["calc", "--dispatch-bytes", "-1"], "--dispatch-bytes"),
-    (["calc", "--combine-bytes", "nan"], "--combine-bytes"),
-    (["evaluate", "--trace", SAMPLE, "--placement", "contiguous", "--max-nodes", "0"], "--max-nodes"),
-    (["evaluate", "--trace", SAMPLE, "--placement", "contiguous", "--nodes", "-3"], "--nodes"),
-    (["stats"], "trace"),
-    (["evaluate", "--trace", SAMPLE, "--placement", ""], "empty path"),
-    (["report", "--trace", SAMPLE, "--placement", "contiguous", "--out", ""], "--out"),
-    (["synth", "--preset", "esft", "--tokens", str(10**15), "--out", "never.npz"], "--tokens"),
-    (["synth", "--preset", "deepseek-v3", "--tokens", str(10**8), "--out", "never.npz"], "2 GiB"),
-    (["synth", "--preset", "esft", "--tokens", "100", "--shard-tokens", "0", "--out", "never"], "--shard-tokens"),
-    (["nonsense-command"], "nonsense-command"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["calc", "--dispatch-bytes", "-1"], "--dispatch-bytes"),
+        (["calc", "--combine-bytes", "nan"], "--combine-bytes"),
+        (["evaluate", "--trace", SAMPLE, "--placement", "contiguous", "--max-nodes", "0"], "--max-nodes"),
+        (["evaluate", "--trace", SAMPLE, "--placement", "contiguous", "--nodes", "-3"], "--nodes"),
+        (["stats"], "trace"),
+        (["evaluate", "--trace", SAMPLE, "--placement", ""], "empty path"),
+        (["report", "--trace", SAMPLE, "--placement", "contiguous", "--out", ""], "--out"),
+        (["synth", "--preset", "esft", "--tokens", str(10**15), "--out", "never.npz"], "--tokens"),
+        (["synth", "--preset", "deepseek-v3", "--tokens", str(10**8), "--out", "never.npz"], "2 GiB"),
+        (["synth", "--preset", "esft", "--tokens", "100", "--shard-tokens", "0", "--out", "never"], "--shard-tokens"),
+        (["nonsense-command"], "nonsense-command"),
+    ],
+)
 def test_other_commands_refuse_bad_numbers_on_one_line(args, named, cli):
     one_line_refusal(cli(*args), named)
 
@@ -160,9 +202,13 @@ def test_validate_needs_the_model_to_check_an_sglang_map(tmp_path, cli):
     rows = [list(range(63)) + [0]] * 26  # expert 63 is never placed; 64 slots on 8 GPUs
     (tmp_path / "s.json").write_text(json.dumps({"physical_to_logical_map": rows}))
     one_line_refusal(cli("validate", tmp_path / "s.json", "--nodes", "1", "--gpus-per-node", "8"), "--model")
-    one_line_refusal(cli("validate", tmp_path / "s.json", "--nodes", "1", "--gpus-per-node", "8", "--model", "deepseek-v2-lite"),
-                     "expert 63 is in no slot")
-    replay = cli("evaluate", "--trace", SAMPLE, "--placement", tmp_path / "s.json", "--nodes", "1", "--gpus-per-node", "8")
+    one_line_refusal(
+        cli("validate", tmp_path / "s.json", "--nodes", "1", "--gpus-per-node", "8", "--model", "deepseek-v2-lite"),
+        "expert 63 is in no slot",
+    )
+    replay = cli(
+        "evaluate", "--trace", SAMPLE, "--placement", tmp_path / "s.json", "--nodes", "1", "--gpus-per-node", "8"
+    )
     one_line_refusal(replay, "expert 63 is in no slot")
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from conftest import random_trace
 from engine_loaders import flag, sglang_metadata, trtllm_holdings, vllm_initial_map, vllm_rank_map
-from placer.dispatch import sglang_static_map
 
 from placer import instances
+from placer.dispatch import sglang_static_map
 from placer.evaluation.replay import evaluate
 from placer.formats.placement_io import read_placement
 from placer.trace import load_trace
@@ -26,8 +26,7 @@ MODEL = "deepseek-v2-lite"
 LAYERS, DENSE, EXPERTS, TOP_K = 27, 1, 64, 6
 MOE_IDS = list(range(DENSE, LAYERS))
 DEAD = 5
-COMMON = ("--model", MODEL, "--topology", "h100-dgx", "--nodes", "1", "--solver", "spectral",
-          "--time-limit", "1")
+COMMON = ("--model", MODEL, "--topology", "h100-dgx", "--nodes", "1", "--solver", "spectral", "--time-limit", "1")
 
 
 def routing(tokens: int, seed: int) -> np.ndarray:
@@ -64,8 +63,11 @@ def gpu_rows(placement, gpu: int) -> np.ndarray:
 def sglang_per_token_dumps(directory, in_service: np.ndarray, passes: dict[int, list[np.ndarray]]):
     """What ``_DetailAccumulator.dump`` writes on every rank: one file per rank."""
     torch = pytest.importorskip("torch")
-    first_copy = {(layer, int(e)): int(np.flatnonzero(in_service[layer] == e)[0])
-                  for layer in range(LAYERS) for e in range(EXPERTS)}
+    first_copy = {
+        (layer, int(e)): int(np.flatnonzero(in_service[layer] == e)[0])
+        for layer in range(LAYERS)
+        for e in range(EXPERTS)
+    }
     for rank, blocks in passes.items():
         records = []
         for pass_id, logical in enumerate(blocks):
@@ -74,13 +76,20 @@ def sglang_per_token_dumps(directory, in_service: np.ndarray, passes: dict[int, 
             for layer in MOE_IDS:
                 for t in range(tokens):
                     physical[layer, t, :TOP_K] = [first_copy[layer, e] for e in logical[t, layer - DENSE]]
-            records.append({
-                "forward_pass_id": pass_id, "rank": rank, "gatherer_key": "primary",
-                "input_ids": list(range(tokens)), "positions": list(range(tokens)),
-                "extend_seq_lens": [tokens], "forward_mode": 1,
-                "topk_ids_of_layer": torch.from_numpy(physical), "misc_objects": [],
-                "global_physical_count": torch.zeros((LAYERS, in_service.shape[1]), dtype=torch.int64),
-            })
+            records.append(
+                {
+                    "forward_pass_id": pass_id,
+                    "rank": rank,
+                    "gatherer_key": "primary",
+                    "input_ids": list(range(tokens)),
+                    "positions": list(range(tokens)),
+                    "extend_seq_lens": [tokens],
+                    "forward_mode": 1,
+                    "topk_ids_of_layer": torch.from_numpy(physical),
+                    "misc_objects": [],
+                    "global_physical_count": torch.zeros((LAYERS, in_service.shape[1]), dtype=torch.int64),
+                }
+            )
         dump = {"records": records, "last_physical_to_logical_map": torch.from_numpy(in_service)}
         torch.save(dump, directory / f"expert_distribution_recorder_1764700000.5_{rank}.pt")
 
@@ -101,8 +110,9 @@ def test_sglang_per_rank_dumps_to_a_map_sglang_loads_and_dispatches_locally(cli,
     current = in_service_map(7)
     sglang_per_token_dumps(dumps, current, ranks)
     trace = tmp_path / "t.npz"
-    imported = cli("import", "sglang", dumps, "--out", trace, "--model", MODEL, "--in-service",
-                   tmp_path / "current.json", "--json")
+    imported = cli(
+        "import", "sglang", dumps, "--out", trace, "--model", MODEL, "--in-service", tmp_path / "current.json", "--json"
+    )
     assert imported.code == 0, imported.err
     assert imported.json()["layer_ids"] == MOE_IDS and "ranks [2]" in " ".join(imported.json()["notes"])
     loaded = load_trace(trace)
@@ -110,8 +120,9 @@ def test_sglang_per_rank_dumps_to_a_map_sglang_loads_and_dispatches_locally(cli,
     assert loaded.num_tokens == 170 and (loaded.topk_ids == expected).all()
     assert loaded.src_rank.tolist() == [0] * 100 + [1] * 70
 
-    truth, out, launch = place_both(cli, tmp_path, trace, "sglang", "--exclude-gpus", str(DEAD),
-                                    "--slots-per-gpu", "10")
+    truth, out, launch = place_both(
+        cli, tmp_path, trace, "sglang", "--exclude-gpus", str(DEAD), "--slots-per-gpu", "10"
+    )
     ep, redundant = int(flag(launch, "--ep-size")), int(flag(launch, "--ep-num-redundant-experts"))
     assert (ep, redundant) == (7, 6) and flag(launch, "--init-expert-location") == str(out)
     engine = sglang_metadata(json.loads(out.read_text()), EXPERTS, LAYERS, ep, redundant)
@@ -119,7 +130,7 @@ def test_sglang_per_rank_dumps_to_a_map_sglang_loads_and_dispatches_locally(cli,
     # layer numbering: the dense row is SGLang's trivial row, MoE layer l is decoder row l + 1
     assert (engine["p2l"][0] == np.arange(70) % EXPERTS).all()
     for rank, gpu in enumerate(live):
-        held = engine["p2l"][DENSE:, rank * 10:(rank + 1) * 10]
+        held = engine["p2l"][DENSE:, rank * 10 : (rank + 1) * 10]
         assert (held == gpu_rows(truth, gpu)).all(), f"EP rank {rank} (GPU {gpu}) holds other experts"
     assert (engine["copies"][DENSE:] == truth.expert_copies()).all(), "phantom copies"
     # static dispatch: a local copy whenever the placement has one; placer's replay is SGLang's
@@ -131,13 +142,27 @@ def test_sglang_per_rank_dumps_to_a_map_sglang_loads_and_dispatches_locally(cli,
         assert (served[local] == rank).all()
         assert (ours[:, gpu] == to_slot[engine["dispatch"][rank, DENSE:]]).all()
     assert (ours[:, DEAD] == -1).all()
-    report = evaluate(loaded, truth, instances.load_topology("h100-dgx").resized(1, None),
-                      instances.load_model(MODEL), rule="sglang-static")
+    report = evaluate(
+        loaded,
+        truth,
+        instances.load_topology("h100-dgx").resized(1, None),
+        instances.load_model(MODEL),
+        rule="sglang-static",
+    )
     assert report.per_layer["gpu_load"][:, DEAD].sum() == 0
 
     # the map in service works as --current (dense row dropped by the model)
-    moved = cli("place", "--trace", trace, "--out", tmp_path / "next.json", "--current", tmp_path / "current.json",
-                "--json", *COMMON)
+    moved = cli(
+        "place",
+        "--trace",
+        trace,
+        "--out",
+        tmp_path / "next.json",
+        "--current",
+        tmp_path / "current.json",
+        "--json",
+        *COMMON,
+    )
     assert moved.code == 0, moved.err
     assert "experts_moved" in moved.json()["solve"]["moves"]
 
@@ -146,16 +171,20 @@ def test_sglang_stat_dump_drops_dense_rows_and_keeps_layer_numbering(cli, tmp_pa
     torch = pytest.importorskip("torch")
     counts = np.zeros((4, LAYERS, EXPERTS), dtype=np.int32)  # ring buffer of 4 passes
     counts[:3, DENSE:] = np.random.default_rng(0).integers(0, 50, (3, LAYERS - DENSE, EXPERTS))
-    torch.save({"rank": 0, "logical_count": torch.from_numpy(counts), "average_utilization_rate_over_window": None},
-               tmp_path / "expert_distribution_recorder_1764700000.5.pt")
+    torch.save(
+        {"rank": 0, "logical_count": torch.from_numpy(counts), "average_utilization_rate_over_window": None},
+        tmp_path / "expert_distribution_recorder_1764700000.5.pt",
+    )
     out = tmp_path / "c.npy"
     done = cli("import", "sglang", tmp_path / "expert_distribution_recorder_1764700000.5.pt", "--out", out, "--json")
     assert done.code == 0 and "dropped dense layers [0]" in done.json()["notes"][0]
     assert (np.load(out) == counts.sum(axis=0)[DENSE:]).all()
     truth, map_path, launch = place_both(cli, tmp_path, out, "sglang", "--slots-per-gpu", "9", "--solver", "eplb")
-    engine = sglang_metadata(json.loads(map_path.read_text()), EXPERTS, LAYERS, 8, int(flag(launch, "--ep-num-redundant-experts")))
+    engine = sglang_metadata(
+        json.loads(map_path.read_text()), EXPERTS, LAYERS, 8, int(flag(launch, "--ep-num-redundant-experts"))
+    )
     for gpu in range(8):
-        assert (engine["p2l"][DENSE:, gpu * 9:(gpu + 1) * 9] == gpu_rows(truth, gpu)).all()
+        assert (engine["p2l"][DENSE:, gpu * 9 : (gpu + 1) * 9] == gpu_rows(truth, gpu)).all()
     # the map read back (evaluate/validate) replays SGLang's static dispatch exactly
     back = read_placement(map_path, 8, 8, instances.load_model(MODEL))
     assert (sglang_static_map(back) == engine["dispatch"][:, DENSE:].transpose(1, 0, 2)).all()
@@ -167,16 +196,23 @@ def test_sglang_return_routed_experts_jsonl(cli, tmp_path):
     lines = []
     for seed in (1, 2):
         ids = with_dense(routing(30, seed), 0).astype("<i4")  # capturer buffer: int32, dense zero
-        lines.append(json.dumps({"text": "...", "meta_info": {"id": str(seed), "routed_experts":
-                                 base64.b64encode(ids.tobytes()).decode("ascii")}}))
+        lines.append(
+            json.dumps(
+                {
+                    "text": "...",
+                    "meta_info": {"id": str(seed), "routed_experts": base64.b64encode(ids.tobytes()).decode("ascii")},
+                }
+            )
+        )
     (tmp_path / "r.jsonl").write_text("\n".join(lines) + "\n")
     done = cli("import", "sglang-routed", tmp_path / "r.jsonl", "--out", tmp_path / "t.npz", "--model", MODEL, "--json")
     assert done.code == 0, done.err
     trace = load_trace(tmp_path / "t.npz")
     assert trace.layer_ids.tolist() == MOE_IDS and trace.seq_lens.tolist() == [30, 30]
     assert (trace.topk_ids[:30] == routing(30, 1)).all()
-    wrong = cli("import", "sglang-routed", tmp_path / "r.jsonl", "--out", tmp_path / "u.npz", "--layers", "26",
-                "--top-k", "6")
+    wrong = cli(
+        "import", "sglang-routed", tmp_path / "r.jsonl", "--out", tmp_path / "u.npz", "--layers", "26", "--top-k", "6"
+    )
     assert wrong.code == 2 and "not whole tokens" in wrong.err
 
 
@@ -198,7 +234,7 @@ def test_vllm_routed_experts_to_initial_expert_map(cli, tmp_path, dtype):
     assert config["initial_expert_map_path"] == str(out) and "EP size 7" in launch[0]
     rows = vllm_initial_map(json.loads(out.read_text()), EXPERTS, LAYERS - DENSE, 7, config["num_redundant_experts"])
     for rank, gpu in enumerate(g for g in range(8) if g != DEAD):
-        assert (rows[:, rank * 10:(rank + 1) * 10] == gpu_rows(truth, gpu)).all()
+        assert (rows[:, rank * 10 : (rank + 1) * 10] == gpu_rows(truth, gpu)).all()
 
 
 def test_vllm_expert_placement_file_one_rank_per_expert(cli, tmp_path):
@@ -206,8 +242,19 @@ def test_vllm_expert_placement_file_one_rank_per_expert(cli, tmp_path):
     trace = tmp_path / "t.npz"
     assert cli("import", "vllm", tmp_path / "r.npy", "--out", trace, "--model", MODEL).code == 0
     out = tmp_path / "ranks.json"
-    done = cli("place", "--trace", trace, "--out", out, "--format", "vllm-ranks", "--json", *COMMON[:-4],
-               "--solver", "round-robin")
+    done = cli(
+        "place",
+        "--trace",
+        trace,
+        "--out",
+        out,
+        "--format",
+        "vllm-ranks",
+        "--json",
+        *COMMON[:-4],
+        "--solver",
+        "round-robin",
+    )
     assert done.code == 0, done.err
     ranks = vllm_rank_map(json.loads(out.read_text()), EXPERTS, 8)
     assert ranks.tolist() == [e % 8 for e in range(EXPERTS)]
@@ -220,8 +267,18 @@ def test_vllm_expert_placement_file_one_rank_per_expert(cli, tmp_path):
 
 def megatron_records(step: int, rank: int, layer: int, ids: np.ndarray) -> str:
     """One line as ``RouterTracer._flush_records_to_disk`` writes it."""
-    return json.dumps({"step": step, "stage": "pre_dispatch", "block": "decoder", "layer": layer, "rank": rank,
-                       "num_tokens": len(ids), "topk": TOP_K, "top_indices": ids.tolist()})
+    return json.dumps(
+        {
+            "step": step,
+            "stage": "pre_dispatch",
+            "block": "decoder",
+            "layer": layer,
+            "rank": rank,
+            "num_tokens": len(ids),
+            "topk": TOP_K,
+            "top_indices": ids.tolist(),
+        }
+    )
 
 
 def test_megatron_pipeline_stages_and_recompute_to_trtllm(cli, tmp_path):
@@ -236,11 +293,14 @@ def test_megatron_pipeline_stages_and_recompute_to_trtllm(cli, tmp_path):
             truth_ids[step, position] = np.concatenate(batches)
             local_layers = [i for i in range(stages[stage]) if stage or i >= DENSE]  # local 0 of stage 0 is dense
             for ids in batches:  # forward
-                lines += [megatron_records(step, rank, i, ids[:, sum(stages[:stage]) + i - DENSE])
-                          for i in local_layers]
+                lines += [
+                    megatron_records(step, rank, i, ids[:, sum(stages[:stage]) + i - DENSE]) for i in local_layers
+                ]
             for ids in batches:  # backward recompute fires the router hook again
-                lines += [megatron_records(step, rank, i, ids[:, sum(stages[:stage]) + i - DENSE])
-                          for i in reversed(local_layers)]
+                lines += [
+                    megatron_records(step, rank, i, ids[:, sum(stages[:stage]) + i - DENSE])
+                    for i in reversed(local_layers)
+                ]
         (tmp_path / f"router_trace_rank{rank}.jsonl").write_text("\n".join(lines) + "\n")
     trace = tmp_path / "t.npz"
     refused = cli("import", "megatron", tmp_path, "--out", trace, "--model", MODEL)
@@ -275,16 +335,23 @@ def trtllm_statistics(directory, num_ids: int, per_rank: dict[int, dict[tuple[in
     directory.mkdir()
     (directory / "meta_info.json").write_text(json.dumps({"num_experts": num_ids, "num_experts_per_token": TOP_K}))
     for rank, records in per_rank.items():
-        save_file({f"{i}_{layer}": value for (i, layer), value in records.items()},
-                  str(directory / f"rank{rank}.safetensors"))
+        save_file(
+            {f"{i}_{layer}": value for (i, layer), value in records.items()}, str(directory / f"rank{rank}.safetensors")
+        )
 
 
 def test_trtllm_statistics_slots_and_layer_ids(cli, tmp_path):
     pytest.importorskip("safetensors")
     yaml = pytest.importorskip("yaml")
     ids = {rank: routing(100, rank) for rank in range(2)}
-    counts = {rank: {(i, layer): np.bincount(ids[rank][:, layer - DENSE].ravel(), minlength=EXPERTS).astype(np.int64)
-                     for i in (100, 101) for layer in MOE_IDS} for rank in range(2)}
+    counts = {
+        rank: {
+            (i, layer): np.bincount(ids[rank][:, layer - DENSE].ravel(), minlength=EXPERTS).astype(np.int64)
+            for i in (100, 101)
+            for layer in MOE_IDS
+        }
+        for rank in range(2)
+    }
     trtllm_statistics(tmp_path / "stats", EXPERTS, counts)
     out = tmp_path / "c.npy"
     assert cli("import", "trtllm", tmp_path / "stats", "--out", out, "--model", MODEL).code == 0
@@ -296,16 +363,26 @@ def test_trtllm_statistics_slots_and_layer_ids(cli, tmp_path):
     assert all((held[layer_idx].reshape(-1) == truth.phy2log[layer]).all() for layer, layer_idx in enumerate(MOE_IDS))
 
     # the load balancer on: the recorder sees 72 slot ids; map them back with the assignment
-    slot_of = {layer: np.array([np.flatnonzero(np.array(doc["initial_global_assignments"][layer]) == e)[0]
-                                for e in range(EXPERTS)]) for layer in MOE_IDS}
-    slotted = {rank: {(i, layer): np.bincount(slot_of[layer][ids[rank][:, layer - DENSE]].ravel(),
-                                              minlength=72).astype(np.int64)
-                      for i in (100, 101) for layer in MOE_IDS} for rank in range(2)}
+    slot_of = {
+        layer: np.array(
+            [np.flatnonzero(np.array(doc["initial_global_assignments"][layer]) == e)[0] for e in range(EXPERTS)]
+        )
+        for layer in MOE_IDS
+    }
+    slotted = {
+        rank: {
+            (i, layer): np.bincount(slot_of[layer][ids[rank][:, layer - DENSE]].ravel(), minlength=72).astype(np.int64)
+            for i in (100, 101)
+            for layer in MOE_IDS
+        }
+        for rank in range(2)
+    }
     trtllm_statistics(tmp_path / "slots", 72, slotted)
     refused = cli("import", "trtllm", tmp_path / "slots", "--out", tmp_path / "s.npy", "--model", MODEL)
     assert refused.code == 2 and "load-balancer slots" in refused.err
-    mapped = cli("import", "trtllm", tmp_path / "slots", "--out", tmp_path / "s.npy", "--model", MODEL,
-                 "--assignment", lb)
+    mapped = cli(
+        "import", "trtllm", tmp_path / "slots", "--out", tmp_path / "s.npy", "--model", MODEL, "--assignment", lb
+    )
     assert mapped.code == 0, mapped.err
     assert (np.load(tmp_path / "s.npy") == expected).all()
 
@@ -318,10 +395,15 @@ def test_trtllm_raw_per_token_files_are_read_not_ignored(tmp_path):
 
     ids = routing(40, 9)
     directory = tmp_path / "stats"
-    trtllm_statistics(directory, EXPERTS, {0: {(5, layer): np.bincount(ids[:, layer - DENSE].ravel(), minlength=64)
-                                               for layer in MOE_IDS}})
-    save_file({f"5_{layer}": ids[:, layer - DENSE].astype(np.int32) for layer in MOE_IDS},
-              str(directory / "rank0_raw.safetensors"))
+    trtllm_statistics(
+        directory,
+        EXPERTS,
+        {0: {(5, layer): np.bincount(ids[:, layer - DENSE].ravel(), minlength=64) for layer in MOE_IDS}},
+    )
+    save_file(
+        {f"5_{layer}": ids[:, layer - DENSE].astype(np.int32) for layer in MOE_IDS},
+        str(directory / "rank0_raw.safetensors"),
+    )
     result = read_trtllm(directory)
     assert (result.routing.topk_ids == ids).all() and result.routing.layer_ids.tolist() == MOE_IDS
     assert "rank<R>_raw.safetensors" in result.notes[0]
@@ -337,7 +419,22 @@ def test_interleaved_moe_layers_keep_their_numbers_from_dump_to_export(cli, tmp_
     done = cli("import", "trtllm", tmp_path / "stats", "--out", tmp_path / "c.npy", "--json")
     assert done.code == 0 and "not contiguous" in done.json()["notes"][-1]
     out = tmp_path / "lb.yaml"
-    placed = cli("place", "--trace", tmp_path / "stats", "--out", out, "--format", "trtllm", "--solver", "eplb",
-                 "--topology", "h100-dgx", "--nodes", "1", "--gpus-per-node", "4")
+    placed = cli(
+        "place",
+        "--trace",
+        tmp_path / "stats",
+        "--out",
+        out,
+        "--format",
+        "trtllm",
+        "--solver",
+        "eplb",
+        "--topology",
+        "h100-dgx",
+        "--nodes",
+        "1",
+        "--gpus-per-node",
+        "4",
+    )
     assert placed.code == 0, placed.err
     assert sorted(yaml.safe_load(out.read_text())["initial_global_assignments"]) == [1, 3, 5]

@@ -35,7 +35,7 @@ def engines(monkeypatch):
 
 def run(snippet: str) -> dict:
     namespace: dict = {"__name__": "snippet"}
-    exec(compile(snippet, str(DOC), "exec"), namespace)  # noqa: S102 - our own documentation
+    exec(compile(snippet, str(DOC), "exec"), namespace)
     namespace.update({k: v for k, v in SMALL.items() if k in namespace})
     return namespace
 

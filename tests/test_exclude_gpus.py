@@ -46,7 +46,9 @@ def check_live(placement, excluded, num_gpus: int, slots: int, distinct: bool = 
 def test_no_expert_on_excluded_gpus(solver):
     trace = random_trace(300, 2, 32, 4, 1)
     excluded = [5, 1]
-    placement, _ = solve(trace, PlacementProblem(topo(4, 4), exclude_gpus=excluded), SolverSettings(solver=solver, time_limit=1))
+    placement, _ = solve(
+        trace, PlacementProblem(topo(4, 4), exclude_gpus=excluded), SolverSettings(solver=solver, time_limit=1)
+    )
     slots = math.ceil(32 / 14)  # default: ceil(E / live GPUs)
     check_live(placement, excluded, 16, slots, distinct=solver != "eplb")
     if solver != "eplb":
@@ -60,7 +62,11 @@ def test_no_expert_on_excluded_gpus(solver):
 def test_replicas_only_on_live_gpus(solver):
     trace = random_trace(300, 2, 24, 4, 2, skew=2.0)
     excluded = [0, 1, 2, 6]  # node 0 keeps one GPU, node 1 three
-    placement, report = solve(trace, PlacementProblem(topo(3, 4), exclude_gpus=excluded, slots_per_gpu=4), SolverSettings(solver=solver, time_limit=1))
+    placement, report = solve(
+        trace,
+        PlacementProblem(topo(3, 4), exclude_gpus=excluded, slots_per_gpu=4),
+        SolverSettings(solver=solver, time_limit=1),
+    )
     check_live(placement, excluded, 12, 4)
     # every live slot filled: 8 live GPUs x 4 slots
     assert placement.expert_copies().sum(axis=1).tolist() == [32, 32]
@@ -78,7 +84,9 @@ def test_uneven_live_counts_per_node():
     counts = problem.node_counts()  # proportional to live capacity, as even as possible
     assert counts.sum() == 40 and (counts <= problem.node_capacity()).all()
     assert counts.tolist() == [4, 14, 11, 11]
-    placement, _ = solve(trace, PlacementProblem(topo(4, 4), exclude_gpus=excluded), SolverSettings(solver="auto", time_limit=1))
+    placement, _ = solve(
+        trace, PlacementProblem(topo(4, 4), exclude_gpus=excluded), SolverSettings(solver="auto", time_limit=1)
+    )
     check_live(placement, excluded, 16, slots)
     assert (placement.gpu_expert_counts() <= slots).all()
     node = placement.expert_gpu() // 4
@@ -89,7 +97,9 @@ def test_uneven_live_counts_per_node():
 def test_whole_node_excluded():
     trace = random_trace(200, 1, 16, 3, 4)
     excluded = [0, 1, 5]  # node 0 entirely out of service
-    placement, _ = solve(trace, PlacementProblem(topo(3, 2), exclude_gpus=excluded), SolverSettings(solver="auto", time_limit=1))
+    placement, _ = solve(
+        trace, PlacementProblem(topo(3, 2), exclude_gpus=excluded), SolverSettings(solver="auto", time_limit=1)
+    )
     check_live(placement, excluded, 6, 6)
     assert set(placement.expert_gpu().ravel().tolist()) <= {2, 3, 4}
 
@@ -117,7 +127,11 @@ def brute_force_cut(problem) -> int:
 def test_exact_model_with_uneven_capacities_matches_brute_force():
     trace = random_trace(60, 1, 8, 3, 7, skew=3.0)
     excluded = [1, 2, 5]  # live GPUs per node 1, 2, 3; slots ceil(8 / 6) = 2
-    placement, report = solve(trace, PlacementProblem(topo(3, 3), exclude_gpus=excluded), SolverSettings(solver="ilp", time_limit=5, alpha=0.0))
+    placement, report = solve(
+        trace,
+        PlacementProblem(topo(3, 3), exclude_gpus=excluded),
+        SolverSettings(solver="ilp", time_limit=5, alpha=0.0),
+    )
     problem = build_problems(summarize(trace), 3, 3, None, None, excluded)[0]
     assert problem.node_capacity().tolist() == [2, 4, 6]
     layer = report.layers[0]
@@ -128,14 +142,21 @@ def test_exact_model_with_uneven_capacities_matches_brute_force():
 
 def test_invalid_exclusions_raise():
     trace = random_trace(50, 1, 16, 2, 6)
-    for bad, match in [([8], "out of range"), ([-1], "out of range"), (list(range(8)), "all 8 GPUs"),
-                       ([1.5], "integer"), ([True], "integer")]:
+    for bad, match in [
+        ([8], "out of range"),
+        ([-1], "out of range"),
+        (list(range(8)), "all 8 GPUs"),
+        ([1.5], "integer"),
+        ([True], "integer"),
+    ]:
         for solver in ("spectral", "eplb"):
             with pytest.raises(InputError, match=match) as err:
                 solve(trace, PlacementProblem(topo(2, 4), exclude_gpus=bad), SolverSettings(solver=solver))
             assert err.value.field == "exclude_gpus"
     with pytest.raises(InputError, match="6 live GPUs x 2 slots = 12 slots < 16 experts") as err:
-        solve(trace, PlacementProblem(topo(2, 4), exclude_gpus=[0, 7], slots_per_gpu=2), SolverSettings(solver="spectral"))
+        solve(
+            trace, PlacementProblem(topo(2, 4), exclude_gpus=[0, 7], slots_per_gpu=2), SolverSettings(solver="spectral")
+        )
     assert err.value.field == "exclude_gpus"
     with pytest.raises(InputError, match="exclude_gpus"):
         solve(trace, PlacementProblem(topo(2, 4), exclude_gpus=[0, 7], slots_per_gpu=2), SolverSettings(solver="eplb"))
@@ -156,7 +177,11 @@ def test_eplb_runs_on_the_live_gpus_as_a_smaller_cluster():
     loads = summarize(trace).loads
     model = Model("m", 16, 4, 8, 8, 2, num_groups=4)
     # two live GPUs on each node: hierarchical EPLB on 2 nodes x 2 GPUs, mapped back to the live ids
-    placement, _ = solve(trace, PlacementProblem(topo(2, 4), model=model, exclude_gpus=[1, 2, 4, 7], slots_per_gpu=5), SolverSettings(solver="eplb"))
+    placement, _ = solve(
+        trace,
+        PlacementProblem(topo(2, 4), model=model, exclude_gpus=[1, 2, 4, 7], slots_per_gpu=5),
+        SolverSettings(solver="eplb"),
+    )
     expected, _, _ = rebalance_experts(loads, 20, 4, 2, 4)
     live = [0, 3, 5, 6]
     per_gpu = placement.phy2log.reshape(2, 8, 5)
@@ -164,7 +189,9 @@ def test_eplb_runs_on_the_live_gpus_as_a_smaller_cluster():
     assert placement.metadata["solver"]["policy"] == "hierarchical"
     check_live(placement, [1, 2, 4, 7], 8, 5, distinct=False)
     # uneven live GPUs per node: EPLB's global policy over the 5 live GPUs
-    placement, _ = solve(trace, PlacementProblem(topo(2, 4), model=model, exclude_gpus=[1, 2, 4]), SolverSettings(solver="eplb"))
+    placement, _ = solve(
+        trace, PlacementProblem(topo(2, 4), model=model, exclude_gpus=[1, 2, 4]), SolverSettings(solver="eplb")
+    )
     expected, _, _ = rebalance_experts(loads, 5 * 4, 1, 1, 5)
     assert placement.slots_per_gpu == 4
     assert np.array_equal(placement.phy2log.reshape(2, 8, 4)[:, [0, 3, 5, 6, 7]].reshape(2, 20), expected)
@@ -175,11 +202,14 @@ def test_sample_trace_beats_contiguous_on_live_gpus():
     train = load_trace(sample_trace("train"))
     topology = topo(4, 8)
     excluded = [0, 1]
-    placement, _ = solve(train, PlacementProblem(topology, exclude_gpus=excluded), SolverSettings(solver="spectral", time_limit=2))
+    placement, _ = solve(
+        train, PlacementProblem(topology, exclude_gpus=excluded), SolverSettings(solver="spectral", time_limit=2)
+    )
     check_live(placement, excluded, 32, math.ceil(64 / 30))
     live = np.arange(2, 32)
-    contiguous = from_expert_gpu(np.tile(live[contiguous_gpus(64, 30)], (train.num_layers, 1)), 32, 8,
-                                 placement.slots_per_gpu)
+    contiguous = from_expert_gpu(
+        np.tile(live[contiguous_gpus(64, 30)], (train.num_layers, 1)), 32, 8, placement.slots_per_gpu
+    )
     ours = evaluate(train, placement, topology).totals["internode_tokens_dedup"]
     base = evaluate(train, contiguous, topology).totals["internode_tokens_dedup"]
     assert ours < 0.8 * base
@@ -205,8 +235,19 @@ def test_cli_exclusions_survive_file_and_relabel(tmp_path, cli):
 
     train = sample_trace("train")
     assert cli("place", "--trace", train, "--solver", "contiguous", "--out", tmp_path / "now.json").code == 0
-    result = cli("place", "--trace", train, "--solver", "spectral", "--exclude-gpus", "3,12",
-                 "--current", tmp_path / "now.json", "--out", tmp_path / "next.json")
+    result = cli(
+        "place",
+        "--trace",
+        train,
+        "--solver",
+        "spectral",
+        "--exclude-gpus",
+        "3,12",
+        "--current",
+        tmp_path / "now.json",
+        "--out",
+        tmp_path / "next.json",
+    )
     assert result.code == 0, result.err
     placement = read_placement(tmp_path / "next.json")
     assert placement.excluded_gpus == [3, 12]
@@ -222,7 +263,11 @@ def test_engine_exports_leave_dead_gpus_out_of_the_map():
 
     trace = random_trace(200, 1, 16, 2, 4)
     # 7 live GPUs x 4 slots: one copy needs 3 per GPU, the rest hold replicas; GPU 6 = slots 24..27
-    placement, _ = solve(trace, PlacementProblem(topo(2, 4), exclude_gpus=[6], slots_per_gpu=4), SolverSettings(solver="spectral", time_limit=1))
+    placement, _ = solve(
+        trace,
+        PlacementProblem(topo(2, 4), exclude_gpus=[6], slots_per_gpu=4),
+        SolverSettings(solver="spectral", time_limit=1),
+    )
     live = np.delete(placement.phy2log, np.s_[24:28], axis=1)
     rows = np.array(to_sglang(placement)["physical_to_logical_map"])
     assert rows.shape == (1, 28) and (rows == live.reshape(1, -1)).all()

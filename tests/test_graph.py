@@ -64,7 +64,10 @@ def assert_same_layer(a: graph.LayerSummary, b: graph.LayerSummary) -> None:
 
 def assert_same_summary(a: graph.TraceSummary, b: graph.TraceSummary) -> None:
     assert (a.num_tokens, a.num_experts, a.top_k, a.layer_ids) == (
-        b.num_tokens, b.num_experts, b.top_k, b.layer_ids,
+        b.num_tokens,
+        b.num_experts,
+        b.top_k,
+        b.layer_ids,
     )
     for x, y in zip(a.layers, b.layers, strict=True):
         assert_same_layer(x, y)
@@ -180,8 +183,7 @@ def test_numba_kernels_match_numpy_reference():
             sets = itertools.islice(itertools.combinations(range(experts), m), 2000)
             rows = [list(c) + [-1] * (k - m) for c in sets]
             ids = np.random.default_rng(m).permuted(np.array(rows), axis=1)
-            assert_same_layer(graph.layer_summaries(ids[:, None], experts)[0],
-                              graph._numpy_layer_summary(ids, experts))
+            assert_same_layer(graph.layer_summaries(ids[:, None], experts)[0], graph._numpy_layer_summary(ids, experts))
         strided = random_ids(400, 5, k, experts)[:, 1:4]  # a non-contiguous run of layers
         for layer, part in enumerate(graph.layer_summaries(strided, experts)):
             assert_same_layer(part, graph._numpy_layer_summary(strided[:, layer], experts))
@@ -264,7 +266,9 @@ def test_hypergraph_to_networkx_is_bipartite_with_net_weights():
 
 
 def chunked(ids: np.ndarray, experts: int, bounds: list[int]) -> list:
-    return [validate_arrays("c", {"topk_ids": ids[lo:hi]}, num_experts=experts) for lo, hi in itertools.pairwise(bounds)]
+    return [
+        validate_arrays("c", {"topk_ids": ids[lo:hi]}, num_experts=experts) for lo, hi in itertools.pairwise(bounds)
+    ]
 
 
 def summarize_chunks(chunks: list, max_nets: int | None) -> graph.TraceSummary:
@@ -304,7 +308,9 @@ def test_capped_streaming_is_deterministic_and_exact_when_the_cap_is_not_reached
 
 
 def test_cap_keeps_the_highest_count_over_hash_priority():
-    layer = graph.summarize(validate_arrays("r", {"topk_ids": random_ids(600, 1, 3, 9, seed=2)}, num_experts=9)).layers[0]
+    layer = graph.summarize(validate_arrays("r", {"topk_ids": random_ids(600, 1, 3, 9, seed=2)}, num_experts=9)).layers[
+        0
+    ]
     priority = layer.set_counts / graph.set_hash_unit(layer.sets)
     kept = layer.capped(7)
     assert set(map(tuple, kept.sets.tolist())) == set(map(tuple, layer.sets[np.argsort(-priority)[:7]].tolist()))
@@ -335,8 +341,9 @@ def test_summarize_streams_with_a_cap_and_rejects_a_negative_one(tmp_path, monke
     streamed = graph.summarize(TraceSource(tmp_path), workers=2, max_nets=8)
     assert_same_summary(streamed, summarize_chunks(chunked(ids, 10, [0, 128, 256, 384, 512, 640, 700]), 8))
     assert_same_summary(streamed, graph.summarize(whole, max_nets=8))
-    assert not np.array_equal(streamed.layers[0].set_counts,
-                              summarize_chunks(chunked(ids, 10, [0, 300, 700]), 8).layers[0].set_counts)
+    assert not np.array_equal(
+        streamed.layers[0].set_counts, summarize_chunks(chunked(ids, 10, [0, 300, 700]), 8).layers[0].set_counts
+    )
     assert all(len(layer.sets) == 8 for layer in streamed.layers)
     with pytest.raises(InputError, match="max_nets"):
         graph.summarize(TraceSource(tmp_path), max_nets=-1)

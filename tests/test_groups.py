@@ -67,13 +67,19 @@ def test_no_blocks_without_groups_or_with_max_nodes():
 def test_kept_groups_beat_contiguous_and_keep_replicas_home():
     """Solving by blocks keeps groups on their nodes; spare slots hold copies only there."""
     trace, problem = _problem(2)
-    placement, report = solve(trace, PlacementProblem(topo(8, 1), keep_groups=True, model=MODEL), SolverSettings(solver="spectral"))
+    placement, report = solve(
+        trace, PlacementProblem(topo(8, 1), keep_groups=True, model=MODEL), SolverSettings(solver="spectral")
+    )
     node = placement.expert_gpu()[0]
-    assert all(set(node[6 * g: 6 * g + 6]) <= {2 * g, 2 * g + 1} for g in range(4))
+    assert all(set(node[6 * g : 6 * g + 6]) <= {2 * g, 2 * g + 1} for g in range(4))
     contiguous = np.arange(24) // 3
     cut = (problem.weights * net_spans(problem.nets, problem.weights, contiguous, 8)[0]).sum()
     assert report.objective <= cut
-    replicated, _ = solve(trace, PlacementProblem(topo(8, 2), keep_groups=True, model=MODEL, slots_per_gpu=3), SolverSettings(solver="spectral"))
+    replicated, _ = solve(
+        trace,
+        PlacementProblem(topo(8, 2), keep_groups=True, model=MODEL, slots_per_gpu=3),
+        SolverSettings(solver="spectral"),
+    )
     row = replicated.phy2log[0]
     gpu_node = np.arange(len(row)) // 6  # 2 GPUs x 3 slots per node: 24 spare slots
     assert (row >= 0).all()
@@ -140,7 +146,11 @@ def test_kept_groups_sized_to_load_end_to_end():
     slots per group), and every expert and replica stays on its group's nodes, every slot filled."""
     trace = _group_skewed_trace(400, 5)
     model = Model("m", 24, 2, 8, 8, 1, num_groups=4, groups_per_token=1)
-    placement, _ = solve(trace, PlacementProblem(topo(12, 2), keep_groups=True, model=model, slots_per_gpu=2), SolverSettings(solver="spectral"))
+    placement, _ = solve(
+        trace,
+        PlacementProblem(topo(12, 2), keep_groups=True, model=model, slots_per_gpu=2),
+        SolverSettings(solver="spectral"),
+    )
     groups = np.arange(24) // 6
     loads = summarize(trace).loads[0]
     mask = group_mask(groups, loads, 12, 4)

@@ -84,8 +84,15 @@ def test_counts_npy_never_unpickles_and_rejects_truncation(tmp_path):
 def megatron_record(step: int, layer: int, rank: int, ids: list[list[int]], **extra) -> dict:
     """One line of router_trace_rank{r}.jsonl as Megatron-Core's RouterTracer writes it."""
     return {
-        "step": step, "stage": "pre_dispatch", "block": "decoder", "layer": layer, "rank": rank,
-        "num_tokens": len(ids), "topk": len(ids[0]) if ids else 2, "top_indices": ids, **extra,
+        "step": step,
+        "stage": "pre_dispatch",
+        "block": "decoder",
+        "layer": layer,
+        "rank": rank,
+        "num_tokens": len(ids),
+        "topk": len(ids[0]) if ids else 2,
+        "top_indices": ids,
+        **extra,
     }
 
 
@@ -95,27 +102,35 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def test_megatron_joins_steps_then_ranks_with_sorted_layers(tmp_path):
-    write_jsonl(tmp_path / "router_trace_rank0.jsonl", [
-        megatron_record(0, 3, 0, [[0, 1], [2, 3]]),
-        megatron_record(0, 1, 0, [[4, 5], [6, 7]]),
-        megatron_record(0, 1, 0, [[1, 2], [3, 4]], block="mtp", mtp_idx=0),  # MTP head: skipped
-        megatron_record(1, 1, 0, [[0, 7]]),
-        megatron_record(1, 3, 0, [[1, 6]]),
-    ])
-    write_jsonl(tmp_path / "router_trace_rank1.jsonl", [
-        megatron_record(0, 1, 1, [[2, 5]]),
-        megatron_record(0, 3, 1, [[3, 4]]),
-        megatron_record(1, 1, 1, []),  # an empty batch on this rank
-        megatron_record(1, 3, 1, []),
-    ])
+    write_jsonl(
+        tmp_path / "router_trace_rank0.jsonl",
+        [
+            megatron_record(0, 3, 0, [[0, 1], [2, 3]]),
+            megatron_record(0, 1, 0, [[4, 5], [6, 7]]),
+            megatron_record(0, 1, 0, [[1, 2], [3, 4]], block="mtp", mtp_idx=0),  # MTP head: skipped
+            megatron_record(1, 1, 0, [[0, 7]]),
+            megatron_record(1, 3, 0, [[1, 6]]),
+        ],
+    )
+    write_jsonl(
+        tmp_path / "router_trace_rank1.jsonl",
+        [
+            megatron_record(0, 1, 1, [[2, 5]]),
+            megatron_record(0, 3, 1, [[3, 4]]),
+            megatron_record(1, 1, 1, []),  # an empty batch on this rank
+            megatron_record(1, 3, 1, []),
+        ],
+    )
     trace = read_megatron(tmp_path, num_experts=8).routing
     # layer axis [1, 3]; order: step 0 rank 0, step 0 rank 1, step 1 rank 0
-    expected = np.array([
-        [[4, 5], [0, 1]],
-        [[6, 7], [2, 3]],
-        [[2, 5], [3, 4]],
-        [[0, 7], [1, 6]],
-    ])
+    expected = np.array(
+        [
+            [[4, 5], [0, 1]],
+            [[6, 7], [2, 3]],
+            [[2, 5], [3, 4]],
+            [[0, 7], [1, 6]],
+        ]
+    )
     assert np.array_equal(trace.topk_ids, expected)
     assert trace.src_rank.tolist() == [0, 0, 1, 0] and trace.num_experts == 8
     assert np.array_equal(load_routing(tmp_path).topk_ids, expected)
@@ -139,17 +154,32 @@ def test_megatron_concatenates_micro_batches_and_reads_one_file(tmp_path):
 @pytest.mark.parametrize(
     "records, field, expected",
     [
-        ([megatron_record(0, 0, 0, [[0, 1]]), megatron_record(0, 1, 0, [[0, 1], [2, 3]])],
-         "step 0, layer 1", "token counts [2] differ from layer 0's [1]"),
-        ([megatron_record(0, 0, 0, [[0, 1]]), megatron_record(1, 0, 0, [[0, 1]]),
-          megatron_record(1, 1, 0, [[0, 1]])],
-         "step 0", "rank 0 has no records for layers [1]"),
-        ([{**megatron_record(0, 0, 0, [[0, 1]]), "num_tokens": 2}], "line 1: top_indices",
-         "shape (1, 2) does not match num_tokens=2 x topk=2"),
+        (
+            [megatron_record(0, 0, 0, [[0, 1]]), megatron_record(0, 1, 0, [[0, 1], [2, 3]])],
+            "step 0, layer 1",
+            "token counts [2] differ from layer 0's [1]",
+        ),
+        (
+            [
+                megatron_record(0, 0, 0, [[0, 1]]),
+                megatron_record(1, 0, 0, [[0, 1]]),
+                megatron_record(1, 1, 0, [[0, 1]]),
+            ],
+            "step 0",
+            "rank 0 has no records for layers [1]",
+        ),
+        (
+            [{**megatron_record(0, 0, 0, [[0, 1]]), "num_tokens": 2}],
+            "line 1: top_indices",
+            "shape (1, 2) does not match num_tokens=2 x topk=2",
+        ),
         ([megatron_record(0, 0, 0, [[0.5, 1]])], "line 1: top_indices", "expected integer expert ids"),
         ([megatron_record(0, 0, 0, [[0, 1], [2]])], "line 1: top_indices", "rows of different lengths"),
-        ([{k: v for k, v in megatron_record(0, 0, 0, [[0, 1]]).items() if k != "layer"}],
-         "line 1: layer", "expected a non-negative integer, got None"),
+        (
+            [{k: v for k, v in megatron_record(0, 0, 0, [[0, 1]]).items() if k != "layer"}],
+            "line 1: layer",
+            "expected a non-negative integer, got None",
+        ),
         ([megatron_record(0, 0, 0, [[0, 0]])], None, "expert 0 repeated"),
     ],
 )
@@ -199,8 +229,7 @@ def test_vllm_routed_experts_one_sequence_per_file(tmp_path):
     [
         ([np.zeros((2, 2, 2), dtype=np.float32)], 0, "expected integer expert ids, got dtype float32"),
         ([np.zeros((2, 4), dtype=np.int16)], 0, "expected [tokens, num_hidden_layers, top_k], got shape (2, 4)"),
-        ([np.ones((1, 2, 2), dtype=np.int16), np.ones((1, 3, 2), dtype=np.int16)], 1,
-         "layers x top_k (3, 2) differs"),
+        ([np.ones((1, 2, 2), dtype=np.int16), np.ones((1, 3, 2), dtype=np.int16)], 1, "layers x top_k (3, 2) differs"),
         ([np.ones((1, 2, 1), dtype=np.int16), np.ones((0, 2, 1), dtype=np.int16)], 1, "holds zero tokens"),
     ],
 )
@@ -231,11 +260,16 @@ def sglang_per_token_dump(torch, records: list[tuple[int, np.ndarray]], mapping:
     return {
         "records": [
             {
-                "forward_pass_id": index, "rank": rank, "gatherer_key": "primary",
-                "input_ids": list(range(ids.shape[1])), "positions": list(range(ids.shape[1])),
-                "extend_seq_lens": [ids.shape[1]], "forward_mode": 1,
+                "forward_pass_id": index,
+                "rank": rank,
+                "gatherer_key": "primary",
+                "input_ids": list(range(ids.shape[1])),
+                "positions": list(range(ids.shape[1])),
+                "extend_seq_lens": [ids.shape[1]],
+                "forward_mode": 1,
                 "topk_ids_of_layer": torch.from_numpy(ids.astype(np.int32)),
-                "misc_objects": [], "global_physical_count": torch.zeros((ids.shape[0], mapping.shape[1]), dtype=torch.int32),
+                "misc_objects": [],
+                "global_physical_count": torch.zeros((ids.shape[0], mapping.shape[1]), dtype=torch.int32),
             }
             for index, (rank, ids) in enumerate(records)
         ],
@@ -253,10 +287,13 @@ def padded(rows: list[list[list[int]]]) -> np.ndarray:
 
 
 def test_sglang_stat_dump_sums_passes(tmp_path, torch):
-    logical = torch.tensor([[[1, 0, 2, 0], [0, 3, 0, 0]], [[0, 0, 0, 5], [1, 1, 1, 1]], [[0] * 4, [0] * 4]],
-                           dtype=torch.int32)
-    torch.save({"rank": 0, "logical_count": logical, "average_utilization_rate_over_window": None},
-               tmp_path / "expert_distribution_recorder_1.0.pt")
+    logical = torch.tensor(
+        [[[1, 0, 2, 0], [0, 3, 0, 0]], [[0, 0, 0, 5], [1, 1, 1, 1]], [[0] * 4, [0] * 4]], dtype=torch.int32
+    )
+    torch.save(
+        {"rank": 0, "logical_count": logical, "average_utilization_rate_over_window": None},
+        tmp_path / "expert_distribution_recorder_1.0.pt",
+    )
     counts = read_sglang_dump(tmp_path / "expert_distribution_recorder_1.0.pt")
     assert isinstance(counts, ExpertCounts)
     assert counts.counts.tolist() == [[1, 0, 2, 5], [1, 4, 1, 1]]
@@ -315,18 +352,33 @@ def test_sglang_truncated_and_foreign_files(tmp_path, torch):
     "mutate, field, expected",
     [
         (lambda d, t: d.update(logical_count=t.ones((1, 2, 2))), "logical_count", "expected an integer tensor"),
-        (lambda d, t: d.update(logical_count=t.ones((2, 2), dtype=t.int32)), "logical_count",
-         "expected [passes, layers, experts]"),
-        (lambda d, t: d.update(logical_count=-t.ones((1, 2, 2), dtype=t.int32)), "logical_count",
-         "negative count at pass 0, layer 0, expert 0"),
-        (lambda d, t: d["records"][0].update(topk_ids_of_layer=t.full((2, 1, 8), 6, dtype=t.int32)),
-         "records[0].topk_ids_of_layer", "physical expert id 6 outside -1..5"),
-        (lambda d, t: d["records"][1].update(topk_ids_of_layer=t.full((3, 1, 8), -1, dtype=t.int32)),
-         "records[1].topk_ids_of_layer", "expected [layers=2, tokens, k], got shape (3, 1, 8)"),
+        (
+            lambda d, t: d.update(logical_count=t.ones((2, 2), dtype=t.int32)),
+            "logical_count",
+            "expected [passes, layers, experts]",
+        ),
+        (
+            lambda d, t: d.update(logical_count=-t.ones((1, 2, 2), dtype=t.int32)),
+            "logical_count",
+            "negative count at pass 0, layer 0, expert 0",
+        ),
+        (
+            lambda d, t: d["records"][0].update(topk_ids_of_layer=t.full((2, 1, 8), 6, dtype=t.int32)),
+            "records[0].topk_ids_of_layer",
+            "physical expert id 6 outside -1..5",
+        ),
+        (
+            lambda d, t: d["records"][1].update(topk_ids_of_layer=t.full((3, 1, 8), -1, dtype=t.int32)),
+            "records[1].topk_ids_of_layer",
+            "expected [layers=2, tokens, k], got shape (3, 1, 8)",
+        ),
         (lambda d, t: d["records"][1].pop("topk_ids_of_layer"), "records[1].topk_ids_of_layer", "missing"),
         (lambda d, t: d["records"][0].update(rank=-1), "records[0].rank", "expected a non-negative integer"),
-        (lambda d, t: d.update(last_physical_to_logical_map=[0, 1]), "last_physical_to_logical_map",
-         "expected a tensor, got list"),
+        (
+            lambda d, t: d.update(last_physical_to_logical_map=[0, 1]),
+            "last_physical_to_logical_map",
+            "expected a tensor, got list",
+        ),
     ],
 )
 def test_bad_sglang_fields(tmp_path, torch, mutate, field, expected):
@@ -348,8 +400,9 @@ def save_file():
     return pytest.importorskip("safetensors.numpy", reason="TensorRT-LLM statistics are safetensors files").save_file
 
 
-def write_trtllm(directory: Path, save_file, ranks: dict[str, dict[int, dict[str, np.ndarray]]],
-                 meta: object = None) -> Path:
+def write_trtllm(
+    directory: Path, save_file, ranks: dict[str, dict[int, dict[str, np.ndarray]]], meta: object = None
+) -> Path:
     """meta_info.json plus ``{prefix}rank{r}.safetensors`` files: ranks[prefix][r] = {"iter_layer": array}."""
     directory.mkdir(exist_ok=True)
     meta = {"num_experts": 4, "num_experts_per_token": 2} if meta is None else meta
@@ -376,22 +429,29 @@ def test_trtllm_counts_sum_ranks_and_iterations(tmp_path, save_file):
 
 def test_trtllm_token_files_read_rank_major_per_iteration(tmp_path, save_file):
     ids = {  # (rank, iter, layer) -> [tokens, 2]
-        (0, 7, 3): [[0, 1], [2, 3]], (0, 7, 5): [[1, 2], [3, 0]],
-        (1, 7, 3): [[3, 2]], (1, 7, 5): [[0, 3]],
-        (0, 8, 3): [[1, 0]], (0, 8, 5): [[2, 1]],
-        (1, 8, 3): [[0, 2]], (1, 8, 5): [[1, 3]],
+        (0, 7, 3): [[0, 1], [2, 3]],
+        (0, 7, 5): [[1, 2], [3, 0]],
+        (1, 7, 3): [[3, 2]],
+        (1, 7, 5): [[0, 3]],
+        (0, 8, 3): [[1, 0]],
+        (0, 8, 5): [[2, 1]],
+        (1, 8, 3): [[0, 2]],
+        (1, 8, 5): [[1, 3]],
     }
-    tokens = {rank: {f"{it}_{layer}": np.array(v, dtype=np.int32) for (r, it, layer), v in ids.items() if r == rank}
-              for rank in (0, 1)}
+    tokens = {
+        rank: {f"{it}_{layer}": np.array(v, dtype=np.int32) for (r, it, layer), v in ids.items() if r == rank}
+        for rank in (0, 1)
+    }
     counts = {rank: {key: np.bincount(v.ravel(), minlength=4) for key, v in t.items()} for rank, t in tokens.items()}
     directory = write_trtllm(tmp_path / "stats", save_file, {"": counts, "token_selected_experts_": tokens})
     trace = read_trtllm(directory).routing
     assert isinstance(trace, Trace) and trace.num_experts == 4
     assert trace.topk_ids.tolist() == [
-        [[0, 1], [1, 2]], [[2, 3], [3, 0]],  # iter 7 rank 0
-        [[3, 2], [0, 3]],                    # iter 7 rank 1
-        [[1, 0], [2, 1]],                    # iter 8 rank 0
-        [[0, 2], [1, 3]],                    # iter 8 rank 1
+        [[0, 1], [1, 2]],
+        [[2, 3], [3, 0]],  # iter 7 rank 0
+        [[3, 2], [0, 3]],  # iter 7 rank 1
+        [[1, 0], [2, 1]],  # iter 8 rank 0
+        [[0, 2], [1, 3]],  # iter 8 rank 1
     ]
     assert trace.src_rank.tolist() == [0, 0, 1, 0, 1]
 
@@ -404,11 +464,21 @@ def test_trtllm_token_files_read_rank_major_per_iteration(tmp_path, save_file):
         ({"rank0": {"100_3": np.ones(5, np.int64)}}, "100_3", "expected 4 counts (meta_info num_experts)"),
         ({"rank0": {"100_3": np.array([1, -1, 0, 0])}}, "100_3", "negative count -1"),
         ({"rank0": {"100_3": np.array([1.0, np.nan, 0, 0])}}, "100_3", "expected integers, got dtype float64"),
-        ({"token_selected_experts_rank0": {"100_3": np.ones((2, 3), np.int32)}}, "100_3",
-         "expected [tokens, 2] expert ids"),
-        ({"token_selected_experts_rank0": {"100_3": np.array([[0, 1]], np.int32),
-                                           "100_4": np.array([[0, 1], [2, 3]], np.int32)}},
-         "iteration 100, layer 4", "token counts [2] differ from layer 3's [1]"),
+        (
+            {"token_selected_experts_rank0": {"100_3": np.ones((2, 3), np.int32)}},
+            "100_3",
+            "expected [tokens, 2] expert ids",
+        ),
+        (
+            {
+                "token_selected_experts_rank0": {
+                    "100_3": np.array([[0, 1]], np.int32),
+                    "100_4": np.array([[0, 1], [2, 3]], np.int32),
+                }
+            },
+            "iteration 100, layer 4",
+            "token counts [2] differ from layer 3's [1]",
+        ),
     ],
 )
 def test_bad_trtllm_files_name_file_and_key(tmp_path, save_file, files, field, expected):
@@ -466,7 +536,11 @@ def test_load_routing_reads_counts_npy(tmp_path):
 @pytest.mark.parametrize(
     "name, make, expected",
     [
-        ("v.npy", lambda p: np.save(p, np.arange(3)), "expected [tokens, layers, k] routed_experts or [layers, experts]"),
+        (
+            "v.npy",
+            lambda p: np.save(p, np.arange(3)),
+            "expected [tokens, layers, k] routed_experts or [layers, experts]",
+        ),
         ("t.csv", lambda p: p.write_text("1,2"), "unknown routing format '.csv'"),
         ("d", lambda p: p.mkdir(), "directory in no known routing format"),
         ("missing.npy", lambda p: None, "no such file or directory"),
@@ -518,13 +592,17 @@ def test_sglang_rank_files_merge_and_must_share_the_map(tmp_path, torch):
 
     mapping = np.tile(np.arange(4), (1, 1))
     for rank, rows in ((0, [[[0, 1]]]), (1, [[[2, 3]]])):
-        torch.save(sglang_per_token_dump(torch, [(rank, padded(rows))], mapping),
-                   tmp_path / f"expert_distribution_recorder_5.0_{rank}.pt")
+        torch.save(
+            sglang_per_token_dump(torch, [(rank, padded(rows))], mapping),
+            tmp_path / f"expert_distribution_recorder_5.0_{rank}.pt",
+        )
     merged = read_sglang(tmp_path)
     assert merged.routing.topk_ids.tolist() == [[[0, 1]], [[2, 3]]] and merged.routing.src_rank.tolist() == [0, 1]
     assert read_sglang(str(tmp_path / "expert_distribution_recorder_5.0_*.pt")).routing.num_tokens == 2
-    torch.save(sglang_per_token_dump(torch, [(2, padded([[[0, 1]]]))], mapping[:, ::-1].copy()),
-               tmp_path / "expert_distribution_recorder_5.0_2.pt")
+    torch.save(
+        sglang_per_token_dump(torch, [(2, padded([[[0, 1]]]))], mapping[:, ::-1].copy()),
+        tmp_path / "expert_distribution_recorder_5.0_2.pt",
+    )
     with pytest.raises(InputError, match="differs from expert_distribution_recorder_5.0_0.pt's"):
         read_sglang(tmp_path)
 
@@ -545,8 +623,10 @@ def test_vllm_zero_layers_are_dense_and_the_model_is_checked(tmp_path):
 
 def test_megatron_pipeline_layers_are_checked(tmp_path):
     for rank in range(2):
-        write_jsonl(tmp_path / f"router_trace_rank{rank}.jsonl",
-                    [megatron_record(0, layer, rank, [[0, 1]]) for layer in range(3)])
+        write_jsonl(
+            tmp_path / f"router_trace_rank{rank}.jsonl",
+            [megatron_record(0, layer, rank, [[0, 1]]) for layer in range(3)],
+        )
     mapped = read_megatron(tmp_path, pipeline_layers=[3, 3]).routing
     assert mapped.layer_ids.tolist() == list(range(6)) and mapped.num_tokens == 1
     with pytest.raises(InputError, match="stage-local layer 2 but pipeline stage 0 .* has 2 layers"):
@@ -575,13 +655,16 @@ def test_a_dump_of_the_moe_layers_only_gets_the_models_layer_ids(tmp_path):
     assert read_vllm(tmp_path / "r.npy").routing.layer_ids.tolist() == [0, 1]
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ('{"meta_info": {}}', "meta_info.routed_experts: missing"),
-    ('{"meta_info": {"routed_experts": "@@@"}}', "not valid base64"),
-    ('{"meta_info": {"routed_experts": "AAAA"}}', "3 bytes are not whole tokens of 2 layers x top-2"),
-    ('[1]', r"line 1\[0\]: expected a response object"),
-    ('{"meta', "line 1: not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"meta_info": {}}', "meta_info.routed_experts: missing"),
+        ('{"meta_info": {"routed_experts": "@@@"}}', "not valid base64"),
+        ('{"meta_info": {"routed_experts": "AAAA"}}', "3 bytes are not whole tokens of 2 layers x top-2"),
+        ("[1]", r"line 1\[0\]: expected a response object"),
+        ('{"meta', "line 1: not valid JSON"),
+    ],
+)
 def test_sglang_routed_responses_are_checked(tmp_path, line, message):
     from placer.formats.importers import read_sglang_routed
 

@@ -53,7 +53,9 @@ def test_place_and_evaluate_report_every_stage_to_a_callback():
     trace = TraceSource(SAMPLE)
     topology = load_topology("h100-dgx").resized(2, 8)
     record = Recorder()
-    placement, _ = solve(trace, PlacementProblem(topology), SolverSettings(solver="spectral", time_limit=1, progress=record))
+    placement, _ = solve(
+        trace, PlacementProblem(topology), SolverSettings(solver="spectral", time_limit=1, progress=record)
+    )
     evaluate(trace, placement, topology, progress=prefixed(record, "p: "))
     stages = record.stages()
     layers = trace.num_layers
@@ -69,8 +71,12 @@ def test_terminal_bars_draw_on_a_forced_terminal_and_nowhere_else():
     forced = io.StringIO()
     with terminal_progress(False, Console(file=forced, force_terminal=True, width=100)) as bars:
         assert isinstance(bars, TerminalProgress)
-        evaluate(TraceSource(SAMPLE), baseline("contiguous", 26, 64, 16, 8), load_topology("h100-dgx").resized(2, 8),
-                 progress=bars)
+        evaluate(
+            TraceSource(SAMPLE),
+            baseline("contiguous", 26, 64, 16, 8),
+            load_topology("h100-dgx").resized(2, 8),
+            progress=bars,
+        )
     assert "replaying trace" in forced.getvalue() and "26/26" in forced.getvalue()
     piped = io.StringIO()
     with terminal_progress(False, Console(file=piped)) as bars:
@@ -87,17 +93,34 @@ def no_forced_terminal(monkeypatch):
 
 
 def test_piped_cli_prints_no_progress(cli, tmp_path, no_forced_terminal):
-    result = cli("place", "--trace", SAMPLE, "--nodes", "2", "--solver", "spectral", "--time-limit", "1",
-                 "--out", tmp_path / "p.json", "--evaluate", SAMPLE, "--json")
+    result = cli(
+        "place",
+        "--trace",
+        SAMPLE,
+        "--nodes",
+        "2",
+        "--solver",
+        "spectral",
+        "--time-limit",
+        "1",
+        "--out",
+        tmp_path / "p.json",
+        "--evaluate",
+        SAMPLE,
+        "--json",
+    )
     assert result.code == 0, result.err
     assert result.err == ""
     assert json.loads(result.out)["interrupted"] is False
 
 
-@pytest.mark.parametrize("command", [
-    ["stats", SAMPLE, "--json"],
-    ["evaluate", "--trace", SAMPLE, "--placement", "contiguous", "--placement", "random", "--nodes", "2", "--json"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["stats", SAMPLE, "--json"],
+        ["evaluate", "--trace", SAMPLE, "--placement", "contiguous", "--placement", "random", "--nodes", "2", "--json"],
+    ],
+)
 def test_cli_on_a_terminal_draws_bars_on_stderr_unless_quiet(cli, monkeypatch, command):
     monkeypatch.setenv("FORCE_COLOR", "1")  # rich treats stderr as a terminal
     shown = cli(*command)

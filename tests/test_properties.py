@@ -21,8 +21,16 @@ from placer.topology import Model, Topology
 from placer.trace import validate_arrays
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-TOKEN_METRICS = ("internode_tokens_dedup", "internode_tokens_naive", "intranode_tokens", "forward_tokens",
-                 "nic_peak_tokens", "gpu_peak_load", "gpu_load_imbalance", "nodes_per_token_histogram")
+TOKEN_METRICS = (
+    "internode_tokens_dedup",
+    "internode_tokens_naive",
+    "intranode_tokens",
+    "forward_tokens",
+    "nic_peak_tokens",
+    "gpu_peak_load",
+    "gpu_load_imbalance",
+    "nodes_per_token_histogram",
+)
 
 
 @st.composite
@@ -41,8 +49,9 @@ def instances(draw, max_nodes: int = 4):
     padding = rng.random(ids.shape) < 0.1
     padding[:, :, 0] = False  # every token keeps its first expert
     ids[padding] = -1
-    trace = validate_arrays("h", {"topk_ids": ids, "num_experts": np.int64(experts),
-                                  "src_rank": rng.integers(0, gpus, tokens)})
+    trace = validate_arrays(
+        "h", {"topk_ids": ids, "num_experts": np.int64(experts), "src_rank": rng.integers(0, gpus, tokens)}
+    )
     expert_gpu = np.stack([rng.integers(0, gpus, experts) for _ in range(layers)])
     placement = from_expert_gpu(expert_gpu, gpus, gpn)
     topology = Topology("h", nodes, gpn, 1e12, 1e12, 1e9, 1e8, 1e-6)
@@ -54,7 +63,7 @@ def _relabel(placement: Placement, trace, gpu_map: np.ndarray):
     slots = placement.slots_per_gpu
     phy2log = np.empty_like(placement.phy2log)
     for gpu, target in enumerate(gpu_map):
-        phy2log[:, target * slots:(target + 1) * slots] = placement.phy2log[:, gpu * slots:(gpu + 1) * slots]
+        phy2log[:, target * slots : (target + 1) * slots] = placement.phy2log[:, gpu * slots : (gpu + 1) * slots]
     moved = Placement(phy2log, placement.num_experts, placement.gpus_per_node, slots)
     return moved, replace(trace, src_rank=gpu_map[trace.src_rank])
 
@@ -91,8 +100,16 @@ def test_one_node_has_no_internode_traffic(instance):
 @given(instances(), st.sampled_from(["normal", "low-latency"]))
 def test_counts_are_consistent_and_bytes_conserved(instance, dispatch):
     trace, placement, topology = instance
-    model = Model("m", trace.num_experts, trace.top_k, 16, 8, trace.num_layers,
-                  dispatch_bytes_per_element=1.0, combine_bytes_per_element=2.0)
+    model = Model(
+        "m",
+        trace.num_experts,
+        trace.top_k,
+        16,
+        8,
+        trace.num_layers,
+        dispatch_bytes_per_element=1.0,
+        combine_bytes_per_element=2.0,
+    )
     report = evaluate(trace, placement, topology, model, dispatch=dispatch)
     t, layer = report.totals, report.per_layer
     assert t["internode_tokens_dedup"] <= t["internode_tokens_naive"]
@@ -127,7 +144,11 @@ def solver_requests(draw):
 def test_solver_output_meets_constraints_or_explains(request):
     trace, topology, max_nodes, balance = request
     try:
-        placement, _ = solve(trace, PlacementProblem(topology, max_nodes=max_nodes, balance=balance), SolverSettings(solver="spectral", time_limit=1))
+        placement, _ = solve(
+            trace,
+            PlacementProblem(topology, max_nodes=max_nodes, balance=balance),
+            SolverSettings(solver="spectral", time_limit=1),
+        )
     except InfeasibleError as err:
         assert str(err)
         return

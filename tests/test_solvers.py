@@ -109,14 +109,18 @@ def test_max_nodes_hard_and_infeasible():
     # every triple of 6 experts over 3 nodes of 2: no 2-node placement holds all of them
     ids = np.array(list(itertools.combinations(range(6), 3)), np.int16)[:, None, :]
     with pytest.raises(InfeasibleError, match="CP-SAT proved that no placement satisfies it"):
-        solve(Trace(ids, 6), PlacementProblem(topo(3, 1), max_nodes=2, slots_per_gpu=2), SolverSettings(solver="spectral"))
+        solve(
+            Trace(ids, 6), PlacementProblem(topo(3, 1), max_nodes=2, slots_per_gpu=2), SolverSettings(solver="spectral")
+        )
 
 
 def test_max_nodes_coverage():
     trace = clustered_trace(200, 7)
     noisy = np.concatenate([trace.topk_ids, random_trace(20, 1, 16, 3, 7).topk_ids])
     trace = Trace(noisy, 16)
-    pl, _ = solve(trace, PlacementProblem(topo(4, 2), max_nodes=2, max_nodes_coverage=0.8), SolverSettings(solver="spectral"))
+    pl, _ = solve(
+        trace, PlacementProblem(topo(4, 2), max_nodes=2, max_nodes_coverage=0.8), SolverSettings(solver="spectral")
+    )
     problem = build_problems(summarize(trace), 4, 2)[0]
     lam = connectivity(problem, pl.expert_gpu()[0] // 2)
     assert problem.weights[lam <= 2].sum() >= 0.8 * problem.weights.sum()
@@ -159,7 +163,9 @@ def test_spare_slots_hold_replicas_and_cut_traffic():
     trace = load_trace(sample_trace("train"))
     topology = Topology("t", 2, 4, 80e9, 1e15, 4.5e11, 5e10, 5e-6)
     one_copy, _ = solve(trace, PlacementProblem(topology), SolverSettings(solver="spectral", time_limit=2))
-    replicated, report = solve(trace, PlacementProblem(topology, slots_per_gpu=10), SolverSettings(solver="spectral", time_limit=2))
+    replicated, report = solve(
+        trace, PlacementProblem(topology, slots_per_gpu=10), SolverSettings(solver="spectral", time_limit=2)
+    )
     copies = replicated.expert_copies()
     assert (copies >= 1).all() and copies.sum(axis=1).tolist() == [80] * trace.num_layers
     assert (replicated.gpu_expert_counts() <= 10).all()
@@ -303,7 +309,7 @@ def test_large_layers_search_a_sample_but_report_exact_figures(monkeypatch):
         assert r.objective == float((part.set_counts * lam).sum()) and r.peak_touch == float(touch.max())
     again, _ = solve(summary, PlacementProblem(topo(8, 2)), SolverSettings(solver="spectral", time_limit=2, workers=2))
     assert np.array_equal(placement.phy2log, again.phy2log)
-    contiguous = (np.arange(64) // 8)
+    contiguous = np.arange(64) // 8
     for r, part in zip(report.layers, summary.layers):  # the sampled search still beats contiguous
         cut = float((part.set_counts * net_spans(part.sets, part.set_counts, contiguous, 8)[0]).sum())
         assert r.objective < cut
@@ -322,8 +328,12 @@ def test_streaming_cap_defaults_to_the_search_size_and_reports_what_it_dropped(m
     from placer.solvers import options
 
     trace = random_trace(3000, 2, 64, 6, 4)
-    exact, _ = solve(trace, PlacementProblem(topo(8, 2)), SolverSettings(solver="spectral", time_limit=2, max_nets=None))
-    same, report = solve(trace, PlacementProblem(topo(8, 2)), SolverSettings(solver="spectral", time_limit=2))  # sets fit the default cap
+    exact, _ = solve(
+        trace, PlacementProblem(topo(8, 2)), SolverSettings(solver="spectral", time_limit=2, max_nets=None)
+    )
+    same, report = solve(
+        trace, PlacementProblem(topo(8, 2)), SolverSettings(solver="spectral", time_limit=2)
+    )  # sets fit the default cap
     assert np.array_equal(exact.phy2log, same.phy2log) and not any("streaming cap" in m for m in report.messages)
     assert api.stream_cap("spectral", 60, 58, None) == options.SAMPLE_NETS
     assert api.stream_cap("auto", 60, 58, None) == options.search_limit("auto", options.layer_budget(60, 58))

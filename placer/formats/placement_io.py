@@ -25,8 +25,15 @@ from placer.placement import BASELINES, Placement
 from placer.topology import MAX_EXPERTS, MAX_GPUS, MAX_LAYERS, MAX_NODES, Model, Topology
 
 __all__ = [
-    "DEFAULT_TOPOLOGY", "check_against", "check_phy2log", "dumps_placement", "placement_document",
-    "placement_schema", "read_placement", "replay_topology", "write_placement",
+    "DEFAULT_TOPOLOGY",
+    "check_against",
+    "check_phy2log",
+    "dumps_placement",
+    "placement_document",
+    "placement_schema",
+    "read_placement",
+    "replay_topology",
+    "write_placement",
 ]
 
 #: the topology preset used when nothing states or records the cluster
@@ -34,8 +41,14 @@ DEFAULT_TOPOLOGY = "h100-dgx"
 
 FORMAT = "placer-placement"
 VERSION = 1
-_SIZES = {"num_layers": (1, MAX_LAYERS), "num_experts": (1, MAX_EXPERTS), "num_gpus": (1, MAX_GPUS),
-          "num_nodes": (1, MAX_NODES), "gpus_per_node": (1, MAX_GPUS), "slots_per_gpu": (1, MAX_EXPERTS)}
+_SIZES = {
+    "num_layers": (1, MAX_LAYERS),
+    "num_experts": (1, MAX_EXPERTS),
+    "num_gpus": (1, MAX_GPUS),
+    "num_nodes": (1, MAX_NODES),
+    "gpus_per_node": (1, MAX_GPUS),
+    "slots_per_gpu": (1, MAX_EXPERTS),
+}
 """Integer fields of a placement file and their ranges (JSON Schema's "integer" admits 64.0)."""
 METADATA_KEYS = ("topology", "model", "solver", "constraints", "excluded_gpus", "trace")
 
@@ -111,8 +124,12 @@ def check_phy2log(path: str | Path | None, field: str, phy2log: np.ndarray, num_
     if phy2log.max() >= num_experts:
         raise InputError(path, field, f"expert id {int(phy2log.max())} >= num_experts {num_experts}")
     if num_experts > phy2log.shape[1]:
-        raise InputError(path, field, f"{num_experts:,} experts (largest id + 1 or declared) cannot all sit "
-                                      f"in {phy2log.shape[1]:,} slots per layer")
+        raise InputError(
+            path,
+            field,
+            f"{num_experts:,} experts (largest id + 1 or declared) cannot all sit "
+            f"in {phy2log.shape[1]:,} slots per layer",
+        )
     for layer, row in enumerate(phy2log):
         counts = np.bincount(row[row >= 0], minlength=num_experts)
         if (counts == 0).any():
@@ -121,7 +138,9 @@ def check_phy2log(path: str | Path | None, field: str, phy2log: np.ndarray, num_
 
 def _read_native(path: Path, doc: dict) -> Placement:
     if doc.get("version") != VERSION:
-        raise InputError(path, "version", f"{doc.get('version')!r} is not supported; this placer reads version {VERSION}")
+        raise InputError(
+            path, "version", f"{doc.get('version')!r} is not supported; this placer reads version {VERSION}"
+        )
     try:  # the small fields first (cheap); phy2log's entries are checked by _rectangular
         jsonschema.validate({**doc, "phy2log": [[0]]} if "phy2log" in doc else doc, placement_schema())
     except jsonschema.ValidationError as err:
@@ -132,8 +151,7 @@ def _read_native(path: Path, doc: dict) -> Placement:
             raise InputError(path, name, f"expected an integer {low}..{high:,}, got {doc[name]!r}")
     gpus, slots, gpn = doc["num_gpus"], doc["slots_per_gpu"], doc["gpus_per_node"]
     if doc.get("num_nodes") is not None and doc["num_nodes"] * gpn != gpus:
-        raise InputError(path, "num_nodes", f"{doc['num_nodes']} nodes x {gpn} GPUs per node != "
-                                            f"num_gpus {gpus}")
+        raise InputError(path, "num_nodes", f"{doc['num_nodes']} nodes x {gpn} GPUs per node != num_gpus {gpus}")
     if gpus * slots > MAX_GPUS * MAX_EXPERTS:
         raise InputError(path, "slots_per_gpu", f"{gpus:,} GPUs x {slots:,} slots exceed placer's limits")
     if any(type(gpu) is not int for gpu in doc.get("excluded_gpus") or []):
@@ -141,8 +159,10 @@ def _read_native(path: Path, doc: dict) -> Placement:
     phy2log = _rectangular(path, "phy2log", doc["phy2log"])
     if phy2log.shape != (doc["num_layers"], gpus * slots):
         raise InputError(
-            path, "phy2log",
-            f"shape {phy2log.shape}; expected num_layers x num_gpus*slots_per_gpu = ({doc['num_layers']}, {gpus * slots})",
+            path,
+            "phy2log",
+            f"shape {phy2log.shape}; expected num_layers x num_gpus*slots_per_gpu = "
+            f"({doc['num_layers']}, {gpus * slots})",
         )
     if gpus % gpn:
         raise InputError(path, "gpus_per_node", f"{gpn} does not divide num_gpus {gpus}")
@@ -157,8 +177,9 @@ def _read_native(path: Path, doc: dict) -> Placement:
     return Placement(phy2log, doc["num_experts"], gpn, slots, metadata)
 
 
-def _read_sglang(path: Path, doc: dict, num_gpus: int, gpus_per_node: int, model: Model | None,
-                 num_experts: int | None) -> Placement:
+def _read_sglang(
+    path: Path, doc: dict, num_gpus: int, gpus_per_node: int, model: Model | None, num_experts: int | None
+) -> Placement:
     if set(doc) != {"physical_to_logical_map"}:
         extra = sorted(set(doc) - {"physical_to_logical_map"})
         raise InputError(path, extra[0], "unexpected key in an SGLang expert-location file")
@@ -166,8 +187,12 @@ def _read_sglang(path: Path, doc: dict, num_gpus: int, gpus_per_node: int, model
     phy2log = _rectangular(path, field, doc[field])
     if model is not None:
         if phy2log.shape[0] not in (model.num_hidden_layers, model.num_moe_layers):
-            raise InputError(path, field, f"{phy2log.shape[0]} rows; model {model.name} has {model.num_hidden_layers} "
-                             f"decoder layers (SGLang's rows) of which {model.num_moe_layers} are MoE layers")
+            raise InputError(
+                path,
+                field,
+                f"{phy2log.shape[0]} rows; model {model.name} has {model.num_hidden_layers} "
+                f"decoder layers (SGLang's rows) of which {model.num_moe_layers} are MoE layers",
+            )
         if phy2log.shape[0] == model.num_hidden_layers:
             phy2log = phy2log[model.first_dense_layers :]
     slots = phy2log.shape[1]
@@ -184,7 +209,10 @@ def _read_sglang(path: Path, doc: dict, num_gpus: int, gpus_per_node: int, model
 
 
 def read_placement(
-    path: str | Path, num_gpus: int | None = None, gpus_per_node: int | None = None, model: Model | None = None,
+    path: str | Path,
+    num_gpus: int | None = None,
+    gpus_per_node: int | None = None,
+    model: Model | None = None,
     num_experts: int | None = None,
 ) -> Placement:
     """Read placer's placement JSON or SGLang's ``{"physical_to_logical_map": ...}``.
@@ -196,8 +224,11 @@ def read_placement(
     be detected).
     """
     path = input_path(path, "placement")
-    for name, value, high in (("num_gpus", num_gpus, MAX_GPUS), ("gpus_per_node", gpus_per_node, MAX_GPUS),
-                              ("num_experts", num_experts, MAX_EXPERTS)):
+    for name, value, high in (
+        ("num_gpus", num_gpus, MAX_GPUS),
+        ("gpus_per_node", gpus_per_node, MAX_GPUS),
+        ("num_experts", num_experts, MAX_EXPERTS),
+    ):
         if value is not None:
             check_count(value, name, 1, high)
     doc = _load_json(path)
@@ -208,7 +239,9 @@ def read_placement(
     if isinstance(doc, dict) and doc.get("format") == FORMAT:
         return _read_native(path, doc)
     raise InputError(
-        path, "format", f"unrecognised placement file: expected \"format\": \"{FORMAT}\" or SGLang's physical_to_logical_map"
+        path,
+        "format",
+        f'unrecognised placement file: expected "format": "{FORMAT}" or SGLang\'s physical_to_logical_map',
     )
 
 
@@ -218,9 +251,11 @@ def check_topology(path: str | Path, placement: Placement, topology: Topology) -
     if placement.num_gpus == topology.num_gpus and placement.gpus_per_node == topology.gpus_per_node:
         return
     fix = f"--nodes {placement.num_nodes}" + (
-        f" --gpus-per-node {placement.gpus_per_node}" if placement.gpus_per_node != topology.gpus_per_node else "")
+        f" --gpus-per-node {placement.gpus_per_node}" if placement.gpus_per_node != topology.gpus_per_node else ""
+    )
     raise InputError(
-        path, "num_gpus",
+        path,
+        "num_gpus",
         f"placement is for {placement.num_nodes} nodes x {placement.gpus_per_node} GPUs, the topology "
         f"{topology.name} has {topology.nodes} x {topology.gpus_per_node}; give the placement's shape ({fix})",
     )
@@ -239,11 +274,16 @@ def check_against(path: str | Path, placement: Placement, topology: Topology, mo
     }
     if model is not None:
         if model.num_experts != placement.num_experts:
-            raise InputError(path, "num_experts", f"{placement.num_experts}; model {model.name} has {model.num_experts}")
+            raise InputError(
+                path, "num_experts", f"{placement.num_experts}; model {model.name} has {model.num_experts}"
+            )
         if model.num_moe_layers != placement.num_layers:
-            raise InputError(path, "num_layers", f"{placement.num_layers}; model {model.name} has {model.num_moe_layers} MoE layers")
+            raise InputError(
+                path, "num_layers", f"{placement.num_layers}; model {model.name} has {model.num_moe_layers} MoE layers"
+            )
         facts["expert_bytes_per_gpu"] = check_memory(
-            str(path), "phy2log", facts["max_experts_per_gpu"], placement.num_layers, topology, model)
+            str(path), "phy2log", facts["max_experts_per_gpu"], placement.num_layers, topology, model
+        )
     return facts
 
 
@@ -264,10 +304,12 @@ def _recorded_cluster(path: Path) -> Topology | None:
         for key, value in recorded.items():
             whole = key in ("nodes", "gpus_per_node")
             may_be_zero = key == "latency_s"  # as the topology presets allow
-            if key != "name" and (type(value) not in ((int,) if whole else (int, float))
-                                  or value < 0 or (value == 0 and not may_be_zero)):
-                raise InputError(path, f"topology.{key}", f"expected a positive {'integer' if whole else 'number'}, "
-                                 f"got {value!r}")
+            if key != "name" and (
+                type(value) not in ((int,) if whole else (int, float)) or value < 0 or (value == 0 and not may_be_zero)
+            ):
+                raise InputError(
+                    path, f"topology.{key}", f"expected a positive {'integer' if whole else 'number'}, got {value!r}"
+                )
         return Topology(**recorded)
     nodes, per_node = doc.get("num_nodes"), doc.get("gpus_per_node")
     if type(nodes) is not int or type(per_node) is not int or nodes <= 0 or per_node <= 0:
@@ -275,8 +317,9 @@ def _recorded_cluster(path: Path) -> Topology | None:
     return instances.load_topology(DEFAULT_TOPOLOGY).resized(nodes, per_node)
 
 
-def replay_topology(specs: Sequence[str], topology: str | None = None, nodes: int | None = None,
-                    gpus_per_node: int | None = None) -> Topology:
+def replay_topology(
+    specs: Sequence[str], topology: str | None = None, nodes: int | None = None, gpus_per_node: int | None = None
+) -> Topology:
     """The cluster to replay or validate placements on.
 
     specs: placement files or baseline names. The rule: an explicit ``topology`` (preset
@@ -294,13 +337,19 @@ def replay_topology(specs: Sequence[str], topology: str | None = None, nodes: in
     unrecorded = [name for name, cluster in recorded.items() if cluster is None]
     known = {cluster for cluster in recorded.values() if cluster is not None}
     if unrecorded and topology is None and (nodes is None or gpus_per_node is None):
-        raise InputError(unrecorded[0], None, "records no cluster (an SGLang map): state it with --topology, "
-                         "or --nodes and --gpus-per-node")
+        raise InputError(
+            unrecorded[0],
+            None,
+            "records no cluster (an SGLang map): state it with --topology, or --nodes and --gpus-per-node",
+        )
     if topology is None and nodes is None and gpus_per_node is None:
         if len(known) > 1:
             shapes = sorted(f"{c.nodes}x{c.gpus_per_node}" for c in known)
-            raise InputError(None, "--topology", f"the placement files record different clusters ({', '.join(shapes)}): "
-                             "state the one to replay on")
+            raise InputError(
+                None,
+                "--topology",
+                f"the placement files record different clusters ({', '.join(shapes)}): state the one to replay on",
+            )
         return known.pop() if known else instances.load_topology(DEFAULT_TOPOLOGY)
     if topology is not None:
         base = instances.load_topology(topology)

@@ -49,9 +49,19 @@ def _spec(problem: LayerProblem, alpha: float) -> SearchSpec:
     unc = uncovered_allowance(c.max_nodes_coverage if M else None, float(problem.weights.sum()))
     # with GPUs out of service, the proportional counts are a hard cap so no live GPU is left idle
     slot_cap = problem.node_capacity() if problem.live is None else problem.node_counts()
-    return SearchSpec(ptr, inc, problem.nets, problem.weights.astype(np.float64),
-                      problem.loads.astype(np.float64), slot_cap,
-                      load_cap, allowed, float(alpha), int(M), unc)
+    return SearchSpec(
+        ptr,
+        inc,
+        problem.nets,
+        problem.weights.astype(np.float64),
+        problem.loads.astype(np.float64),
+        slot_cap,
+        load_cap,
+        allowed,
+        float(alpha),
+        int(M),
+        unc,
+    )
 
 
 def descent_cost(problem: LayerProblem) -> float:
@@ -88,8 +98,9 @@ DESCENT_COST = (4e-9, 5e-8)
 LARGE_DESCENT = 0.05
 
 
-def node_stage(problem: LayerProblem, opts: Options, search: LayerProblem | None = None
-               ) -> tuple[np.ndarray, float, str, list[str]]:
+def node_stage(
+    problem: LayerProblem, opts: Options, search: LayerProblem | None = None
+) -> tuple[np.ndarray, float, str, list[str]]:
     """Node of every expert [experts], a proven lower bound on the cut, status, messages.
 
     search: the (sampled) problem the searches run on (default: ``problem``); the bound is
@@ -104,8 +115,7 @@ def node_stage(problem: LayerProblem, opts: Options, search: LayerProblem | None
     counts = problem.node_counts()
     if N == 1:
         return np.zeros(problem.num_experts, np.int64), float(full.weights.sum()), "optimal", messages
-    part = spectral_parts(problem.nets, problem.weights, problem.num_experts, counts, problem.allowed,
-                          seed=opts.seed)
+    part = spectral_parts(problem.nets, problem.weights, problem.num_experts, counts, problem.allowed, seed=opts.seed)
     spec = _spec(problem, alpha)
     kicks = kick_count(problem, opts, sampled)
     part, value = local_search(spec, part, seed=opts.seed, kicks=kicks)
@@ -115,8 +125,9 @@ def node_stage(problem: LayerProblem, opts: Options, search: LayerProblem | None
     status = "feasible"
     if opts.solver != "spectral":
         if problem.num_experts <= EXACT_MAX_EXPERTS:
-            res = cpsat.solve_exact(problem, hint=part, dtime=min(30.0, max(2.0, opts.layer_budget)),
-                                    seed=opts.seed, gpu_level=False)
+            res = cpsat.solve_exact(
+                problem, hint=part, dtime=min(30.0, max(2.0, opts.layer_budget)), seed=opts.seed, gpu_level=False
+            )
             if res.assignment is not None:
                 _, cut_cp, viol_cp = evaluate(spec, res.assignment)
                 if viol_cp <= 0 and (cut_cp < cut or viol > 0 or res.optimal):
@@ -131,8 +142,9 @@ def node_stage(problem: LayerProblem, opts: Options, search: LayerProblem | None
     return part, bound, status, messages
 
 
-def _better_from_contiguous(problem: LayerProblem, spec: SearchSpec, counts: np.ndarray, part: np.ndarray,
-                            value: float, seed: int, kicks: int) -> np.ndarray:
+def _better_from_contiguous(
+    problem: LayerProblem, spec: SearchSpec, counts: np.ndarray, part: np.ndarray, value: float, seed: int, kicks: int
+) -> np.ndarray:
     """``part`` [experts], or the local search from the contiguous placement (experts in id
     order filling the nodes' ``counts``) when that start already beats ``value``: routers that
     pick experts by id ranges (groups) can make the baseline a better basin than the spectral one."""
@@ -145,27 +157,40 @@ def _better_from_contiguous(problem: LayerProblem, spec: SearchSpec, counts: np.
     return searched if searched_value < value else part
 
 
-def _repair(problem: LayerProblem, spec: SearchSpec, part: np.ndarray, opts: Options
-            ) -> tuple[np.ndarray, float, float]:
+def _repair(
+    problem: LayerProblem, spec: SearchSpec, part: np.ndarray, opts: Options
+) -> tuple[np.ndarray, float, float]:
     """The search left max_nodes / balance violated: ask CP-SAT (which may prove infeasibility)."""
     c = problem.constraints
-    res = cpsat.solve_exact(problem, hint=part, dtime=min(10.0, max(2.0, opts.layer_budget)),
-                            seed=opts.seed, gpu_level=False)
+    res = cpsat.solve_exact(
+        problem, hint=part, dtime=min(10.0, max(2.0, opts.layer_budget)), seed=opts.seed, gpu_level=False
+    )
     if res.assignment is not None:
         _, cut, viol = evaluate(spec, res.assignment)
         if viol <= 0:
             return res.assignment, cut, viol
     lam = connectivity(problem, part)
-    what = (f"max_nodes {c.max_nodes}" + ("" if c.max_nodes_coverage is None else f" with coverage {c.max_nodes_coverage:g}")
-            if c.max_nodes is not None else "") or f"balance {c.balance:g}"
+    what = (
+        f"max_nodes {c.max_nodes}"
+        + ("" if c.max_nodes_coverage is None else f" with coverage {c.max_nodes_coverage:g}")
+        if c.max_nodes is not None
+        else ""
+    ) or f"balance {c.balance:g}"
     share = float(problem.weights[lam <= c.max_nodes].sum() / problem.weights.sum()) if c.max_nodes else float("nan")
     proven = res.optimal and res.assignment is None
     raise InfeasibleError(
         f"{what} on layer {problem.layer}: "
-        + ("CP-SAT proved that no placement satisfies it" if proven else
-           "no placement satisfying it was found within the budget (not proven impossible)")
-        + (f"; the best placement found keeps {share:.3f} of tokens within {c.max_nodes} nodes"
-           f" (try max_nodes_coverage <= {share:.3f} or a larger max_nodes)" if c.max_nodes else "")
+        + (
+            "CP-SAT proved that no placement satisfies it"
+            if proven
+            else "no placement satisfying it was found within the budget (not proven impossible)"
+        )
+        + (
+            f"; the best placement found keeps {share:.3f} of tokens within {c.max_nodes} nodes"
+            f" (try max_nodes_coverage <= {share:.3f} or a larger max_nodes)"
+            if c.max_nodes
+            else ""
+        )
     )
 
 
@@ -176,8 +201,9 @@ def trivial_bound(problem: LayerProblem) -> float:
     return float((problem.weights * problem.min_nodes(size)).sum())
 
 
-def lns(problem: LayerProblem, spec: SearchSpec, part: np.ndarray, alpha: float, *, budget: float,
-        seed: int) -> np.ndarray:
+def lns(
+    problem: LayerProblem, spec: SearchSpec, part: np.ndarray, alpha: float, *, budget: float, seed: int
+) -> np.ndarray:
     """CP-SAT large-neighbourhood search over node pairs; keeps only strict improvements of J."""
     N = problem.num_nodes
     pairs = [(a, b) for a in range(N) for b in range(a + 1, N)]
@@ -188,8 +214,9 @@ def lns(problem: LayerProblem, spec: SearchSpec, part: np.ndarray, alpha: float,
     for a, b in pairs:
         touch = node_touch(problem, part)
         others = [touch[n] for n in range(N) if n not in (a, b)]
-        res = cpsat.improve_pair(problem, part, a, b, alpha=alpha, other_peak=max(others, default=0),
-                                 dtime=per, seed=seed)
+        res = cpsat.improve_pair(
+            problem, part, a, b, alpha=alpha, other_peak=max(others, default=0), dtime=per, seed=seed
+        )
         if res.assignment is None:
             continue
         cand = part.copy()

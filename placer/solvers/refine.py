@@ -206,13 +206,13 @@ def _cost_after(cut, touch, a, b, dcut, dta, dtb, viol_m, over, dvh, dov, M, unc
         else:
             v += max(0.0, over + dov - unc_allowed)
     for p in range(K):
-        l = pload[p]
+        load = pload[p]
         if p == a:
-            l = la
+            load = la
         elif p == b:
-            l = lb
-        if l > load_cap[p]:
-            v += l - load_cap[p]
+            load = lb
+        if load > load_cap[p]:
+            v += load - load_cap[p]
     return cut + dcut + alpha * mt + big * v
 
 
@@ -495,7 +495,7 @@ def _ils(part0, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alpha,
                              stamp, tok, order, pptr, pnet, loss, gain)
     best_part = part.copy()
     best = cur
-    for it in range(kicks):
+    for _ in range(kicks):
         done = 0
         tries = 0
         while done < kick_size and tries < 100 * kick_size:

@@ -205,8 +205,12 @@ def uniform_shares(model: Model, ep: int, gpus_per_node: int, dispatch: str) -> 
         intranode = expected_nvlink_copies(model.num_experts, model.top_k, ep, gpus_per_node)
     else:
         internode, intranode = volume.inter_node_vectors, volume.intra_node_vectors
-    return Shares(*(np.array([value]) for value in (
-        internode, intranode, internode / volume.nodes, intranode / ep, model.top_k / ep)))
+    return Shares(
+        *(
+            np.array([value])
+            for value in (internode, intranode, internode / volume.nodes, intranode / ep, model.top_k / ep)
+        )
+    )
 
 
 def replay_shares(trace: Trace | TraceSource, placement: Placement, topology: Topology, dispatch: str) -> Shares:
@@ -239,8 +243,16 @@ def step_traffic(shares: Shares, model: Model, group: Topology, groups: int, ste
     a2a = A2A_PASSES * layers * float(phases)
     compute = COMPUTE_PASSES * layers * float(np.mean(times["compute_s"]))
     internode, intranode = float(np.mean(shares.internode)), float(np.mean(shares.intranode))
-    return Traffic(internode, intranode, internode * per_step_gb, intranode * per_step_gb, a2a, compute,
-                   a2a / compute, float(np.mean(shares.gpu_peak)) / mean_pairs)
+    return Traffic(
+        internode,
+        intranode,
+        internode * per_step_gb,
+        intranode * per_step_gb,
+        a2a,
+        compute,
+        a2a / compute,
+        float(np.mean(shares.gpu_peak)) / mean_pairs,
+    )
 
 
 def internode_peers(group: Topology, dispatch: str) -> int:
@@ -275,13 +287,30 @@ def ep_point(
     else:
         contiguous = baseline("contiguous", len(summary.layer_ids), model.num_experts, ep, group.gpus_per_node)
         # one GPU leaves no choice: every placement is contiguous
-        placed = contiguous if ep == 1 else solve(summary, PlacementProblem(group, model=model), SolverSettings(solver=solver, seed=seed, alpha=alpha))[0]
-        shares = {name: replay_shares(replay, p, group, step.dispatch)
-                  for name, p in (("contiguous", contiguous), ("placer", placed))}
+        placed = (
+            contiguous
+            if ep == 1
+            else solve(
+                summary, PlacementProblem(group, model=model), SolverSettings(solver=solver, seed=seed, alpha=alpha)
+            )[0]
+        )
+        shares = {
+            name: replay_shares(replay, p, group, step.dispatch)
+            for name, p in (("contiguous", contiguous), ("placer", placed))
+        }
         routing = "trace"
     traffic = {name: step_traffic(s, model, group, groups, step) for name, s in shares.items()}
-    return EpPoint(ep, group.gpus_per_node, group.nodes, groups, step.tokens_per_step / topology.num_gpus,
-                   internode_peers(group, step.dispatch), routing, traffic["contiguous"], traffic["placer"])
+    return EpPoint(
+        ep,
+        group.gpus_per_node,
+        group.nodes,
+        groups,
+        step.tokens_per_step / topology.num_gpus,
+        internode_peers(group, step.dispatch),
+        routing,
+        traffic["contiguous"],
+        traffic["placer"],
+    )
 
 
 def check_step(step: StepModel) -> StepModel:
@@ -299,7 +328,8 @@ def check_step(step: StepModel) -> StepModel:
 def _check_trace(trace: Trace | TraceSource, model: Model, name: str) -> None:
     if trace.num_experts != model.num_experts or trace.top_k != model.top_k:
         raise InputError(
-            None, name,
+            None,
+            name,
             f"trace has {trace.num_experts} experts, top-{trace.top_k}; {model.name} has "
             f"{model.num_experts}, top-{model.top_k}",
         )
@@ -322,7 +352,8 @@ def run_sweep(
 
     trace: routing to solve placer's placement on (and to replay, unless ``eval_trace``
     is given); without one, uniform routing. alpha: placer's NIC-balance weight (weight
-    of the busiest node's traffic against the total; None: the solver's default). mapper: a ``map``-like callable over EP
+    of the busiest node's traffic against the total; None: the solver's default).
+    mapper: a ``map``-like callable over EP
     sizes (e.g. a parallel backend's), applied to :func:`ep_point`.
     """
     check_type(model, "model", Model)
@@ -342,6 +373,15 @@ def run_sweep(
         summary = summarize(trace)
         routing = "held-out trace" if eval_trace is not None else "in-sample trace"
     replay = eval_trace if eval_trace is not None else trace
-    point = partial(ep_point, model=model, topology=topology, step=step, summary=summary, replay=replay,
-                    solver=solver, seed=seed, alpha=alpha)
+    point = partial(
+        ep_point,
+        model=model,
+        topology=topology,
+        step=step,
+        summary=summary,
+        replay=replay,
+        solver=solver,
+        seed=seed,
+        alpha=alpha,
+    )
     return SweepResult(model, topology, step, solver, seed, alpha, routing, list(mapper(point, sizes)))

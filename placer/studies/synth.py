@@ -704,7 +704,7 @@ def _route(out, base, accept, alias, group_w, clusters, families, locality, topi
                     for s in range(nb):
                         gw[group[be[s]]] += bw[s] - bb[s]
                         total += bw[s] - bb[s]
-                    for i in range(groups_per_token):
+                    for _ in range(groups_per_token):
                         draws += 1
                         u = _unit(_mix(state + _U(draws) * _U(_GOLDEN))) * total
                         pick = -1

@@ -68,34 +68,35 @@ def main() -> None:
     (trt / "meta_info.json").write_text('{"num_experts": "many"}')
     # placements (placer evaluate)
     (HERE / "evaluate__placement_not_json.json").write_text("{ nope")
-    (HERE / "evaluate__placement_wrong_schema.json").write_text(json.dumps({"format": "placer-placement", "version": 1}))
+    (HERE / "evaluate__placement_wrong_schema.json").write_text(
+        json.dumps({"format": "placer-placement", "version": 1})
+    )
     (HERE / "evaluate__sglang_missing_expert.json").write_text(json.dumps({"physical_to_logical_map": [[0] * 64]}))
     (HERE / "evaluate__sglang_ragged.json").write_text(json.dumps({"physical_to_logical_map": [[0, 1], [0]]}))
     # topology and model files (placer evaluate --topology / --model)
     (HERE / "topology__zero_gpus.toml").write_text(
         '[topology]\nname = "z"\nnodes = 1\ngpus_per_node = 0\ngpu_memory_bytes = 80e9\ngpu_flops = 1e15\n'
-        'nvlink_bytes_per_s = 4.5e11\nnic_bytes_per_s = 5e10\nlatency_s = 5e-6\n'
+        "nvlink_bytes_per_s = 4.5e11\nnic_bytes_per_s = 5e10\nlatency_s = 5e-6\n"
     )
     (HERE / "topology__negative_memory.toml").write_text(
         '[topology]\nname = "n"\nnodes = 1\ngpus_per_node = 8\ngpu_memory_bytes = -1\ngpu_flops = 1e15\n'
-        'nvlink_bytes_per_s = 4.5e11\nnic_bytes_per_s = 5e10\nlatency_s = 5e-6\n'
+        "nvlink_bytes_per_s = 4.5e11\nnic_bytes_per_s = 5e10\nlatency_s = 5e-6\n"
     )
     (HERE / "topology__bad_toml.toml").write_text("[topology\nname = ")
     (HERE / "model__k_above_experts.toml").write_text(
         '[model]\nname = "m"\nnum_experts = 4\ntop_k = 6\nhidden_size = 8\nmoe_intermediate_size = 8\n'
-        'num_moe_layers = 26\n'
+        "num_moe_layers = 26\n"
     )
     (HERE / "model__wrong_type.toml").write_text(
         '[model]\nname = "m"\nnum_experts = "sixty-four"\ntop_k = 6\nhidden_size = 8\nmoe_intermediate_size = 8\n'
-        'num_moe_layers = 26\n'
+        "num_moe_layers = 26\n"
     )
     deeply_nested()
     issue_14_classes()
     (HERE / "model__experts_cannot_fit.toml").write_text(
         '[model]\nname = "huge"\nnum_experts = 64\ntop_k = 6\nhidden_size = 2048\nmoe_intermediate_size = 1408\n'
-        'num_moe_layers = 26\nfirst_dense_layers = 1\nexpert_param_bytes = 1e12\n'
+        "num_moe_layers = 26\nfirst_dense_layers = 1\nexpert_param_bytes = 1e12\n"
     )
-
 
 
 def deeply_nested() -> None:
@@ -112,16 +113,29 @@ def deeply_nested() -> None:
     np.savez(shards / "001.npz", topk_ids=GOOD_IDS[:0])
 
 
-TOPOLOGY = ('[topology]\nname = "t"\nnodes = {nodes}\ngpus_per_node = 8\ngpu_memory_bytes = 80e9\n'
-            'gpu_flops = 1e15\nnvlink_bytes_per_s = 4.5e11\nnic_bytes_per_s = 5e10\nlatency_s = 5e-6\n')
-MODEL = ('[model]\nname = "m"\nnum_experts = {experts}\ntop_k = 6\nhidden_size = 8\nmoe_intermediate_size = 8\n'
-         'num_moe_layers = 26\nfirst_dense_layers = {dense}\n')
+TOPOLOGY = (
+    '[topology]\nname = "t"\nnodes = {nodes}\ngpus_per_node = 8\ngpu_memory_bytes = 80e9\n'
+    "gpu_flops = 1e15\nnvlink_bytes_per_s = 4.5e11\nnic_bytes_per_s = 5e10\nlatency_s = 5e-6\n"
+)
+MODEL = (
+    '[model]\nname = "m"\nnum_experts = {experts}\ntop_k = 6\nhidden_size = 8\nmoe_intermediate_size = 8\n'
+    "num_moe_layers = 26\nfirst_dense_layers = {dense}\n"
+)
 
 
 def placement_doc(**changes: object) -> str:
     """A valid placer placement of 2 layers, 4 experts, 2 x 2 GPUs, with ``changes`` applied."""
-    doc = {"format": "placer-placement", "version": 1, "num_layers": 2, "num_experts": 4, "num_gpus": 4,
-           "num_nodes": 2, "gpus_per_node": 2, "slots_per_gpu": 1, "phy2log": [[0, 1, 2, 3], [3, 2, 1, 0]]}
+    doc = {
+        "format": "placer-placement",
+        "version": 1,
+        "num_layers": 2,
+        "num_experts": 4,
+        "num_gpus": 4,
+        "num_nodes": 2,
+        "gpus_per_node": 2,
+        "slots_per_gpu": 1,
+        "phy2log": [[0, 1, 2, 3], [3, 2, 1, 0]],
+    }
     doc.update(changes)
     return json.dumps(doc)
 
@@ -147,13 +161,22 @@ def issue_14_classes() -> None:
     shards = HERE / "stats__shards_incomplete"
     shards.mkdir()
     np.savez(shards / "shard-00000.npz", topk_ids=GOOD_IDS)
-    manifest = {"format": "placer-shards", "version": 1, "tokens": 6,
-                "shards": [{"file": "shard-00000.npz", "tokens": 3}, {"file": "shard-00001.npz", "tokens": 3}]}
+    manifest = {
+        "format": "placer-shards",
+        "version": 1,
+        "tokens": 6,
+        "shards": [{"file": "shard-00000.npz", "tokens": 3}, {"file": "shard-00001.npz", "tokens": 3}],
+    }
     (shards / "placer-shards.json").write_text(json.dumps(manifest))
     shards = HERE / "stats__shards_truncated"
     shards.mkdir()
     np.savez(shards / "shard-00000.npz", topk_ids=GOOD_IDS)
-    manifest = {"format": "placer-shards", "version": 1, "tokens": 5, "shards": [{"file": "shard-00000.npz", "tokens": 5}]}
+    manifest = {
+        "format": "placer-shards",
+        "version": 1,
+        "tokens": 5,
+        "shards": [{"file": "shard-00000.npz", "tokens": 5}],
+    }
     (shards / "placer-shards.json").write_text(json.dumps(manifest))
     shards = HERE / "stats__shards_mixed_src_rank"
     shards.mkdir()

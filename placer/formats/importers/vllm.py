@@ -30,7 +30,10 @@ __all__ = ["read_vllm", "routed_experts_trace"]
 
 
 def routed_experts_trace(
-    source: str, arrays: Sequence[tuple[str, np.ndarray]], num_experts: int | None, model: Model | None = None,
+    source: str,
+    arrays: Sequence[tuple[str, np.ndarray]],
+    num_experts: int | None,
+    model: Model | None = None,
     field: str = "routed_experts",
 ) -> Imported:
     """Join ``(file, routed_experts [tokens, num_hidden_layers, k])`` arrays token-wise, one
@@ -38,16 +41,13 @@ def routed_experts_trace(
     first_file, first = arrays[0]
     for name, value in arrays:
         if value.dtype.kind not in "iu":
-            raise InputError(
-                name, field, f"expected integer expert ids, got dtype {value.dtype}"
-            )
+            raise InputError(name, field, f"expected integer expert ids, got dtype {value.dtype}")
         if value.ndim != 3:
-            raise InputError(
-                name, field, f"expected [tokens, num_hidden_layers, top_k], got shape {value.shape}"
-            )
+            raise InputError(name, field, f"expected [tokens, num_hidden_layers, top_k], got shape {value.shape}")
         if value.shape[1:] != first.shape[1:]:
             raise InputError(
-                name, field,
+                name,
+                field,
                 f"layers x top_k {value.shape[1:]} differs from {first_file}'s {first.shape[1:]}",
             )
     seq_lens = np.array([len(value) for _, value in arrays], dtype=np.int64)
@@ -60,12 +60,17 @@ def routed_experts_trace(
     return Imported(validate_arrays(source, arrays_out, experts), None, [split.note] if split.note else [])
 
 
-def read_vllm(paths: str | Path | Sequence[str | Path], num_experts: int | None = None,
-              progress: ProgressFn | None = None, model: Model | None = None) -> Imported:
+def read_vllm(
+    paths: str | Path | Sequence[str | Path],
+    num_experts: int | None = None,
+    progress: ProgressFn | None = None,
+    model: Model | None = None,
+) -> Imported:
     """Read one or several ``routed_experts`` ``.npy`` files (one request each, joined in order).
 
     Returns a trace ``[tokens, moe_layers, top_k]`` whose ``seq_lens`` are the
-    files' token counts and whose ``layer_ids`` are the MoE layers' decoder ids. progress: reports files read (:mod:`placer.progress`).
+    files' token counts and whose ``layer_ids`` are the MoE layers' decoder ids.
+    progress: reports files read (:mod:`placer.progress`).
     """
     files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     if not files:
