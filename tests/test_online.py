@@ -187,6 +187,7 @@ def test_current_placement_may_be_given_as_phy2log(observed):
     (lambda r: r.observe(np.zeros((5, LAYERS + 1, K), np.int16)), "topk_ids"),
     (lambda r: r.observe(np.full((5, LAYERS, K), EXPERTS, np.int16)), "topk_ids"),
     (lambda r: r.observe(np.zeros((5, LAYERS, K), np.float32)), "topk_ids"),
+    (lambda r: r.observe(np.zeros((5, LAYERS, K), np.int16)), "topk_ids"),  # expert 0 four times a token
     (lambda r: r.rebalance(), "loads"),
     (lambda r: r.rebalance(loads=np.full((LAYERS, EXPERTS), np.nan)), "loads"),
     (lambda r: r.rebalance(loads=-np.ones((LAYERS, EXPERTS))), "loads"),
