@@ -35,7 +35,7 @@ from placer.errors import InputError
 from placer.graph import LayerSummary, TraceSummary, summarize_chunk
 from placer.trace import Trace, TraceSource, chunk_count, id_dtype, validate_arrays
 
-__all__ = ["WEIGHT_UNIT", "RoutingWindow", "memory_bound", "summary_nbytes"]
+__all__ = ["WEIGHT_UNIT", "RoutingWindow", "check_topk_ids", "memory_bound", "summary_nbytes"]
 
 #: tokens per integer weight unit in :meth:`RoutingWindow.summary` (decayed counts are fractional)
 WEIGHT_UNIT = 1.0 / 16.0
