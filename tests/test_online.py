@@ -10,7 +10,14 @@ import pytest
 
 from placer.eplb import rebalance_experts
 from placer.errors import InputError
-from placer.online import RebalanceConfig, Rebalancer, RoutingWindow, contiguous_slots, memory_bound
+from placer.online import (
+    RebalanceConfig,
+    Rebalancer,
+    RoutingWindow,
+    contiguous_slots,
+    memory_bound,
+    slots_per_gpu_for,
+)
 from placer.online.warm import predicted_peak
 from placer.trace import Trace
 
@@ -180,6 +187,7 @@ def test_current_placement_may_be_given_as_phy2log(observed):
     (lambda r: r.observe(np.zeros((5, LAYERS + 1, K), np.int16)), "topk_ids"),
     (lambda r: r.observe(np.full((5, LAYERS, K), EXPERTS, np.int16)), "topk_ids"),
     (lambda r: r.observe(np.zeros((5, LAYERS, K), np.float32)), "topk_ids"),
+    (lambda r: r.observe(np.zeros((5, LAYERS, K), np.int16)), "topk_ids"),  # expert 0 four times a token
     (lambda r: r.rebalance(), "loads"),
     (lambda r: r.rebalance(loads=np.full((LAYERS, EXPERTS), np.nan)), "loads"),
     (lambda r: r.rebalance(loads=-np.ones((LAYERS, EXPERTS))), "loads"),
@@ -217,3 +225,10 @@ def test_bad_config_names_the_setting(field, value):
 def test_contiguous_slots_is_the_engines_linear_layout():
     placement = contiguous_slots(2, 6, 4, 2, 2)
     assert placement.phy2log[0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1]
+
+
+def test_replicas_must_be_a_multiple_of_ranks():
+    assert slots_per_gpu_for(512, 256) == 2
+    with pytest.raises(InputError) as err:
+        slots_per_gpu_for(300, 256)
+    assert err.value.field == "num_replicas"

@@ -14,6 +14,7 @@ from placer.evaluation.timeline import _digest, replay_timeline, window_bounds
 from placer.formats.esft import import_esft
 from placer.instances import load_model
 from placer.online import contiguous_slots
+from placer.studies import synth
 from placer.trace import Trace, load_trace
 
 SAMPLE = str(sample_trace("test"))
@@ -119,3 +120,13 @@ def test_cli_replay_on_the_bundled_sample(cli, tmp_path):
 def test_esft_stream_is_the_four_tasks_in_order(esft_dir):
     stream = import_esft(esft_dir)
     assert stream.num_tokens == 8222 + 8327 + 8479 + 8251
+
+
+def test_phased_synthetic_stream_changes_routing_between_phases():
+    params = synth.preset("esft")
+    stream = synth.phased(params, 3001, 3, seed=0, drift_step=2.0)
+    assert stream.num_tokens == 3001 and stream.seq_lens.sum() == 3001
+    loads = [np.bincount(stream.topk_ids[lo:lo + 1000, 0].ravel(), minlength=64) for lo in (0, 1001, 2001)]
+    assert not np.array_equal(loads[0], loads[1]) and not np.array_equal(loads[1], loads[2])
+    first = synth.generate(params, 1001, seed=0, split="train")
+    assert np.array_equal(stream.topk_ids[:1001], first.topk_ids)

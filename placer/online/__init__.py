@@ -15,10 +15,11 @@ from placer.online.rebalancer import (
     check_loads,
     check_phy2log,
     contiguous_slots,
+    slots_per_gpu_for,
 )
 from placer.online.window import RoutingWindow, memory_bound
 
 __all__ = [
     "RebalanceConfig", "RebalanceResult", "Rebalancer", "RoutingWindow", "check_loads", "check_phy2log",
-    "contiguous_slots", "memory_bound",
+    "contiguous_slots", "memory_bound", "slots_per_gpu_for",
 ]

@@ -61,7 +61,8 @@ PENALTY_LADDER = (math.inf, 64.0, 16.0, 4.0, 1.0)
 #: a replica stays on its node unless another scores this many move penalties more
 REPLICA_KEEP = 4.0
 
-__all__ = ["Candidate", "RebalanceResult", "Rebalancer", "check_loads", "check_phy2log", "contiguous_slots"]
+__all__ = ["Candidate", "RebalanceResult", "Rebalancer", "check_loads", "check_phy2log", "contiguous_slots",
+           "slots_per_gpu_for"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,18 @@ def contiguous_slots(num_layers: int, num_experts: int, num_gpus: int, gpus_per_
     row = np.where(repeat.ravel(), -1, row)
     return Placement(np.tile(row, (num_layers, 1)), num_experts, gpus_per_node, slots_per_gpu,
                      {"solver": {"name": "contiguous"}})
+
+
+def slots_per_gpu_for(num_replicas: object, num_gpus: object, field_name: str = "num_replicas") -> int:
+    """Slots per GPU of an engine's ``num_replicas`` physical experts over ``num_gpus`` ranks;
+    InputError(field_name) unless both are positive integers and the ranks divide the replicas."""
+    for name, value in ((field_name, num_replicas), ("num_gpus", num_gpus)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InputError(None, name, f"expected a positive integer, got {value!r}")
+    if num_replicas % num_gpus:
+        raise InputError(None, field_name, f"{num_replicas} physical experts are not a multiple of "
+                         f"{num_gpus} ranks")
+    return int(num_replicas) // int(num_gpus)
 
 
 def check_loads(loads: object, num_layers: int, num_experts: int, field_name: str = "loads") -> np.ndarray:

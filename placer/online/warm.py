@@ -16,7 +16,7 @@ Three steps, each starting from what is in service:
    :mod:`placer.solvers.replicas`); missing replicas go to the node they are most
    co-activated with among those lacking the expert (a node holding it in service scores a
    keep bonus), on the least-loaded GPU (load per copy); finally every expert that stays on
-   a GPU keeps its slot (:func:`placer.migration.arrange_slots`).
+   a GPU keeps its slot (:func:`_fill_slots`, as :func:`placer.migration.arrange_slots`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import numba
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from placer.migration import arrange_slots
 from placer.solvers.problem import LayerProblem
 from placer.solvers.refine import SearchSpec, evaluate, local_search
 
@@ -163,11 +162,31 @@ def arrange_layer(current: np.ndarray, node: np.ndarray, start_gpu: np.ndarray, 
     _place_replicas(replicas.astype(np.int64), holds, np.bincount(primary, minlength=gpus).astype(np.int64),
                     np.bincount(primary, weights=per_copy, minlength=gpus), per_copy, score, in_service,
                     np.ascontiguousarray(affinity, dtype=np.float64), gpus_per_node, slots_per_gpu)
-    row = current.copy()
-    for g in np.flatnonzero((holds != in_service).any(axis=1)):
-        span = slice(g * slots_per_gpu, (g + 1) * slots_per_gpu)
-        row[span] = arrange_slots(np.flatnonzero(holds[g]).tolist(), current[span], slots_per_gpu)
-    return row
+    return _fill_slots(current.reshape(gpus, slots_per_gpu), holds).ravel()
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_slots(current, holds):  # pragma: no cover - jitted
+    """Slots [gpus, slots] holding each GPU's experts (holds [gpus, E]): an expert already in
+    one of the GPU's slots in ``current`` [gpus, slots] stays there (its first slot), the others
+    fill the free slots in ascending id order (:func:`placer.migration.arrange_slots` per GPU)."""
+    gpus, slots = current.shape
+    out = np.full((gpus, slots), -1, np.int64)
+    for g in range(gpus):
+        placed = np.zeros(holds.shape[1], np.bool_)
+        for s in range(slots):
+            e = current[g, s]
+            if e >= 0 and holds[g, e] and not placed[e]:
+                out[g, s] = e
+                placed[e] = True
+        s = 0
+        for e in range(holds.shape[1]):
+            if holds[g, e] and not placed[e]:
+                while s < slots and out[g, s] >= 0:
+                    s += 1
+                out[g, s] = e
+                s += 1
+    return out
 
 
 @numba.njit(cache=True, nogil=True)

@@ -33,9 +33,9 @@ import scipy.sparse as sp
 
 from placer.errors import InputError
 from placer.graph import LayerSummary, TraceSummary, summarize_chunk
-from placer.trace import Trace, TraceSource, chunk_count, id_dtype
+from placer.trace import Trace, TraceSource, chunk_count, id_dtype, validate_arrays
 
-__all__ = ["WEIGHT_UNIT", "RoutingWindow", "memory_bound", "summary_nbytes"]
+__all__ = ["WEIGHT_UNIT", "RoutingWindow", "check_topk_ids", "memory_bound", "summary_nbytes"]
 
 #: tokens per integer weight unit in :meth:`RoutingWindow.summary` (decayed counts are fractional)
 WEIGHT_UNIT = 1.0 / 16.0
@@ -138,11 +138,14 @@ class RoutingWindow:
 
     def observe(self, topk_ids: object) -> None:
         """Fold a batch of routing into the window. topk_ids: [tokens, layers, k] integer expert
-        ids, -1 padding (numpy array or torch tensor). An empty batch changes nothing."""
+        ids, -1 padding (numpy array or torch tensor), no expert twice in a token's top-k. A batch
+        of no tokens (or only padding) changes nothing."""
         ids = check_topk_ids(topk_ids, self.num_layers, self.num_experts, self.top_k)
         if self.top_k is None:
             self.top_k = int(ids.shape[2])
-        ids = ids.astype(id_dtype(self.num_experts), copy=False)
+        if not (ids >= 0).any():
+            return
+        ids = validate_arrays(None, {"topk_ids": ids}, num_experts=self.num_experts).topk_ids  # no repeats
         with ThreadPoolExecutor(max_workers=1) as pool:
             for lo in range(0, ids.shape[0], self.chunk_tokens):
                 self._fold(ids[lo:lo + self.chunk_tokens], pool)
