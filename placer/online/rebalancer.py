@@ -132,16 +132,23 @@ def slots_per_gpu_for(num_replicas: object, num_gpus: object, field_name: str = 
     return int(num_replicas) // int(num_gpus)
 
 
+def _host_array(value: object, field_name: str, kinds: str, what: str, shape: tuple[int, int],
+                axes: str) -> np.ndarray:
+    """``value`` (numpy, list or torch tensor) as a host array of one of the dtype ``kinds`` and ``shape``."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.dtype.kind not in kinds:
+        raise InputError(None, field_name, f"expected {what}, got dtype {array.dtype}")
+    if array.shape != shape:
+        raise InputError(None, field_name, f"expected shape [{shape[0]}, {shape[1]}] ({axes}), "
+                         f"got {tuple(array.shape)}")
+    return array
+
+
 def check_loads(loads: object, num_layers: int, num_experts: int, field_name: str = "loads") -> np.ndarray:
     """loads as float64 [layers, experts]: finite and non-negative (torch tensors accepted)."""
-    if hasattr(loads, "detach"):
-        loads = loads.detach().cpu().numpy()
-    array = np.asarray(loads)
-    if array.dtype.kind not in "iuf":
-        raise InputError(None, field_name, f"expected numeric loads, got dtype {array.dtype}")
-    if array.shape != (num_layers, num_experts):
-        raise InputError(None, field_name, f"expected shape [{num_layers}, {num_experts}] (layers, experts), "
-                         f"got {tuple(array.shape)}")
+    array = _host_array(loads, field_name, "iuf", "numeric loads", (num_layers, num_experts), "layers, experts")
     array = array.astype(np.float64)
     if not np.isfinite(array).all():
         raise InputError(None, field_name, "holds NaN or infinite loads")
@@ -153,14 +160,7 @@ def check_loads(loads: object, num_layers: int, num_experts: int, field_name: st
 def check_phy2log(phy2log: object, num_layers: int, num_experts: int, num_slots: int,
                   field_name: str = "current") -> np.ndarray:
     """A slots map as int64 [layers, slots]: ids in -1..E-1 and every expert present per layer."""
-    if hasattr(phy2log, "detach"):
-        phy2log = phy2log.detach().cpu().numpy()
-    array = np.asarray(phy2log)
-    if array.dtype.kind not in "iu":
-        raise InputError(None, field_name, f"expected integer expert ids, got dtype {array.dtype}")
-    if array.shape != (num_layers, num_slots):
-        raise InputError(None, field_name, f"expected shape [{num_layers}, {num_slots}] (layers, slots), "
-                         f"got {tuple(array.shape)}")
+    array = _host_array(phy2log, field_name, "iu", "integer expert ids", (num_layers, num_slots), "layers, slots")
     array = array.astype(np.int64)
     if array.size and (array.min() < -1 or array.max() >= num_experts):
         raise InputError(None, field_name, f"expert ids must lie in -1..{num_experts - 1}")
