@@ -34,6 +34,10 @@ class RebalanceConfig:
         many window tokens of cut). Default 0.05.
     kicks: iterated-local-search kicks of the warm node search per layer. Default 0 (one
         descent per rung of the penalty ladder: kicks gained < 0.5% on ESFT and cost 2-3x time).
+    replica_passes: passes of the replica-aware swap search
+        (:mod:`placer.solvers.replica_search`) run on every non-frozen rung's layout, each
+        swap priced with the rung's migration penalty; 0 turns it off. Default 0 (off: on ESFT
+        it lowers inter-node copies but costs ~28 s per rebalance, docs/online.md).
     alpha: weight of the peak node touch (NIC balance) in the node objective; None = the
         node stage's default for the node count.
     seed: seeds the search's kicks (same inputs and seed give the same placement).
@@ -46,6 +50,7 @@ class RebalanceConfig:
     peak_weight: float = 0.5
     move_penalty: float = 0.05
     kicks: int = 0
+    replica_passes: int = 0
     alpha: float | None = None
     seed: int = 0
 
@@ -64,6 +69,8 @@ class RebalanceConfig:
             ("move_penalty", self.move_penalty >= 0, ">= 0"),
             ("peak_weight", self.peak_weight >= 0, ">= 0"),
             ("kicks", isinstance(self.kicks, int) and self.kicks >= 0, "an integer >= 0"),
+            ("replica_passes", isinstance(self.replica_passes, int) and self.replica_passes >= 0,
+             "an integer >= 0"),
             ("alpha", self.alpha is None or self.alpha >= 0, ">= 0 or None"),
             ("seed", isinstance(self.seed, int) and self.seed >= 0, "an integer >= 0"),
         )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ from placer.online.window import RoutingWindow
 from placer.placement import Placement
 from placer.solvers.node_stage import DEFAULT_ALPHA
 from placer.solvers.problem import LayerProblem, build_problems
+from placer.solvers.refine import SearchSpec
+from placer.solvers.replica_search import MAX_NODES, seat_replicas, window_cost
 from placer.solvers.replicas import replica_counts
 from placer.topology import Topology
 from placer.trace import Trace, TraceSource
@@ -306,7 +309,8 @@ class Rebalancer:
         start_gpu = primary_gpus(current, self.num_experts, self.slots_per_gpu, self.gpus_per_node, one_copy)
         start_node = start_gpu // self.gpus_per_node
         spec = anchored_spec(problem, start_node, alpha)
-        before = node_objective(spec, start_node)
+        cost = self._cost_model(problem, spec)
+        before = cost(current, start_node)
         copies = replica_counts(loads, self.num_slots)
         peak = predicted_peak(current, loads, self.slots_per_gpu)
         mean = float(problem.loads.sum()) / self.num_experts
@@ -318,12 +322,25 @@ class Rebalancer:
                 node = warm_nodes(with_penalty(spec, self.num_experts, penalty), node, cfg.kicks, cfg.seed + layer)
             row = arrange_layer(current, node, start_gpu, loads, copies, affinity, self.gpus_per_node,
                                 self.slots_per_gpu, one_copy, REPLICA_KEEP * penalty)
+            if cfg.replica_passes and not math.isinf(rung):
+                row = seat_replicas(row, problem.nets, problem.weights, loads, affinity, self.gpus_per_node,
+                                    self.slots_per_gpu, service=current, penalty=penalty,
+                                    passes=cfg.replica_passes)
             if any(np.array_equal(row, other.row) for other in candidates):
                 continue
-            gain = (_relative_drop(before, node_objective(spec, node))
+            gain = (_relative_drop(before, cost(row, node))
                     + cfg.peak_weight * _relative_drop(peak, predicted_peak(row, loads, self.slots_per_gpu)))
             candidates.append(Candidate(row, gain, _moved(current, row, self.slots_per_gpu, self.num_experts)))
         return candidates
+
+    def _cost_model(self, problem: LayerProblem, spec: SearchSpec) -> Callable[[np.ndarray, np.ndarray], float]:
+        """How a layer's candidates are priced on the window: the replay-shaped cost of the
+        slots row (:func:`placer.solvers.replica_search.window_cost`) when the replica search
+        runs and the nodes fit its masks, else the node objective of the primaries' nodes."""
+        if self.config.replica_passes and self.num_nodes <= MAX_NODES:
+            return lambda row, node: window_cost(row, problem.nets, problem.weights, self.slots_per_gpu,
+                                                 self.gpus_per_node)
+        return lambda row, node: node_objective(spec, node)
 
     def _load_candidates(self, loads: np.ndarray, serving: Placement, num_groups: int) -> list[list[Candidate]]:
         """Per layer EPLB's row on the loads, relabelled to keep experts in place, with its
