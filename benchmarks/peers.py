@@ -22,8 +22,9 @@ import numpy as np
 from placer import Placement, Topology, from_expert_gpu
 from placer.graph import LayerSummary, TraceSummary
 from placer.solvers.gpu_stage import longest_first_pack
+from placer.solvers.mtk import create_hypergraph, km1_parts, library
 
-__all__ = ["INTER_NODE_WEIGHT", "PEERS", "available", "km1_parts", "mtkahypar_placement"]
+__all__ = ["INTER_NODE_WEIGHT", "PEERS", "available", "mtkahypar_placement"]
 
 #: weight of a target-graph edge between two nodes (one inside a node weighs 1)
 INTER_NODE_WEIGHT = 10
@@ -40,39 +41,9 @@ def available() -> bool:
     return hasattr(mtkahypar.Hypergraph, "map_onto_graph")
 
 
-def _library():
-    """Mt-KaHyPar initialised once per process with one thread (results depend on inputs only)."""
-    import mtkahypar
-
-    if not hasattr(_library, "instance"):
-        _library.instance = mtkahypar.initialize(1, False)
-    return _library.instance
-
-
-def _hypergraph(context, part: LayerSummary):
-    """The layer's distinct top-k sets as weighted nets over unit-weight experts."""
-    nets = [row[row >= 0].tolist() for row in part.sets]
-    experts = part.num_experts
-    return _library().create_hypergraph(context, experts, len(nets), nets, [1] * experts,
-                                        part.set_counts.tolist())
-
-
-def km1_parts(part: LayerSummary, parts: int, preset: str = "QUALITY") -> np.ndarray:
-    """Block of every expert [E] minimising the weighted km1 with at most ceil(E / parts)
-    experts per block (epsilon 0); preset: a ``mtkahypar.PresetType`` name."""
-    import mtkahypar
-
-    mtkahypar.set_seed(0)
-    context = _library().context_from_preset(getattr(mtkahypar.PresetType, preset))
-    context.set_partitioning_parameters(int(parts), 0.0, mtkahypar.Objective.KM1)
-    context.logging = False
-    blocks = _hypergraph(context, part).partition(context)
-    return np.array([blocks.block_id(e) for e in range(part.num_experts)], dtype=np.int64)
-
-
 def _km1_layer(preset: str) -> Callable[[LayerSummary, Topology, int], np.ndarray]:
     def solve(part: LayerSummary, topology: Topology, slots: int) -> np.ndarray:
-        node = km1_parts(part, topology.nodes, preset)
+        node = km1_parts(part.sets, part.set_counts, part.num_experts, topology.nodes, preset)
         expert_gpu = np.zeros(len(node), dtype=np.int64)
         gpus = topology.gpus_per_node
         for n in range(topology.nodes):
@@ -86,17 +57,17 @@ def _steiner_layer(part: LayerSummary, topology: Topology, slots: int) -> np.nda
     """GPU of every expert [E]: the hypergraph mapped onto the two-level target graph."""
     import mtkahypar
 
-    library = _library()
+    lib = library()
     mtkahypar.set_seed(0)
     gpus = topology.num_gpus
-    context = library.context_from_preset(mtkahypar.PresetType.QUALITY)
+    context = lib.context_from_preset(mtkahypar.PresetType.QUALITY)
     context.set_mapping_parameters(gpus, 0.0)
     context.logging = False
     edges = [(a, b) for a in range(gpus) for b in range(a + 1, gpus)]
     weights = [1 if a // topology.gpus_per_node == b // topology.gpus_per_node else INTER_NODE_WEIGHT
                for a, b in edges]
-    target = library.create_target_graph(context, gpus, len(edges), edges, weights)
-    mapped = _hypergraph(context, part).map_onto_graph(target, context)
+    target = lib.create_target_graph(context, gpus, len(edges), edges, weights)
+    mapped = create_hypergraph(context, part.sets, part.set_counts, part.num_experts).map_onto_graph(target, context)
     return np.array([mapped.block_id(e) for e in range(part.num_experts)], dtype=np.int64)
 
 

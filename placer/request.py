@@ -21,7 +21,8 @@ from placer.topology import MAX_EXPERTS, Model, Topology
 
 __all__ = ["LP_BATCH_TOKENS", "METHODS", "RULES", "SOLVERS", "PlacementProblem", "SolverSettings"]
 
-#: placement algorithms: spectral (seconds), ilp / auto (spectral, then CP-SAT), eplb (loads only)
+#: placement algorithms: spectral (seconds), ilp (spectral, then CP-SAT), auto (candidates chosen on a
+#: validation split, :mod:`placer.solvers.validation`), eplb (loads only)
 SOLVERS = ("auto", "spectral", "ilp", "eplb")
 #: every way to produce a placement: the solvers and the named baselines
 METHODS = (*SOLVERS, *BASELINES)

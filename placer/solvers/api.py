@@ -132,7 +132,8 @@ def solve(
 ) -> tuple[Placement, SolveReport]:
     """Place every layer's experts on ``problem.topology`` from ``trace`` with a solver.
 
-    settings.solver: "spectral", "ilp", "auto" or "eplb" (baselines are the workflow's,
+    settings.solver: "spectral", "ilp", "auto" (per layer the best of several candidates on a
+    validation split of the tokens, :mod:`validation`) or "eplb" (baselines are the workflow's,
     :func:`placer.workflow.place`). Spare slots (slots per GPU x live GPUs > experts) hold
     replicas (:mod:`replicas`). GPUs in ``problem.exclude_gpus`` get no slots: every expert
     and replica lands on a live GPU, node capacities are live GPUs x slots per GPU (experts
