@@ -49,17 +49,18 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from peers import mtkahypar_placement  # Mt-KaHyPar QUALITY km1 + longest-first packing ("mtk-km1")
 
 from placer import (
     Placement,
     Topology,
     baseline,
     evaluate,
-    from_expert_gpu,
     load_topology,
-    synth,
 )
 from placer.constraints import group_mask
 from placer.eplb import rebalance_experts
@@ -69,7 +70,7 @@ from placer.graph import TraceSummary, expert_loads, summarize
 from placer.instances import load_model
 from placer.request import PlacementProblem, SolverSettings
 from placer.solvers import solve as run_solver
-from placer.solvers.gpu_stage import longest_first_pack
+from placer.studies import synth
 from placer.topology import Model
 from placer.trace import Trace, concatenate, load_trace
 
@@ -85,34 +86,6 @@ PRESETS = {
     "qwen3-235b": ("qwen3-235b-a22b", "16x8"),
     "seed001": ("seed001", "8x8"),
 }
-
-
-def mtkahypar_placement(summary: TraceSummary, topology: Topology) -> Placement:
-    """The benchmark peer: Mt-KaHyPar QUALITY preset, seed 0, one thread, km1, equal expert
-    counts per node (epsilon 0), then longest-first packing by train load onto GPUs with
-    equal counts per GPU."""
-    import mtkahypar
-
-    if not hasattr(mtkahypar_placement, "library"):
-        mtkahypar_placement.library = mtkahypar.initialize(1, False)
-    library = mtkahypar_placement.library
-    mtkahypar.set_seed(0)
-    nodes, gpus = topology.nodes, topology.gpus_per_node
-    experts = summary.num_experts
-    slots = -(-experts // topology.num_gpus)
-    expert_gpu = np.zeros((len(summary.layers), experts), dtype=np.int64)
-    for layer, part in enumerate(summary.layers):
-        context = library.context_from_preset(mtkahypar.PresetType.QUALITY)
-        context.set_partitioning_parameters(nodes, 0.0, mtkahypar.Objective.KM1)
-        context.logging = False
-        nets = [list(row[row >= 0]) for row in part.sets]
-        graph = library.create_hypergraph(context, experts, len(nets), nets, [1] * experts, part.set_counts.tolist())
-        blocks = graph.partition(context)
-        node = np.array([blocks.block_id(e) for e in range(experts)])
-        for n in range(nodes):
-            members = np.flatnonzero(node == n)
-            expert_gpu[layer, members] = n * gpus + longest_first_pack(members, part.loads, gpus, slots)
-    return from_expert_gpu(expert_gpu, topology.num_gpus, gpus, slots, {"solver": {"name": "mtkahypar"}})
 
 
 @dataclass

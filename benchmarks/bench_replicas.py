@@ -3,9 +3,12 @@
 Run from the repository root (needs ../shared/traces/esft-dsv2lite):
 
     python benchmarks/bench_replicas.py [--topology 8x8] [--slots-per-gpu 2] [--solver spectral]
+        [--lp-batch 4096]
 
 Both placements are solved on the train half of the ESFT split and replayed
-on the held-out half with the same dispatch rule (each rule in turn); prints a
+on the held-out half with the same dispatch rule (each rule in turn; ``lp`` balances
+batches of ``--lp-batch`` tokens); placer's replicas are packed for ``nearest`` and, in
+the rows "packed for RULE", for another rule (``PlacementProblem.rule``); prints a
 markdown table with placer / EPLB ratios and the issue's floors
 (inter-node <= 0.80 x EPLB, GPU peak <= 1.05 x EPLB, under ``nearest``).
 """
@@ -33,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topology", default="8x8")
     parser.add_argument("--slots-per-gpu", type=int, default=2)
     parser.add_argument("--solver", default="spectral")
+    parser.add_argument("--lp-batch", type=int, default=4096)
     args = parser.parse_args(argv)
     if not args.esft.is_dir():
         print(f"ESFT traces not found at {args.esft}: nothing to measure.", file=sys.stderr)
@@ -42,14 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     train, test = import_esft(args.esft, split=True)
     summary = summarize(train)
     solved = {}
-    for name in ("eplb", args.solver):
+    runs = [("eplb", "eplb", "nearest"), (args.solver, args.solver, "nearest")]
+    runs += [(f"{args.solver} packed for {rule}", args.solver, rule) for rule in RULES if rule != "nearest"]
+    for label, name, packed in runs:
         started = time.perf_counter()
         placement, _ = solve(
             summary,
-            PlacementProblem(topology, slots_per_gpu=args.slots_per_gpu),
+            PlacementProblem(topology, slots_per_gpu=args.slots_per_gpu, rule=packed, lp_batch=args.lp_batch),
             SolverSettings(solver=name, workers=2),
         )
-        solved[name] = (placement, time.perf_counter() - started)
+        solved[label] = (placement, time.perf_counter() - started)
     spare = args.slots_per_gpu * topology.num_gpus - train.num_experts
     print(
         f"## {nodes} x {gpus} GPUs, {args.slots_per_gpu} slots per GPU ({spare} spare slots), "
@@ -59,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---" * 9 + "|")
     verdicts = []
     for rule in RULES:
-        totals = {name: evaluate(test, p, topology, rule=rule).totals for name, (p, _) in solved.items()}
+        totals = {name: evaluate(test, p, topology, rule=rule, lp_batch=args.lp_batch).totals
+                  for name, (p, _) in solved.items()}
         eplb = totals["eplb"]
         for name, (_, seconds) in solved.items():
             t = totals[name]

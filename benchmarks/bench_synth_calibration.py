@@ -70,7 +70,7 @@ def stat_rows(real: Trace, synthetic: Trace, split: str) -> tuple[list[str], boo
 def held_out_ratio(train: Trace, test: Trace, nodes: int = 4, gpus: int = 8) -> float:
     """Mt-KaHyPar (solved on train) / contiguous inter-node tokens, replayed on test."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_quality import mtkahypar_placement
+    from peers import mtkahypar_placement
 
     topology = load_topology("h100-dgx").resized(nodes, gpus)
     peer = mtkahypar_placement(summarize(train), topology)

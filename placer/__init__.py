@@ -7,7 +7,7 @@ Data flows one way, and each layer imports only from the layers before it
    files), ``progress``, ``atomic``, ``bundled``, ``parallel``, ``eplb`` (DeepSeek's algorithm);
 2. data: ``topology``, ``instances``, ``trace``, ``placement``, ``constraints``, ``request``;
 3. trace -> graph: ``graph``, ``stats``, ``cluster`` (Dask backend), ``formats`` (importers
-   and exports), ``migration``, ``dispatch`` (the engines' replica dispatch rules);
+   and exports), ``migration``, ``dispatch`` (the engines' replica dispatch rules), ``lp_dispatch`` (its LP rule);
 4. graph -> placement: ``solvers``, ``online`` (the rebalancer that lives across calls);
 5. placement -> judgement: ``evaluation`` (replay, timeline replay, calculator);
 6. the workflow shared by every front end: ``workflow``; the engines' policy drop-ins,

@@ -37,7 +37,7 @@ from placer.atomic import (
 from placer.bundled import sample_trace
 from placer.checks import finite_json
 from placer.cluster import Cluster, connect
-from placer.dispatch import RULES
+from placer.dispatch import LP_BATCH_TOKENS, RULES
 from placer.errors import InfeasibleError, InputError
 from placer.evaluation import calc
 from placer.evaluation.replay import DISPATCH_MODES, SOURCES, ReplayReport
@@ -130,6 +130,7 @@ SourceOpt = Annotated[
     Source, typer.Option(help="token: token t on GPU t mod P (or src_rank); sequence: sequence i on GPU i mod P.")
 ]
 RuleOpt = Annotated[Rule, typer.Option(help="Which replica serves a token when experts are replicated.")]
+LpBatchOpt = Annotated[int, typer.Option(help="Consecutive tokens the lp rule balances together (one batch).")]
 DispatchOpt = Annotated[
     Dispatch, typer.Option(help="normal: one copy per remote node; low-latency: one per remote expert.")
 ]
@@ -237,6 +238,7 @@ def evaluate_command(
     source: SourceOpt = Source.token,
     dispatch: DispatchOpt = Dispatch.normal,
     rule: RuleOpt = Rule.nearest,
+    lp_batch: LpBatchOpt = LP_BATCH_TOKENS,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -257,6 +259,7 @@ def evaluate_command(
             dispatch=dispatch.value,
             max_nodes=max_nodes,
             rule=rule.value,
+            lp_batch=lp_batch,
         )
     reference = "" if len(results) == 1 else f" | ratios against {results[0][0]}, the first --placement"
     used = {"topology": topo.to_dict(), "model": None if mdl is None else mdl.to_dict()}
@@ -316,6 +319,10 @@ def place_command(
             "'all', or 'auto' (as many as the solver's search uses; bounds memory)."
         ),
     ] = "auto",
+    rule: Annotated[
+        Rule, typer.Option(help="Replica rule the engine will run: spare-slot replicas are packed for it.")
+    ] = Rule.nearest,
+    lp_batch: LpBatchOpt = LP_BATCH_TOKENS,
     scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -345,6 +352,8 @@ def place_command(
         _slots(slots_per_gpu),
         memory_reserve,
         tuple(_gpu_list(exclude_gpus)),
+        rule.value,
+        lp_batch,
     )
     in_service = placement_io.read_placement(current, topo.num_gpus, topo.gpus_per_node, mdl) if current else None
     with terminal_progress(quiet) as progress:
@@ -360,7 +369,8 @@ def place_command(
     results = []
     if test is not None and not interrupted:
         with terminal_progress(quiet) as progress:
-            results = _against_baselines(test, f"placer {solver.value}", chosen, topo, mdl, max_nodes, progress)
+            results = _against_baselines(test, f"placer {solver.value}", chosen, topo, mdl, max_nodes, progress,
+                                         rule=problem.rule, lp_batch=problem.lp_batch)
     if as_json:
         _print_json(
             {
@@ -462,10 +472,12 @@ def _against_baselines(
     mdl: Model | None,
     max_nodes: int | None,
     progress: ProgressFn | None = None,
+    **replay: object,
 ) -> list[tuple[str, ReplayReport]]:
-    """Replay ``test`` against the three baselines and ``chosen`` (last)."""
+    """Replay ``test`` against the three baselines and ``chosen`` (last); ``replay``: further
+    options of :func:`placer.evaluation.replay.evaluate` (rule, lp_batch)."""
     entries = workflow.with_baselines({label: chosen}, BASELINES, test.num_layers, chosen.num_experts, topo)
-    return workflow.compare(test, entries, topo, mdl, progress=progress, max_nodes=max_nodes)
+    return workflow.compare(test, entries, topo, mdl, progress=progress, max_nodes=max_nodes, **replay)
 
 
 @app.command("report")
@@ -484,6 +496,7 @@ def report_command(
     source: SourceOpt = Source.token,
     dispatch: DispatchOpt = Dispatch.normal,
     rule: RuleOpt = Rule.nearest,
+    lp_batch: LpBatchOpt = LP_BATCH_TOKENS,
     layer: Annotated[int | None, typer.Option(help="MoE layer of the co-activation heatmap (default: middle).")] = None,
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Do not add the three baselines.")] = False,
     title: Annotated[str | None, typer.Option(help="Report title.")] = None,
@@ -518,6 +531,7 @@ def report_command(
             dispatch=dispatch.value,
             max_nodes=max_nodes,
             rule=rule.value,
+            lp_batch=lp_batch,
             trace_label=trace,
             inputs=[s for s in placement if s not in BASELINES],
             progress=progress,
@@ -959,6 +973,7 @@ def replay_command(
     model: ModelOpt = None,
     dispatch: DispatchOpt = Dispatch.normal,
     rule: RuleOpt = Rule.nearest,
+    lp_batch: LpBatchOpt = LP_BATCH_TOKENS,
     solver: Annotated[
         SolverChoice, typer.Option(help="Solver of the fresh solves (static, naive, oracle).")
     ] = SolverChoice.spectral,
@@ -1002,6 +1017,7 @@ def replay_command(
             policies=policies,
             config=config,
             rule=rule.value,
+            lp_batch=lp_batch,
             dispatch=dispatch.value,
             solver=solver.value,
             time_limit=time_limit,
@@ -1202,6 +1218,7 @@ FLAG_FIELDS = frozenset(
         "dispatch",
         "exclude_gpus",
         "keep_groups",
+        "lp_batch",
         "max_nets",
         "max_nodes",
         "max_nodes_coverage",

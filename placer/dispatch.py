@@ -14,6 +14,10 @@ names its rule:
   replica: the first replica on the source GPU, else a "fair" seeded choice
   (each replica used about equally often by the other GPUs), drawn with
   Python's ``random.Random(42)`` over layers, then experts, in order.
+- ``lp``: SGLang's LP rule (``--ep-dispatch-algorithm=lp``, DeepSeek's LPLB): per batch of
+  ``batch_tokens`` consecutive tokens (counted per layer from the first token replayed), each
+  expert's pairs are split over its copies to minimise the busiest GPU, whatever the
+  tokens' sources (:mod:`placer.lp_dispatch`).
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import random
 import numba
 import numpy as np
 
+from placer.lp_dispatch import lp_route
 from placer.placement import Placement, decoder_layer_ids
+from placer.request import LP_BATCH_TOKENS, RULES
 
-RULES = ("nearest", "sglang-static")
+__all__ = ["LP_BATCH_TOKENS", "RULES", "Dispatcher", "replica_slots", "sglang_static_map"]
 
 
 def replica_slots(phy2log: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,9 +159,11 @@ def sglang_static_map(placement: Placement) -> np.ndarray:
 class Dispatcher:
     """Maps (token, expert) pairs of one placement to GPUs, layer by layer, keeping per-layer state."""
 
-    def __init__(self, placement: Placement, rule: str = "nearest") -> None:
+    def __init__(self, placement: Placement, rule: str = "nearest", batch_tokens: int = LP_BATCH_TOKENS) -> None:
         self.placement = placement
         self.rule = rule
+        self.batch_tokens = batch_tokens
+        self.routed = np.zeros(placement.num_layers, dtype=np.int64)  # tokens routed so far per layer
         self.slot_gpu = np.arange(placement.phy2log.shape[1]) // placement.slots_per_gpu
         self.tables = [replica_slots(row, placement.num_experts) for row in placement.phy2log]
         self.has_replicas = any(int(copies.max()) > 1 for _, copies in self.tables)
@@ -171,10 +179,30 @@ class Dispatcher:
             slots = log2phy[safe, 0]
         elif self.static is not None:
             slots = self.static[layer][src_gpu[:, None], safe]
+        elif self.rule == "lp":
+            slots = self._lp_slots(layer, ids)
         else:
             gpus = _nearest_kernel(
                 ids.astype(np.int64), src_gpu.astype(np.int64), log2phy, copies,
                 self.slot_gpu, self.placement.gpus_per_node, self.slot_load[layer],
             )
+            self.routed[layer] += len(ids)
             return gpus
+        self.routed[layer] += len(ids)
+        self.slot_load[layer] += np.bincount(slots[valid], minlength=self.slot_load.shape[1])
         return np.where(valid, self.slot_gpu[slots], -1)
+
+    def _lp_slots(self, layer: int, ids: np.ndarray) -> np.ndarray:
+        """Slots of the ``lp`` rule for one chunk of a layer, cut into batches of
+        ``batch_tokens`` counted from the layer's first token (a batch straddling two
+        chunks is balanced in two parts). ids: [tokens, k] -> [tokens, k] (-1 padding)."""
+        log2phy, copies = self.tables[layer]
+        first = int(self.routed[layer])
+        cuts = np.arange((first // self.batch_tokens + 1) * self.batch_tokens, first + len(ids),
+                         self.batch_tokens) - first
+        parts = []
+        for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(ids)]):
+            batch = (first + start) // self.batch_tokens
+            parts.append(lp_route(ids[start:stop], log2phy, copies, self.slot_gpu, self.placement.num_gpus,
+                                  seed=(layer << 32) | batch))
+        return np.concatenate(parts) if parts else np.empty(ids.shape, dtype=np.int64)

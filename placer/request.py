@@ -19,13 +19,20 @@ from placer.placement import BASELINES
 from placer.progress import ProgressFn
 from placer.topology import MAX_EXPERTS, Model, Topology
 
-__all__ = ["METHODS", "SOLVERS", "PlacementProblem", "SolverSettings"]
+__all__ = ["LP_BATCH_TOKENS", "METHODS", "RULES", "SOLVERS", "PlacementProblem", "SolverSettings"]
 
-#: placement algorithms: spectral (seconds), ilp / auto (spectral, then CP-SAT), eplb (loads only)
+#: placement algorithms: spectral (seconds), ilp (spectral, then CP-SAT), auto (candidates chosen on a
+#: validation split, :mod:`placer.solvers.validation`), eplb (loads only)
 SOLVERS = ("auto", "spectral", "ilp", "eplb")
 #: every way to produce a placement: the solvers and the named baselines
 METHODS = (*SOLVERS, *BASELINES)
 ON_INTERRUPT = ("raise", "best")
+#: replica dispatch rules an engine may run (which copy serves a pair; :mod:`placer.dispatch`)
+RULES = ("nearest", "sglang-static", "lp")
+#: default batch of the ``lp`` rule: consecutive tokens it balances together
+LP_BATCH_TOKENS = 4096
+#: largest ``lp`` batch accepted, in tokens
+MAX_LP_BATCH = 1 << 30
 
 
 MAX_SEED = (1 << 32) - 1
@@ -48,6 +55,9 @@ class PlacementProblem:
     ``memory_reserve`` of its memory kept back) or None (ceil(E / live GPUs)); spare slots
     hold replicas.
     exclude_gpus: GPU ids out of service: they get no slots.
+    rule: the replica dispatch rule the engine will serve with (:data:`RULES`); spare-slot
+    replicas are packed onto GPUs by the load each copy serves under it. lp_batch:
+    consecutive tokens the ``lp`` rule balances together.
     """
 
     topology: Topology
@@ -59,6 +69,8 @@ class PlacementProblem:
     slots_per_gpu: int | Literal["memory"] | None = None
     memory_reserve: float = 0.0
     exclude_gpus: tuple[int, ...] = ()
+    rule: str = "nearest"
+    lp_batch: int = LP_BATCH_TOKENS
 
     def __post_init__(self) -> None:
         if not isinstance(self.topology, Topology):
@@ -70,6 +82,9 @@ class PlacementProblem:
             check_count(self.slots_per_gpu, "slots_per_gpu", 1, MAX_EXPERTS)
         check_real(self.memory_reserve, "memory_reserve", 0.0, 1.0)
         object.__setattr__(self, "exclude_gpus", tuple(self.exclude_gpus))
+        if self.rule not in RULES:
+            raise InputError(None, "rule", f"expected one of {', '.join(RULES)}, got {self.rule!r}")
+        check_count(self.lp_batch, "lp_batch", 1, MAX_LP_BATCH)
         for name in ("balance", "max_nodes_coverage"):
             value = getattr(self, name)
             object.__setattr__(self, name, None if value is None else float(value))

@@ -2,6 +2,9 @@
 
 A change that alters placements on purpose regenerates the hashes in the same commit:
 ``PLACER_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py`` (then review the diff).
+``auto`` compares Mt-KaHyPar's partition among its candidates when it is installed, so its
+cases have a second hash (key suffix ``+mtkahypar``); regenerate both: once with
+``PLACER_NO_MTKAHYPAR=1`` set and once without it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from placer.solvers import mtk
 
 HERE = Path(__file__).parent / "golden"
 SAMPLE = Path(__file__).parents[1] / "traces" / "sample" / "esft-intent-train.npz"
@@ -59,6 +64,7 @@ def test_placement_matches_golden(case, cli, tmp_path):
     result = cli("place", "--trace", SAMPLE, "--out", out, "--quiet", *CASES[case])
     assert result.code == 0, result.err
     digest = phy2log_digest(out)
+    case += "+mtkahypar" if case.startswith("auto") and mtk.installed() else ""
     golden = json.loads(HASHES.read_text()) if HASHES.exists() else {}
     if os.environ.get("PLACER_UPDATE_GOLDEN"):
         golden[case] = digest

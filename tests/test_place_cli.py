@@ -135,3 +135,15 @@ def test_python_api_and_cli_write_the_same_file(cli, tmp_path, flags, problem_fi
     placer.write_placement(placed.placement, by_api)
     assert by_api.read_bytes() == by_cli.read_bytes()
     assert json.loads(by_api.read_text())["model"]["name"] == "deepseek-v2-lite"
+
+
+def test_replicas_packed_and_replayed_under_the_lp_rule(tmp_path, cli):
+    out = tmp_path / "lp.json"
+    result = cli("place", "--trace", TRAIN, "--solver", "spectral", "--out", out, "--slots-per-gpu", "3",
+                 "--rule", "lp", "--lp-batch", "512", "--evaluate", TEST, "--json")
+    assert result.code == 0, result.err
+    assert any("lp rule" in line for line in result.json()["solve"]["messages"])
+    replay = cli("evaluate", "--trace", TEST, "--placement", out, "--rule", "lp", "--lp-batch", "512", "--json")
+    assert replay.code == 0, replay.err
+    bad = cli("place", "--trace", TRAIN, "--solver", "spectral", "--out", tmp_path / "bad.json", "--lp-batch", "0")
+    assert bad.code == 2 and "--lp-batch" in bad.err and len(bad.err.strip().splitlines()) == 1

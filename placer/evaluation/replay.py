@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from placer.checks import check_count
-from placer.dispatch import RULES, Dispatcher
+from placer.dispatch import LP_BATCH_TOKENS, RULES, Dispatcher
 from placer.errors import InputError
 from placer.placement import Placement
 from placer.progress import ProgressFn, track
+from placer.request import MAX_LP_BATCH
 from placer.topology import MAX_NODES, Model, Topology
 from placer.trace import Trace, TraceChunk, TraceSource, chunk_count
 
@@ -207,6 +208,7 @@ def count_traffic(
     rule: str = "nearest",
     progress: ProgressFn | None = None,
     token_offset: int = 0,
+    lp_batch: int = LP_BATCH_TOKENS,
 ) -> dict[str, np.ndarray]:
     """Per-layer counters of a replay, accumulated chunk by chunk: name -> [layers, ...].
 
@@ -214,7 +216,7 @@ def count_traffic(
     t then starts on GPU (token_offset + t) mod P; :mod:`placer.evaluation.timeline`)."""
     chunks = trace.chunks() if isinstance(trace, TraceSource) else [TraceChunk(trace, token_offset, 0)]
     steps = trace.num_layers * chunk_count(trace)
-    dispatcher = Dispatcher(placement, rule)
+    dispatcher = Dispatcher(placement, rule, lp_batch)
     totals: dict[str, np.ndarray] = {}
     for index, chunk in enumerate(chunks):
         _check_compatible(chunk.trace.num_experts, chunk.trace.num_layers, placement, topology)
@@ -357,11 +359,14 @@ def evaluate(
     rule: str = "nearest",
     progress: ProgressFn | None = None,
     token_offset: int = 0,
+    lp_batch: int = LP_BATCH_TOKENS,
 ) -> ReplayReport:
     """Replay ``trace`` against ``placement`` on ``topology``.
 
     Token counts need no model; bytes and times are reported when ``model`` is given.
     rule: which replica serves a pair when experts are replicated (see :mod:`placer.dispatch`).
+    lp_batch: consecutive tokens the ``lp`` rule balances together (per layer, from the first
+    token replayed).
     progress: reports (chunk, layer) steps replayed (:mod:`placer.progress`).
     token_offset: position of an in-memory trace's first token in a longer stream (token source
     ``(token_offset + t) mod P``).
@@ -372,18 +377,20 @@ def evaluate(
         raise InputError(None, "dispatch", f"expected one of {', '.join(DISPATCH_MODES)}, got {dispatch!r}")
     if rule not in RULES:
         raise InputError(None, "rule", f"expected one of {', '.join(RULES)}, got {rule!r}")
+    check_count(lp_batch, "lp_batch", 1, MAX_LP_BATCH)
     _check_types(trace, placement, topology, model)
     if max_nodes is not None:
         check_count(max_nodes, "max_nodes", 1, MAX_NODES)
     counts = count_traffic(
         trace, placement, topology, source=source, dispatch=dispatch, max_nodes=max_nodes, rule=rule,
-        progress=progress, token_offset=token_offset,
+        progress=progress, token_offset=token_offset, lp_batch=lp_batch,
     )
     per_layer, totals = summarize(counts, topology, model, dispatch, max_nodes, placement.live_gpus())
     config = {
         "source": source,
         "dispatch": dispatch,
         "replica_rule": rule,
+        **({"lp_batch_tokens": lp_batch} if rule == "lp" else {}),
         "topology": topology.name,
         "nodes": topology.nodes,
         "gpus_per_node": topology.gpus_per_node,

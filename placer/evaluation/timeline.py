@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from placer.dispatch import LP_BATCH_TOKENS
 from placer.errors import InputError
 from placer.evaluation.replay import evaluate
 from placer.migration import minimize_moves, moved_by_link
@@ -102,10 +103,11 @@ def _migration(previous: Placement, current: Placement, topology: Topology, mode
 
 
 def _served(trace: Trace, lo: int, hi: int, placement: Placement, topology: Topology, model: Model | None,
-            rule: str, dispatch: str) -> dict:
+            rule: str, dispatch: str, lp_batch: int) -> dict:
     """Replay of tokens [lo, hi) against ``placement``: the timeline's per-window figures."""
     part = Trace(trace.topk_ids[lo:hi], trace.num_experts)
-    totals = evaluate(part, placement, topology, model, dispatch=dispatch, rule=rule, token_offset=lo).totals
+    totals = evaluate(part, placement, topology, model, dispatch=dispatch, rule=rule, token_offset=lo,
+                      lp_batch=lp_batch).totals
     tier = "dedup" if dispatch == "normal" else "naive"
     return {"internode_copies": int(totals[f"internode_tokens_{tier}"]), "nic_peak": int(totals["nic_peak_tokens"]),
             "gpu_peak": int(totals["gpu_peak_load"]), "all_to_all_s": totals.get("all_to_all_s")}
@@ -176,6 +178,7 @@ def replay_timeline(
     policies: Sequence[str] = POLICIES,
     config: RebalanceConfig | None = None,
     rule: str = "nearest",
+    lp_batch: int = LP_BATCH_TOKENS,
     dispatch: str = "normal",
     solver: str = "spectral",
     time_limit: float = 60.0,
@@ -185,6 +188,7 @@ def replay_timeline(
     """Replay ``trace`` (time-ordered, in memory) window by window under each policy.
 
     solver, time_limit, seed: the fresh solves of static, naive and oracle (:func:`place`).
+    rule, lp_batch: the replica dispatch rule of every window's replay (:mod:`placer.dispatch`).
     config: the rebalancer's settings (default :class:`RebalanceConfig`). Returns a
     :class:`Timeline`. Raises InputError for bad windows, slots or policy names.
     """
@@ -195,7 +199,7 @@ def replay_timeline(
     deciders = _Policies(trace, topology, model, slots_per_gpu, config, solver, time_limit, seed)
     start = contiguous_slots(trace.num_layers, trace.num_experts, topology.num_gpus, topology.gpus_per_node,
                              slots_per_gpu)
-    first = _served(trace, *windows[0], start, topology, model, rule, dispatch)
+    first = _served(trace, *windows[0], start, topology, model, rule, dispatch, lp_batch)
     per_window = {p: [{"window": 0, "counted": False, "placement": _digest(start), **first,
                        **_migration(start, start, topology, model), "decide_s": 0.0}] for p in policies}
     serving = dict.fromkeys(policies, start)
@@ -206,7 +210,7 @@ def replay_timeline(
             placement = deciders.decide(policy, serving[policy], windows[i - 1], windows[i], windows[0])
             decided = time.perf_counter() - began
             row = {"window": i, "counted": True, "placement": _digest(placement),
-                   **_served(trace, *windows[i], placement, topology, model, rule, dispatch),
+                   **_served(trace, *windows[i], placement, topology, model, rule, dispatch, lp_batch),
                    **_migration(serving[policy], placement, topology, model), "decide_s": decided}
             per_window[policy].append(row)
             serving[policy] = placement
@@ -217,7 +221,8 @@ def replay_timeline(
                     "slots_per_gpu": slots_per_gpu, "rule": rule, "dispatch": dispatch, "solver": solver,
                     "time_limit": time_limit, "seed": seed, "topology": topology.name, "nodes": topology.nodes,
                     "gpus_per_node": topology.gpus_per_node, "model": None if model is None else model.name,
-                    "rebalancer": {name: getattr(config, name) for name in config.__dataclass_fields__}}
+                    "rebalancer": {name: getattr(config, name) for name in config.__dataclass_fields__},
+                    **({"lp_batch": lp_batch} if rule == "lp" else {})}
     return Timeline(windows, per_window, totals, config_facts)
 
 

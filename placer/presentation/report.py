@@ -24,6 +24,7 @@ import numpy as np
 
 from placer import __version__
 from placer.atomic import atomic_output, refuse_overwriting_input, write_text_atomic
+from placer.dispatch import LP_BATCH_TOKENS
 from placer.errors import InputError
 from placer.evaluation.replay import ReplayReport
 from placer.graph import summarize
@@ -294,6 +295,7 @@ def build_report(
     dispatch: str = "normal",
     max_nodes: int | None = None,
     rule: str = "nearest",
+    lp_batch: int = LP_BATCH_TOKENS,
     trace_label: str | None = None,
     progress: ProgressFn | None = None,
 ) -> ReportData:
@@ -314,7 +316,7 @@ def build_report(
     if not 0 <= layer < num_layers:
         raise InputError(None, "layer", f"expected 0 <= layer < {num_layers}, got {layer}")
     results = compare(trace, entries, topology, model, progress=progress, source=source, dispatch=dispatch,
-                      max_nodes=max_nodes, rule=rule)
+                      max_nodes=max_nodes, rule=rule, lp_batch=lp_batch)
     reference = reference_placement(entries, num_layers, num_experts, topology)
     figures = build_figures(trace, entries, results, layer, model)
     mode = "one copy per remote node" if dispatch == "normal" else "one copy per remote expert"
@@ -326,7 +328,7 @@ def build_report(
         "model": model.name if model is not None else "none (token counts only; give a model for bytes and times)",
         "dispatch": f"{dispatch} ({mode})",
         "token source": source,
-        "replica rule": rule,
+        "replica rule": rule if rule != "lp" else f"lp, batches of {lp_batch:,} tokens",
         "max nodes": str(max_nodes) if max_nodes else "-",
         "ratios against": reference,
         "heatmap layer": str(layer),
@@ -464,6 +466,7 @@ def write_report(
     dispatch: str = "normal",
     max_nodes: int | None = None,
     rule: str = "nearest",
+    lp_batch: int = LP_BATCH_TOKENS,
     trace_label: str | None = None,
     inputs: Sequence[str | Path] = (),
     progress: ProgressFn | None = None,
@@ -485,7 +488,8 @@ def write_report(
     _check_output(out_dir, format, protected)  # fail before the slow part
     data = build_report(
         trace, placements, topology, model, title=title, baselines=baselines, layer=layer, source=source,
-        dispatch=dispatch, max_nodes=max_nodes, rule=rule, trace_label=trace_label, progress=progress,
+        dispatch=dispatch, max_nodes=max_nodes, rule=rule, lp_batch=lp_batch, trace_label=trace_label,
+        progress=progress,
     )
     return save_report(data, out_dir, format, protected)
 

@@ -132,13 +132,15 @@ def solve(
 ) -> tuple[Placement, SolveReport]:
     """Place every layer's experts on ``problem.topology`` from ``trace`` with a solver.
 
-    settings.solver: "spectral", "ilp", "auto" or "eplb" (baselines are the workflow's,
+    settings.solver: "spectral", "ilp", "auto" (per layer the best of several candidates on a
+    validation split of the tokens, :mod:`validation`) or "eplb" (baselines are the workflow's,
     :func:`placer.workflow.place`). Spare slots (slots per GPU x live GPUs > experts) hold
     replicas (:mod:`replicas`). GPUs in ``problem.exclude_gpus`` get no slots: every expert
     and replica lands on a live GPU, node capacities are live GPUs x slots per GPU (experts
     spread over nodes in proportion), slots per GPU default to ceil(E / live GPUs); the
     placement keeps every GPU (excluded ones empty) and records ``metadata["excluded_gpus"]``
-    (sorted ids). With ``settings.on_interrupt="best"`` Ctrl-C returns the layers solved so
+    (sorted ids); their GPUs are packed by the load each copy serves under ``problem.rule``
+    (the engine's replica dispatch rule). With ``settings.on_interrupt="best"`` Ctrl-C returns the layers solved so
     far and quick stand-ins for the rest (status "interrupted", ``report.interrupted``),
     except with a balance or max_nodes limit, which the stand-ins do not enforce (then
     Ctrl-C propagates). A trace (not a summary) is summarised with the streaming cap
@@ -216,9 +218,10 @@ def solve(
         tokens = [np.repeat(part.sets, part.set_counts, axis=0) for part in summary.layers]
         coactivation = [part.coactivation for part in summary.layers]
         allowed = None if groups is None else [problem.allowed for problem in problems]
-        placement = replicate(placement, tokens, coactivation, summary.loads, slots_per_gpu, excluded, allowed)
+        placement = replicate(placement, tokens, coactivation, summary.loads, slots_per_gpu, excluded, allowed,
+                              problem.rule, problem.lp_batch)
         report.messages.append(
             f"{slots_per_gpu * live_gpus - summary.num_experts} spare slots per layer hold replicas "
-            "(counts by load per copy, nodes by co-activation, GPUs by load served under the nearest rule)"
+            f"(counts by load per copy, nodes by co-activation, GPUs by load served under the {problem.rule} rule)"
         )
     return placement, report

@@ -142,6 +142,14 @@ def node_stage(
     return part, bound, status, messages
 
 
+def search_from(problem: LayerProblem, opts: Options, start: np.ndarray) -> np.ndarray:
+    """The node stage's iterated local search (``cut + alpha x peak touch``, :func:`kick_count`
+    kicks) from ``start`` [experts] (a node per expert within the node capacities): [experts];
+    never worse than the start on that objective."""
+    alpha = opts.alpha if opts.alpha is not None else DEFAULT_ALPHA.get(problem.num_nodes, 2.0)
+    return local_search(_spec(problem, alpha), start, seed=opts.seed, kicks=kick_count(problem, opts, False))[0]
+
+
 def _better_from_contiguous(
     problem: LayerProblem, spec: SearchSpec, counts: np.ndarray, part: np.ndarray, value: float, seed: int, kicks: int
 ) -> np.ndarray:

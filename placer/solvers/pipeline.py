@@ -18,6 +18,7 @@ from placer.solvers.problem import (
 )
 from placer.solvers.spectral import one_blas_thread as _one_blas_thread
 from placer.solvers.spectral import spectral_parts
+from placer.solvers.validation import auto_layer
 
 
 def solve_layer(problem: LayerProblem, opts: Options) -> LayerResult:
@@ -25,8 +26,11 @@ def solve_layer(problem: LayerProblem, opts: Options) -> LayerResult:
 
     Layers with many distinct sets are searched on a weighted sample of them
     (:func:`search_problem`, recorded in ``LayerResult.sample``); the objective, peak
-    touch and spread are always measured on every set of the layer.
+    touch and spread are always measured on every set of the layer. ``auto`` chooses among
+    candidates by a validation split of the layer's tokens (:mod:`validation`).
     """
+    if opts.solver == "auto":
+        return auto_layer(problem, opts, solve_layer)
     search, sample = search_problem(problem, opts)
     blocks = split_blocks(problem)
     with _one_blas_thread(sample is not None or blocks is not None):

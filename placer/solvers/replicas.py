@@ -12,8 +12,9 @@ receive replicas:
    reaching that node anyway then find the expert there); once every node
    holds the expert, an extra copy goes to the least-loaded open node;
 3. GPUs: inside each node the copies are re-packed longest-first by the load
-   each one serves when the layer's tokens are dispatched with the
-   ``nearest`` rule (a few rounds), never two copies of one expert on one GPU.
+   each one serves when the layer's tokens are dispatched with the rule the
+   engine will run (``nearest`` by default, or ``sglang-static`` / ``lp``, see
+   :mod:`placer.dispatch`; a few rounds), never two copies of one expert on one GPU.
 
 Excluded GPUs (``metadata["excluded_gpus"]``) receive no copy: their slots stay
 empty, and the replay that measures served load sends tokens from live GPUs only.
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from placer.dispatch import Dispatcher
+from placer.dispatch import LP_BATCH_TOKENS, Dispatcher
 from placer.placement import EMPTY, Placement
 
 REPACK_ROUNDS = 3
@@ -184,6 +185,8 @@ def replicate(
     slots_per_gpu: int,
     excluded_gpus: Sequence[int] | None = None,
     allowed: Sequence[np.ndarray] | None = None,
+    rule: str = "nearest",
+    lp_batch: int = LP_BATCH_TOKENS,
 ) -> Placement:
     """Fill ``slots_per_gpu`` slots per live GPU with replicas of a one-copy placement.
 
@@ -192,6 +195,7 @@ def replicate(
     [E, E]; loads: [layers, E]. excluded_gpus: GPUs out of service (no copies); None
     reads ``placement.metadata["excluded_gpus"]`` (absent = none). allowed: per layer
     [E, nodes] bool, the nodes each expert's copies may use (kept groups), or None.
+    rule, lp_batch: the dispatch rule the copies' served load is measured under (as replayed).
     """
     gpus, per_node = placement.num_gpus, placement.gpus_per_node
     if excluded_gpus is None:
@@ -210,7 +214,7 @@ def replicate(
     phy2log = np.stack(rows)
     for _ in range(REPACK_ROUNDS):
         current = Placement(phy2log, placement.num_experts, per_node, slots_per_gpu)
-        dispatcher = Dispatcher(current, "nearest")
+        dispatcher = Dispatcher(current, rule, lp_batch)
         for layer, ids in enumerate(tokens):
             dispatcher.route(layer, ids, live_ids[np.arange(len(ids)) % len(live_ids)])
             for node in range(placement.num_nodes):

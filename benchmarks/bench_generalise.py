@@ -1,0 +1,324 @@
+"""Held-out quality across model shapes, cluster shapes and training windows (issue 17).
+
+Run from the repository root (Mt-KaHyPar >= 1.5: ``pip install -e ".[bench]"``; the ESFT
+part needs ../shared/traces/esft-dsv2lite and is skipped with a reason when absent):
+
+    python benchmarks/bench_generalise.py [--quick] [--solvers spectral,auto]
+        [--layers 6] [--test-tokens 20000] [--windows 1000,2000,10000,100000]
+        [--seeds 0,1] [--boot 200] [--blocks 40] [--no-esft]
+
+``--quick``: 5 synthetic shapes x windows 2,000 and 20,000 x seed 0 on 3 layers, 8,000 test
+tokens, plus two ESFT tasks held out at 3 x 4 (12 cases; its wall time is printed at the end).
+The full grid (17 shapes x 4 windows x 2 seeds, 6 layers, plus ESFT) has not been run: on
+the previous layout Mt-KaHyPar's Steiner-tree mapping alone took 295 s for 3 layers of
+qwen3-30b on 5 x 4 at 20k tokens, so expect well over 10 hours on 2 cores.
+
+A case is one (shape, nodes x GPUs, training window, seed), all its layers summed:
+
+- synthetic: the first ``--layers`` layers of a preset (:mod:`placer.studies.synth`:
+  the frontier presets and the open-model shapes qwen1.5-moe 60 top-4, olmoe 64 top-8,
+  qwen3-30b 128 top-8, mixtral 8 top-2, deepseek-v2 160 top-6), solved on the first W
+  tokens of the ``train`` split (seed s) and replayed on ``--test-tokens`` tokens of the
+  ``test`` split (other tokens, drifted): never on tokens solved on. Node counts include
+  3, 5, 6 and 12, and many shapes leave GPUs with unequal expert counts (E not a multiple
+  of the GPUs: ceil(E / GPUs) slots, some empty).
+- ESFT cross-task: solve on a window of the three other tasks (W/3 tokens of whole
+  sequences from each, or all of them), replay the held-out task.
+
+Placements: Mt-KaHyPar's three variants (``benchmarks/peers.py``: km1 QUALITY + packing,
+km1 HIGHEST_QUALITY + packing, Steiner-tree mapping onto nodes x GPUs) and placer's solvers,
+all on the same window; ``auto`` at its default budget (60 s for the whole model, scaled to
+the layers replayed, so the per-layer effort is the default's). Each placer metric is a ratio
+to the best Mt-KaHyPar variant for that metric. Intervals: bootstrap over ``--blocks``
+contiguous blocks of whole test sequences (``--boot`` resamples; the best peer is re-chosen
+in every resample; the median's interval from the median of each resample). Replay: source
+GPU t mod P, normal dispatch, one copy per expert.
+
+Floors (on the 95% upper bound): inter-node <= 1.01 x on every case, <= 0.99 x in the median;
+NIC peak <= 0.97 x on every case, <= 0.93 x in the median; GPU peak <= 1.00 x on every case
+and in the median; the same on the 2,000-token windows alone. A case's metric is exempt when
+exhaustive search over every node assignment (E <= :data:`EXHAUSTIVE_MAX_EXPERTS`) shows that
+no placement reaches the floor on the held-out tokens (best possible / best peer > limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT, ROOT / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from peers import PEERS, available, mtkahypar_placement
+
+from placer import Placement, Topology, load_topology
+from placer.evaluation.replay import count_traffic
+from placer.formats.esft import ESFT_TASKS, read_esft_task
+from placer.graph import summarize
+from placer.request import PlacementProblem, SolverSettings
+from placer.solvers import solve
+from placer.studies import synth
+from placer.trace import Trace, concatenate
+
+ESFT = ROOT.parent / "shared" / "traces" / "esft-dsv2lite"
+METRICS = ("internode_tokens_dedup", "nic_peak_tokens", "gpu_peak_load")
+LABELS = {"internode_tokens_dedup": "inter-node", "nic_peak_tokens": "NIC peak", "gpu_peak_load": "GPU peak"}
+#: metric -> (every-case limit, median limit) on the bootstrap 95% upper bound
+FLOORS = {"internode_tokens_dedup": (1.01, 0.99), "nic_peak_tokens": (0.97, 0.93), "gpu_peak_load": (1.0, 1.0)}
+EXHAUSTIVE_MAX_EXPERTS = 8
+#: (preset, nodes x GPUs) of the full suite; the quick subset below
+SHAPES = (
+    ("esft", "4x8"), ("esft", "3x4"), ("seed001", "5x4"), ("qwen1.5-moe", "3x4"), ("qwen1.5-moe", "5x4"),
+    ("qwen1.5-moe", "6x2"), ("olmoe", "6x2"), ("olmoe", "4x4"), ("qwen3-30b", "5x4"), ("qwen3-30b", "12x2"),
+    ("mixtral", "4x2"), ("mixtral", "3x2"), ("deepseek-v2", "5x8"), ("deepseek-v2", "12x4"),
+    ("qwen3-235b", "6x8"), ("deepseek-v3", "12x8"), ("kimi-k2", "12x8"),
+)
+QUICK_SHAPES = (("qwen1.5-moe", "3x4"), ("olmoe", "6x2"), ("mixtral", "4x2"), ("seed001", "5x4"),
+                ("esft", "3x4"))
+
+
+@dataclass
+class Case:
+    """One held-out case: its label, the placements' block counters and the exemptions."""
+
+    label: str
+    window: int
+    counters: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # name -> key -> [blocks, ...]
+    seconds: dict[str, float] = field(default_factory=dict)
+    exempt: dict[str, str] = field(default_factory=dict)  # metric -> reason
+
+
+def window(trace: Trace, tokens: int) -> Trace:
+    """The first whole sequences of ``trace`` holding at least ``tokens`` tokens (all if fewer)."""
+    ends = np.cumsum(trace.seq_lens)
+    return trace.sequence_slice(0, int(min(len(ends), np.searchsorted(ends, tokens) + 1)))
+
+
+def block_counters(test: Trace, placement: Placement, topology: Topology, blocks: int) -> dict[str, np.ndarray]:
+    """Additive replay counters per block of whole test sequences (up to ``blocks`` contiguous
+    blocks; sources t mod P of the whole trace pinned, so blocks sum to the whole replay):
+    key -> [blocks, layers, ...]."""
+    pinned = replace(test, src_rank=np.arange(test.num_tokens) % topology.num_gpus)
+    groups = np.array_split(np.arange(len(test.seq_lens)), min(blocks, len(test.seq_lens)))
+    per_block = [count_traffic(pinned.sequence_slice(int(g[0]), int(g[-1]) + 1), placement, topology)
+                 for g in groups]
+    keys = ("internode_tokens_dedup", "node_recv_dedup", "gpu_load")
+    return {key: np.stack([c[key] for c in per_block]) for key in keys}
+
+
+def totals(counters: dict[str, np.ndarray], pick: np.ndarray | None = None) -> dict[str, float]:
+    """Held-out totals over layers from block counters (``pick``: resampled block ids)."""
+    summed = {key: (value if pick is None else value[pick]).sum(axis=0) for key, value in counters.items()}
+    return {"internode_tokens_dedup": float(summed["internode_tokens_dedup"].sum()),
+            "nic_peak_tokens": float(summed["node_recv_dedup"].max(axis=1).sum()),
+            "gpu_peak_load": float(summed["gpu_load"].max(axis=1).sum())}
+
+
+def node_minima(test: Trace, topology: Topology, slots: int) -> dict[str, float]:
+    """Fewest held-out inter-node copies and lowest NIC peak any node assignment reaches, each
+    minimised per layer over every assignment of the E experts to nodes holding at most
+    GPUs x ``slots`` experts, summed over layers (tiny shapes only: N^E assignments)."""
+    experts, nodes = test.num_experts, topology.nodes
+    assign = np.array(list(itertools.product(range(nodes), repeat=experts)), dtype=np.int64)
+    fits = (np.stack([(assign == n).sum(axis=1) for n in range(nodes)], axis=1)
+            <= topology.gpus_per_node * slots).all(axis=1)
+    assign = assign[fits]
+    src_node = (np.arange(test.num_tokens) % topology.num_gpus) // topology.gpus_per_node
+    best = {"internode_tokens_dedup": 0.0, "nic_peak_tokens": 0.0}
+    for layer in range(test.num_layers):
+        ids = test.topk_ids[:, layer, :].astype(np.int64)
+        rows, weight = np.unique(np.column_stack([ids, src_node]), axis=0, return_counts=True)
+        recv = np.zeros((len(assign), nodes))
+        for n in range(nodes):
+            touched = ((assign[:, np.where(rows[:, :-1] >= 0, rows[:, :-1], 0)] == n)
+                       & (rows[:, :-1] >= 0)).any(axis=2)
+            recv[:, n] = (touched * (rows[:, -1] != n) * weight).sum(axis=1)
+        best["internode_tokens_dedup"] += recv.sum(axis=1).min()
+        best["nic_peak_tokens"] += recv.max(axis=1).min()
+    return best
+
+
+def run_case(label: str, train: Trace, test: Trace, topology: Topology, solvers: list[str],
+             model_layers: int, args: argparse.Namespace, window_tokens: int) -> Case:
+    """Solve every placement on ``train``, replay ``test`` block by block, find exemptions."""
+    case = Case(label, window_tokens)
+    summary = summarize(train)
+    budget = 60.0 * train.num_layers / model_layers  # the default 60 s, per layer as for the whole model
+    placements: dict[str, Placement] = {}
+    for name in (*PEERS, *solvers):
+        started = time.perf_counter()
+        if name in PEERS:
+            placements[name] = mtkahypar_placement(summary, topology, name)
+        else:
+            placements[name] = solve(summary, PlacementProblem(topology), SolverSettings(name, budget))[0]
+        case.seconds[name] = time.perf_counter() - started
+    case.counters = {name: block_counters(test, p, topology, args.blocks) for name, p in placements.items()}
+    if test.num_experts <= EXHAUSTIVE_MAX_EXPERTS:
+        slots = -(-test.num_experts // topology.num_gpus)
+        minima = node_minima(test, topology, slots)
+        peer = {key: min(totals(case.counters[p])[key] for p in PEERS) for key in minima}
+        for key, best in minima.items():
+            if best / peer[key] > FLOORS[key][0]:
+                case.exempt[key] = (f"exhaustive: best possible {best / peer[key]:.3f} x best peer "
+                                    f"> {FLOORS[key][0]}")
+    return case
+
+
+def synthetic_cases(args: argparse.Namespace, solvers: list[str]) -> list[Case]:
+    hardware = load_topology("h100-dgx")
+    cases = []
+    for (preset, shape), tokens, seed in itertools.product(args.shapes, args.windows, args.seeds):
+        full = synth.PRESETS[preset]
+        params = replace(full, num_layers=min(args.layers, full.num_layers))
+        nodes, gpus = map(int, shape.split("x"))
+        train = synth.generate(params, tokens, seed=seed, split="train")
+        test = synth.generate(params, args.test_tokens, seed=seed, split="test")
+        label = f"{preset} {shape} {tokens // 1000}k #{seed}"
+        cases.append(run_case(label, train, test, hardware.resized(nodes, gpus), solvers, full.num_layers,
+                              args, tokens))
+        print(f"  {label}: solve s " + ", ".join(f"{k} {v:.1f}" for k, v in cases[-1].seconds.items()),
+              file=sys.stderr, flush=True)
+    return cases
+
+
+def esft_cases(args: argparse.Namespace, solvers: list[str]) -> list[Case]:
+    if not args.esft.is_dir():
+        print(f"\nESFT traces not found at {args.esft}: the cross-task cases are skipped.")
+        return []
+    tasks = {name: read_esft_task(args.esft / name) for name in ESFT_TASKS}
+    layers = min(args.layers, tasks[ESFT_TASKS[0]].num_layers)
+    tasks = {name: replace(t, topk_ids=t.topk_ids[:, :layers], topk_weights=None) for name, t in tasks.items()}
+    hardware = load_topology("h100-dgx")
+    cases = []
+    for held_out, tokens, shape in itertools.product(args.esft_tasks, args.esft_windows, args.esft_shapes):
+        others = [tasks[name] for name in ESFT_TASKS if name != held_out]
+        train = concatenate([window(t, tokens // 3) if tokens else t for t in others])
+        nodes, gpus = map(int, shape.split("x"))
+        label = f"esft/{held_out} {shape} {f'{tokens // 1000}k' if tokens else 'all'}"
+        cases.append(run_case(label, train, tasks[held_out], hardware.resized(nodes, gpus), solvers, 26, args,
+                              tokens or train.num_tokens))
+        print(f"  {label}: solve s " + ", ".join(f"{k} {v:.1f}" for k, v in cases[-1].seconds.items()),
+              file=sys.stderr, flush=True)
+    return cases
+
+
+def bootstrap(cases: list[Case], solver: str, reps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ratios of ``solver`` to the best peer per metric: point [cases, metrics] and
+    resampled [reps, cases, metrics] (block bootstrap, seed 0)."""
+    rng = np.random.default_rng(0)
+    point = np.empty((len(cases), len(METRICS)))
+    samples = np.empty((reps, len(cases), len(METRICS)))
+    for c, case in enumerate(cases):
+        blocks = len(case.counters[solver]["gpu_load"])
+        picks = [None] + [rng.integers(blocks, size=blocks) for _ in range(reps)]
+        for r, pick in enumerate(picks):
+            mine = totals(case.counters[solver], pick)
+            peers = [totals(case.counters[p], pick) for p in PEERS]
+            row = [mine[key] / max(min(p[key] for p in peers), 1e-9) for key in METRICS]
+            if pick is None:
+                point[c] = row
+            else:
+                samples[r - 1, c] = row
+    return point, samples
+
+
+def cell(value: float, high: float) -> str:
+    return f"{value:.3f} ({high:.3f})"
+
+
+def report(cases: list[Case], solvers: list[str], reps: int, title: str) -> list[str]:
+    """Per-case table, worst case and median with 95% intervals, floors as PASS/FAIL lines."""
+    print(f"\n## {title}: {len(cases)} cases\n")
+    print("Ratio to the best Mt-KaHyPar variant per metric, held out: point (95% upper bound).\n")
+    print("| case | solver | inter-node x | NIC peak x | GPU peak x |\n|---|---|---|---|---|")
+    verdicts = []
+    for solver in solvers:
+        point, samples = bootstrap(cases, solver, reps)
+        high = np.percentile(samples, 97.5, axis=0)
+        for c, case in enumerate(cases):
+            marks = ["*" if key in case.exempt else "" for key in METRICS]
+            print(f"| {case.label} | {solver} | "
+                  + " | ".join(cell(point[c, m], high[c, m]) + marks[m] for m in range(len(METRICS))) + " |")
+        median = np.percentile(np.median(samples, axis=1), [2.5, 97.5], axis=0)
+        for m, key in enumerate(METRICS):
+            every, middle = FLOORS[key]
+            judged = [c for c, case in enumerate(cases) if key not in case.exempt]
+            worst = max(judged, key=lambda c: high[c, m]) if judged else None
+            if worst is not None:
+                low_w, high_w = np.percentile(samples[:, worst, m], [2.5, 97.5])
+                verdicts.append(
+                    f"- {'PASS' if high_w <= every else 'FAIL'}: {title}, {solver}, {LABELS[key]} <= {every} x "
+                    f"on every case: worst {cases[worst].label} {point[worst, m]:.3f} "
+                    f"[{low_w:.3f}, {high_w:.3f}]")
+            verdicts.append(
+                f"- {'PASS' if median[1, m] <= middle else 'FAIL'}: {title}, {solver}, {LABELS[key]} median "
+                f"<= {middle} x: {np.median(point[:, m]):.3f} [{median[0, m]:.3f}, {median[1, m]:.3f}]")
+    exempt = [f"{case.label} {LABELS[key]} ({why})" for case in cases for key, why in case.exempt.items()]
+    print("\n* exempt: " + ("; ".join(exempt) if exempt else "none"))
+    print("\n### Floors\n\n" + "\n".join(verdicts))
+    return verdicts
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the quick subset (a few minutes on 2 cores)")
+    parser.add_argument("--solvers", default="spectral,auto")
+    parser.add_argument("--layers", type=int, default=6, help="first layers of each preset replayed")
+    parser.add_argument("--test-tokens", type=int, default=20_000)
+    parser.add_argument("--windows", default="1000,2000,10000,100000", help="training windows (tokens)")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--shapes", default=",".join(f"{p}:{s}" for p, s in SHAPES), help="preset:NxG,...")
+    parser.add_argument("--boot", type=int, default=200)
+    parser.add_argument("--blocks", type=int, default=40, help="bootstrap blocks of whole test sequences")
+    parser.add_argument("--esft", type=Path, default=ESFT)
+    parser.add_argument("--no-esft", dest="with_esft", action="store_false")
+    parser.add_argument("--esft-windows", default="2000,0", help="ESFT training windows (0 = all three tasks)")
+    parser.add_argument("--esft-shapes", default="4x8,3x4")
+    parser.add_argument("--esft-tasks", default=",".join(ESFT_TASKS))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.layers, args.test_tokens, args.windows, args.seeds = 3, 8000, "2000,20000", "0"
+        args.shapes = ",".join(f"{p}:{s}" for p, s in QUICK_SHAPES)
+        args.boot, args.esft_windows, args.esft_shapes, args.esft_tasks = 100, "2000", "3x4", "law,translation"
+    args.windows = [int(w) for w in args.windows.split(",")]
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.shapes = [tuple(item.split(":")) for item in args.shapes.split(",")]
+    args.esft_windows = [int(w) for w in args.esft_windows.split(",")]
+    args.esft_shapes = args.esft_shapes.split(",")
+    args.esft_tasks = args.esft_tasks.split(",")
+    unknown = sorted({p for p, _ in args.shapes} - set(synth.PRESETS))
+    if unknown:
+        parser.error(f"unknown preset: {', '.join(unknown)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if not available():
+        print("Mt-KaHyPar >= 1.5 is not installed (pip install -e \".[bench]\"): nothing to compare against.")
+        return 1
+    solvers = args.solvers.split(",")
+    started = time.perf_counter()
+    cases = synthetic_cases(args, solvers)
+    if args.with_esft:
+        cases += esft_cases(args, solvers)
+    print(f"# Held-out quality across shapes ({'quick' if args.quick else 'full'} grid; {args.layers} layers "
+          f"per case, {args.test_tokens:,} held-out synthetic tokens, {args.boot} resamples)")
+    report(cases, solvers, args.boot, "all cases")
+    small = [case for case in cases if case.window == 2000]
+    if small:
+        report(small, solvers, args.boot, "2,000-token windows")
+    print(f"\nwall {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

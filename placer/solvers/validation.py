@@ -1,0 +1,199 @@
+"""``auto``: choose, per layer, the candidate placement that does best on tokens it was not
+solved on (a validation split of the training window).
+
+Short training windows (an online window holds a few thousand tokens) make a long search
+fit noise: a placement tuned to the window's rare top-k sets loses on the next window.
+``auto`` therefore
+
+1. splits the layer's tokens deterministically: each distinct top-k set's count is thinned
+   binomially (a hash of its position, the layer and the seed), :data:`VALIDATION_SHARE` of
+   the tokens to a validation problem, the rest to a fit problem (exactly a random token
+   split, since tokens with the same set are interchangeable);
+2. solves the fit problem with every candidate in :data:`CANDIDATES`: the deep search of
+   ``ilp`` (half the layer budget) and ``spectral`` (both at ``alpha`` :data:`AUTO_ALPHA`
+   unless given), the contiguous placement, and the node stage's search at each NIC weight
+   of :data:`LADDER` from the spectral start and, when Mt-KaHyPar is installed, from its
+   km1 partition (deterministic preset, :data:`placer.solvers.mtk.START_PRESET`);
+3. ranks them on the validation problem (:func:`ranking`) by held-out cut (inter-node
+   copies) plus :data:`NIC_WEIGHT` x peak node touch (the busiest NIC), each relative to the
+   lowest among the candidates; ties by GPU peak, cut, then the candidate order;
+4. solves the whole window with the chosen candidate's method and returns it when it ranks
+   no worse on the validation split than the chosen candidate, else the chosen candidate
+   itself: so ``auto`` never ranks worse on its validation split than any candidate it
+   could have returned.
+
+Layers with hard limits (balance, max_nodes, kept groups, excluded GPUs) or one node are
+solved as ``ilp`` solves them: those limits are defined on every token of the window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+
+from placer.solvers import mtk
+from placer.solvers.gpu_stage import gpu_stage
+from placer.solvers.node_stage import search_from, trivial_bound
+from placer.solvers.options import LayerResult, Options, search_problem
+from placer.solvers.problem import LayerProblem, net_spans
+from placer.solvers.spectral import spectral_parts
+
+__all__ = ["AUTO_ALPHA", "CANDIDATES", "LADDER", "NIC_WEIGHT", "VALIDATION_SHARE", "auto_layer",
+           "candidates", "measured", "ranking", "reference_of", "split_problem", "validated", "validation_score"]
+
+#: share of each layer's tokens held out to choose among the candidates
+VALIDATION_SHARE = 0.25
+
+#: NIC-balance weight of ``auto``'s deep search when ``alpha`` is not given
+AUTO_ALPHA = 1.0
+
+#: NIC-balance weights of the refined starts (a ladder from pure cut to auto's weight)
+LADDER = (0.0, 0.1, 0.3, AUTO_ALPHA)
+
+#: weight of the peak node touch relative to the cut in the validation rank, each relative to
+#: the lowest among the candidates (1% more inter-node copies = 2% more on the busiest NIC)
+NIC_WEIGHT = 0.5
+
+#: candidate -> (kind, alpha (None: auto's), share of the layer budget). Kinds: "ilp" /
+#: "spectral" run the pipeline; "contiguous"; "refine-spectral" / "refine-mtkahypar": the
+#: node stage's search at that alpha from the spectral start / Mt-KaHyPar's km1 partition
+#: (only when installed), then the GPU stage
+CANDIDATES = {
+    "search": ("ilp", None, 0.5), "spectral": ("spectral", None, 1.0), "contiguous": ("contiguous", None, 0.0),
+    **{f"spectral@{a:g}": ("refine-spectral", a, 0.125) for a in LADDER},
+    **{f"mtkahypar@{a:g}": ("refine-mtkahypar", a, 0.125) for a in LADDER},
+}
+
+SolveFn = Callable[[LayerProblem, Options], LayerResult]
+
+
+def split_problem(problem: LayerProblem, share: float, seed: int) -> tuple[LayerProblem, LayerProblem]:
+    """(fit, validation) problems: each net's weight w is split into Binomial(w, share)
+    validation tokens and the rest (drawn from ``seed`` and the layer); nets left with no
+    token are dropped; loads follow the nets (the part of the loads outside the nets, when
+    the summary dropped sets, is split in the same proportion)."""
+    rng = np.random.default_rng([int(seed), int(problem.layer), 0x5EED])
+    held = rng.binomial(problem.weights.astype(np.int64), share)
+    return _with_weights(problem, problem.weights - held), _with_weights(problem, held)
+
+
+def _with_weights(problem: LayerProblem, weights: np.ndarray) -> LayerProblem:
+    keep = weights > 0
+    nets, w = problem.nets[keep], weights[keep].astype(np.int64)
+    loads = _net_loads(nets, w, problem.num_experts)
+    total = problem.weights.sum()
+    outside = problem.loads - _net_loads(problem.nets, problem.weights, problem.num_experts)
+    share = float(w.sum() / total) if total else 0.0
+    loads = loads + np.rint(outside * share).astype(np.int64)
+    return replace(problem, nets=nets, weights=w, loads=loads,
+                   num_tokens=round(problem.num_tokens * share))
+
+
+def _net_loads(nets: np.ndarray, weights: np.ndarray, experts: int) -> np.ndarray:
+    """Pairs per expert of weighted nets: [experts] int64."""
+    valid = nets >= 0
+    return np.bincount(nets[valid], weights=np.broadcast_to(weights[:, None], nets.shape)[valid],
+                       minlength=experts).astype(np.int64)
+
+
+def validation_score(problem: LayerProblem, expert_gpu: np.ndarray) -> tuple[float, float, float]:
+    """(cut, peak node touch, GPU peak load) of ``expert_gpu`` [experts] on ``problem``."""
+    node = expert_gpu // problem.gpus_per_node
+    lam, touch = net_spans(problem.nets, problem.weights, node, problem.num_nodes)
+    gpu_load = np.bincount(expert_gpu, weights=problem.loads, minlength=problem.num_gpus)
+    return float((problem.weights * lam).sum()), float(touch.max()), float(gpu_load.max())
+
+
+def _from_nodes(problem: LayerProblem, opts: Options, kind: str, starts: dict) -> LayerResult:
+    """The contiguous placement, or the node stage's search from the spectral start or
+    Mt-KaHyPar's km1 partition (on the sampled problem for large layers; each start computed
+    once per problem into ``starts``); then the GPU stage."""
+    if kind == "contiguous":
+        node = np.repeat(np.arange(problem.num_nodes), problem.node_counts())
+        expert_gpu, _, _, messages = gpu_stage(problem, node, replace(opts, solver="spectral"))
+        return measured(problem, expert_gpu, tuple(messages))
+    search, _ = search_problem(problem, opts)
+    if kind not in starts and kind == "refine-mtkahypar":
+        starts[kind] = mtk.km1_parts(search.nets, search.weights, problem.num_experts, problem.num_nodes,
+                                     mtk.START_PRESET, opts.seed)
+    elif kind not in starts:
+        starts[kind] = spectral_parts(search.nets, search.weights, search.num_experts, search.node_counts(),
+                                      search.allowed, seed=opts.seed)
+    node = search_from(search, opts, starts[kind])
+    expert_gpu, _, _, messages = gpu_stage(problem, node, opts, search)
+    return measured(problem, expert_gpu, tuple(messages))
+
+
+def measured(problem: LayerProblem, expert_gpu: np.ndarray, messages: tuple[str, ...] = ()) -> LayerResult:
+    """A LayerResult of ``expert_gpu`` [experts] measured on ``problem`` (trivial bound, status
+    feasible)."""
+    node = expert_gpu // problem.gpus_per_node
+    lam, touch = net_spans(problem.nets, problem.weights, node, problem.num_nodes)
+    gpus, _ = net_spans(problem.nets, problem.weights, expert_gpu, problem.num_gpus)
+    spread = float((problem.weights * gpus).sum())
+    gpu_load = np.bincount(expert_gpu, weights=problem.loads, minlength=problem.num_gpus)
+    return LayerResult(problem.layer, expert_gpu, float((problem.weights * lam).sum()), trivial_bound(problem),
+                       "feasible", float(touch.max()), float(gpu_load.max()), problem.gpu_load_lower_bound(),
+                       spread, messages)
+
+
+def _candidate(name: str, problem: LayerProblem, opts: Options, solve: SolveFn, starts: dict | None = None
+               ) -> LayerResult:
+    """Candidate ``name`` solved on ``problem``; ``starts`` caches the refined candidates'
+    starting partitions across calls on the same problem."""
+    kind, alpha, budget = CANDIDATES[name]
+    sub = replace(opts, solver=kind if kind in ("ilp", "spectral") else "ilp",
+                  alpha=opts.alpha if alpha is None else alpha, layer_budget=opts.layer_budget * budget)
+    if kind in ("ilp", "spectral"):
+        return solve(problem, sub)
+    return _from_nodes(problem, sub, kind, {} if starts is None else starts)
+
+
+def candidates() -> list[str]:
+    """The candidates ``auto`` compares (the Mt-KaHyPar starts only when it is installed)."""
+    return [name for name, (kind, _, _) in CANDIDATES.items() if kind != "refine-mtkahypar" or mtk.installed()]
+
+
+def ranking(scores: dict[str, tuple[float, float, float]], reference: tuple[float, float] | None = None
+            ) -> dict[str, tuple[float, float, float]]:
+    """Validation rank keys (lower is better) of (cut, peak node touch, GPU peak) scores:
+    ``cut / lowest cut + NIC_WEIGHT x peak / lowest peak``, then GPU peak, then cut. reference:
+    the (lowest cut, lowest peak) to divide by (default: those of ``scores``)."""
+    cut0, peak0 = reference or (min(c for c, _, _ in scores.values()), min(p for _, p, _ in scores.values()))
+    return {name: (cut / max(cut0, 1e-9) + NIC_WEIGHT * peak / max(peak0, 1e-9), gpu, cut)
+            for name, (cut, peak, gpu) in scores.items()}
+
+
+def reference_of(scores: dict[str, tuple[float, float, float]]) -> tuple[float, float]:
+    """(lowest cut, lowest peak node touch) of validation scores."""
+    return min(c for c, _, _ in scores.values()), min(p for _, p, _ in scores.values())
+
+
+def validated(problem: LayerProblem) -> bool:
+    """Whether ``auto`` chooses by validation on this layer (no hard limit, no excluded GPU,
+    more than one node)."""
+    c = problem.constraints
+    return (problem.num_nodes > 1 and problem.live is None and c.balance is None and c.max_nodes is None
+            and c.groups is None and problem.allowed is None)
+
+
+def auto_layer(problem: LayerProblem, opts: Options, solve: SolveFn) -> LayerResult:
+    """``auto`` on one layer (see the module docstring); ``solve`` is the per-layer solver
+    (:func:`placer.solvers.pipeline.solve_layer`) run with each candidate's options."""
+    if not validated(problem):
+        return solve(problem, replace(opts, solver="ilp"))
+    opts = replace(opts, alpha=AUTO_ALPHA if opts.alpha is None else opts.alpha)
+    fit, valid = split_problem(problem, VALIDATION_SHARE, opts.seed)
+    starts: dict = {}
+    placed = {name: _candidate(name, fit, opts, solve, starts).expert_gpu for name in candidates()}
+    scores = {name: validation_score(valid, expert_gpu) for name, expert_gpu in placed.items()}
+    keys = ranking(scores)
+    chosen = min(keys, key=keys.__getitem__)
+    final = _candidate(chosen, problem, opts, solve)
+    note = (f"layer {problem.layer}: auto chose {chosen} on a {VALIDATION_SHARE:.0%} validation split "
+            f"(held-out cut {scores[chosen][0]:.0f}, peak node touch {scores[chosen][1]:.0f})")
+    if ranking({"": validation_score(valid, final.expert_gpu)}, reference_of(scores))[""] <= keys[chosen]:
+        return replace(final, messages=(*final.messages, note))
+    return measured(problem, placed[chosen], (note + "; kept as solved on the fit split",))

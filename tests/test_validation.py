@@ -1,0 +1,83 @@
+"""auto: candidates chosen on a validation split of the training window."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import random_trace
+
+from placer.constraints import Constraints
+from placer.graph import summarize
+from placer.solvers import mtk, validation
+from placer.solvers.options import Options
+from placer.solvers.pipeline import solve_layer
+from placer.solvers.problem import build_problems
+from placer.studies import synth
+
+
+def _problems(tokens=3000, nodes=3, gpus=4, preset="qwen1.5-moe", layers=2, seed=0):
+    trace = synth.generate(replace(synth.PRESETS[preset], num_layers=layers), tokens, seed=seed)
+    return build_problems(summarize(trace), nodes, gpus)
+
+
+def test_split_keeps_every_token_once_and_is_deterministic():
+    problem = _problems()[1]
+    fit, valid = validation.split_problem(problem, 0.25, seed=4)
+    again = validation.split_problem(problem, 0.25, seed=4)
+    assert np.array_equal(valid.weights, again[1].weights) and np.array_equal(valid.nets, again[1].nets)
+    assert fit.weights.sum() + valid.weights.sum() == problem.weights.sum()
+    assert (fit.weights > 0).all() and (valid.weights > 0).all()
+    assert 0.2 < valid.weights.sum() / problem.weights.sum() < 0.3
+    assert np.array_equal(fit.loads + valid.loads, problem.loads)
+    other = validation.split_problem(problem, 0.25, seed=5)[1]
+    assert not (len(other.weights) == len(valid.weights) and np.array_equal(other.nets, valid.nets))
+
+
+@pytest.mark.parametrize("case", [("qwen1.5-moe", 3, 4, 2000), ("mixtral", 4, 2, 1500), ("olmoe", 6, 2, 4000)])
+def test_auto_is_never_worse_on_its_validation_split_than_any_candidate(case):
+    preset, nodes, gpus, tokens = case
+    opts = Options(solver="auto", layer_budget=0.5)
+    for problem in _problems(tokens, nodes, gpus, preset):
+        chosen = solve_layer(problem, opts)
+        fit, valid = validation.split_problem(problem, validation.VALIDATION_SHARE, opts.seed)
+        inner = replace(opts, alpha=validation.AUTO_ALPHA)
+        scores = {name: validation.validation_score(valid, validation._candidate(name, fit, inner, solve_layer)
+                                                    .expert_gpu) for name in validation.candidates()}
+        reference = validation.reference_of(scores)
+        keys = validation.ranking({**scores, "auto": validation.validation_score(valid, chosen.expert_gpu)},
+                                  reference)
+        for name in scores:
+            assert keys["auto"] <= keys[name], name
+        assert any("auto chose" in m for m in chosen.messages)
+        counts = np.bincount(chosen.expert_gpu, minlength=nodes * gpus)
+        assert counts.max() <= problem.slots_per_gpu and counts.sum() == problem.num_experts
+
+
+def test_candidates_include_mtkahypar_exactly_when_installed(monkeypatch):
+    assert any("mtkahypar" in name for name in validation.candidates()) == mtk.installed()
+    monkeypatch.setenv("PLACER_NO_MTKAHYPAR", "1")
+    assert not any("mtkahypar" in name for name in validation.candidates())
+
+
+def test_ranking_weighs_relative_cut_and_busiest_nic():
+    scores = {"a": (1000.0, 200.0, 9.0), "b": (1020.0, 100.0, 9.0), "c": (1200.0, 100.0, 1.0)}
+    keys = validation.ranking(scores)
+    assert min(keys, key=keys.__getitem__) == "b"  # 1.02 + 0.5 < 1.00 + 1.0 < 1.20 + 0.5
+    assert validation.reference_of(scores) == (1000.0, 100.0)
+
+
+def test_hard_limits_fall_back_to_the_full_search():
+    trace = random_trace(300, 1, 16, 4, 3)
+    problem = build_problems(summarize(trace), 2, 2, constraints=Constraints(max_nodes=2))[0]
+    result = solve_layer(problem, Options(solver="auto", layer_budget=0.5))
+    assert not any("auto chose" in m for m in result.messages)
+    assert result.objective == solve_layer(problem, Options(solver="ilp", layer_budget=0.5)).objective
+
+
+def test_auto_is_deterministic_with_every_candidate():
+    for problem in _problems(2000, 3, 4):
+        opts = Options(solver="auto", layer_budget=0.5, seed=2)
+        first, second = solve_layer(problem, opts), solve_layer(problem, opts)
+        assert np.array_equal(first.expert_gpu, second.expert_gpu)
