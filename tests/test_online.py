@@ -91,16 +91,17 @@ def test_window_folds_batches_of_any_size_alike_without_decay():
 
 @pytest.fixture(scope="module")
 def observed():
-    """(rebalancer with routing observed, first result) at the default config."""
+    """(rebalancer with routing observed, first result) at the default config; the clusters
+    straddle contiguous's nodes, so there is a real gain to take."""
     r = rebalancer()
-    r.observe(clustered(3000, 0))
+    r.observe(clustered(3000, 0, shift=2))
     return r, r.rebalance()
 
 
 def test_rebalance_is_deterministic_and_keeps_every_expert(observed):
     r, first = observed
     again = rebalancer()
-    again.observe(clustered(3000, 0))
+    again.observe(clustered(3000, 0, shift=2))
     assert np.array_equal(again.rebalance().placement.phy2log, first.placement.phy2log)
     assert first.mode == "routing" and complete(first.placement.phy2log)
     assert r.placement is first.placement

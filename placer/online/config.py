@@ -24,20 +24,23 @@ class RebalanceConfig:
     move_budget: share of all physical slots (layers x GPUs x slots per GPU) whose expert
         copy may change in one rebalance (a hard cap on copies moved). Each layer's
         candidates are taken best extra gain per extra copy moved first while they fit.
-        Default 0.3 (under half of what a fresh re-solve per window moves on ESFT).
+        Default 0.8: a cap for safety; on ESFT ``min_gain`` and ``move_penalty`` keep the
+        copies moved under half of a fresh re-solve's (benchmarks/bench_online.py).
     min_gain: a layer is re-placed only by a candidate whose predicted relative gain (see
-        ``peak_weight``) is at least this; below it the layer moves nothing. Default 0.02.
+        ``peak_weight``) is at least this; below it the layer moves nothing. Default 0.2:
+        layers are re-placed when routing has changed (a phase change), not for noise.
     peak_weight: weight of the predicted GPU-peak drop beside the cut drop in a layer's gain
         (gain = relative cut drop + peak_weight x relative peak drop). Default 0.5.
-    move_penalty: cost of moving an expert to another node in the warm node search, as a
-        share of the layer's mean tokens per expert in the window (a move must save that
-        many window tokens of cut). Default 0.05.
+    move_penalty: cost of one move, as a share of the layer's mean tokens per expert in the
+        window: of an expert to another node in the warm node search (a move must save that
+        many window tokens of cut) and of a copy loaded onto a GPU in the replica search
+        (scaled by the rung). Default 0.15.
     kicks: iterated-local-search kicks of the warm node search per layer. Default 0 (one
         descent per rung of the penalty ladder: kicks gained < 0.5% on ESFT and cost 2-3x time).
     replica_passes: passes of the replica-aware swap search
         (:mod:`placer.solvers.replica_search`) run on every non-frozen rung's layout, each
-        swap priced with the rung's migration penalty; 0 turns it off. Default 0 (off: on ESFT
-        it lowers inter-node copies but costs ~28 s per rebalance, docs/online.md).
+        swap priced with the rung's migration penalty, on the window's
+        :data:`placer.online.rebalancer.SEARCH_NETS` heaviest sets; 0 turns it off. Default 4.
     alpha: weight of the peak node touch (NIC balance) in the node objective; None = the
         node stage's default for the node count.
     seed: seeds the search's kicks (same inputs and seed give the same placement).
@@ -45,12 +48,12 @@ class RebalanceConfig:
 
     half_life_tokens: float = 2048.0
     max_nets: int = 4096
-    move_budget: float = 0.3
-    min_gain: float = 0.02
+    move_budget: float = 0.8
+    min_gain: float = 0.2
     peak_weight: float = 0.5
-    move_penalty: float = 0.05
+    move_penalty: float = 0.15
     kicks: int = 0
-    replica_passes: int = 0
+    replica_passes: int = 4
     alpha: float | None = None
     seed: int = 0
 

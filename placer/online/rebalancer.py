@@ -8,8 +8,11 @@ placement warm-started from the one in service:
 * with routing in the window, each layer gets one warm candidate per rung of
   :data:`PENALTY_LADDER` (:mod:`placer.online.warm`: a local search from the nodes in service
   on the window's nets with a migration penalty, replicas re-placed by co-activation with a
-  keep bonus); its predicted gain is the relative drop of the window's node objective plus
-  ``peak_weight`` x the relative drop of the predicted GPU peak;
+  keep bonus), then (``replica_passes``) the replica-aware swap search
+  (:mod:`placer.solvers.replica_search`) re-seats copies on the window's heaviest sets with
+  the rung's migration penalty; its predicted gain is the relative drop of the window's
+  replay-shaped cost (:func:`placer.solvers.replica_search.window_cost`; the node objective
+  when the search is off) plus ``peak_weight`` x the relative drop of the predicted GPU peak;
 * with no routing (loads alone, as the engines pass them), each layer's candidate is
   DeepSeek's EPLB on the loads (:func:`placer.eplb.rebalance_experts`), relabelled by
   :func:`placer.migration.minimize_moves` so experts that stay on a GPU keep their slot;
@@ -52,7 +55,7 @@ from placer.placement import Placement
 from placer.solvers.node_stage import DEFAULT_ALPHA
 from placer.solvers.problem import LayerProblem, build_problems
 from placer.solvers.refine import SearchSpec
-from placer.solvers.replica_search import MAX_NODES, seat_replicas, window_cost
+from placer.solvers.replica_search import MAX_NODES, pass_work, seat_replicas, window_cost
 from placer.solvers.replicas import replica_counts
 from placer.topology import Topology
 from placer.trace import Trace, TraceSource
@@ -60,6 +63,18 @@ from placer.trace import Trace, TraceSource
 #: multiples of ``move_penalty`` tried per layer, stiffest first (inf: nodes kept, replicas
 #: re-placed only); each rung's search starts from the previous rung's nodes
 PENALTY_LADDER = (math.inf, 64.0, 16.0, 4.0, 1.0)
+
+#: the replica search's penalty (multiples of ``move_penalty``) on the frozen rung's layout
+SEAT_FROZEN = 16.0
+
+#: most replica-search steps per rebalance (:func:`placer.solvers.replica_search.pass_work`;
+#: ~10 s on one core): passes are cut to fit, and a search with no whole pass left is skipped
+#: (ESFT at 8 x 8 needs 1.7e9 for 4 passes; one pass at DeepSeek-V3 shape needs 3.2e9)
+SEARCH_WORK = 2e9
+
+#: the window's heaviest distinct top-k sets per layer the replica search works on (candidates
+#: are priced on every set)
+SEARCH_NETS = 1024
 
 #: a replica stays on its node unless another scores this many move penalties more
 REPLICA_KEEP = 4.0
@@ -292,29 +307,40 @@ class Rebalancer:
         one_copy = -(-self.num_experts // self.num_gpus)
         problems = build_problems(summary, self.num_nodes, self.gpus_per_node, one_copy)
         window_loads = self.window.loads() if loads is None else loads
+        passes = self._search_passes(problems)
 
         def layer_candidates(layer: int) -> list[Candidate]:
             return self._layer_candidates(layer, problems[layer], summary.layers[layer].coactivation.toarray(),
-                                          serving.phy2log[layer], window_loads[layer], one_copy)
+                                          serving.phy2log[layer], window_loads[layer], one_copy, passes)
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             return list(pool.map(layer_candidates, range(self.num_layers)))
 
+    def _search_passes(self, problems: list[LayerProblem]) -> int:
+        """Replica-search passes per rung this rebalance affords: ``replica_passes`` cut to fit
+        :data:`SEARCH_WORK` over every layer and rung (0: the search and its cost model are off)."""
+        if not self.config.replica_passes or self.num_nodes > MAX_NODES:
+            return 0
+        work = sum(pass_work(self.num_slots, self.num_experts, self.num_nodes, _heaviest(p)[0]) for p in problems)
+        return min(self.config.replica_passes, int(SEARCH_WORK // max(work * len(PENALTY_LADDER), 1.0)))
+
     def _layer_candidates(self, layer: int, problem: LayerProblem, affinity: np.ndarray, current: np.ndarray,
-                          loads: np.ndarray, one_copy: int) -> list[Candidate]:
+                          loads: np.ndarray, one_copy: int, passes: int) -> list[Candidate]:
         """One layer's distinct warm candidates, stiffest rung first. affinity: [E, E]
-        co-activation; current: [slots] row in service; loads: [E]."""
+        co-activation; current: [slots] row in service; loads: [E]; passes: replica-search
+        passes per rung (0: none, candidates priced by the node objective)."""
         cfg = self.config
         alpha = cfg.alpha if cfg.alpha is not None else DEFAULT_ALPHA.get(self.num_nodes, 2.0)
         start_gpu = primary_gpus(current, self.num_experts, self.slots_per_gpu, self.gpus_per_node, one_copy)
         start_node = start_gpu // self.gpus_per_node
         spec = anchored_spec(problem, start_node, alpha)
-        cost = self._cost_model(problem, spec)
+        cost = self._cost_model(problem, spec, passes)
         before = cost(current, start_node)
         copies = replica_counts(loads, self.num_slots)
         peak = predicted_peak(current, loads, self.slots_per_gpu)
         mean = float(problem.loads.sum()) / self.num_experts
         candidates: list[Candidate] = []
+        nets, weights = _heaviest(problem)
         node = start_node
         for rung in PENALTY_LADDER:
             penalty = rung * cfg.move_penalty * mean
@@ -322,10 +348,11 @@ class Rebalancer:
                 node = warm_nodes(with_penalty(spec, self.num_experts, penalty), node, cfg.kicks, cfg.seed + layer)
             row = arrange_layer(current, node, start_gpu, loads, copies, affinity, self.gpus_per_node,
                                 self.slots_per_gpu, one_copy, REPLICA_KEEP * penalty)
-            if cfg.replica_passes and not math.isinf(rung):
-                row = seat_replicas(row, problem.nets, problem.weights, loads, affinity, self.gpus_per_node,
-                                    self.slots_per_gpu, service=current, penalty=penalty,
-                                    passes=cfg.replica_passes)
+            if passes:
+                seat_penalty = penalty if not math.isinf(rung) else SEAT_FROZEN * cfg.move_penalty * mean
+                row = seat_replicas(row, nets, weights, loads, affinity, self.gpus_per_node,
+                                    self.slots_per_gpu, service=current, penalty=seat_penalty,
+                                    passes=passes)
             if any(np.array_equal(row, other.row) for other in candidates):
                 continue
             gain = (_relative_drop(before, cost(row, node))
@@ -333,11 +360,12 @@ class Rebalancer:
             candidates.append(Candidate(row, gain, _moved(current, row, self.slots_per_gpu, self.num_experts)))
         return candidates
 
-    def _cost_model(self, problem: LayerProblem, spec: SearchSpec) -> Callable[[np.ndarray, np.ndarray], float]:
+    def _cost_model(self, problem: LayerProblem, spec: SearchSpec,
+                    passes: int) -> Callable[[np.ndarray, np.ndarray], float]:
         """How a layer's candidates are priced on the window: the replay-shaped cost of the
         slots row (:func:`placer.solvers.replica_search.window_cost`) when the replica search
-        runs and the nodes fit its masks, else the node objective of the primaries' nodes."""
-        if self.config.replica_passes and self.num_nodes <= MAX_NODES:
+        runs, else the node objective of the primaries' nodes."""
+        if passes:
             return lambda row, node: window_cost(row, problem.nets, problem.weights, self.slots_per_gpu,
                                                  self.gpus_per_node)
         return lambda row, node: node_objective(spec, node)
@@ -363,6 +391,12 @@ class Candidate:
     row: np.ndarray
     gain: float
     moved: int
+
+
+def _heaviest(problem: LayerProblem) -> tuple[np.ndarray, np.ndarray]:
+    """The layer's :data:`SEARCH_NETS` heaviest sets (in their order) and weights."""
+    keep = np.sort(np.argsort(-problem.weights, kind="stable")[:SEARCH_NETS])
+    return problem.nets[keep], problem.weights[keep]
 
 
 def _moved(old: np.ndarray, new: np.ndarray, slots_per_gpu: int, num_experts: int) -> int:

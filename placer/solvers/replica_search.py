@@ -13,7 +13,7 @@ a node the token already reaches, is free; otherwise the token reaches one more 
 (the holder covering most of its remaining experts). Sources are spread evenly over
 nodes (the replay's ``t mod P``). A move swaps the contents of two slots on different
 nodes (so every expert keeps its copy count, each GPU its slot count) and is kept
-when it lowers ``C + penalty x copies placed on nodes that lacked them in service``,
+when it lowers ``C + penalty x copies loaded onto GPUs that lacked them in service``,
 no GPU then holds an expert twice, and no GPU's load (expert load / copies, per copy)
 rises above ``load_cap``.
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["MAX_NODES", "TARGETS", "seat_replicas", "window_cost"]
+__all__ = ["MAX_NODES", "TARGETS", "pass_work", "seat_replicas", "window_cost"]
 
 #: nodes a bit mask holds (more nodes: the search is skipped)
 MAX_NODES = 64
@@ -143,6 +143,13 @@ def _move(cnt, mask, e, src, dst):  # pragma: no cover - jitted
 
 
 @nb.njit(cache=True, nogil=True)
+def _migration(service, penalty, e, src, dst):  # pragma: no cover - jitted
+    """Change in copies loaded when expert e's copy moves from GPU src to GPU dst, x penalty:
+    service [gpus, E] says which GPU held which expert in service."""
+    return penalty * ((0.0 if service[dst, e] else 1.0) - (0.0 if service[src, e] else 1.0))
+
+
+@nb.njit(cache=True, nogil=True)
 def _holds(row, gpu, slots, e):  # pragma: no cover - jitted
     for s in range(slots):
         if row[gpu * slots + s] == e:
@@ -207,10 +214,11 @@ def _search(row, nets, weights, ptr, inc, per_copy, affinity, gpus_per_node, slo
                 f = row[j2]
                 if b == a or f == e or not is_target[e, b]:
                     continue
-                value = remove[j1] + add[e, b] + (penalty if cnt[b, e] >= service[b, e] else 0.0)
+                g1, g2 = j1 // slots, j2 // slots
+                value = remove[j1] + add[e, b] + _migration(service, penalty, e, g1, g2)
                 if f >= 0:
                     value += remove[j2] + (add[f, a] if is_target[f, a] else 0.0)
-                    value += penalty if cnt[a, f] >= service[a, f] else 0.0
+                    value += _migration(service, penalty, f, g2, g1)
                 if value < -1e-9:
                     est[count] = value
                     pair[count, 0] = j1
@@ -235,12 +243,10 @@ def _search(row, nets, weights, ptr, inc, per_copy, affinity, gpus_per_node, slo
             if gpu_load[g1] - per_copy[e] + lf > load_cap or gpu_load[g2] - lf + per_copy[e] > load_cap:
                 continue
             tries += 1
-            migration = penalty if cnt[b, e] >= service[b, e] else 0.0
-            migration -= penalty if cnt[a, e] > service[a, e] else 0.0
+            migration = _migration(service, penalty, e, g1, g2)
             _move(cnt, mask, e, a, b)
             if f >= 0:
-                migration += penalty if cnt[a, f] >= service[a, f] else 0.0
-                migration -= penalty if cnt[b, f] > service[b, f] else 0.0
+                migration += _migration(service, penalty, f, g2, g1)
                 _move(cnt, mask, f, b, a)
             stamp += 1
             delta = _pair_delta(e, f, nets, weights, ptr, inc, mask, nodes, cost, mark, stamp, False)
@@ -261,6 +267,15 @@ def _search(row, nets, weights, ptr, inc, per_copy, affinity, gpus_per_node, slo
         if applied == 0:
             break
     return row
+
+
+def pass_work(num_slots: int, num_experts: int, num_nodes: int, nets: np.ndarray, targets: int = TARGETS) -> float:
+    """Estimated kernel steps of one search pass: net re-counts (prices of every slot and
+    of ``targets`` nodes per expert, two exact re-counts per slot) x the pins each re-count
+    visits (sources reached, at most min(nodes, 2k) + 1, x k). nets: [n, k] (-1 padding)."""
+    k = nets.shape[1] if nets.ndim == 2 else 0
+    pins_per_expert = int((nets >= 0).sum()) / max(num_experts, 1)
+    return float((3 * num_slots + targets * num_experts) * pins_per_expert * (min(num_nodes, 2 * k) + 1) * k)
 
 
 def _incidence(nets: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -311,7 +326,7 @@ def seat_replicas(row: np.ndarray, nets: np.ndarray, weights: np.ndarray, loads:
 
     row: [gpus * slots] expert per slot (-1 empty); nets: [n, k] top-k sets (-1 padding);
     weights: [n] tokens per set; loads: [E]; affinity: [E, E] co-activation; service:
-    [gpus * slots] row in service (default ``row``), a copy placed on a node that lacked it
+    [gpus * slots] row in service (default ``row``), a copy loaded onto a GPU that lacked it
     there costs ``penalty``; load_cap: most load per GPU (default: the start's busiest GPU).
     Returns a new row [gpus * slots] holding the same copies of each expert.
     """
@@ -328,7 +343,10 @@ def seat_replicas(row: np.ndarray, nets: np.ndarray, weights: np.ndarray, loads:
     cnt = _node_counts(row, num_experts, slots_per_gpu, gpus_per_node)
     node_affinity = np.ascontiguousarray((np.asarray(affinity, dtype=np.float64) @ (cnt.T > 0)), dtype=np.float64)
     ptr, inc = _incidence(nets, num_experts)
-    service_cnt = cnt if service is None else _node_counts(service, num_experts, slots_per_gpu, gpus_per_node)
+    service_row = row if service is None else service
+    in_service = np.zeros((len(row) // slots_per_gpu, num_experts), dtype=np.bool_)
+    filled = np.flatnonzero(service_row >= 0)
+    in_service[filled // slots_per_gpu, service_row[filled]] = True
     return _search(row.astype(np.int64).copy(), np.ascontiguousarray(nets, dtype=np.int64),
                    np.asarray(weights, dtype=np.float64), ptr, inc, per_copy, node_affinity, gpus_per_node,
-                   slots_per_gpu, float(load_cap) + 1e-9, service_cnt, float(penalty), int(passes), int(targets))
+                   slots_per_gpu, float(load_cap) + 1e-9, in_service, float(penalty), int(passes), int(targets))
