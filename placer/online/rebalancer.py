@@ -307,28 +307,33 @@ class Rebalancer:
         one_copy = -(-self.num_experts // self.num_gpus)
         problems = build_problems(summary, self.num_nodes, self.gpus_per_node, one_copy)
         window_loads = self.window.loads() if loads is None else loads
-        passes = self._search_passes(problems)
+        searched = [_heaviest(problem) for problem in problems]
+        passes = self._search_passes([nets for nets, _ in searched])
 
         def layer_candidates(layer: int) -> list[Candidate]:
             return self._layer_candidates(layer, problems[layer], summary.layers[layer].coactivation.toarray(),
-                                          serving.phy2log[layer], window_loads[layer], one_copy, passes)
+                                          serving.phy2log[layer], window_loads[layer], one_copy, searched[layer],
+                                          passes)
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             return list(pool.map(layer_candidates, range(self.num_layers)))
 
-    def _search_passes(self, problems: list[LayerProblem]) -> int:
+    def _search_passes(self, layer_nets: list[np.ndarray]) -> int:
         """Replica-search passes per rung this rebalance affords: ``replica_passes`` cut to fit
-        :data:`SEARCH_WORK` over every layer and rung (0: the search and its cost model are off)."""
+        :data:`SEARCH_WORK` over every layer (its searched sets [n, k]) and rung (0: the search
+        and its cost model are off)."""
         if not self.config.replica_passes or self.num_nodes > MAX_NODES:
             return 0
-        work = sum(pass_work(self.num_slots, self.num_experts, self.num_nodes, _heaviest(p)[0]) for p in problems)
+        work = sum(pass_work(self.num_slots, self.num_experts, self.num_nodes, nets) for nets in layer_nets)
         return min(self.config.replica_passes, int(SEARCH_WORK // max(work * len(PENALTY_LADDER), 1.0)))
 
     def _layer_candidates(self, layer: int, problem: LayerProblem, affinity: np.ndarray, current: np.ndarray,
-                          loads: np.ndarray, one_copy: int, passes: int) -> list[Candidate]:
+                          loads: np.ndarray, one_copy: int, searched: tuple[np.ndarray, np.ndarray],
+                          passes: int) -> list[Candidate]:
         """One layer's distinct warm candidates, stiffest rung first. affinity: [E, E]
-        co-activation; current: [slots] row in service; loads: [E]; passes: replica-search
-        passes per rung (0: none, candidates priced by the node objective)."""
+        co-activation; current: [slots] row in service; loads: [E]; searched: the sets [n, k]
+        and weights [n] the replica search works on; passes: replica-search passes per rung
+        (0: none, candidates priced by the node objective)."""
         cfg = self.config
         alpha = cfg.alpha if cfg.alpha is not None else DEFAULT_ALPHA.get(self.num_nodes, 2.0)
         start_gpu = primary_gpus(current, self.num_experts, self.slots_per_gpu, self.gpus_per_node, one_copy)
@@ -340,7 +345,7 @@ class Rebalancer:
         peak = predicted_peak(current, loads, self.slots_per_gpu)
         mean = float(problem.loads.sum()) / self.num_experts
         candidates: list[Candidate] = []
-        nets, weights = _heaviest(problem)
+        nets, weights = searched
         node = start_node
         for rung in PENALTY_LADDER:
             penalty = rung * cfg.move_penalty * mean
