@@ -273,6 +273,31 @@ def test_fast_descent_equals_the_general_path():
         fast, fast_value = local_search(spec, start, seed=seed, kicks=8)
         slow, slow_value = local_search(capped, start, seed=seed, kicks=8)
         assert np.array_equal(fast, slow) and fast_value == slow_value
+        floor = float(problem.weights.sum()) / 4
+        fast, fast_value = local_search(replace(spec, touch_floor=floor), start, seed=seed, kicks=8)
+        slow, slow_value = local_search(replace(capped, touch_floor=floor), start, seed=seed, kicks=8)
+        assert np.array_equal(fast, slow) and fast_value == slow_value
+
+
+def test_touch_floor_is_a_soft_cap_on_the_peak_node_touch():
+    """Below the floor the peak costs nothing (a floor above every peak = the cut-only search);
+    a binding floor trades cut for a lower peak."""
+    from placer.solvers.node_stage import _spec
+    from placer.solvers.problem import net_spans
+    from placer.solvers.refine import evaluate, local_search
+
+    problem = build_problems(summarize(random_trace(2000, 1, 32, 4, 3, skew=3.0)), 4, 2)[0]
+    start = np.arange(32) % 4
+    cut_only, _ = local_search(_spec(problem, 0.0), start, seed=1, kicks=20)
+    unbinding = replace(_spec(problem, 5.0), touch_floor=float(problem.weights.sum()))
+    assert np.array_equal(local_search(unbinding, start, seed=1, kicks=20)[0], cut_only)
+    peak = net_spans(problem.nets, problem.weights, cut_only, 4)[1].max()
+    capped_spec = replace(_spec(problem, 5.0), touch_floor=0.8 * peak)
+    capped, value = local_search(capped_spec, cut_only, seed=1, kicks=20)
+    capped_peak = net_spans(problem.nets, problem.weights, capped, 4)[1].max()
+    assert capped_peak < peak
+    assert evaluate(_spec(problem, 0.0), capped)[1] >= evaluate(_spec(problem, 0.0), cut_only)[1]
+    assert value == evaluate(capped_spec, capped)[0] <= evaluate(capped_spec, cut_only)[0]
 
 
 def test_sample_nets_keeps_heavy_sets_and_reweights_the_rest():

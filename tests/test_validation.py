@@ -61,11 +61,49 @@ def test_candidates_include_mtkahypar_exactly_when_installed(monkeypatch):
     assert not any("mtkahypar" in name for name in validation.candidates())
 
 
-def test_ranking_weighs_relative_cut_and_busiest_nic():
-    scores = {"a": (1000.0, 200.0, 9.0), "b": (1020.0, 100.0, 9.0), "c": (1200.0, 100.0, 1.0)}
+def test_ranking_takes_the_least_cut_whose_busiest_nic_is_below_the_target():
+    # "a" has the lowest cut; its peak (200) sets the NIC target (0.9 x 200 = 180)
+    scores = {"a": (1000.0, 200.0, 9.0), "b": (1010.0, 180.0, 9.0), "c": (1005.0, 190.0, 9.0),
+              "d": (1030.0, 100.0, 1.0)}
+    assert validation.reference_of(scores) == (1000.0, 200.0)
     keys = validation.ranking(scores)
-    assert min(keys, key=keys.__getitem__) == "b"  # 1.02 + 0.5 < 1.00 + 1.0 < 1.20 + 0.5
-    assert validation.reference_of(scores) == (1000.0, 100.0)
+    assert keys["b"][0] == pytest.approx(1.01)  # at the target: the cut alone
+    assert keys["c"][0] == pytest.approx(1.005 + validation.NIC_WEIGHT * (0.95 - validation.NIC_TARGET))
+    assert keys["a"][0] == pytest.approx(1.0 + validation.NIC_WEIGHT * (1.0 - validation.NIC_TARGET))
+    assert min(keys, key=keys.__getitem__) == "b"  # a peak far below the target earns nothing more
+
+
+def test_capped_candidates_lower_the_busiest_nic_of_the_cut_only_search():
+    from placer.solvers.problem import net_spans
+
+    problem = _problems(6000, 5, 4, "seed001", layers=1)[0]
+    opts = Options(solver="auto", layer_budget=0.5)
+    starts: dict = {}
+    cut_only = {name: validation._candidate(name, problem, opts, solve_layer, starts).expert_gpu // 4
+                for name in validation.candidates() if name.endswith("@0")}
+    best = min(cut_only.values(), key=lambda node: validation.validation_score(problem, node * 4)[0])
+    peak = net_spans(problem.nets, problem.weights, best, 5)[1].max()
+    for cap in validation.CAPS:
+        node = validation._candidate(f"capped@{cap:g}", problem, opts, solve_layer, starts).expert_gpu // 4
+        assert net_spans(problem.nets, problem.weights, node, 5)[1].max() <= peak
+
+
+def test_auto_packs_each_node_by_load_alone():
+    """auto's GPU stage is longest-first packing without the spread search: co-locating
+    co-activated experts raises the held-out GPU peak when the workload shifts."""
+    from placer.solvers.gpu_stage import longest_first_pack
+
+    checked = 0
+    for problem in _problems(3000, 3, 4, layers=3):
+        result = solve_layer(problem, Options(solver="auto", layer_budget=0.5))
+        if any("kept as solved on the fit split" in m for m in result.messages):
+            continue  # packed on the fit split's loads
+        checked += 1
+        for n in range(3):
+            members = np.flatnonzero(result.expert_gpu // 4 == n)
+            packed = longest_first_pack(members, problem.loads, 4, problem.slots_per_gpu)
+            assert np.array_equal(result.expert_gpu[members] % 4, packed)
+    assert checked
 
 
 def test_hard_limits_fall_back_to_the_full_search():

@@ -1,5 +1,6 @@
-"""GPU stage: per node, GPUs by longest-first packing (peak load target), then local search /
-CP-SAT on the intra-node spread under that load cap.
+"""GPU stage: per node, GPUs by longest-first packing (peak load target), then (unless
+``Options.spread_search`` is off) local search / CP-SAT on the intra-node spread under that
+load cap.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def gpu_stage(problem: LayerProblem, node: np.ndarray, opts: Options, search: La
         members = np.flatnonzero(node == n)
         local = packs[n]
         gpus = problem.live_gpus(n)
-        if S > 1 and len(members) > 1:
+        if opts.spread_search and S > 1 and len(members) > 1:
             local = _spread_search(problem, members, local, len(gpus), target, opts)
         expert_gpu[members] = gpus[local]
     spread = _intra_spread(full, expert_gpu)

@@ -8,6 +8,8 @@ strict improvements.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from placer.constraints import uncovered_allowance
@@ -142,12 +144,13 @@ def node_stage(
     return part, bound, status, messages
 
 
-def search_from(problem: LayerProblem, opts: Options, start: np.ndarray) -> np.ndarray:
-    """The node stage's iterated local search (``cut + alpha x peak touch``, :func:`kick_count`
-    kicks) from ``start`` [experts] (a node per expert within the node capacities): [experts];
-    never worse than the start on that objective."""
+def search_from(problem: LayerProblem, opts: Options, start: np.ndarray, touch_floor: float = 0.0) -> np.ndarray:
+    """The node stage's iterated local search (``cut + alpha x max(peak touch, touch_floor)``,
+    :func:`kick_count` kicks) from ``start`` [experts] (a node per expert within the node
+    capacities): [experts]; never worse than the start on that objective."""
     alpha = opts.alpha if opts.alpha is not None else DEFAULT_ALPHA.get(problem.num_nodes, 2.0)
-    return local_search(_spec(problem, alpha), start, seed=opts.seed, kicks=kick_count(problem, opts, False))[0]
+    spec = replace(_spec(problem, alpha), touch_floor=float(touch_floor))
+    return local_search(spec, start, seed=opts.seed, kicks=kick_count(problem, opts, False))[0]
 
 
 def _better_from_contiguous(

@@ -27,6 +27,7 @@ class Options:
     alpha: float | None = None
     kicks: int = 40
     layer_budget: float = 3.0  # deterministic effort units per layer (~seconds on one core)
+    spread_search: bool = True  # GPU stage: co-locate co-activated experts within each node's load cap
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,11 @@
 Parts are nodes (node stage) or the GPUs of one node (GPU stage). The search
 minimises, exactly on the weighted hypergraph,
 
-    J = sum_j w_j * lambda_j  +  alpha * max_p touch_p  +  big * violation
+    J = sum_j w_j * lambda_j  +  alpha * max(max_p touch_p, floor)  +  big * violation
 
 where ``lambda_j`` = parts spanned by net ``j``, ``touch_p`` = weight of nets
-touching part ``p`` (the NIC-balance term) and ``violation`` sums the broken
+touching part ``p`` (the NIC-balance term; ``floor`` > 0 makes it a soft cap: a peak
+below the floor costs nothing) and ``violation`` sums the broken
 side constraints (max-parts per net, hard or with coverage; per-part load cap).
 Moves: swap two experts on different parts (keeps counts), move one expert to a
 part with a free slot. Iterated local search: random kicks, re-descend, keep the
@@ -30,7 +31,8 @@ class SearchSpec:
     ptr/inc: CSR expert -> nets ([experts + 1], [nnz]); nets: [n, k] (-1 padding);
     weights: [n] float64; loads: [experts] float64; slot_cap: [parts] int64 max experts;
     load_cap: [parts] float64 (inf = none); allowed: [experts, parts] bool;
-    max_parts: M (0 = none); uncovered_allowed: weight of nets that may exceed M (-1 = hard).
+    max_parts: M (0 = none); uncovered_allowed: weight of nets that may exceed M (-1 = hard);
+    touch_floor: peak touch below which the alpha term is flat (0 = plain alpha x peak).
     """
 
     ptr: np.ndarray
@@ -44,6 +46,7 @@ class SearchSpec:
     alpha: float = 0.0
     max_parts: int = 0
     uncovered_allowed: float = -1.0
+    touch_floor: float = 0.0
 
 
 @nb.njit(cache=True)
@@ -188,7 +191,7 @@ def _apply_move(e, b, part, ptr, inc, cnt, lam, w, touch, loads, pload, pcount):
 
 @nb.njit(cache=True)
 def _cost_after(cut, touch, a, b, dcut, dta, dtb, viol_m, over, dvh, dov, M, unc_allowed,
-                pload, load_cap, la, lb, alpha, big):
+                pload, load_cap, la, lb, alpha, floor, big):
     """Objective after a candidate (touch/pload of parts a, b changed by the deltas)."""
     K = touch.shape[0]
     mt = 0.0
@@ -213,7 +216,7 @@ def _cost_after(cut, touch, a, b, dcut, dta, dtb, viol_m, over, dvh, dov, M, unc
             load = lb
         if load > load_cap[p]:
             v += load - load_cap[p]
-    return cut + dcut + alpha * mt + big * v
+    return cut + dcut + alpha * max(mt, floor) + big * v
 
 
 @nb.njit(cache=True)
@@ -350,7 +353,7 @@ def _apply_tab(e, f, b, part, ptr, inc, nets, cnt, lam, w, touch, loads, pload, 
 
 
 @nb.njit(cache=True)
-def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alpha, M,
+def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alpha, floor, M,
              unc_allowed, big, cnt, lam, touch, pload, pcount, cut, stamp, tok, order,
              pptr, pnet, loss, gain):
     """Best-improvement per expert, passes until no improving swap or move.
@@ -378,7 +381,7 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
                 viol_m += w[j] * (lam[j] - M)
                 over += w[j]
     cur = _cost_after(cut, touch, -1, -1, 0.0, 0.0, 0.0, viol_m, over, 0.0, 0.0, M,
-                      unc_allowed, pload, load_cap, 0.0, 0.0, alpha, big)
+                      unc_allowed, pload, load_cap, 0.0, 0.0, alpha, floor, big)
     improved = True
     while improved:
         improved = False
@@ -397,13 +400,13 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
                     dtb0 = -loss[f] + gain[e, b]
                     mo = _max_other(touch, i1, i2, i3, a, b)
                     mt = max(max(max(0.0, mo), touch[a] + dta0), touch[b] + dtb0)
-                    if cut + (dta0 + dtb0) + alpha * mt >= best:
+                    if cut + (dta0 + dtb0) + alpha * max(mt, floor) >= best:
                         continue
                     ca, cb = _shared_net_gains(pptr, pnet, cnt, w, e * E + f, a, b)
                     dta = dta0 + ca
                     dtb = dtb0 + cb
                     mt = max(max(max(0.0, mo), touch[a] + dta), touch[b] + dtb)
-                    c = cut + (dta + dtb) + alpha * mt + big * 0.0
+                    c = cut + (dta + dtb) + alpha * max(mt, floor)
                     if c < best:
                         best = c
                         bf = f
@@ -423,7 +426,7 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
                 la = pload[a] - loads[e] + loads[f]
                 lb = pload[b] - loads[f] + loads[e]
                 c = _cost_after(cut, touch, a, b, dcut, dta, dtb, viol_m, over, dvh, dov, M,
-                                unc_allowed, pload, load_cap, la, lb, alpha, big)
+                                unc_allowed, pload, load_cap, la, lb, alpha, floor, big)
                 if c < best:
                     best = c
                     bf = f
@@ -436,7 +439,7 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
                     dtb = gain[e, b]
                     mo = _max_other(touch, i1, i2, i3, a, b)
                     mt = max(max(max(0.0, mo), touch[a] + dta), touch[b] + dtb)
-                    c = cut + (dta + dtb) + alpha * mt + big * 0.0
+                    c = cut + (dta + dtb) + alpha * max(mt, floor)
                     if c < best:
                         best = c
                         bf = -1
@@ -455,7 +458,7 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
                 la = pload[a] - loads[e]
                 lb = pload[b] + loads[e]
                 c = _cost_after(cut, touch, a, b, dcut, dta, dtb, viol_m, over, dvh, dov, M,
-                                unc_allowed, pload, load_cap, la, lb, alpha, big)
+                                unc_allowed, pload, load_cap, la, lb, alpha, floor, big)
                 if c < best:
                     best = c
                     bf = -1
@@ -472,14 +475,14 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
                             viol_m += w[j] * (lam[j] - M)
                             over += w[j]
                 cur = _cost_after(cut, touch, -1, -1, 0.0, 0.0, 0.0, viol_m, over, 0.0, 0.0, M,
-                                  unc_allowed, pload, load_cap, 0.0, 0.0, alpha, big)
+                                  unc_allowed, pload, load_cap, 0.0, 0.0, alpha, floor, big)
                 i1, i2, i3 = _top3(touch)
                 improved = True
     return cut, cur, tok
 
 
 @nb.njit(cache=True, nogil=True)
-def _ils(part0, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alpha, M,
+def _ils(part0, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alpha, floor, M,
          unc_allowed, big, seed, kicks, kick_size):
     np.random.seed(seed)
     E = part0.shape[0]
@@ -491,7 +494,7 @@ def _ils(part0, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alpha,
     tok = 0
     order = np.random.permutation(E)
     cut, cur, tok = _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed,
-                             alpha, M, unc_allowed, big, cnt, lam, touch, pload, pcount, cut,
+                             alpha, floor, M, unc_allowed, big, cnt, lam, touch, pload, pcount, cut,
                              stamp, tok, order, pptr, pnet, loss, gain)
     best_part = part.copy()
     best = cur
@@ -512,7 +515,7 @@ def _ils(part0, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alpha,
             done += 1
         order = np.random.permutation(E)
         cut, cur, tok = _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed,
-                                 alpha, M, unc_allowed, big, cnt, lam, touch, pload, pcount, cut,
+                                 alpha, floor, M, unc_allowed, big, cnt, lam, touch, pload, pcount, cut,
                                  stamp, tok, order, pptr, pnet, loss, gain)
         if cur < best - 1e-9:
             best = cur
@@ -529,7 +532,7 @@ def evaluate(spec: SearchSpec, part: np.ndarray, big: float = BIG) -> tuple[floa
     K = len(spec.slot_cap)
     _cnt, lam, touch, pload, _pcount, cut = _state(part.astype(np.int64), K, spec.nets, spec.weights, spec.loads)
     viol = _violation(lam, spec.weights, spec.max_parts, spec.uncovered_allowed, pload, spec.load_cap)
-    return float(cut + spec.alpha * touch.max() + big * viol), float(cut), float(viol)
+    return float(cut + spec.alpha * max(touch.max(), spec.touch_floor) + big * viol), float(cut), float(viol)
 
 
 def local_search(spec: SearchSpec, part: np.ndarray, *, seed: int = 0, kicks: int = 50,
@@ -541,7 +544,8 @@ def local_search(spec: SearchSpec, part: np.ndarray, *, seed: int = 0, kicks: in
     K = len(spec.slot_cap)
     best, value = _ils(
         part.astype(np.int64), K, spec.ptr, spec.inc, spec.nets, spec.weights, spec.loads,
-        spec.slot_cap, spec.load_cap, spec.allowed, float(spec.alpha), int(spec.max_parts),
+        spec.slot_cap, spec.load_cap, spec.allowed, float(spec.alpha), float(spec.touch_floor),
+        int(spec.max_parts),
         float(spec.uncovered_allowed), float(big), int(seed), int(kicks), int(kick_size),
     )
     return best, float(value)

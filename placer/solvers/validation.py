@@ -11,12 +11,16 @@ fit noise: a placement tuned to the window's rare top-k sets loses on the next w
    split, since tokens with the same set are interchangeable);
 2. solves the fit problem with every candidate in :data:`CANDIDATES`: the deep search of
    ``ilp`` (half the layer budget) and ``spectral`` (both at ``alpha`` :data:`AUTO_ALPHA`
-   unless given), the contiguous placement, and the node stage's search at each NIC weight
+   unless given), the contiguous placement, the node stage's search at each NIC weight
    of :data:`LADDER` from the spectral start and, when Mt-KaHyPar is installed, from its
-   km1 partition (deterministic preset, :data:`placer.solvers.mtk.START_PRESET`);
-3. ranks them on the validation problem (:func:`ranking`) by held-out cut (inter-node
-   copies) plus :data:`NIC_WEIGHT` x peak node touch (the busiest NIC), each relative to the
-   lowest among the candidates; ties by GPU peak, cut, then the candidate order;
+   km1 partition (deterministic preset, :data:`placer.solvers.mtk.START_PRESET`), and the
+   capped searches: from the lowest-cut of those searches at NIC weight 0, the peak node
+   touch held under each of :data:`CAPS` x its own (a soft cap, :data:`CAP_ALPHA`);
+3. ranks them on the validation problem (:func:`ranking`): held-out cut (inter-node copies)
+   relative to the lowest, plus :data:`NIC_WEIGHT` x how far the peak node touch (the
+   busiest NIC) stays above :data:`NIC_TARGET` x the lowest-cut candidate's: the least
+   inter-node traffic whose busiest NIC is clearly below a cut-only partition's; ties by
+   GPU peak, cut, then the candidate order;
 4. solves the whole window with the chosen candidate's method and returns it when it ranks
    no worse on the validation split than the chosen candidate, else the chosen candidate
    itself: so ``auto`` never ranks worse on its validation split than any candidate it
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,8 +45,9 @@ from placer.solvers.options import LayerResult, Options, search_problem
 from placer.solvers.problem import LayerProblem, net_spans
 from placer.solvers.spectral import spectral_parts
 
-__all__ = ["AUTO_ALPHA", "CANDIDATES", "LADDER", "NIC_WEIGHT", "VALIDATION_SHARE", "auto_layer",
-           "candidates", "measured", "ranking", "reference_of", "split_problem", "validated", "validation_score"]
+__all__ = ["AUTO_ALPHA", "CANDIDATES", "CAPS", "CAP_ALPHA", "LADDER", "NIC_TARGET", "NIC_WEIGHT", "VALIDATION_SHARE",
+           "Candidate", "auto_layer", "candidates", "measured", "ranking", "reference_of", "split_problem",
+           "validated", "validation_score"]
 
 #: share of each layer's tokens held out to choose among the candidates
 VALIDATION_SHARE = 0.25
@@ -52,18 +58,44 @@ AUTO_ALPHA = 1.0
 #: NIC-balance weights of the refined starts (a ladder from pure cut to auto's weight)
 LADDER = (0.0, 0.1, 0.3, AUTO_ALPHA)
 
-#: weight of the peak node touch relative to the cut in the validation rank, each relative to
-#: the lowest among the candidates (1% more inter-node copies = 2% more on the busiest NIC)
-NIC_WEIGHT = 0.5
+#: the busiest NIC ``auto`` aims for, relative to the lowest-cut candidate's on the validation
+#: split (a cut-only partition's): below it only the cut counts
+NIC_TARGET = 0.9
 
-#: candidate -> (kind, alpha (None: auto's), share of the layer budget). Kinds: "ilp" /
-#: "spectral" run the pipeline; "contiguous"; "refine-spectral" / "refine-mtkahypar": the
-#: node stage's search at that alpha from the spectral start / Mt-KaHyPar's km1 partition
-#: (only when installed), then the GPU stage
+#: weight of the peak node touch above :data:`NIC_TARGET` in the validation rank, relative to
+#: the cut (1% more inter-node copies = 1% more on the busiest NIC above the target)
+NIC_WEIGHT = 1.0
+
+#: NIC caps of the capped candidates: the peak node touch of the lowest-cut search x each
+CAPS = (0.97, 0.93, 0.9, 0.85)
+
+#: weight of the peak node touch above the cap in the capped searches
+CAP_ALPHA = 2.0
+
+
+class Candidate(NamedTuple):
+    """How ``auto`` solves one candidate.
+
+    kind: "ilp" / "spectral" run the pipeline; "contiguous"; "refine-spectral" /
+    "refine-mtkahypar": the node stage's search from the spectral start / Mt-KaHyPar's km1
+    partition (only when installed); "capped": the node stage's search from the lowest-cut
+    refined start (alpha 0) with the peak node touch capped at ``cap`` x that start's (a soft
+    cap of weight :data:`CAP_ALPHA`); each then the GPU stage. alpha: NIC-balance weight
+    (None: auto's); share: of the layer budget.
+    """
+
+    kind: str
+    alpha: float | None
+    share: float
+    cap: float = 0.0
+
+
 CANDIDATES = {
-    "search": ("ilp", None, 0.5), "spectral": ("spectral", None, 1.0), "contiguous": ("contiguous", None, 0.0),
-    **{f"spectral@{a:g}": ("refine-spectral", a, 0.125) for a in LADDER},
-    **{f"mtkahypar@{a:g}": ("refine-mtkahypar", a, 0.125) for a in LADDER},
+    "search": Candidate("ilp", None, 0.5), "spectral": Candidate("spectral", None, 1.0),
+    "contiguous": Candidate("contiguous", None, 0.0),
+    **{f"spectral@{a:g}": Candidate("refine-spectral", a, 0.125) for a in LADDER},
+    **{f"mtkahypar@{a:g}": Candidate("refine-mtkahypar", a, 0.125) for a in LADDER},
+    **{f"capped@{c:g}": Candidate("capped", CAP_ALPHA, 0.125, c) for c in CAPS},
 }
 
 SolveFn = Callable[[LayerProblem, Options], LayerResult]
@@ -106,24 +138,43 @@ def validation_score(problem: LayerProblem, expert_gpu: np.ndarray) -> tuple[flo
     return float((problem.weights * lam).sum()), float(touch.max()), float(gpu_load.max())
 
 
-def _from_nodes(problem: LayerProblem, opts: Options, kind: str, starts: dict) -> LayerResult:
-    """The contiguous placement, or the node stage's search from the spectral start or
-    Mt-KaHyPar's km1 partition (on the sampled problem for large layers; each start computed
-    once per problem into ``starts``); then the GPU stage."""
-    if kind == "contiguous":
+def _from_nodes(problem: LayerProblem, opts: Options, candidate: Candidate, starts: dict) -> LayerResult:
+    """The contiguous placement, or a node-stage search (see :class:`Candidate`; on the
+    sampled problem for large layers), then the GPU stage. ``starts`` caches the starting
+    partitions and the cut-only searches per problem."""
+    if candidate.kind == "contiguous":
         node = np.repeat(np.arange(problem.num_nodes), problem.node_counts())
         expert_gpu, _, _, messages = gpu_stage(problem, node, replace(opts, solver="spectral"))
         return measured(problem, expert_gpu, tuple(messages))
     search, _ = search_problem(problem, opts)
+    if candidate.kind == "capped":
+        start = min((_searched(search, opts, kind, 0.0, starts) for kind in _start_kinds()),
+                    key=lambda node: net_spans(search.nets, search.weights, node, search.num_nodes)[0]
+                    @ search.weights)
+        _, touch = net_spans(search.nets, search.weights, start, search.num_nodes)
+        node = search_from(search, opts, start, candidate.cap * float(touch.max()))
+    else:
+        node = _searched(search, opts, candidate.kind, opts.alpha, starts)
+    expert_gpu, _, _, messages = gpu_stage(problem, node, opts, search)
+    return measured(problem, expert_gpu, tuple(messages))
+
+
+def _start_kinds() -> tuple[str, ...]:
+    return ("refine-spectral", "refine-mtkahypar") if mtk.installed() else ("refine-spectral",)
+
+
+def _searched(search: LayerProblem, opts: Options, kind: str, alpha: float, starts: dict) -> np.ndarray:
+    """Node of every expert [experts]: the node stage's search at ``alpha`` from the start of
+    ``kind`` (cached in ``starts`` by start and alpha)."""
     if kind not in starts and kind == "refine-mtkahypar":
-        starts[kind] = mtk.km1_parts(search.nets, search.weights, problem.num_experts, problem.num_nodes,
+        starts[kind] = mtk.km1_parts(search.nets, search.weights, search.num_experts, search.num_nodes,
                                      mtk.START_PRESET, opts.seed)
     elif kind not in starts:
         starts[kind] = spectral_parts(search.nets, search.weights, search.num_experts, search.node_counts(),
                                       search.allowed, seed=opts.seed)
-    node = search_from(search, opts, starts[kind])
-    expert_gpu, _, _, messages = gpu_stage(problem, node, opts, search)
-    return measured(problem, expert_gpu, tuple(messages))
+    if (kind, alpha) not in starts:
+        starts[kind, alpha] = search_from(search, replace(opts, alpha=alpha), starts[kind])
+    return starts[kind, alpha]
 
 
 def measured(problem: LayerProblem, expert_gpu: np.ndarray, messages: tuple[str, ...] = ()) -> LayerResult:
@@ -142,33 +193,36 @@ def measured(problem: LayerProblem, expert_gpu: np.ndarray, messages: tuple[str,
 def _candidate(name: str, problem: LayerProblem, opts: Options, solve: SolveFn, starts: dict | None = None
                ) -> LayerResult:
     """Candidate ``name`` solved on ``problem``; ``starts`` caches the refined candidates'
-    starting partitions across calls on the same problem."""
-    kind, alpha, budget = CANDIDATES[name]
-    sub = replace(opts, solver=kind if kind in ("ilp", "spectral") else "ilp",
-                  alpha=opts.alpha if alpha is None else alpha, layer_budget=opts.layer_budget * budget)
-    if kind in ("ilp", "spectral"):
+    starting partitions and searches across calls on the same problem."""
+    candidate = CANDIDATES[name]
+    sub = replace(opts, solver=candidate.kind if candidate.kind in ("ilp", "spectral") else "ilp",
+                  alpha=opts.alpha if candidate.alpha is None else candidate.alpha,
+                  layer_budget=opts.layer_budget * candidate.share)
+    if candidate.kind in ("ilp", "spectral"):
         return solve(problem, sub)
-    return _from_nodes(problem, sub, kind, {} if starts is None else starts)
+    return _from_nodes(problem, sub, candidate, {} if starts is None else starts)
 
 
 def candidates() -> list[str]:
     """The candidates ``auto`` compares (the Mt-KaHyPar starts only when it is installed)."""
-    return [name for name, (kind, _, _) in CANDIDATES.items() if kind != "refine-mtkahypar" or mtk.installed()]
+    return [name for name, c in CANDIDATES.items() if c.kind != "refine-mtkahypar" or mtk.installed()]
 
 
 def ranking(scores: dict[str, tuple[float, float, float]], reference: tuple[float, float] | None = None
             ) -> dict[str, tuple[float, float, float]]:
     """Validation rank keys (lower is better) of (cut, peak node touch, GPU peak) scores:
-    ``cut / lowest cut + NIC_WEIGHT x peak / lowest peak``, then GPU peak, then cut. reference:
-    the (lowest cut, lowest peak) to divide by (default: those of ``scores``)."""
-    cut0, peak0 = reference or (min(c for c, _, _ in scores.values()), min(p for _, p, _ in scores.values()))
-    return {name: (cut / max(cut0, 1e-9) + NIC_WEIGHT * peak / max(peak0, 1e-9), gpu, cut)
+    ``cut / lowest cut + NIC_WEIGHT x max(0, peak / reference peak - NIC_TARGET)``, then GPU
+    peak, then cut. reference: the (lowest cut, reference peak) to divide by (default:
+    :func:`reference_of` ``scores``)."""
+    cut0, peak0 = reference or reference_of(scores)
+    return {name: (cut / max(cut0, 1e-9) + NIC_WEIGHT * max(0.0, peak / max(peak0, 1e-9) - NIC_TARGET), gpu, cut)
             for name, (cut, peak, gpu) in scores.items()}
 
 
 def reference_of(scores: dict[str, tuple[float, float, float]]) -> tuple[float, float]:
-    """(lowest cut, lowest peak node touch) of validation scores."""
-    return min(c for c, _, _ in scores.values()), min(p for _, p, _ in scores.values())
+    """(lowest cut, peak node touch of the lowest-cut score) of validation scores."""
+    cut, peak, _ = min(scores.values(), key=lambda score: (score[0], score[1]))
+    return cut, peak
 
 
 def validated(problem: LayerProblem) -> bool:
@@ -184,7 +238,7 @@ def auto_layer(problem: LayerProblem, opts: Options, solve: SolveFn) -> LayerRes
     (:func:`placer.solvers.pipeline.solve_layer`) run with each candidate's options."""
     if not validated(problem):
         return solve(problem, replace(opts, solver="ilp"))
-    opts = replace(opts, alpha=AUTO_ALPHA if opts.alpha is None else opts.alpha)
+    opts = replace(opts, alpha=AUTO_ALPHA if opts.alpha is None else opts.alpha, spread_search=False)
     fit, valid = split_problem(problem, VALIDATION_SHARE, opts.seed)
     starts: dict = {}
     placed = {name: _candidate(name, fit, opts, solve, starts).expert_gpu for name in candidates()}
