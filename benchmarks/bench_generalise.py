@@ -110,7 +110,7 @@ def block_counters(test: Trace, placement: Placement, topology: Topology, blocks
     groups = np.array_split(np.arange(len(test.seq_lens)), min(blocks, len(test.seq_lens)))
     per_block = [count_traffic(pinned.sequence_slice(int(g[0]), int(g[-1]) + 1), placement, topology)
                  for g in groups]
-    keys = ("internode_tokens_dedup", "node_recv_dedup", "gpu_load")
+    keys = ("internode_tokens_dedup", "node_recv_dedup", "gpu_load", "nvlink_sent")
     return {key: np.stack([c[key] for c in per_block]) for key in keys}
 
 
@@ -119,7 +119,8 @@ def totals(counters: dict[str, np.ndarray], pick: np.ndarray | None = None) -> d
     summed = {key: (value if pick is None else value[pick]).sum(axis=0) for key, value in counters.items()}
     return {"internode_tokens_dedup": float(summed["internode_tokens_dedup"].sum()),
             "nic_peak_tokens": float(summed["node_recv_dedup"].max(axis=1).sum()),
-            "gpu_peak_load": float(summed["gpu_load"].max(axis=1).sum())}
+            "gpu_peak_load": float(summed["gpu_load"].max(axis=1).sum()),
+            "nvlink_copies": float(summed["nvlink_sent"].sum())}
 
 
 def node_minima(test: Trace, topology: Topology, slots: int) -> dict[str, float]:
@@ -261,6 +262,11 @@ def report(cases: list[Case], solvers: list[str], reps: int, title: str) -> list
             verdicts.append(
                 f"- {'PASS' if median[1, m] <= middle else 'FAIL'}: {title}, {solver}, {LABELS[key]} median "
                 f"<= {middle} x: {np.median(point[:, m]):.3f} [{median[0, m]:.3f}, {median[1, m]:.3f}]")
+    for solver in solvers:
+        nvlink = [totals(case.counters[solver])["nvlink_copies"]
+                  / max(min(totals(case.counters[p])["nvlink_copies"] for p in PEERS), 1e-9) for case in cases]
+        print(f"\nNVLink copies (not judged), {solver} x the fewest of the peers': median "
+              f"{np.median(nvlink):.3f}, worst {max(nvlink):.3f}")
     exempt = [f"{case.label} {LABELS[key]} ({why})" for case in cases for key, why in case.exempt.items()]
     print("\n* exempt: " + ("; ".join(exempt) if exempt else "none"))
     print("\n### Floors\n\n" + "\n".join(verdicts))

@@ -102,8 +102,10 @@ def _interrupt(tmp_path: Path, workers: int, delay: float, sig: int = signal.SIG
     command = [sys.executable, "-m", "placer", "place", "--trace", TRAIN, "--nodes", "4", "--solver", "auto",
                "--time-limit", "120", "--workers", str(workers), "--out", str(out), "--json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # a terminal's Ctrl-C reaches a process whose SIGINT is not ignored; a suite started in the
+    # background of a non-interactive shell inherits SIG_IGN, so restore the default first
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(delay)
     assert proc.poll() is None, "placer finished before it could be interrupted"
     if group:
