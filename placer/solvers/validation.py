@@ -13,7 +13,8 @@ fit noise: a placement tuned to the window's rare top-k sets loses on the next w
    ``ilp`` (half the layer budget) and ``spectral`` (both at ``alpha`` :data:`AUTO_ALPHA`
    unless given), the contiguous placement, the node stage's search at each NIC weight
    of :data:`LADDER` from the spectral start and, when Mt-KaHyPar is installed, from its
-   km1 partition (deterministic preset, :data:`placer.solvers.mtk.START_PRESET`), and the
+   km1 partition (deterministic preset, :data:`placer.solvers.mtk.START_PRESET`, on a
+   sample of about :data:`MTK_START_PINS` pins), and the
    capped searches: from the lowest-cut of those searches at NIC weight 0, the peak node
    touch held under each of :data:`CAPS` x its own (a soft cap, :data:`CAP_ALPHA`);
 3. ranks them on the validation problem (:func:`ranking`): held-out cut (inter-node copies)
@@ -42,12 +43,12 @@ from placer.solvers import mtk
 from placer.solvers.gpu_stage import gpu_stage
 from placer.solvers.node_stage import search_from, trivial_bound
 from placer.solvers.options import LayerResult, Options, search_problem
-from placer.solvers.problem import LayerProblem, net_spans
+from placer.solvers.problem import LayerProblem, net_spans, sample_nets
 from placer.solvers.spectral import spectral_parts
 
-__all__ = ["AUTO_ALPHA", "CANDIDATES", "CAPS", "CAP_ALPHA", "LADDER", "NIC_TARGET", "NIC_WEIGHT", "VALIDATION_SHARE",
-           "Candidate", "auto_layer", "candidates", "measured", "ranking", "reference_of", "split_problem",
-           "validated", "validation_score"]
+__all__ = ["AUTO_ALPHA", "CANDIDATES", "CAPS", "CAP_ALPHA", "LADDER", "MTK_START_PINS", "NIC_TARGET", "NIC_WEIGHT",
+           "VALIDATION_SHARE", "Candidate", "auto_layer", "candidates", "measured", "ranking", "reference_of",
+           "split_problem", "validated", "validation_score"]
 
 #: share of each layer's tokens held out to choose among the candidates
 VALIDATION_SHARE = 0.25
@@ -65,6 +66,10 @@ NIC_TARGET = 0.9
 #: weight of the peak node touch above :data:`NIC_TARGET` in the validation rank, relative to
 #: the cut (1% more inter-node copies = 1% more on the busiest NIC above the target)
 NIC_WEIGHT = 1.0
+
+#: Mt-KaHyPar's start is partitioned on a sample of the search's nets holding about this many
+#: pins (its time grows with the pins: about 16 s a layer unsampled at DeepSeek-V3 shape)
+MTK_START_PINS = 40_000
 
 #: NIC caps of the capped candidates: the peak node touch of the lowest-cut search x each
 CAPS = (0.97, 0.93, 0.9, 0.85)
@@ -167,7 +172,8 @@ def _searched(search: LayerProblem, opts: Options, kind: str, alpha: float, star
     """Node of every expert [experts]: the node stage's search at ``alpha`` from the start of
     ``kind`` (cached in ``starts`` by start and alpha)."""
     if kind not in starts and kind == "refine-mtkahypar":
-        starts[kind] = mtk.km1_parts(search.nets, search.weights, search.num_experts, search.num_nodes,
+        sample, _ = sample_nets(search, max(1, MTK_START_PINS // search.nets.shape[1]), opts.seed)
+        starts[kind] = mtk.km1_parts(sample.nets, sample.weights, search.num_experts, search.num_nodes,
                                      mtk.START_PRESET, opts.seed)
     elif kind not in starts:
         starts[kind] = spectral_parts(search.nets, search.weights, search.num_experts, search.node_counts(),
