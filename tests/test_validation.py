@@ -61,16 +61,19 @@ def test_candidates_include_mtkahypar_exactly_when_installed(monkeypatch):
     assert not any("mtkahypar" in name for name in validation.candidates())
 
 
-def test_ranking_takes_the_least_cut_whose_busiest_nic_is_below_the_target():
-    # "a" has the lowest cut; its peak (200) sets the NIC target (0.9 x 200 = 180)
-    scores = {"a": (1000.0, 200.0, 9.0), "b": (1010.0, 180.0, 9.0), "c": (1005.0, 190.0, 9.0),
-              "d": (1030.0, 100.0, 1.0)}
+def test_ranking_credits_nic_balance_down_to_the_target_only():
+    # "a" has the lowest cut; its peak (200) is the reference
+    scores = {"a": (1000.0, 200.0, 9.0), "b": (1050.0, 160.0, 9.0), "c": (1100.0, 100.0, 9.0),
+              "d": (1030.0, 180.0, 1.0)}
     assert validation.reference_of(scores) == (1000.0, 200.0)
     keys = validation.ranking(scores)
-    assert keys["b"][0] == pytest.approx(1.01)  # at the target: the cut alone
-    assert keys["c"][0] == pytest.approx(1.005 + validation.NIC_WEIGHT * (0.95 - validation.NIC_TARGET))
-    assert keys["a"][0] == pytest.approx(1.0 + validation.NIC_WEIGHT * (1.0 - validation.NIC_TARGET))
-    assert min(keys, key=keys.__getitem__) == "b"  # a peak far below the target earns nothing more
+    w, target = validation.NIC_WEIGHT, validation.NIC_TARGET
+    assert keys["a"][0] == pytest.approx(1.0 + w)
+    assert keys["d"][0] == pytest.approx(1.03 + w * 0.9)
+    assert keys["c"][0] == pytest.approx(1.10 + w * target)  # 0.5 x the reference earns only the target
+    assert keys["b"][0] == pytest.approx(1.05 + w * max(0.8, target))
+    assert min(keys, key=keys.__getitem__) == "b"  # 5% more cut for 20% off the busiest NIC
+    assert keys["c"][0] > keys["b"][0]  # halving the peak earns no more than the target does
 
 
 def test_capped_candidates_lower_the_busiest_nic_of_the_cut_only_search():

@@ -18,10 +18,10 @@ fit noise: a placement tuned to the window's rare top-k sets loses on the next w
    capped searches: from the lowest-cut of those searches at NIC weight 0, the peak node
    touch held under each of :data:`CAPS` x its own (a soft cap, :data:`CAP_ALPHA`);
 3. ranks them on the validation problem (:func:`ranking`): held-out cut (inter-node copies)
-   relative to the lowest, plus :data:`NIC_WEIGHT` x how far the peak node touch (the
-   busiest NIC) stays above :data:`NIC_TARGET` x the lowest-cut candidate's: the least
-   inter-node traffic whose busiest NIC is clearly below a cut-only partition's; ties by
-   GPU peak, cut, then the candidate order;
+   relative to the lowest, plus :data:`NIC_WEIGHT` x the peak node touch (the busiest NIC)
+   relative to the lowest-cut candidate's, credited down to :data:`NIC_TARGET` of it: NIC
+   balance is bought with cut only down to 20% below a cut-only partition's busiest NIC,
+   not to the last token; ties by GPU peak, cut, then the candidate order;
 4. solves the whole window with the chosen candidate's method and returns it when it ranks
    no worse on the validation split than the chosen candidate, else the chosen candidate
    itself: so ``auto`` never ranks worse on its validation split than any candidate it
@@ -59,13 +59,13 @@ AUTO_ALPHA = 1.0
 #: NIC-balance weights of the refined starts (a ladder from pure cut to auto's weight)
 LADDER = (0.0, 0.1, 0.3, AUTO_ALPHA)
 
-#: the busiest NIC ``auto`` aims for, relative to the lowest-cut candidate's on the validation
-#: split (a cut-only partition's): below it only the cut counts
-NIC_TARGET = 0.9
+#: the busiest NIC below which ``auto`` gives no further credit, relative to the lowest-cut
+#: candidate's on the validation split (a cut-only partition's)
+NIC_TARGET = 0.8
 
-#: weight of the peak node touch above :data:`NIC_TARGET` in the validation rank, relative to
-#: the cut (1% more inter-node copies = 1% more on the busiest NIC above the target)
-NIC_WEIGHT = 1.0
+#: weight of the peak node touch relative to the cut in the validation rank, down to
+#: :data:`NIC_TARGET` (1% more inter-node copies = 2% less on the busiest NIC)
+NIC_WEIGHT = 0.5
 
 #: Mt-KaHyPar's start is partitioned on a sample of the search's nets holding about this many
 #: pins (its time grows with the pins: about 16 s a layer unsampled at DeepSeek-V3 shape)
@@ -217,11 +217,11 @@ def candidates() -> list[str]:
 def ranking(scores: dict[str, tuple[float, float, float]], reference: tuple[float, float] | None = None
             ) -> dict[str, tuple[float, float, float]]:
     """Validation rank keys (lower is better) of (cut, peak node touch, GPU peak) scores:
-    ``cut / lowest cut + NIC_WEIGHT x max(0, peak / reference peak - NIC_TARGET)``, then GPU
-    peak, then cut. reference: the (lowest cut, reference peak) to divide by (default:
+    ``cut / lowest cut + NIC_WEIGHT x max(peak / reference peak, NIC_TARGET)``, then GPU peak,
+    then cut. reference: the (lowest cut, reference peak) to divide by (default:
     :func:`reference_of` ``scores``)."""
     cut0, peak0 = reference or reference_of(scores)
-    return {name: (cut / max(cut0, 1e-9) + NIC_WEIGHT * max(0.0, peak / max(peak0, 1e-9) - NIC_TARGET), gpu, cut)
+    return {name: (cut / max(cut0, 1e-9) + NIC_WEIGHT * max(peak / max(peak0, 1e-9), NIC_TARGET), gpu, cut)
             for name, (cut, peak, gpu) in scores.items()}
 
 
