@@ -99,7 +99,7 @@ def _interrupt(tmp_path: Path, workers: int, delay: float, sig: int = signal.SIG
     """Start ``placer place`` (several seconds of CP-SAT work), Ctrl-C it as a terminal would
     (``sig`` to the process group), or send ``sig`` to the main process only (``group=False``)."""
     out = tmp_path / "p.json"
-    command = [sys.executable, "-m", "placer", "place", "--trace", TRAIN, "--nodes", "4", "--solver", "auto",
+    command = [sys.executable, "-m", "placer", "place", "--trace", TRAIN, "--nodes", "4", "--solver", "ilp",
                "--time-limit", "120", "--workers", str(workers), "--out", str(out), "--json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # a terminal's Ctrl-C reaches a process whose SIGINT is not ignored; a suite started in the
