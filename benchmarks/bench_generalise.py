@@ -238,15 +238,15 @@ def cell(value: float, high: float) -> str:
 def report(cases: list[Case], solvers: list[str], reps: int, title: str) -> list[str]:
     """Per-case table, worst case and median with 95% intervals, floors as PASS/FAIL lines."""
     print(f"\n## {title}: {len(cases)} cases\n")
-    print("Ratio to the best Mt-KaHyPar variant per metric, held out: point (95% upper bound).\n")
-    print("| case | solver | inter-node x | NIC peak x | GPU peak x |\n|---|---|---|---|---|")
+    print("Ratio to the best Mt-KaHyPar variant per metric, held out:\npoint (95% upper bound).")
     verdicts = []
     for solver in solvers:
         point, samples = bootstrap(cases, solver, reps)
         high = np.percentile(samples, 97.5, axis=0)
+        print(f"\n### {solver}\n\n| case | inter-node x | NIC peak x | GPU peak x |\n|---|---|---|---|")
         for c, case in enumerate(cases):
             marks = ["*" if key in case.exempt else "" for key in METRICS]
-            print(f"| {case.label} | {solver} | "
+            print(f"| {case.label} | "
                   + " | ".join(cell(point[c, m], high[c, m]) + marks[m] for m in range(len(METRICS))) + " |")
         median = np.percentile(np.median(samples, axis=1), [2.5, 97.5], axis=0)
         for m, key in enumerate(METRICS):
@@ -257,15 +257,15 @@ def report(cases: list[Case], solvers: list[str], reps: int, title: str) -> list
                 low_w, high_w = np.percentile(samples[:, worst, m], [2.5, 97.5])
                 verdicts.append(
                     f"- {'PASS' if high_w <= every else 'FAIL'}: {title}, {solver}, {LABELS[key]} <= {every} x "
-                    f"on every case: worst {cases[worst].label} {point[worst, m]:.3f} "
+                    f"on every case:\n  worst {cases[worst].label} {point[worst, m]:.3f} "
                     f"[{low_w:.3f}, {high_w:.3f}]")
             verdicts.append(
                 f"- {'PASS' if median[1, m] <= middle else 'FAIL'}: {title}, {solver}, {LABELS[key]} median "
-                f"<= {middle} x: {np.median(point[:, m]):.3f} [{median[0, m]:.3f}, {median[1, m]:.3f}]")
+                f"<= {middle} x:\n  {np.median(point[:, m]):.3f} [{median[0, m]:.3f}, {median[1, m]:.3f}]")
     for solver in solvers:
         nvlink = [totals(case.counters[solver])["nvlink_copies"]
                   / max(min(totals(case.counters[p])["nvlink_copies"] for p in PEERS), 1e-9) for case in cases]
-        print(f"\nNVLink copies (not judged), {solver} x the fewest of the peers': median "
+        print(f"\nNVLink copies (not judged), {solver} / peers' fewest: median "
               f"{np.median(nvlink):.3f}, worst {max(nvlink):.3f}")
     exempt = [f"{case.label} {LABELS[key]} ({why})" for case in cases for key, why in case.exempt.items()]
     print("\n* exempt: " + ("; ".join(exempt) if exempt else "none"))
@@ -316,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = synthetic_cases(args, solvers)
     if args.with_esft:
         cases += esft_cases(args, solvers)
-    print(f"# Held-out quality across shapes ({'quick' if args.quick else 'full'} grid; {args.layers} layers "
-          f"per case, {args.test_tokens:,} held-out synthetic tokens, {args.boot} resamples)")
+    print(f"# Held-out quality across shapes\n\n{'Quick' if args.quick else 'Full'} grid; {args.layers} layers "
+          f"per case, {args.test_tokens:,} held-out synthetic tokens,\n{args.boot} bootstrap resamples.")
     report(cases, solvers, args.boot, "all cases")
     small = [case for case in cases if case.window == 2000]
     if small:

@@ -363,8 +363,8 @@ def _descend(part, K, ptr, inc, nets, w, loads, slot_cap, load_cap, allowed, alp
     every candidate is evaluated exactly net by net.
     """
     E = part.shape[0]
-    # fast path (no max-parts limit, no load caps): the objective is cut + alpha * max touch,
-    # evaluated in O(1) from the three largest touches, and a swap whose lower bound (the
+    # fast path (no max-parts limit, no load caps): the objective is cut + alpha * max(max touch,
+    # floor), evaluated in O(1) from the three largest touches, and a swap whose lower bound (the
     # move tables without the shared-net correction, which is >= 0) cannot beat the best
     # is skipped before its shared nets are scanned. Both give the same values and choices
     # as the general path (float rounding is monotone), only sooner.

@@ -153,15 +153,19 @@ def _from_nodes(problem: LayerProblem, opts: Options, candidate: Candidate, star
         return measured(problem, expert_gpu, tuple(messages))
     search, _ = search_problem(problem, opts)
     if candidate.kind == "capped":
-        start = min((_searched(search, opts, kind, 0.0, starts) for kind in _start_kinds()),
-                    key=lambda node: net_spans(search.nets, search.weights, node, search.num_nodes)[0]
-                    @ search.weights)
-        _, touch = net_spans(search.nets, search.weights, start, search.num_nodes)
-        node = search_from(search, opts, start, candidate.cap * float(touch.max()))
+        _, peak, start = min((_node_score(search, _searched(search, opts, kind, 0.0, starts))
+                              for kind in _start_kinds()), key=lambda scored: scored[0])
+        node = search_from(search, opts, start, candidate.cap * peak)
     else:
         node = _searched(search, opts, candidate.kind, opts.alpha, starts)
     expert_gpu, _, _, messages = gpu_stage(problem, node, opts, search)
     return measured(problem, expert_gpu, tuple(messages))
+
+
+def _node_score(problem: LayerProblem, node: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(cut, peak node touch, node) of a node per expert [experts] on ``problem``."""
+    lam, touch = net_spans(problem.nets, problem.weights, node, problem.num_nodes)
+    return float(problem.weights @ lam), float(touch.max()), node
 
 
 def _start_kinds() -> tuple[str, ...]:
