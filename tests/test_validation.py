@@ -64,16 +64,25 @@ def test_candidates_include_mtkahypar_exactly_when_installed(monkeypatch):
 def test_ranking_credits_nic_balance_down_to_the_target_only():
     # "a" has the lowest cut; its peak (200) is the reference
     scores = {"a": (1000.0, 200.0, 9.0), "b": (1050.0, 160.0, 9.0), "c": (1100.0, 100.0, 9.0),
-              "d": (1030.0, 180.0, 1.0)}
+              "d": (1030.0, 180.0, 1.0), "e": (1020.0, 190.0, 9.0)}
     assert validation.reference_of(scores) == (1000.0, 200.0)
     keys = validation.ranking(scores)
     w, target = validation.NIC_WEIGHT, validation.NIC_TARGET
-    assert keys["a"][0] == pytest.approx(1.0 + w)
-    assert keys["d"][0] == pytest.approx(1.03 + w * 0.9)
-    assert keys["c"][0] == pytest.approx(1.10 + w * target)  # 0.5 x the reference earns only the target
-    assert keys["b"][0] == pytest.approx(1.05 + w * max(0.8, target))
-    assert min(keys, key=keys.__getitem__) == "b"  # 5% more cut for 20% off the busiest NIC
-    assert keys["c"][0] > keys["b"][0]  # halving the peak earns no more than the target does
+    assert keys["a"][1] == pytest.approx(1.0 + w)
+    assert keys["d"][1] == pytest.approx(1.03 + w * 0.9)
+    assert keys["c"][1] == pytest.approx(1.10 + w * target)  # 0.5 x the reference earns only the target
+    assert keys["b"][1] == pytest.approx(1.05 + w * max(0.8, target))
+    assert keys["c"][1] > keys["b"][1]  # halving the peak earns no more than the target does
+    assert min(keys, key=keys.__getitem__) == "d"  # 3% more cut for 10% off the busiest NIC
+
+
+def test_ranking_buys_nic_balance_with_at_most_the_cut_slack():
+    scores = {"a": (1000.0, 200.0, 9.0), "b": (1050.0, 160.0, 9.0), "d": (1030.0, 180.0, 1.0)}
+    keys = validation.ranking(scores)
+    assert validation.CUT_SLACK == pytest.approx(0.03)
+    assert keys["b"][1] < keys["d"][1]  # b's weighted rank is better ...
+    assert keys["b"] > keys["d"] and keys["b"] > keys["a"]  # ... but 5% more cut is beyond the slack
+    assert not keys["d"][0] and keys["b"][0]
 
 
 def test_capped_candidates_lower_the_busiest_nic_of_the_cut_only_search():

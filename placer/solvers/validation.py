@@ -21,7 +21,8 @@ fit noise: a placement tuned to the window's rare top-k sets loses on the next w
    relative to the lowest, plus :data:`NIC_WEIGHT` x the peak node touch (the busiest NIC)
    relative to the lowest-cut candidate's, credited down to :data:`NIC_TARGET` of it: NIC
    balance is bought with cut only down to 20% below a cut-only partition's busiest NIC,
-   not to the last token; ties by GPU peak, cut, then the candidate order;
+   not to the last token, and with at most :data:`CUT_SLACK` more cut than the lowest
+   (candidates beyond it rank last); ties by GPU peak, cut, then the candidate order;
 4. solves the whole window with the chosen candidate's method and returns it when it ranks
    no worse on the validation split than the chosen candidate, else the chosen candidate
    itself: so ``auto`` never ranks worse on its validation split than any candidate it
@@ -46,9 +47,9 @@ from placer.solvers.options import LayerResult, Options, search_problem
 from placer.solvers.problem import LayerProblem, net_spans, sample_nets
 from placer.solvers.spectral import spectral_parts
 
-__all__ = ["AUTO_ALPHA", "CANDIDATES", "CAPS", "CAP_ALPHA", "LADDER", "MTK_START_PINS", "NIC_TARGET", "NIC_WEIGHT",
-           "VALIDATION_SHARE", "Candidate", "auto_layer", "candidates", "measured", "ranking", "reference_of",
-           "split_problem", "validated", "validation_score"]
+__all__ = ["AUTO_ALPHA", "CANDIDATES", "CAPS", "CAP_ALPHA", "CUT_SLACK", "LADDER", "MTK_START_PINS", "NIC_TARGET",
+           "NIC_WEIGHT", "VALIDATION_SHARE", "Candidate", "auto_layer", "auto_options", "candidate_placements",
+           "candidates", "measured", "ranking", "reference_of", "split_problem", "validated", "validation_score"]
 
 #: share of each layer's tokens held out to choose among the candidates
 VALIDATION_SHARE = 0.25
@@ -66,6 +67,10 @@ NIC_TARGET = 0.8
 #: weight of the peak node touch relative to the cut in the validation rank, down to
 #: :data:`NIC_TARGET` (1% more inter-node copies = 2% less on the busiest NIC)
 NIC_WEIGHT = 0.5
+
+#: NIC balance is bought with at most this share more inter-node copies than the lowest-cut
+#: candidate's on the validation split (candidates above it rank after every one within it)
+CUT_SLACK = 0.03
 
 #: Mt-KaHyPar's start is partitioned on a sample of the search's nets holding about this many
 #: pins (its time grows with the pins: about 16 s a layer unsampled at DeepSeek-V3 shape)
@@ -213,19 +218,34 @@ def _candidate(name: str, problem: LayerProblem, opts: Options, solve: SolveFn, 
     return _from_nodes(problem, sub, candidate, {} if starts is None else starts)
 
 
+def auto_options(opts: Options) -> Options:
+    """``opts`` as ``auto`` solves its candidates: NIC weight :data:`AUTO_ALPHA` unless given,
+    GPUs packed by load alone (no spread search)."""
+    return replace(opts, alpha=AUTO_ALPHA if opts.alpha is None else opts.alpha, spread_search=False)
+
+
+def candidate_placements(problem: LayerProblem, opts: Options, solve: SolveFn) -> dict[str, np.ndarray]:
+    """Every candidate of :func:`candidates` solved on ``problem`` with ``opts`` (as
+    :func:`auto_options` gives them): name -> GPU of every expert [experts]."""
+    starts: dict = {}
+    return {name: _candidate(name, problem, opts, solve, starts).expert_gpu for name in candidates()}
+
+
 def candidates() -> list[str]:
     """The candidates ``auto`` compares (the Mt-KaHyPar starts only when it is installed)."""
     return [name for name, c in CANDIDATES.items() if c.kind != "refine-mtkahypar" or mtk.installed()]
 
 
 def ranking(scores: dict[str, tuple[float, float, float]], reference: tuple[float, float] | None = None
-            ) -> dict[str, tuple[float, float, float]]:
-    """Validation rank keys (lower is better) of (cut, peak node touch, GPU peak) scores:
+            ) -> dict[str, tuple[bool, float, float, float]]:
+    """Validation rank keys (lower is better) of (cut, peak node touch, GPU peak) scores: first
+    whether the cut exceeds (1 + :data:`CUT_SLACK`) x the lowest, then
     ``cut / lowest cut + NIC_WEIGHT x max(peak / reference peak, NIC_TARGET)``, then GPU peak,
     then cut. reference: the (lowest cut, reference peak) to divide by (default:
     :func:`reference_of` ``scores``)."""
     cut0, peak0 = reference or reference_of(scores)
-    return {name: (cut / max(cut0, 1e-9) + NIC_WEIGHT * max(peak / max(peak0, 1e-9), NIC_TARGET), gpu, cut)
+    return {name: (cut > (1 + CUT_SLACK) * cut0,
+                   cut / max(cut0, 1e-9) + NIC_WEIGHT * max(peak / max(peak0, 1e-9), NIC_TARGET), gpu, cut)
             for name, (cut, peak, gpu) in scores.items()}
 
 
@@ -248,10 +268,9 @@ def auto_layer(problem: LayerProblem, opts: Options, solve: SolveFn) -> LayerRes
     (:func:`placer.solvers.pipeline.solve_layer`) run with each candidate's options."""
     if not validated(problem):
         return solve(problem, replace(opts, solver="ilp"))
-    opts = replace(opts, alpha=AUTO_ALPHA if opts.alpha is None else opts.alpha, spread_search=False)
+    opts = auto_options(opts)
     fit, valid = split_problem(problem, VALIDATION_SHARE, opts.seed)
-    starts: dict = {}
-    placed = {name: _candidate(name, fit, opts, solve, starts).expert_gpu for name in candidates()}
+    placed = candidate_placements(fit, opts, solve)
     scores = {name: validation_score(valid, expert_gpu) for name, expert_gpu in placed.items()}
     keys = ranking(scores)
     chosen = min(keys, key=keys.__getitem__)
