@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -235,10 +236,11 @@ def hindsight(cases: list[Case]) -> list[str]:
     nic_every, nic_middle = FLOORS["nic_peak_tokens"]
     short = [case.label for case, nic in zip(cases, nic_at) if nic > nic_every]
     return [f"- hindsight median fewest inter-node x: {np.median(best):.3f} (floor {middle})",
-            f"- hindsight median lowest NIC peak x with inter-node <= {every} x on the case: "
+            f"- hindsight median lowest NIC peak x, inter-node <= {every} x: "
             f"{np.median(nic_at):.3f} (floor {nic_middle})",
-            f"- hindsight: no choice has inter-node <= {every} x and NIC peak <= {nic_every} x on "
-            f"{len(short)} of {len(cases)} cases" + (f":\n  {'; '.join(short)}" if short else "")]
+            f"- hindsight: no choice has inter-node <= {every} x and NIC peak <= {nic_every} x\n"
+            + textwrap.fill(f"on {len(short)} of {len(cases)} cases" + (f": {'; '.join(short)}" if short else ""),
+                            80, initial_indent="  ", subsequent_indent="  ")]
 
 
 def synthetic_cases(args: argparse.Namespace, solvers: list[str]) -> list[Case]:
