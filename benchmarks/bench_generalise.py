@@ -339,7 +339,7 @@ def report(cases: list[Case], solvers: list[str], reps: int, title: str) -> list
               f"{np.median(nvlink):.3f}, worst {max(nvlink):.3f}")
     exempt = [f"{case.label} {LABELS[key]} ({why})" for case in cases for key, why in case.exempt.items()]
     print("\n* exempt: " + ("; ".join(exempt) if exempt else "none"))
-    if all(case.hindsight for case in cases):
+    if cases and all(case.hindsight for case in cases):
         verdicts += hindsight(cases)
     print("\n### Floors\n\n" + "\n".join(verdicts))
     return verdicts
