@@ -72,7 +72,7 @@ from placer.graph import TraceSummary, summarize
 from placer.placement import from_expert_gpu
 from placer.request import PlacementProblem, SolverSettings
 from placer.solvers import solve
-from placer.solvers.options import Options, layer_budget
+from placer.solvers.api import layer_options
 from placer.solvers.pipeline import solve_layer
 from placer.solvers.problem import build_problems
 from placer.solvers.validation import auto_options, candidate_placements
@@ -135,6 +135,12 @@ def totals(counters: dict[str, np.ndarray], pick: np.ndarray | None = None) -> d
             "nvlink_copies": float(summed["nvlink_sent"].sum())}
 
 
+def best_peer(case: Case) -> dict[str, float]:
+    """The lowest held-out total of any Mt-KaHyPar variant, per key of :func:`totals`."""
+    peers = [totals(case.counters[p]) for p in PEERS]
+    return {key: min(p[key] for p in peers) for key in peers[0]}
+
+
 def node_minima(test: Trace, topology: Topology, slots: int) -> dict[str, float]:
     """Fewest held-out inter-node copies and lowest NIC peak any node assignment reaches, each
     minimised per layer over every assignment of the E experts to nodes holding at most
@@ -179,7 +185,7 @@ def run_case(label: str, train: Trace, test: Trace, topology: Topology, solvers:
     if test.num_experts <= EXHAUSTIVE_MAX_EXPERTS:
         slots = -(-test.num_experts // topology.num_gpus)
         minima = node_minima(test, topology, slots)
-        peer = {key: min(totals(case.counters[p])[key] for p in PEERS) for key in minima}
+        peer = best_peer(case)
         for key, best in minima.items():
             if best / peer[key] > FLOORS[key][0]:
                 case.exempt[key] = (f"exhaustive: best possible {best / peer[key]:.3f} x best peer "
@@ -191,7 +197,7 @@ def candidates_held_out(summary: TraceSummary, test: Trace, topology: Topology, 
     """Every candidate ``auto`` compares, solved on the whole window (as ``auto`` re-solves its
     choice) and replayed on ``test``: per layer [candidates, (inter-node copies, NIC peak)]."""
     problems = build_problems(summary, topology.nodes, topology.gpus_per_node)
-    opts = auto_options(Options("auto", 0, None, 15, layer_budget(budget, len(problems))))
+    opts = auto_options(layer_options(SolverSettings("auto", budget), len(problems)))
     placed = [candidate_placements(p, opts, solve_layer) for p in problems]
     layers = []
     for name in placed[0]:
@@ -221,7 +227,7 @@ def hindsight(cases: list[Case]) -> list[str]:
     rows, best, nic_at = [], [], []
     every, middle = FLOORS["internode_tokens_dedup"]
     for case in cases:
-        peer = {key: min(totals(case.counters[p])[key] for p in PEERS) for key in METRICS[:2]}
+        peer = best_peer(case)
         front = pareto_sums(case.hindsight) / [peer["internode_tokens_dedup"], peer["nic_peak_tokens"]]
         within = front[front[:, 0] <= every]
         best.append(front[:, 0].min())
@@ -333,8 +339,8 @@ def report(cases: list[Case], solvers: list[str], reps: int, title: str) -> list
                 f"- {'PASS' if median[1, m] <= middle else 'FAIL'}: {title}, {solver}, {LABELS[key]} median "
                 f"<= {middle} x:\n  {np.median(point[:, m]):.3f} [{median[0, m]:.3f}, {median[1, m]:.3f}]")
     for solver in solvers:
-        nvlink = [totals(case.counters[solver])["nvlink_copies"]
-                  / max(min(totals(case.counters[p])["nvlink_copies"] for p in PEERS), 1e-9) for case in cases]
+        nvlink = [totals(case.counters[solver])["nvlink_copies"] / max(best_peer(case)["nvlink_copies"], 1e-9)
+                  for case in cases]
         print(f"\nNVLink copies (not judged), {solver} / peers' fewest: median "
               f"{np.median(nvlink):.3f}, worst {max(nvlink):.3f}")
     exempt = [f"{case.label} {LABELS[key]} ({why})" for case in cases for key, why in case.exempt.items()]

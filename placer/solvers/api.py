@@ -125,6 +125,12 @@ def _solve_all(problems: list[LayerProblem], opts: Options, workers: int, progre
         return [r if r is not None else interrupted_layer(p) for r, p in zip(stop.results, problems)], True
 
 
+def layer_options(settings: SolverSettings, layers: int) -> Options:
+    """The per-layer options :func:`solve` runs ``layers`` layers with under ``settings``
+    (the time limit shared out as deterministic layer budgets)."""
+    return Options(settings.solver, settings.seed, settings.alpha, 15, layer_budget(settings.time_limit, layers))
+
+
 def solve(
     trace: Trace | TraceSource | TraceSummary,
     problem: PlacementProblem,
@@ -175,7 +181,7 @@ def solve(
         summary, topology.nodes, topology.gpus_per_node,
         one_copy_slots if spare and groups is None else slots_per_gpu, constraints, excluded,
     )
-    opts = Options(solver, settings.seed, settings.alpha, 15, layer_budget(settings.time_limit, len(problems)))
+    opts = layer_options(settings, len(problems))
     if settings.mapper is None:
         results, interrupted = _solve_all(problems, opts, settings.workers, settings.progress,
                                           settings.on_interrupt)

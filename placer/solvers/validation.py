@@ -142,10 +142,9 @@ def _net_loads(nets: np.ndarray, weights: np.ndarray, experts: int) -> np.ndarra
 
 def validation_score(problem: LayerProblem, expert_gpu: np.ndarray) -> tuple[float, float, float]:
     """(cut, peak node touch, GPU peak load) of ``expert_gpu`` [experts] on ``problem``."""
-    node = expert_gpu // problem.gpus_per_node
-    lam, touch = net_spans(problem.nets, problem.weights, node, problem.num_nodes)
+    cut, peak, _ = _node_score(problem, expert_gpu // problem.gpus_per_node)
     gpu_load = np.bincount(expert_gpu, weights=problem.loads, minlength=problem.num_gpus)
-    return float((problem.weights * lam).sum()), float(touch.max()), float(gpu_load.max())
+    return cut, peak, float(gpu_load.max())
 
 
 def _from_nodes(problem: LayerProblem, opts: Options, candidate: Candidate, starts: dict) -> LayerResult:
