@@ -34,6 +34,10 @@ contiguous blocks of whole test sequences (``--boot`` resamples; the best peer i
 in every resample; the median's interval from the median of each resample). Replay: source
 GPU t mod P, normal dispatch, one copy per expert.
 
+In-sample vs held out: every placement is also replayed on the window it was solved on; a
+solver whose ratio to the best peer grows from there to the held-out tokens fits its window
+more than the peers do (the shift per case is printed, not judged).
+
 Hindsight (with ``auto`` among the solvers): every candidate ``auto`` compares, solved on the
 whole window, replayed on the held-out tokens; the exact frontier of choosing one per layer
 knowing those tokens shows whether any choice among them reaches the floors together (no
@@ -103,6 +107,7 @@ class Case:
     label: str
     window: int
     counters: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # name -> key -> [blocks, ...]
+    train_counters: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # the same, on the window
     seconds: dict[str, float] = field(default_factory=dict)
     exempt: dict[str, str] = field(default_factory=dict)  # metric -> reason
     hindsight: list[np.ndarray] = field(default_factory=list)  # per layer: [candidates, (inter-node, NIC peak)]
@@ -135,10 +140,37 @@ def totals(counters: dict[str, np.ndarray], pick: np.ndarray | None = None) -> d
             "nvlink_copies": float(summed["nvlink_sent"].sum())}
 
 
-def best_peer(case: Case) -> dict[str, float]:
-    """The lowest held-out total of any Mt-KaHyPar variant, per key of :func:`totals`."""
-    peers = [totals(case.counters[p]) for p in PEERS]
+def best_peer(case: Case, counters: str = "counters") -> dict[str, float]:
+    """The lowest held-out total of any Mt-KaHyPar variant, per key of :func:`totals`
+    (``counters="train_counters"``: on the training window)."""
+    peers = [totals(getattr(case, counters)[p]) for p in PEERS]
     return {key: min(p[key] for p in peers) for key in peers[0]}
+
+
+def in_sample_and_held_out(case: Case, solver: str) -> np.ndarray:
+    """Ratios of ``solver`` to the best peer per judged metric, on the training window and on
+    the held-out tokens (the best peer chosen on each): [2, metrics]."""
+    rows = []
+    for counters in ("train_counters", "counters"):
+        mine, peer = totals(getattr(case, counters)[solver]), best_peer(case, counters)
+        rows.append([mine[key] / max(peer[key], 1e-9) for key in METRICS])
+    return np.array(rows)
+
+
+def overfitting(cases: list[Case], solvers: list[str]) -> None:
+    """Print whether a solver loses more ground than the peers between the window it was
+    solved on and the held-out tokens: held-out ratio minus in-sample ratio, per case."""
+    print("\n### In-sample vs held out\n\n"
+          "Ratios to the best peer on the training window itself and on the held-out\n"
+          "tokens (point ratios, medians over cases); shift = held-out ratio minus\n"
+          "in-sample ratio per case (> 0: the solver fits its window more than the peers).\n\n"
+          "| solver | metric | in-sample | held out | shift median | shift worst |\n|---|---|---|---|---|---|")
+    for solver in solvers:
+        ratios = np.stack([in_sample_and_held_out(case, solver) for case in cases])  # [cases, 2, metrics]
+        shift = ratios[:, 1] - ratios[:, 0]
+        for m, key in enumerate(METRICS[:2]):
+            print(f"| {solver} | {LABELS[key]} | {np.median(ratios[:, 0, m]):.3f} | {np.median(ratios[:, 1, m]):.3f} "
+                  f"| {np.median(shift[:, m]):+.3f} | {shift[:, m].max():+.3f} |")
 
 
 def node_minima(test: Trace, topology: Topology, slots: int) -> dict[str, float]:
@@ -180,6 +212,7 @@ def run_case(label: str, train: Trace, test: Trace, topology: Topology, solvers:
             placements[name] = solve(summary, PlacementProblem(topology), SolverSettings(name, budget))[0]
         case.seconds[name] = time.perf_counter() - started
     case.counters = {name: block_counters(test, p, topology, args.blocks) for name, p in placements.items()}
+    case.train_counters = {name: block_counters(train, p, topology, 1) for name, p in placements.items()}
     if "auto" in solvers:
         case.hindsight = candidates_held_out(summary, test, topology, budget)
     if test.num_experts <= EXHAUSTIVE_MAX_EXPERTS:
@@ -345,6 +378,8 @@ def report(cases: list[Case], solvers: list[str], reps: int, title: str) -> list
               f"{np.median(nvlink):.3f}, worst {max(nvlink):.3f}")
     exempt = [f"{case.label} {LABELS[key]} ({why})" for case in cases for key, why in case.exempt.items()]
     print("\n* exempt: " + ("; ".join(exempt) if exempt else "none"))
+    if cases:
+        overfitting(cases, solvers)
     if cases and all(case.hindsight for case in cases):
         verdicts += hindsight(cases)
     print("\n### Floors\n\n" + "\n".join(verdicts))
