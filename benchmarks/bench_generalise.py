@@ -140,21 +140,23 @@ def totals(counters: dict[str, np.ndarray], pick: np.ndarray | None = None) -> d
             "nvlink_copies": float(summed["nvlink_sent"].sum())}
 
 
-def best_peer(case: Case, counters: str = "counters") -> dict[str, float]:
+def best_peer(case: Case, counters: str = "counters", pick: np.ndarray | None = None) -> dict[str, float]:
     """The lowest held-out total of any Mt-KaHyPar variant, per key of :func:`totals`
-    (``counters="train_counters"``: on the training window)."""
-    peers = [totals(getattr(case, counters)[p]) for p in PEERS]
+    (``counters="train_counters"``: on the training window; ``pick``: resampled block ids)."""
+    peers = [totals(getattr(case, counters)[p], pick) for p in PEERS]
     return {key: min(p[key] for p in peers) for key in peers[0]}
+
+
+def ratios(case: Case, solver: str, counters: str = "counters", pick: np.ndarray | None = None) -> list[float]:
+    """``solver``'s total over the best peer's, per judged metric (arguments as :func:`best_peer`)."""
+    mine, peer = totals(getattr(case, counters)[solver], pick), best_peer(case, counters, pick)
+    return [mine[key] / max(peer[key], 1e-9) for key in METRICS]
 
 
 def in_sample_and_held_out(case: Case, solver: str) -> np.ndarray:
     """Ratios of ``solver`` to the best peer per judged metric, on the training window and on
     the held-out tokens (the best peer chosen on each): [2, metrics]."""
-    rows = []
-    for counters in ("train_counters", "counters"):
-        mine, peer = totals(getattr(case, counters)[solver]), best_peer(case, counters)
-        rows.append([mine[key] / max(peer[key], 1e-9) for key in METRICS])
-    return np.array(rows)
+    return np.array([ratios(case, solver, counters) for counters in ("train_counters", "counters")])
 
 
 def overfitting(cases: list[Case], solvers: list[str]) -> None:
@@ -330,9 +332,7 @@ def bootstrap(cases: list[Case], solver: str, reps: int) -> tuple[np.ndarray, np
         blocks = len(case.counters[solver]["gpu_load"])
         picks = [None] + [rng.integers(blocks, size=blocks) for _ in range(reps)]
         for r, pick in enumerate(picks):
-            mine = totals(case.counters[solver], pick)
-            peers = [totals(case.counters[p], pick) for p in PEERS]
-            row = [mine[key] / max(min(p[key] for p in peers), 1e-9) for key in METRICS]
+            row = ratios(case, solver, pick=pick)
             if pick is None:
                 point[c] = row
             else:
