@@ -256,14 +256,24 @@ def pareto_sums(per_layer: list[np.ndarray]) -> np.ndarray:
     return front
 
 
+def median_limits_reached(fronts: list[np.ndarray]) -> tuple[int, int, int]:
+    """Cases whose frontier [points, (inter-node x, NIC peak x)] holds a point at or under the
+    inter-node median limit, one at or under the NIC peak median limit, and one under both."""
+    limits = np.array([FLOORS["internode_tokens_dedup"][1], FLOORS["nic_peak_tokens"][1]])
+    under = [front <= limits for front in fronts]
+    return (sum(bool(u[:, 0].any()) for u in under), sum(bool(u[:, 1].any()) for u in under),
+            sum(bool(u.all(axis=1).any()) for u in under))
+
+
 def hindsight(cases: list[Case]) -> list[str]:
     """Whether any per-layer choice among ``auto``'s candidates, made on the held-out tokens
     themselves, reaches the inter-node and NIC floors together (point ratios to the best peer)."""
-    rows, best, nic_at = [], [], []
+    rows, best, nic_at, fronts = [], [], [], []
     every, middle = FLOORS["internode_tokens_dedup"]
     for case in cases:
         peer = best_peer(case)
         front = pareto_sums(case.hindsight) / [peer["internode_tokens_dedup"], peer["nic_peak_tokens"]]
+        fronts.append(front)
         within = front[front[:, 0] <= every]
         best.append(front[:, 0].min())
         nic_at.append(within[:, 1].min() if len(within) else np.inf)
@@ -276,9 +286,12 @@ def hindsight(cases: list[Case]) -> list[str]:
           + "\n".join(rows))
     nic_every, nic_middle = FLOORS["nic_peak_tokens"]
     short = [case.label for case, nic in zip(cases, nic_at) if nic > nic_every]
+    cut_cases, nic_cases, both = median_limits_reached(fronts)
     return [f"- hindsight median fewest inter-node x: {np.median(best):.3f} (floor {middle})",
             f"- hindsight median lowest NIC peak x, inter-node <= {every} x: "
             f"{np.median(nic_at):.3f} (floor {nic_middle})",
+            f"- hindsight: cases where a choice reaches inter-node <= {middle} x: {cut_cases} of\n"
+            f"  {len(cases)}; NIC peak <= {nic_middle} x: {nic_cases}; both at once: {both}",
             f"- hindsight: no choice has inter-node <= {every} x and NIC peak <= {nic_every} x\n"
             + textwrap.fill(f"on {len(short)} of {len(cases)} cases" + (f": {'; '.join(short)}" if short else ""),
                             80, initial_indent="  ", subsequent_indent="  ")]

@@ -54,3 +54,11 @@ def test_in_sample_and_held_out_divide_by_the_best_peer_on_each_token_set(bench)
     ratios = bench.in_sample_and_held_out(case, "auto")
     assert ratios.shape == (2, len(bench.METRICS))
     np.testing.assert_allclose(ratios, [[81 / 90, 55 / 50, 5 / 5], [209 / 190, 101 / 100, 9 / 9]])
+
+
+def test_median_limits_reached_counts_each_limit_and_both_at_once(bench):
+    cut, nic = bench.FLOORS["internode_tokens_dedup"][1], bench.FLOORS["nic_peak_tokens"][1]
+    fronts = [np.array([[cut - 0.01, nic + 0.05], [cut + 0.01, nic - 0.01]]),  # each limit, never both
+              np.array([[cut, nic]]),  # both, at the limits
+              np.array([[cut + 0.001, nic + 0.001]])]  # neither
+    assert bench.median_limits_reached(fronts) == (2, 2, 1)
