@@ -28,7 +28,8 @@ A case is one (shape, nodes x GPUs, training window, seed), all its layers summe
 Placements: Mt-KaHyPar's three variants (``benchmarks/peers.py``: km1 QUALITY + packing,
 km1 HIGHEST_QUALITY + packing, Steiner-tree mapping onto nodes x GPUs) and placer's solvers,
 all on the same window; ``auto`` at its default budget (60 s for the whole model, scaled to
-the layers replayed, so the per-layer effort is the default's). Each placer metric is a ratio
+the layers replayed, so the per-layer effort is the default's) and NIC-balance weight
+(``--alpha`` sets placer's: 0 asks for the fewest inter-node copies). Each placer metric is a ratio
 to the best Mt-KaHyPar variant for that metric. Intervals: bootstrap over ``--blocks``
 contiguous blocks of whole test sequences (``--boot`` resamples; the best peer is re-chosen
 in every resample; the median's interval from the median of each resample). Replay: source
@@ -211,12 +212,13 @@ def run_case(label: str, train: Trace, test: Trace, topology: Topology, solvers:
         if name in PEERS:
             placements[name] = mtkahypar_placement(summary, topology, name)
         else:
-            placements[name] = solve(summary, PlacementProblem(topology), SolverSettings(name, budget))[0]
+            settings = SolverSettings(name, budget, alpha=args.alpha)
+            placements[name] = solve(summary, PlacementProblem(topology), settings)[0]
         case.seconds[name] = time.perf_counter() - started
     case.counters = {name: block_counters(test, p, topology, args.blocks) for name, p in placements.items()}
     case.train_counters = {name: block_counters(train, p, topology, 1) for name, p in placements.items()}
     if "auto" in solvers:
-        case.hindsight = candidates_held_out(summary, test, topology, budget)
+        case.hindsight = candidates_held_out(summary, test, topology, SolverSettings("auto", budget, alpha=args.alpha))
     if test.num_experts <= EXHAUSTIVE_MAX_EXPERTS:
         slots = -(-test.num_experts // topology.num_gpus)
         minima = node_minima(test, topology, slots)
@@ -228,11 +230,13 @@ def run_case(label: str, train: Trace, test: Trace, topology: Topology, solvers:
     return case
 
 
-def candidates_held_out(summary: TraceSummary, test: Trace, topology: Topology, budget: float) -> list[np.ndarray]:
-    """Every candidate ``auto`` compares, solved on the whole window (as ``auto`` re-solves its
-    choice) and replayed on ``test``: per layer [candidates, (inter-node copies, NIC peak)]."""
+def candidates_held_out(summary: TraceSummary, test: Trace, topology: Topology, settings: SolverSettings
+                        ) -> list[np.ndarray]:
+    """Every candidate ``auto`` (run with ``settings``) compares, solved on the whole window (as
+    ``auto`` re-solves its choice) and replayed on ``test``: per layer [candidates, (inter-node
+    copies, NIC peak)]."""
     problems = build_problems(summary, topology.nodes, topology.gpus_per_node)
-    opts = auto_options(layer_options(SolverSettings("auto", budget), len(problems)))
+    opts = auto_options(layer_options(settings, len(problems)))
     placed = [candidate_placements(p, opts, solve_layer) for p in problems]
     layers = []
     for name in placed[0]:
@@ -403,6 +407,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the quick subset (a few minutes on 2 cores)")
     parser.add_argument("--solvers", default="spectral,auto")
+    parser.add_argument("--alpha", type=float, default=None, help="placer's NIC-balance weight (default: the solver's)")
     parser.add_argument("--layers", type=int, default=6, help="first layers of each preset replayed")
     parser.add_argument("--test-tokens", type=int, default=20_000)
     parser.add_argument("--windows", default="1000,2000,10000,100000", help="training windows (tokens)")

@@ -131,6 +131,11 @@ SourceOpt = Annotated[
 ]
 RuleOpt = Annotated[Rule, typer.Option(help="Which replica serves a token when experts are replicated.")]
 LpBatchOpt = Annotated[int, typer.Option(help="Consecutive tokens the lp rule balances together (one batch).")]
+AlphaOpt = Annotated[
+    float | None,
+    typer.Option(help="Weight of the busiest NIC's traffic against inter-node copies (default: the solver's; "
+                 "0: fewest inter-node copies)."),
+]
 DispatchOpt = Annotated[
     Dispatch, typer.Option(help="normal: one copy per remote node; low-latency: one per remote expert.")
 ]
@@ -323,6 +328,7 @@ def place_command(
         Rule, typer.Option(help="Replica rule the engine will run: spare-slot replicas are packed for it.")
     ] = Rule.nearest,
     lp_batch: LpBatchOpt = LP_BATCH_TOKENS,
+    alpha: AlphaOpt = None,
     scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -358,7 +364,7 @@ def place_command(
     in_service = placement_io.read_placement(current, topo.num_gpus, topo.gpus_per_node, mdl) if current else None
     with terminal_progress(quiet) as progress:
         settings = SolverSettings(
-            solver.value, time_limit, seed, None, workers, None, progress, "best", _max_nets(max_nets)
+            solver.value, time_limit, seed, alpha, workers, None, progress, "best", _max_nets(max_nets)
         )
         with nullcontext() if scheduler is None else _cluster(scheduler, source) as cluster:
             result = workflow.place(source, problem, settings, current=in_service, cluster=cluster)
@@ -642,9 +648,7 @@ def sweep_command(
     ] = 0.0,
     solver: Annotated[str, typer.Option(help="placer's solver: spectral, auto, ilp, eplb.")] = "spectral",
     seed: Annotated[int, typer.Option(help="Solver seed.")] = 0,
-    alpha: Annotated[
-        float | None, typer.Option(help="placer's NIC-balance weight (default: the solver's per node count).")
-    ] = None,
+    alpha: AlphaOpt = None,
     out: Annotated[str | None, typer.Option(help="Directory for sweep.json and sweep.png.")] = None,
     scheduler: Annotated[
         str | None,

@@ -102,7 +102,9 @@ class SolverSettings:
     time_limit: total budget in seconds, converted to deterministic per-layer effort (the
     result never depends on machine speed or ``workers``). seed: random seed.
     alpha: weight of the busiest node's traffic (NIC balance) against the cut (None: per
-    node count). workers: processes solving layers. mapper: runs the per-layer solves,
+    node count; ``auto``: 1, and its choice among candidates weighs the busiest NIC by
+    alpha / 2 against the cut, so 0 chooses the fewest inter-node copies). workers: processes
+    solving layers. mapper: runs the per-layer solves,
     ``mapper(fn, problems) -> [fn(p) for p in problems]`` (e.g. a Dask cluster's map).
     progress: callback(stage, done, total). on_interrupt: "raise" lets Ctrl-C propagate;
     "best" returns the layers solved so far and quick stand-ins for the rest.
@@ -127,6 +129,7 @@ class SolverSettings:
         check_count(self.seed, "seed", 0, MAX_SEED)
         if self.alpha is not None:
             check_real(self.alpha, "alpha", 0.0, 1e6)
+            object.__setattr__(self, "alpha", float(self.alpha))
         check_count(self.workers, "workers", 1, MAX_WORKERS)
         if self.on_interrupt not in ON_INTERRUPT:
             raise InputError(None, "on_interrupt", f"expected 'raise' or 'best', got {self.on_interrupt!r}")

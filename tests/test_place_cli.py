@@ -147,3 +147,18 @@ def test_replicas_packed_and_replayed_under_the_lp_rule(tmp_path, cli):
     assert replay.code == 0, replay.err
     bad = cli("place", "--trace", TRAIN, "--solver", "spectral", "--out", tmp_path / "bad.json", "--lp-batch", "0")
     assert bad.code == 2 and "--lp-batch" in bad.err and len(bad.err.strip().splitlines()) == 1
+
+
+def test_alpha_flag_reaches_the_solver_and_is_recorded(tmp_path, cli):
+    objective = {}
+    for alpha in (None, "0"):
+        out = tmp_path / f"a{alpha}.json"
+        flags = () if alpha is None else ("--alpha", alpha)
+        result = cli("place", "--trace", TRAIN, "--solver", "spectral", "--out", out, *flags)
+        assert result.code == 0, result.err
+        doc = json.loads(out.read_text())
+        assert doc["solver"].get("alpha") == (None if alpha is None else 0.0)
+        objective[alpha] = doc["solver"]["objective"]
+    assert objective["0"] < objective[None]  # the default (2 at 4 nodes) buys NIC balance with cut
+    result = cli("place", "--trace", TRAIN, "--solver", "spectral", "--out", tmp_path / "bad.json", "--alpha", "-1")
+    assert result.code != 0 and "--alpha" in result.err and not (tmp_path / "bad.json").exists()

@@ -35,21 +35,24 @@ def test_split_keeps_every_token_once_and_is_deterministic():
     assert not (len(other.weights) == len(valid.weights) and np.array_equal(other.nets, valid.nets))
 
 
-@pytest.mark.parametrize("case", [("qwen1.5-moe", 3, 4, 2000), ("mixtral", 4, 2, 1500), ("olmoe", 6, 2, 4000)])
+@pytest.mark.parametrize("case", [("qwen1.5-moe", 3, 4, 2000, None), ("mixtral", 4, 2, 1500, None),
+                                  ("olmoe", 6, 2, 4000, None), ("seed001", 5, 4, 2000, 0.0)])
 def test_auto_is_never_worse_on_its_validation_split_than_any_candidate(case):
-    preset, nodes, gpus, tokens = case
-    opts = Options(solver="auto", layer_budget=0.5)
+    preset, nodes, gpus, tokens, alpha = case
+    opts = Options(solver="auto", alpha=alpha, layer_budget=0.5)
     for problem in _problems(tokens, nodes, gpus, preset):
         chosen = solve_layer(problem, opts)
         fit, valid = validation.split_problem(problem, validation.VALIDATION_SHARE, opts.seed)
-        inner = replace(opts, alpha=validation.AUTO_ALPHA)
+        inner = validation.auto_options(opts)
         scores = {name: validation.validation_score(valid, validation._candidate(name, fit, inner, solve_layer)
                                                     .expert_gpu) for name in validation.candidates()}
         reference = validation.reference_of(scores)
-        keys = validation.ranking({**scores, "auto": validation.validation_score(valid, chosen.expert_gpu)},
-                                  reference)
+        mine = validation.validation_score(valid, chosen.expert_gpu)
+        keys = validation.ranking({**scores, "auto": mine}, reference, validation.nic_weight(inner.alpha))
         for name in scores:
             assert keys["auto"] <= keys[name], name
+        if alpha == 0:  # the NIC is not weighed: the fewest validation inter-node copies
+            assert mine[0] <= min(score[0] for score in scores.values())
         assert any("auto chose" in m for m in chosen.messages)
         counts = np.bincount(chosen.expert_gpu, minlength=nodes * gpus)
         assert counts.max() <= problem.slots_per_gpu and counts.sum() == problem.num_experts
@@ -74,6 +77,16 @@ def test_ranking_credits_nic_balance_down_to_the_target_only():
     assert keys["b"][1] == pytest.approx(1.05 + w * max(0.8, target))
     assert keys["c"][1] > keys["b"][1]  # halving the peak earns no more than the target does
     assert min(keys, key=keys.__getitem__) == "d"  # 3% more cut for 10% off the busiest NIC
+
+
+def test_nic_weight_follows_alpha_and_zero_ranks_by_cut_alone():
+    assert validation.nic_weight(validation.AUTO_ALPHA) == validation.NIC_WEIGHT
+    assert validation.nic_weight(2 * validation.AUTO_ALPHA) == pytest.approx(2 * validation.NIC_WEIGHT)
+    scores = {"a": (1000.0, 200.0, 9.0), "b": (1010.0, 100.0, 1.0), "c": (1000.0, 150.0, 5.0)}
+    keys = validation.ranking(scores, weight=validation.nic_weight(0.0))
+    assert keys["a"][1] == keys["c"][1] == 1.0 and keys["b"][1] == pytest.approx(1.01)
+    assert min(keys, key=keys.__getitem__) == "c"  # equal cut: the lower GPU peak
+    assert min(validation.ranking(scores), key=validation.ranking(scores).__getitem__) == "b"
 
 
 def test_ranking_buys_nic_balance_with_at_most_the_cut_slack():

@@ -211,6 +211,7 @@ def solve(
     expert_gpu = np.stack([r.expert_gpu for r in results])
     metadata = {
         "solver": {"name": solver, "seed": settings.seed, "time_limit": settings.time_limit,
+                   **({} if settings.alpha is None else {"alpha": settings.alpha}),
                    "objective": report.objective, "bound": report.bound, "gap": report.gap,
                    **({"interrupted": report.interrupted_facts()} if interrupted else {})},
         "topology": topology.to_dict(),

@@ -22,7 +22,8 @@ fit noise: a placement tuned to the window's rare top-k sets loses on the next w
    relative to the lowest-cut candidate's, credited down to :data:`NIC_TARGET` of it: NIC
    balance is bought with cut only down to 20% below a cut-only partition's busiest NIC,
    not to the last token, and with at most :data:`CUT_SLACK` more cut than the lowest
-   (candidates beyond it rank last); ties by GPU peak, cut, then the candidate order;
+   (candidates beyond it rank last); ties by GPU peak, cut, then the candidate order. A
+   given ``alpha`` scales the NIC weight (:func:`nic_weight`; 0: the lowest cut wins);
 4. solves the whole window with the chosen candidate's method and returns it when it ranks
    no worse on the validation split than the chosen candidate, else the chosen candidate
    itself: so ``auto`` never ranks worse on its validation split than any candidate it
@@ -49,7 +50,8 @@ from placer.solvers.spectral import spectral_parts
 
 __all__ = ["AUTO_ALPHA", "CANDIDATES", "CAPS", "CAP_ALPHA", "CUT_SLACK", "LADDER", "MTK_START_PINS", "NIC_TARGET",
            "NIC_WEIGHT", "VALIDATION_SHARE", "Candidate", "auto_layer", "auto_options", "candidate_placements",
-           "candidates", "measured", "ranking", "reference_of", "split_problem", "validated", "validation_score"]
+           "candidates", "measured", "nic_weight", "ranking", "reference_of", "split_problem", "validated",
+           "validation_score"]
 
 #: share of each layer's tokens held out to choose among the candidates
 VALIDATION_SHARE = 0.25
@@ -235,16 +237,22 @@ def candidates() -> list[str]:
     return [name for name, c in CANDIDATES.items() if c.kind != "refine-mtkahypar" or mtk.installed()]
 
 
-def ranking(scores: dict[str, tuple[float, float, float]], reference: tuple[float, float] | None = None
-            ) -> dict[str, tuple[bool, float, float, float]]:
+def nic_weight(alpha: float) -> float:
+    """Weight of the busiest NIC in the validation rank for NIC-balance weight ``alpha``:
+    :data:`NIC_WEIGHT` at :data:`AUTO_ALPHA`, in proportion to it (0: cut only)."""
+    return NIC_WEIGHT * alpha / AUTO_ALPHA
+
+
+def ranking(scores: dict[str, tuple[float, float, float]], reference: tuple[float, float] | None = None,
+            weight: float = NIC_WEIGHT) -> dict[str, tuple[bool, float, float, float]]:
     """Validation rank keys (lower is better) of (cut, peak node touch, GPU peak) scores: first
     whether the cut exceeds (1 + :data:`CUT_SLACK`) x the lowest, then
-    ``cut / lowest cut + NIC_WEIGHT x max(peak / reference peak, NIC_TARGET)``, then GPU peak,
+    ``cut / lowest cut + weight x max(peak / reference peak, NIC_TARGET)``, then GPU peak,
     then cut. reference: the (lowest cut, reference peak) to divide by (default:
-    :func:`reference_of` ``scores``)."""
+    :func:`reference_of` ``scores``); weight: of the busiest NIC (:func:`nic_weight`)."""
     cut0, peak0 = reference or reference_of(scores)
     return {name: (cut > (1 + CUT_SLACK) * cut0,
-                   cut / max(cut0, 1e-9) + NIC_WEIGHT * max(peak / max(peak0, 1e-9), NIC_TARGET), gpu, cut)
+                   cut / max(cut0, 1e-9) + weight * max(peak / max(peak0, 1e-9), NIC_TARGET), gpu, cut)
             for name, (cut, peak, gpu) in scores.items()}
 
 
@@ -271,11 +279,12 @@ def auto_layer(problem: LayerProblem, opts: Options, solve: SolveFn) -> LayerRes
     fit, valid = split_problem(problem, VALIDATION_SHARE, opts.seed)
     placed = candidate_placements(fit, opts, solve)
     scores = {name: validation_score(valid, expert_gpu) for name, expert_gpu in placed.items()}
-    keys = ranking(scores)
+    weight = nic_weight(opts.alpha)
+    keys = ranking(scores, weight=weight)
     chosen = min(keys, key=keys.__getitem__)
     final = _candidate(chosen, problem, opts, solve)
     note = (f"layer {problem.layer}: auto chose {chosen} on a {VALIDATION_SHARE:.0%} validation split "
             f"(held-out cut {scores[chosen][0]:.0f}, peak node touch {scores[chosen][1]:.0f})")
-    if ranking({"": validation_score(valid, final.expert_gpu)}, reference_of(scores))[""] <= keys[chosen]:
+    if ranking({"": validation_score(valid, final.expert_gpu)}, reference_of(scores), weight)[""] <= keys[chosen]:
         return replace(final, messages=(*final.messages, note))
     return measured(problem, placed[chosen], (note + "; kept as solved on the fit split",))
