@@ -24,6 +24,8 @@ __all__ = ["LP_BATCH_TOKENS", "METHODS", "RULES", "SOLVERS", "PlacementProblem",
 #: placement algorithms: spectral (seconds), ilp (spectral, then CP-SAT), auto (candidates chosen on a
 #: validation split, :mod:`placer.solvers.validation`), eplb (loads only)
 SOLVERS = ("auto", "spectral", "ilp", "eplb")
+#: the solvers that weigh the busiest node's traffic (``SolverSettings.alpha``)
+NIC_WEIGHED = ("auto", "spectral", "ilp")
 #: every way to produce a placement: the solvers and the named baselines
 METHODS = (*SOLVERS, *BASELINES)
 ON_INTERRUPT = ("raise", "best")
@@ -128,6 +130,9 @@ class SolverSettings:
         check_real(self.time_limit, "time_limit", 0.0, MAX_TIME_LIMIT, low_open=True)
         check_count(self.seed, "seed", 0, MAX_SEED)
         if self.alpha is not None:
+            if self.solver not in NIC_WEIGHED:
+                raise InputError(None, "alpha", f"{self.solver!r} does not weigh the busiest node's traffic; "
+                                 f"alpha applies to {', '.join(NIC_WEIGHED)}")
             check_real(self.alpha, "alpha", 0.0, 1e6)
             object.__setattr__(self, "alpha", float(self.alpha))
         check_count(self.workers, "workers", 1, MAX_WORKERS)

@@ -160,5 +160,6 @@ def test_alpha_flag_reaches_the_solver_and_is_recorded(tmp_path, cli):
         assert doc["solver"].get("alpha") == (None if alpha is None else 0.0)
         objective[alpha] = doc["solver"]["objective"]
     assert objective["0"] < objective[None]  # the default (2 at 4 nodes) buys NIC balance with cut
-    result = cli("place", "--trace", TRAIN, "--solver", "spectral", "--out", tmp_path / "bad.json", "--alpha", "-1")
-    assert result.code != 0 and "--alpha" in result.err and not (tmp_path / "bad.json").exists()
+    for solver, alpha in (("spectral", "-1"), ("eplb", "0"), ("contiguous", "1")):
+        result = cli("place", "--trace", TRAIN, "--solver", solver, "--out", tmp_path / "bad.json", "--alpha", alpha)
+        assert result.code != 0 and "--alpha" in result.err and not (tmp_path / "bad.json").exists(), solver

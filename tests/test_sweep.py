@@ -149,6 +149,8 @@ def test_bad_step_and_traces() -> None:
         run_sweep(TINY, TINY_CLUSTER, eps=[2], step=StepModel(tokens_per_step=0))
     with pytest.raises(InputError, match="alpha"):
         run_sweep(TINY, TINY_CLUSTER, eps=[2], alpha=-1.0)
+    with pytest.raises(InputError, match="alpha"):
+        run_sweep(TINY, TINY_CLUSTER, eps=[2], solver="eplb", alpha=1.0)
     with pytest.raises(InputError, match="eval_trace"):
         run_sweep(TINY, TINY_CLUSTER, None, paired_trace(), eps=[2])
     with pytest.raises(InputError, match="experts"):

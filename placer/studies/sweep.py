@@ -360,8 +360,7 @@ def run_sweep(
     check_type(topology, "topology", Topology)
     sizes = check_eps(list(eps), model, topology)
     check_step(step)
-    if alpha is not None and not (np.isfinite(alpha) and alpha >= 0):
-        raise InputError(None, "alpha", f"expected a finite number >= 0, got {alpha!r}")
+    SolverSettings(solver=solver, seed=seed, alpha=alpha)  # checks them before any work
     if eval_trace is not None and trace is None:
         raise InputError(None, "eval_trace", "needs a trace to solve placer's placement on")
     summary = None
