@@ -11,7 +11,8 @@ part needs ../shared/traces/esft-dsv2lite and is skipped with a reason when abse
 tokens, plus two ESFT tasks held out at 3 x 4 (12 cases; its wall time is printed at the end).
 The full grid (17 shapes x 4 windows x 2 seeds, 6 layers, plus ESFT) has not been run: on
 the previous layout Mt-KaHyPar's Steiner-tree mapping alone took 295 s for 3 layers of
-qwen3-30b on 5 x 4 at 20k tokens, so expect well over 10 hours on 2 cores.
+qwen3-30b on 5 x 4 at 20k tokens, and more than 11 minutes for 3 layers of esft on 4 x 8
+(32 blocks) at 2k tokens (session 9, stopped there), so expect well over 10 hours on 2 cores.
 
 A case is one (shape, nodes x GPUs, training window, seed), all its layers summed:
 
