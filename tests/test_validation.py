@@ -45,7 +45,7 @@ def test_auto_is_never_worse_on_its_validation_split_than_any_candidate(case):
         fit, valid = validation.split_problem(problem, validation.VALIDATION_SHARE, opts.seed)
         inner = validation.auto_options(opts)
         scores = {name: validation.validation_score(valid, validation._candidate(name, fit, inner, solve_layer)
-                                                    .expert_gpu) for name in validation.candidates()}
+                                                    .expert_gpu) for name in validation.candidates(inner.alpha)}
         reference = validation.reference_of(scores)
         mine = validation.validation_score(valid, chosen.expert_gpu)
         keys = validation.ranking({**scores, "auto": mine}, reference, validation.nic_weight(inner.alpha))
@@ -56,6 +56,14 @@ def test_auto_is_never_worse_on_its_validation_split_than_any_candidate(case):
         assert any("auto chose" in m for m in chosen.messages)
         counts = np.bincount(chosen.expert_gpu, minlength=nodes * gpus)
         assert counts.max() <= problem.slots_per_gpu and counts.sum() == problem.num_experts
+
+
+def test_alpha_zero_compares_only_the_candidates_that_weigh_no_nic():
+    cut_only = validation.candidates(0.0)
+    assert set(cut_only) < set(validation.candidates()) == set(validation.candidates(validation.AUTO_ALPHA))
+    assert {"search", "spectral", "contiguous", "spectral@0"} <= set(cut_only)
+    assert all(not validation.CANDIDATES[name].alpha for name in cut_only)
+    assert not any(name.startswith("capped") for name in cut_only)
 
 
 def test_candidates_include_mtkahypar_exactly_when_installed(monkeypatch):

@@ -23,7 +23,8 @@ fit noise: a placement tuned to the window's rare top-k sets loses on the next w
    balance is bought with cut only down to 20% below a cut-only partition's busiest NIC,
    not to the last token, and with at most :data:`CUT_SLACK` more cut than the lowest
    (candidates beyond it rank last); ties by GPU peak, cut, then the candidate order. A
-   given ``alpha`` scales the NIC weight (:func:`nic_weight`; 0: the lowest cut wins);
+   given ``alpha`` scales the NIC weight (:func:`nic_weight`; 0: the lowest cut wins, among
+   the candidates whose searches weigh no NIC);
 4. solves the whole window with the chosen candidate's method and returns it when it ranks
    no worse on the validation split than the chosen candidate, else the chosen candidate
    itself: so ``auto`` never ranks worse on its validation split than any candidate it
@@ -229,12 +230,15 @@ def candidate_placements(problem: LayerProblem, opts: Options, solve: SolveFn) -
     """Every candidate of :func:`candidates` solved on ``problem`` with ``opts`` (as
     :func:`auto_options` gives them): name -> GPU of every expert [experts]."""
     starts: dict = {}
-    return {name: _candidate(name, problem, opts, solve, starts).expert_gpu for name in candidates()}
+    return {name: _candidate(name, problem, opts, solve, starts).expert_gpu for name in candidates(opts.alpha)}
 
 
-def candidates() -> list[str]:
-    """The candidates ``auto`` compares (the Mt-KaHyPar starts only when it is installed)."""
-    return [name for name, c in CANDIDATES.items() if c.kind != "refine-mtkahypar" or mtk.installed()]
+def candidates(alpha: float | None = None) -> list[str]:
+    """The candidates ``auto`` compares at NIC-balance weight ``alpha``: the Mt-KaHyPar starts
+    only when it is installed; with ``alpha`` 0 only the searches that weigh no NIC (a
+    candidate that trades cut for NIC balance could only win the cut-only rank by chance)."""
+    return [name for name, c in CANDIDATES.items()
+            if (c.kind != "refine-mtkahypar" or mtk.installed()) and (alpha != 0 or not c.alpha)]
 
 
 def nic_weight(alpha: float) -> float:
