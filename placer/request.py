@@ -103,10 +103,10 @@ class SolverSettings:
     solver: one of :data:`METHODS` (a solver or a named baseline).
     time_limit: total budget in seconds, converted to deterministic per-layer effort (the
     result never depends on machine speed or ``workers``). seed: random seed.
-    alpha: weight of the busiest node's traffic (NIC balance) against the cut (None: per
-    node count; ``auto``: 1, and its choice among candidates weighs the busiest NIC by
-    alpha / 2 against the cut, so 0 chooses the fewest inter-node copies). workers: processes
-    solving layers. mapper: runs the per-layer solves,
+    alpha: weight of the busiest node's traffic (NIC balance) against the cut, for
+    :data:`NIC_WEIGHED` solvers (None: per node count; ``auto``: 1, and its choice among
+    candidates weighs the busiest NIC by alpha / 2, so 0 chooses the fewest inter-node
+    copies). workers: processes solving layers. mapper: runs the per-layer solves,
     ``mapper(fn, problems) -> [fn(p) for p in problems]`` (e.g. a Dask cluster's map).
     progress: callback(stage, done, total). on_interrupt: "raise" lets Ctrl-C propagate;
     "best" returns the layers solved so far and quick stand-ins for the rest.
