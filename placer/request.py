@@ -19,7 +19,7 @@ from placer.placement import BASELINES
 from placer.progress import ProgressFn
 from placer.topology import MAX_EXPERTS, Model, Topology
 
-__all__ = ["LP_BATCH_TOKENS", "METHODS", "RULES", "SOLVERS", "PlacementProblem", "SolverSettings"]
+__all__ = ["LP_BATCH_TOKENS", "METHODS", "NIC_WEIGHED", "RULES", "SOLVERS", "PlacementProblem", "SolverSettings"]
 
 #: placement algorithms: spectral (seconds), ilp (spectral, then CP-SAT), auto (candidates chosen on a
 #: validation split, :mod:`placer.solvers.validation`), eplb (loads only)
