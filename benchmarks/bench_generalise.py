@@ -71,7 +71,7 @@ for path in (ROOT, ROOT / "benchmarks"):
 
 from peers import PEERS, available, mtkahypar_placement
 
-from placer import Placement, Topology, load_topology
+from placer import InputError, Placement, Topology, load_topology
 from placer.evaluation.replay import count_traffic
 from placer.formats.esft import ESFT_TASKS, read_esft_task
 from placer.graph import TraceSummary, summarize
@@ -435,6 +435,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted({p for p, _ in args.shapes} - set(synth.PRESETS))
     if unknown:
         parser.error(f"unknown preset: {', '.join(unknown)}")
+    for name in args.solvers.split(","):
+        try:
+            SolverSettings(name, alpha=args.alpha)
+        except InputError as err:
+            parser.error(f"--solvers {name}: {err}")
     return args
 
 
