@@ -62,3 +62,52 @@ def test_median_limits_reached_counts_each_limit_and_both_at_once(bench):
               np.array([[cut, nic]]),  # both, at the limits
               np.array([[cut + 0.001, nic + 0.001]])]  # neither
     assert bench.median_limits_reached(fronts) == (2, 2, 1)
+
+
+def test_headroom_ratios_divide_each_token_set_by_the_best_peer(bench):
+    test = {"mtk-km1": _counters(200, [100, 100], [9, 9]), "mtk-km1-hq": _counters(190, [90, 110], [10, 8]),
+            "mtk-steiner": _counters(195, [120, 80], [7, 11])}
+    sets = {"window": _counters(199, [1, 1], [1, 1]), "10 x window": _counters(188, [1, 1], [1, 1]),
+            "held-out tokens": _counters(171, [1, 1], [1, 1])}
+    cases = [bench.Case("a", 2000, counters=test, headroom=sets),
+             bench.Case("b", 2000, counters=test, headroom={k: _counters(380, [1, 1], [1, 1]) for k in sets})]
+    names, table = bench.headroom_ratios(cases)
+    assert names == list(sets)
+    np.testing.assert_allclose(table, [[199 / 190, 188 / 190, 171 / 190], [2.0, 2.0, 2.0]])
+    lines = bench.headroom(cases)
+    assert "held-out tokens 1.450" in " ".join(lines)  # median of 0.9 and 2.0
+    assert all(len(line) <= 80 for text in lines for line in text.splitlines())
+
+
+def test_node_frontiers_match_the_replay_of_every_node_assignment(bench):
+    from placer import Trace, load_topology
+    from placer.placement import from_expert_gpu
+
+    rng = np.random.default_rng(3)
+    experts, topology = 5, load_topology("h100-dgx").resized(3, 2)  # 3 nodes: no mirror symmetry
+    ids = np.stack([rng.choice(experts, size=2, replace=False) for _ in range(2 * 60)]).reshape(60, 2, 2)
+    trace = Trace(topk_ids=ids.astype(np.int16), num_experts=experts, seq_lens=np.full(6, 10))
+    slots = 1
+    points = [set(), set()]
+    for node in itertools.product(range(3), repeat=experts):
+        node = np.array(node)
+        if (np.bincount(node, minlength=3) > 2 * slots).any():
+            continue
+        rank = np.array([(node[:e] == node[e]).sum() for e in range(experts)])  # slot order within the node
+        expert_gpu = np.tile(node * 2 + rank // slots, (2, 1))
+        counters = bench.block_counters(trace, from_expert_gpu(expert_gpu, 6, 2, slots), topology, 1)
+        for layer in range(2):
+            points[layer].add((float(counters["internode_tokens_dedup"][0, layer]),
+                               float(counters["node_recv_dedup"][0, layer].max())))
+    fronts = bench.node_frontiers(trace, topology, slots)
+    for layer in range(2):
+        assert {tuple(p) for p in fronts[layer]} == nondominated(np.array(sorted(points[layer])))
+
+
+def test_exhaustive_limits_names_the_cases_where_no_assignment_meets_both_floors(bench):
+    every_cut, every_nic = bench.FLOORS["internode_tokens_dedup"][0], bench.FLOORS["nic_peak_tokens"][0]
+    reachable = bench.Case("reachable", 2000, exhaustive=np.array([[every_cut, every_nic]]))
+    apart = bench.Case("apart", 2000, exhaustive=np.array([[0.9, every_nic + 0.1], [every_cut + 0.1, 0.8]]))
+    (line,) = bench.exhaustive_limits([reachable, apart, bench.Case("not searched", 2000)])
+    assert "on 1 of the 2 cases searched: apart" in " ".join(line.split())
+    assert bench.exhaustive_limits([bench.Case("not searched", 2000)]) == []
