@@ -1,4 +1,5 @@
-"""The hindsight frontier of benchmarks/bench_generalise.py is exact (checked by enumeration)."""
+"""benchmarks/bench_generalise.py: its frontiers are exact (checked by enumeration), its ratios
+divide by the right peer, and a tiny grid runs end to end, the same twice."""
 
 from __future__ import annotations
 
@@ -111,3 +112,25 @@ def test_exhaustive_limits_names_the_cases_where_no_assignment_meets_both_floors
     (line,) = bench.exhaustive_limits([reachable, apart, bench.Case("not searched", 2000)])
     assert "on 1 of the 2 cases searched: apart" in " ".join(line.split())
     assert bench.exhaustive_limits([bench.Case("not searched", 2000)]) == []
+
+
+TINY = ["--shapes", "mixtral:4x2", "--windows", "1000", "--seeds", "0", "--layers", "1", "--test-tokens", "2000",
+        "--boot", "10", "--blocks", "10", "--no-esft", "--headroom", "2"]
+
+
+def test_a_tiny_grid_runs_every_section_the_same_twice(bench, capsys):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import peers
+
+    if not peers.available():
+        pytest.skip("Mt-KaHyPar >= 1.5 is not installed (pip install -e '.[bench]'): the bench has no peer")
+    runs = []
+    for _ in range(2):
+        assert bench.main(TINY) == 0
+        runs.append([line for line in capsys.readouterr().out.splitlines() if not line.startswith("wall ")])
+    assert runs[0] == runs[1]
+    text = "\n".join(runs[0])
+    for section in ("### auto", "### Hindsight: 1 cases", "### Headroom: 1 cases", "| case | window | 2 x window |",
+                    "- exhaustive: no node assignment", "- headroom median inter-node x"):
+        assert section in text
+    assert max(len(line) for line in runs[0]) <= 80
