@@ -95,6 +95,8 @@ from placer.trace import Trace, concatenate
 
 ESFT = ROOT.parent / "shared" / "traces" / "esft-dsv2lite"
 METRICS = ("internode_tokens_dedup", "nic_peak_tokens", "gpu_peak_load")
+#: the two metrics of the (inter-node, NIC peak) frontiers: hindsight and exhaustive search
+CUT_AND_NIC = METRICS[:2]
 LABELS = {"internode_tokens_dedup": "inter-node", "nic_peak_tokens": "NIC peak", "gpu_peak_load": "GPU peak"}
 #: metric -> (every-case limit, median limit) on the bootstrap 95% upper bound
 FLOORS = {"internode_tokens_dedup": (1.01, 0.99), "nic_peak_tokens": (0.97, 0.93), "gpu_peak_load": (1.0, 1.0)}
@@ -159,6 +161,17 @@ def best_peer(case: Case, counters: str = "counters", pick: np.ndarray | None = 
     return {key: min(p[key] for p in peers) for key in peers[0]}
 
 
+def front_limits(which: int) -> np.ndarray:
+    """The every-case (``which`` 0) or median (1) limits of :data:`CUT_AND_NIC`: [2]."""
+    return np.array([FLOORS[key][which] for key in CUT_AND_NIC])
+
+
+def peer_scaled(front: np.ndarray, case: Case) -> np.ndarray:
+    """Held-out (inter-node, NIC peak) totals [points, 2] over the best peer's."""
+    peer = best_peer(case)
+    return front / [peer[key] for key in CUT_AND_NIC]
+
+
 def ratios(case: Case, solver: str, counters: str = "counters", pick: np.ndarray | None = None) -> list[float]:
     """``solver``'s total over the best peer's, per judged metric (arguments as :func:`best_peer`)."""
     mine, peer = totals(getattr(case, counters)[solver], pick), best_peer(case, counters, pick)
@@ -182,7 +195,7 @@ def overfitting(cases: list[Case], solvers: list[str]) -> None:
     for solver in solvers:
         ratios = np.stack([in_sample_and_held_out(case, solver) for case in cases])  # [cases, 2, metrics]
         shift = ratios[:, 1] - ratios[:, 0]
-        for m, key in enumerate(METRICS[:2]):
+        for m, key in enumerate(CUT_AND_NIC):
             print(f"| {solver} | {LABELS[key]} | {np.median(ratios[:, 0, m]):.3f} | {np.median(ratios[:, 1, m]):.3f} "
                   f"| {np.median(shift[:, m]):+.3f} | {shift[:, m].max():+.3f} |")
 
@@ -236,10 +249,8 @@ def run_case(label: str, train: Trace, test: Trace, topology: Topology, solvers:
                          for name, trace in sources.items()}
     if test.num_experts <= EXHAUSTIVE_MAX_EXPERTS:
         slots = -(-test.num_experts // topology.num_gpus)
-        peer = best_peer(case)
-        keys = ("internode_tokens_dedup", "nic_peak_tokens")
-        case.exhaustive = pareto_sums(node_frontiers(test, topology, slots)) / [peer[key] for key in keys]
-        for key, best in zip(keys, case.exhaustive.min(axis=0)):
+        case.exhaustive = peer_scaled(pareto_sums(node_frontiers(test, topology, slots)), case)
+        for key, best in zip(CUT_AND_NIC, case.exhaustive.min(axis=0)):
             if best > FLOORS[key][0]:
                 case.exempt[key] = f"exhaustive: best possible {best:.3f} x best peer > {FLOORS[key][0]}"
     return case
@@ -251,7 +262,7 @@ def exhaustive_limits(cases: list[Case]) -> list[str]:
     searched = [case for case in cases if case.exhaustive is not None]
     if not searched:
         return []
-    limits = np.array([FLOORS["internode_tokens_dedup"][0], FLOORS["nic_peak_tokens"][0]])
+    limits = front_limits(0)
     short = [case.label for case in searched if not (case.exhaustive <= limits).all(axis=1).any()]
     text = (f"exhaustive: no node assignment has inter-node <= {limits[0]} x and NIC peak <= {limits[1]} x "
             f"on {len(short)} of the {len(searched)} cases searched" + (f": {'; '.join(short)}" if short else ""))
@@ -267,9 +278,9 @@ def headroom_ratios(cases: list[Case]) -> tuple[list[str], np.ndarray]:
     """Held-out inter-node copies of the cut-first search solved on each token set over the
     best peer's: (token sets, [cases, token sets])."""
     names = list(cases[0].headroom)
-    return names, np.array([[totals(case.headroom[name])["internode_tokens_dedup"]
-                             / max(best_peer(case)["internode_tokens_dedup"], 1e-9) for name in names]
-                            for case in cases])
+    table = [[totals(case.headroom[name])["internode_tokens_dedup"] for name in names] for case in cases]
+    peers = [[max(best_peer(case)["internode_tokens_dedup"], 1e-9)] for case in cases]
+    return names, np.array(table) / peers
 
 
 def headroom(cases: list[Case]) -> list[str]:
@@ -327,7 +338,7 @@ def pareto_sums(per_layer: list[np.ndarray]) -> np.ndarray:
 def median_limits_reached(fronts: list[np.ndarray]) -> tuple[int, int, int]:
     """Cases whose frontier [points, (inter-node x, NIC peak x)] holds a point at or under the
     inter-node median limit, one at or under the NIC peak median limit, and one under both."""
-    limits = np.array([FLOORS["internode_tokens_dedup"][1], FLOORS["nic_peak_tokens"][1]])
+    limits = front_limits(1)
     under = [front <= limits for front in fronts]
     return (sum(bool(u[:, 0].any()) for u in under), sum(bool(u[:, 1].any()) for u in under),
             sum(bool(u.all(axis=1).any()) for u in under))
@@ -339,8 +350,7 @@ def hindsight(cases: list[Case]) -> list[str]:
     rows, best, nic_at, fronts = [], [], [], []
     every, middle = FLOORS["internode_tokens_dedup"]
     for case in cases:
-        peer = best_peer(case)
-        front = pareto_sums(case.hindsight) / [peer["internode_tokens_dedup"], peer["nic_peak_tokens"]]
+        front = peer_scaled(pareto_sums(case.hindsight), case)
         fronts.append(front)
         within = front[front[:, 0] <= every]
         best.append(front[:, 0].min())

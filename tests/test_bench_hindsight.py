@@ -119,10 +119,7 @@ TINY = ["--shapes", "mixtral:4x2", "--windows", "1000", "--seeds", "0", "--layer
 
 
 def test_a_tiny_grid_runs_every_section_the_same_twice(bench, capsys):
-    sys.path.insert(0, str(SCRIPT.parent))
-    import peers
-
-    if not peers.available():
+    if not bench.available():
         pytest.skip("Mt-KaHyPar >= 1.5 is not installed (pip install -e '.[bench]'): the bench has no peer")
     runs = []
     for _ in range(2):
