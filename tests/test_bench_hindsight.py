@@ -127,7 +127,8 @@ def test_a_tiny_grid_runs_every_section_the_same_twice(bench, capsys):
         runs.append([line for line in capsys.readouterr().out.splitlines() if not line.startswith("wall ")])
     assert runs[0] == runs[1]
     text = "\n".join(runs[0])
-    for section in ("### auto", "### Hindsight: 1 cases", "### Headroom: 1 cases", "| case | window | 2 x window |",
+    for section in ("### auto", "### Hindsight: 1 cases", "### Oracle: 1 cases", "- oracle median fewest inter-node x",
+                    "### Headroom: 1 cases", "| case | window | 2 x window |",
                     "- exhaustive: no node assignment", "- headroom median inter-node x"):
         assert section in text
     assert max(len(line) for line in runs[0]) <= 80

@@ -341,6 +341,31 @@ def test_large_layers_search_a_sample_but_report_exact_figures(monkeypatch):
         assert r.objective < cut
 
 
+def test_kicks_fit_the_layer_budget_and_small_layers_get_the_full_count():
+    ks = node_stage_module
+    problem = build_problems(summarize(synth.generate(replace(synth.PRESETS["olmoe"], num_layers=1), 4000)), 6, 2)[0]
+    descent = ks.descent_cost(problem)
+    counts = []
+    for budget in (descent, 0.05, 0.2, 1.0, 3.0, 100.0):  # below two descents: none
+        kicks = ks.kick_count(problem, Options("ilp", 0, None, 15, budget))
+        assert kicks <= max(15, int(30 * budget))
+        assert kicks == 0 or descent * (1 + kicks * ks.KICK_COST) <= 0.5 * budget  # the estimate fits half of it
+        counts.append(kicks)
+    assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == 3000  # grows with the budget to the floor
+    tiny = build_problems(summarize(random_trace(200, 1, 16, 2, 0)), 2, 2)[0]
+    assert ks.kick_count(tiny, Options("ilp", 0, None, 15, 0.2)) == 15
+    assert ks.kick_count(tiny, Options("spectral", 0, None, 40, 0.2)) == 40
+
+
+def test_the_mtkahypar_start_takes_fewer_pins_on_a_short_budget():
+    from placer.solvers import validation
+
+    assert validation.mtk_start_pins(100.0) == validation.MTK_START_PINS
+    short = validation.mtk_start_pins(0.025)
+    assert 0 < short < validation.MTK_START_PINS
+    assert short * validation.MTK_PIN_COST <= 2 * 0.025 + 1e-12
+
+
 def test_one_blas_thread_restores_the_thread_count():
     from placer.solvers.spectral import _blas_controls, one_blas_thread
 

@@ -75,6 +75,13 @@ def search_limit(solver: str, budget: float) -> int:
     return SAMPLE_NETS if solver == "spectral" else int(SAMPLE_NETS * max(1.0, min(8.0, budget)))
 
 
+#: effort units (about a core-second each) per second of ``time_limit``: two cores at 80%
+UNITS_PER_SECOND = 1.6
+
+#: the least effort a layer gets, however short the time limit
+MIN_LAYER_BUDGET = 0.2
+
+
 def layer_budget(time_limit: float, layers: int) -> float:
     """Deterministic effort units per layer for a total ``time_limit``."""
-    return max(0.2, 1.6 * time_limit / max(1, layers))
+    return max(MIN_LAYER_BUDGET, UNITS_PER_SECOND * time_limit / max(1, layers))

@@ -14,8 +14,8 @@ fit noise: a placement tuned to the window's rare top-k sets loses on the next w
    unless given), the contiguous placement, the node stage's search at each NIC weight
    of :data:`LADDER` from the spectral start and, when Mt-KaHyPar is installed, from its
    km1 partition (deterministic preset, :data:`placer.solvers.mtk.START_PRESET`, on a
-   sample of about :data:`MTK_START_PINS` pins), and the
-   capped searches: from the lowest-cut of those searches at NIC weight 0, the peak node
+   sample of at most :data:`MTK_START_PINS` pins, fewer on a short budget), and the capped
+   searches: from the lowest-cut of those searches at NIC weight 0, the peak node
    touch held under each of :data:`CAPS` x its own (a soft cap, :data:`CAP_ALPHA`);
 3. ranks them on the validation problem (:func:`ranking`): held-out cut (inter-node copies)
    relative to the lowest, plus :data:`NIC_WEIGHT` x the peak node touch (the busiest NIC)
@@ -49,10 +49,10 @@ from placer.solvers.options import LayerResult, Options, search_problem
 from placer.solvers.problem import LayerProblem, net_spans, sample_nets
 from placer.solvers.spectral import spectral_parts
 
-__all__ = ["AUTO_ALPHA", "CANDIDATES", "CAPS", "CAP_ALPHA", "CUT_SLACK", "LADDER", "MTK_START_PINS", "NIC_TARGET",
-           "NIC_WEIGHT", "VALIDATION_SHARE", "Candidate", "auto_layer", "auto_options", "candidate_placements",
-           "candidates", "measured", "nic_weight", "ranking", "reference_of", "split_problem", "validated",
-           "validation_score"]
+__all__ = ["AUTO_ALPHA", "CANDIDATES", "CAPS", "CAP_ALPHA", "CUT_SLACK", "LADDER", "MTK_PIN_COST", "MTK_START_PINS",
+           "NIC_TARGET", "NIC_WEIGHT", "VALIDATION_SHARE", "Candidate", "auto_layer", "auto_options",
+           "candidate_placements", "candidates", "measured", "mtk_start_pins", "nic_weight", "ranking", "reference_of",
+           "split_problem", "validated", "validation_score"]
 
 #: share of each layer's tokens held out to choose among the candidates
 VALIDATION_SHARE = 0.25
@@ -75,9 +75,14 @@ NIC_WEIGHT = 0.5
 #: candidate's on the validation split (candidates above it rank after every one within it)
 CUT_SLACK = 0.03
 
-#: Mt-KaHyPar's start is partitioned on a sample of the search's nets holding about this many
-#: pins (its time grows with the pins: about 16 s a layer unsampled at DeepSeek-V3 shape)
+#: Mt-KaHyPar's start is partitioned on a sample of the search's nets holding at most about
+#: this many pins (its time grows with the pins: about 16 s a layer unsampled at DeepSeek-V3
+#: shape), fewer when the budget is short (:func:`mtk_start_pins`)
 MTK_START_PINS = 40_000
+
+#: estimated seconds per pin of Mt-KaHyPar's start (DETERMINISTIC_QUALITY, one thread:
+#: measured 25-27 us at 2,500-40,000 pins on 64 experts)
+MTK_PIN_COST = 2.5e-5
 
 #: NIC caps of the capped candidates: the peak node touch of the lowest-cut search x each
 CAPS = (0.97, 0.93, 0.9, 0.85)
@@ -183,7 +188,7 @@ def _searched(search: LayerProblem, opts: Options, kind: str, alpha: float, star
     """Node of every expert [experts]: the node stage's search at ``alpha`` from the start of
     ``kind`` (cached in ``starts`` by start and alpha)."""
     if kind not in starts and kind == "refine-mtkahypar":
-        sample, _ = sample_nets(search, max(1, MTK_START_PINS // search.nets.shape[1]), opts.seed)
+        sample, _ = sample_nets(search, max(1, mtk_start_pins(opts.layer_budget) // search.nets.shape[1]), opts.seed)
         starts[kind] = mtk.km1_parts(sample.nets, sample.weights, search.num_experts, search.num_nodes,
                                      mtk.START_PRESET, opts.seed)
     elif kind not in starts:
@@ -192,6 +197,13 @@ def _searched(search: LayerProblem, opts: Options, kind: str, alpha: float, star
     if (kind, alpha) not in starts:
         starts[kind, alpha] = search_from(search, replace(opts, alpha=alpha), starts[kind])
     return starts[kind, alpha]
+
+
+def mtk_start_pins(budget: float) -> int:
+    """Pins of Mt-KaHyPar's start for a candidate of ``budget`` effort units: at most
+    :data:`MTK_START_PINS`, and no more than fit twice that budget (the start serves the
+    eight candidates that begin from it, a quarter of the layer budget)."""
+    return int(min(MTK_START_PINS, 2 * budget / MTK_PIN_COST))
 
 
 def measured(problem: LayerProblem, expert_gpu: np.ndarray, messages: tuple[str, ...] = ()) -> LayerResult:
