@@ -9,7 +9,9 @@ Per layer the routing decisions ``topk_ids_layer: [tokens, k]`` give
 
 Large or sharded traces are summarised in blocks of tokens (:func:`summarize`, blocks of
 :func:`placer.trace.token_blocks`, so a summary never depends on the shard boundaries); the
-partial summaries (:class:`LayerSummary`, :class:`TraceSummary`) merge exactly.
+partial summaries (:class:`LayerSummary`, :class:`TraceSummary`) merge exactly (a linear merge
+of their canonically ordered sets, :func:`merge_distinct_sets`), so an exact summary of a
+trace already in memory is taken in one pass (the same summary, no merges).
 With ``max_nets`` the sets are capped *while* streaming (memory bounded by the cap,
 not the tokens): after every chunk and every merge a layer keeps its ``max_nets``
 sets of highest priority ``count / u(set)``, ``u`` a hash of the set's ids in (0, 1]
@@ -153,6 +155,78 @@ def distinct_sets(
     return _group_columns(_columns(topk_ids_layer, num_experts), weights, num_experts)
 
 
+def merge_distinct_sets(
+    sets_a: np.ndarray, counts_a: np.ndarray, sets_b: np.ndarray, counts_b: np.ndarray, num_experts: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The union of two lists of distinct sets, the counts of a set in both added: what
+    :func:`distinct_sets` gives for their rows together, in one linear pass when both are in
+    canonical order (every summary's are), else by sorting.
+
+    sets_*: [n_*, k] canonical (ascending ids, -1 padding last); counts_*: [n_*] int64 or
+    float64. Returns (sets: [n, k] of the id dtype, counts: [n]), canonical order.
+    """
+    dtype, count_dtype = id_dtype(num_experts), np.result_type(counts_a, counts_b)
+    a, b = np.ascontiguousarray(sets_a, dtype), np.ascontiguousarray(sets_b, dtype)
+    ca, cb = np.ascontiguousarray(counts_a, count_dtype), np.ascontiguousarray(counts_b, count_dtype)
+    ka, kb = _order_keys(a, num_experts), _order_keys(b, num_experts)
+    n = _merge_kernel(ka, kb, a, ca, b, cb, None, None)  # a first pass counts the rows: no over-allocation
+    if n < 0:
+        return distinct_sets(np.concatenate([a, b]), num_experts, np.concatenate([ca, cb]))
+    sets, counts = np.empty((n, a.shape[1]), dtype), np.empty(n, count_dtype)
+    _merge_kernel(ka, kb, a, ca, b, cb, sets, counts)
+    return sets, counts
+
+
+def _order_keys(sets: np.ndarray, num_experts: int) -> np.ndarray:
+    """Keys that order sets: [n, k] canonically: [n, words] uint64, ids packed first-most-significant
+    in ``bit_length(num_experts)``-bit fields, padding as ``num_experts`` (after every id)."""
+    bits = int(num_experts).bit_length()
+    per_word = 64 // bits
+    keys = np.zeros((len(sets), -(-sets.shape[1] // per_word)), np.uint64)
+    _pack_kernel(sets, num_experts, bits, per_word, keys)
+    return keys
+
+
+@numba.njit(nogil=True, cache=True)
+def _pack_kernel(sets, num_experts, bits, per_word, keys):  # pragma: no cover - jitted
+    """keys[r, c // per_word] holds id c of row r of sets: [n, k] (see :func:`_order_keys`)."""
+    shift = np.uint64(bits)
+    for r in range(sets.shape[0]):
+        for c in range(sets.shape[1]):
+            v = sets[r, c]
+            keys[r, c // per_word] = (keys[r, c // per_word] << shift) | np.uint64(num_experts if v < 0 else v)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _key_order(x, i, y, j):  # pragma: no cover - jitted
+    """-1, 0 or 1: key row i of x before, equal to or after key row j of y."""
+    for w in range(x.shape[1]):
+        if x[i, w] != y[j, w]:
+            return -1 if x[i, w] < y[j, w] else 1
+    return 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _merge_kernel(ka, kb, a, ca, b, cb, sets_out, counts_out):  # pragma: no cover - jitted
+    """Merge a: [n, k] and b: [m, k] (order keys ka, kb from :func:`_order_keys`), each strictly
+    increasing, with their counts into sets_out / counts_out (None: only count); returns the
+    rows of the union, or -1 if an input is not strictly increasing (then nothing is written)."""
+    for keys in (ka, kb):
+        for i in range(1, keys.shape[0]):
+            if _key_order(keys, i - 1, keys, i) >= 0:
+                return -1
+    i = j = n = 0
+    while i < a.shape[0] or j < b.shape[0]:
+        order = 1 if i == a.shape[0] else -1 if j == b.shape[0] else _key_order(ka, i, kb, j)
+        if sets_out is not None:
+            sets_out[n] = a[i] if order <= 0 else b[j]
+            counts_out[n] = (ca[i] if order <= 0 else 0) + (cb[j] if order >= 0 else 0)
+        i += order <= 0
+        j += order >= 0
+        n += 1
+    return n
+
+
 # ---------------------------------------------------------------- hypergraph
 
 
@@ -257,11 +331,8 @@ class LayerSummary:
         (exact without a cap, or while the sets fit it)."""
         if other.num_experts != self.num_experts or other.sets.shape[1] != self.sets.shape[1]:
             raise ValueError("cannot merge layer summaries of different expert counts or k")
-        sets, counts = distinct_sets(
-            np.concatenate([self.sets, other.sets]),
-            self.num_experts,
-            np.concatenate([self.set_counts, other.set_counts]),
-        )
+        sets, counts = merge_distinct_sets(self.sets, self.set_counts, other.sets, other.set_counts,
+                                           self.num_experts)
         merged = LayerSummary(
             loads=self.loads + other.loads,
             coactivation=(self.coactivation + other.coactivation).tocsr(),
@@ -639,8 +710,9 @@ def summarize(
     max_nets: int | None = None,
     progress: ProgressFn | None = None,
 ) -> TraceSummary:
-    """Walk the trace block by block (:func:`placer.trace.token_blocks`) and summarise the
-    selected layers (default: all).
+    """Walk the trace block by block (:func:`placer.trace.token_blocks`; an exact summary of a
+    trace in memory in one pass, the same summary) and summarise the selected layers
+    (default: all).
 
     ``workers`` threads summarise layers of a chunk in parallel (the kernels release the GIL).
     ``max_nets``: keep at most this many distinct sets per layer while streaming (memory
@@ -663,7 +735,8 @@ def _chunk_summaries(
 ) -> Iterator[TraceSummary]:
     """Each chunk's summary (:func:`summarize_chunk`), no chunk held while the next one is read;
     progress counts (chunk, layer) steps."""
-    total, done = len(layer_ids) * len(block_sizes(source.num_tokens)), 0
+    whole = _in_one_pass(source, max_nets)
+    total, done = len(layer_ids) * (1 if whole else len(block_sizes(source.num_tokens))), 0
 
     def advance(layers: int) -> None:
         nonlocal done
@@ -672,11 +745,17 @@ def _chunk_summaries(
 
     if progress is not None:
         progress(SUMMARY_STAGE, 0, total)
-    for block in token_blocks(source):
+    for block in [source] if whole else token_blocks(source):
         part = summarize_chunk(block, layer_ids, pool, max_nets, None if progress is None else advance,
                                workers)
         del block
         yield part
+
+
+def _in_one_pass(source: TraceSource | Trace, max_nets: int | None) -> bool:
+    """Whether :func:`summarize` takes ``source`` whole rather than in token blocks: an exact
+    summary of a trace in memory (exact merges make the blocks invisible there)."""
+    return max_nets is None and isinstance(source, Trace)
 
 
 # ---------------------------------------------------------------- networkx export

@@ -347,3 +347,33 @@ def test_summarize_streams_with_a_cap_and_rejects_a_negative_one(tmp_path, monke
     assert all(len(layer.sets) == 8 for layer in streamed.layers)
     with pytest.raises(InputError, match="max_nets"):
         graph.summarize(TraceSource(tmp_path), max_nets=-1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_merge_distinct_sets_is_the_distinct_sets_of_both(seed):
+    """The linear merge of two canonical set lists equals sorting their rows together, with
+    integer or float counts, any id dtype, and falls back to the sort for unordered input."""
+    experts, k = (10, 3) if seed % 2 else (300, 8)  # one 64-bit key word a set, or two
+    ids = random_ids(400, 2, k, experts, seed)
+    sa, ca = graph.distinct_sets(ids[:, 0], experts)
+    sb, cb = graph.distinct_sets(ids[:, 1], experts)
+    ca = ca * 0.5 if seed % 3 == 0 else ca
+    sb = sb.astype(np.int32)
+    expected = graph.distinct_sets(np.concatenate([sa, sb]), experts, np.concatenate([ca, cb]))
+    for a, counts_a in ((sa, ca), (sa[::-1], ca[::-1])):
+        sets, counts = graph.merge_distinct_sets(a, counts_a, sb, cb, experts)
+        assert np.array_equal(sets, expected[0]) and sets.dtype == expected[0].dtype
+        assert np.array_equal(counts, expected[1]) and counts.dtype == expected[1].dtype
+    assert len(graph.merge_distinct_sets(sa[:0], ca[:0], sb, cb, experts)[0]) == len(sb)
+
+
+def test_an_exact_summary_in_memory_equals_the_blockwise_one(tmp_path, monkeypatch):
+    """An exact summary of a trace in memory is taken in one pass, a file's block by block:
+    the same summary (exact merges), with a block size that cuts the trace in five."""
+    monkeypatch.setattr("placer.trace.BLOCK_TOKENS", 128)
+    ids = random_ids(600, 3, 4, 12, seed=7)
+    whole = validate_arrays("w", {"topk_ids": ids}, num_experts=12)
+    save_trace(whole, tmp_path / "one.npz")
+    assert_same_summary(graph.summarize(whole, workers=2), graph.summarize(TraceSource(tmp_path / "one.npz")))
+    assert_same_summary(graph.summarize(whole), summarize_chunks(chunked(ids, 12, [0, 128, 256, 384, 512, 600]),
+                                                                 None))
