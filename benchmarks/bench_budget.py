@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rows = run(args)
     header = ["case", "units/layer", "core s/layer", "s per unit", "inter-node x", "NIC peak x"]
-    print(f"### auto's budget per layer ({args.layers} layers, one worker, Mt-KaHyPar start "
-          f"{'on' if installed() else 'off: not installed'})\n")
+    print(f"### auto's budget per layer\n\n{args.layers} layers, one worker; Mt-KaHyPar start "
+          f"{'on' if installed() else 'off'}\n")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")
