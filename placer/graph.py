@@ -169,7 +169,7 @@ def merge_distinct_sets(
     a, b = np.ascontiguousarray(sets_a, dtype), np.ascontiguousarray(sets_b, dtype)
     ca, cb = np.ascontiguousarray(counts_a, count_dtype), np.ascontiguousarray(counts_b, count_dtype)
     ka, kb = _order_keys(a, num_experts), _order_keys(b, num_experts)
-    n = _merge_kernel(ka, kb, a, ca, b, cb, None, None)  # a first pass counts the rows: no over-allocation
+    n = _merge_kernel(ka, kb, a, ca, b, cb, None, None)  # checks the order, counts the rows
     if n < 0:
         return distinct_sets(np.concatenate([a, b]), num_experts, np.concatenate([ca, cb]))
     sets, counts = np.empty((n, a.shape[1]), dtype), np.empty(n, count_dtype)
@@ -209,12 +209,13 @@ def _key_order(x, i, y, j):  # pragma: no cover - jitted
 @numba.njit(nogil=True, cache=True)
 def _merge_kernel(ka, kb, a, ca, b, cb, sets_out, counts_out):  # pragma: no cover - jitted
     """Merge a: [n, k] and b: [m, k] (order keys ka, kb from :func:`_order_keys`), each strictly
-    increasing, with their counts into sets_out / counts_out (None: only count); returns the
-    rows of the union, or -1 if an input is not strictly increasing (then nothing is written)."""
-    for keys in (ka, kb):
-        for i in range(1, keys.shape[0]):
-            if _key_order(keys, i - 1, keys, i) >= 0:
-                return -1
+    increasing, with their counts into sets_out / counts_out (None: only count, after checking
+    that both are strictly increasing: -1 if not); returns the rows of the union."""
+    if sets_out is None:
+        for keys in (ka, kb):
+            for i in range(1, keys.shape[0]):
+                if _key_order(keys, i - 1, keys, i) >= 0:
+                    return -1
     i = j = n = 0
     while i < a.shape[0] or j < b.shape[0]:
         order = 1 if i == a.shape[0] else -1 if j == b.shape[0] else _key_order(ka, i, kb, j)
