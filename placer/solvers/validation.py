@@ -126,26 +126,30 @@ def split_problem(problem: LayerProblem, share: float, seed: int) -> tuple[Layer
     the summary dropped sets, is split in the same proportion)."""
     rng = np.random.default_rng([int(seed), int(problem.layer), 0x5EED])
     held = rng.binomial(problem.weights.astype(np.int64), share)
-    return _with_weights(problem, problem.weights - held), _with_weights(problem, held)
+    outside = problem.loads - _net_loads(problem.nets, problem.weights, problem.num_experts)
+    return _with_weights(problem, problem.weights - held, outside), _with_weights(problem, held, outside)
 
 
-def _with_weights(problem: LayerProblem, weights: np.ndarray) -> LayerProblem:
+def _with_weights(problem: LayerProblem, weights: np.ndarray, outside: np.ndarray) -> LayerProblem:
+    """``problem`` with net weights ``weights`` [nets]; ``outside`` [experts]: the loads of the
+    sets the summary dropped, scaled by the share of tokens kept."""
     keep = weights > 0
     nets, w = problem.nets[keep], weights[keep].astype(np.int64)
-    loads = _net_loads(nets, w, problem.num_experts)
     total = problem.weights.sum()
-    outside = problem.loads - _net_loads(problem.nets, problem.weights, problem.num_experts)
     share = float(w.sum() / total) if total else 0.0
-    loads = loads + np.rint(outside * share).astype(np.int64)
+    loads = _net_loads(nets, w, problem.num_experts) + np.rint(outside * share).astype(np.int64)
     return replace(problem, nets=nets, weights=w, loads=loads,
                    num_tokens=round(problem.num_tokens * share))
 
 
 def _net_loads(nets: np.ndarray, weights: np.ndarray, experts: int) -> np.ndarray:
-    """Pairs per expert of weighted nets: [experts] int64."""
-    valid = nets >= 0
-    return np.bincount(nets[valid], weights=np.broadcast_to(weights[:, None], nets.shape)[valid],
-                       minlength=experts).astype(np.int64)
+    """Pairs per expert of weighted nets [n, k] (-1 padding): [experts] int64 (one bincount
+    per set position)."""
+    w = weights.astype(np.float64)
+    loads = np.zeros(experts + 1)
+    for column in nets.T:
+        loads += np.bincount(column + 1, weights=w, minlength=experts + 1)
+    return loads[1:].astype(np.int64)
 
 
 def validation_score(problem: LayerProblem, expert_gpu: np.ndarray) -> tuple[float, float, float]:
@@ -155,23 +159,33 @@ def validation_score(problem: LayerProblem, expert_gpu: np.ndarray) -> tuple[flo
     return cut, peak, float(gpu_load.max())
 
 
-def _from_nodes(problem: LayerProblem, opts: Options, candidate: Candidate, starts: dict) -> LayerResult:
-    """The contiguous placement, or a node-stage search (see :class:`Candidate`; on the
-    sampled problem for large layers), then the GPU stage. ``starts`` caches the starting
-    partitions and the cut-only searches per problem."""
+def _from_nodes(problem: LayerProblem, opts: Options, candidate: Candidate, starts: dict
+                ) -> tuple[np.ndarray, tuple[str, ...]]:
+    """GPU of every expert [experts] and messages: the contiguous placement, or a node-stage
+    search (see :class:`Candidate`; on the sampled problem for large layers), then the GPU
+    stage. ``starts`` caches the starting partitions and the searches per problem."""
     if candidate.kind == "contiguous":
         node = np.repeat(np.arange(problem.num_nodes), problem.node_counts())
         expert_gpu, _, _, messages = gpu_stage(problem, node, replace(opts, solver="spectral"))
-        return measured(problem, expert_gpu, tuple(messages))
+        return expert_gpu, tuple(messages)
     search, _ = search_problem(problem, opts)
     if candidate.kind == "capped":
-        _, peak, start = min((_node_score(search, _searched(search, opts, kind, 0.0, starts))
-                              for kind in _start_kinds()), key=lambda scored: scored[0])
+        peak, start = _lowest_cut_start(search, opts, starts)
         node = search_from(search, opts, start, candidate.cap * peak)
     else:
         node = _searched(search, opts, candidate.kind, opts.alpha, starts)
     expert_gpu, _, _, messages = gpu_stage(problem, node, opts, search)
-    return measured(problem, expert_gpu, tuple(messages))
+    return expert_gpu, tuple(messages)
+
+
+def _lowest_cut_start(search: LayerProblem, opts: Options, starts: dict) -> tuple[float, np.ndarray]:
+    """(peak node touch, node of every expert [experts]) of the lowest-cut search at NIC
+    weight 0 among the starts (cached in ``starts``)."""
+    if "capped" not in starts:
+        _, peak, node = min((_node_score(search, _searched(search, opts, kind, 0.0, starts))
+                             for kind in _start_kinds()), key=lambda scored: scored[0])
+        starts["capped"] = peak, node
+    return starts["capped"]
 
 
 def _node_score(problem: LayerProblem, node: np.ndarray) -> tuple[float, float, np.ndarray]:
@@ -221,15 +235,28 @@ def measured(problem: LayerProblem, expert_gpu: np.ndarray, messages: tuple[str,
 
 def _candidate(name: str, problem: LayerProblem, opts: Options, solve: SolveFn, starts: dict | None = None
                ) -> LayerResult:
-    """Candidate ``name`` solved on ``problem``; ``starts`` caches the refined candidates'
-    starting partitions and searches across calls on the same problem."""
-    candidate = CANDIDATES[name]
-    sub = replace(opts, solver=candidate.kind if candidate.kind in ("ilp", "spectral") else "ilp",
-                  alpha=opts.alpha if candidate.alpha is None else candidate.alpha,
-                  layer_budget=opts.layer_budget * candidate.share)
+    """Candidate ``name`` solved on ``problem`` and measured; ``starts`` caches the refined
+    candidates' starting partitions and searches across calls on the same problem."""
+    candidate, sub = CANDIDATES[name], _candidate_options(CANDIDATES[name], opts)
     if candidate.kind in ("ilp", "spectral"):
         return solve(problem, sub)
-    return _from_nodes(problem, sub, candidate, {} if starts is None else starts)
+    return measured(problem, *_from_nodes(problem, sub, candidate, {} if starts is None else starts))
+
+
+def _candidate_gpu(name: str, problem: LayerProblem, opts: Options, solve: SolveFn, starts: dict) -> np.ndarray:
+    """GPU of every expert [experts] of candidate ``name`` solved on ``problem`` (as
+    :func:`_candidate`, without measuring it)."""
+    candidate, sub = CANDIDATES[name], _candidate_options(CANDIDATES[name], opts)
+    if candidate.kind in ("ilp", "spectral"):
+        return solve(problem, sub).expert_gpu
+    return _from_nodes(problem, sub, candidate, starts)[0]
+
+
+def _candidate_options(candidate: Candidate, opts: Options) -> Options:
+    """``opts`` as ``candidate`` is solved with: its solver, NIC weight and share of the budget."""
+    return replace(opts, solver=candidate.kind if candidate.kind in ("ilp", "spectral") else "ilp",
+                   alpha=opts.alpha if candidate.alpha is None else candidate.alpha,
+                   layer_budget=opts.layer_budget * candidate.share)
 
 
 def auto_options(opts: Options) -> Options:
@@ -242,7 +269,7 @@ def candidate_placements(problem: LayerProblem, opts: Options, solve: SolveFn) -
     """Every candidate of :func:`candidates` solved on ``problem`` with ``opts`` (as
     :func:`auto_options` gives them): name -> GPU of every expert [experts]."""
     starts: dict = {}
-    return {name: _candidate(name, problem, opts, solve, starts).expert_gpu for name in candidates(opts.alpha)}
+    return {name: _candidate_gpu(name, problem, opts, solve, starts) for name in candidates(opts.alpha)}
 
 
 def candidates(alpha: float | None = None) -> list[str]:
