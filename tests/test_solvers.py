@@ -357,13 +357,16 @@ def test_kicks_fit_the_layer_budget_and_small_layers_get_the_full_count():
     assert ks.kick_count(tiny, Options("spectral", 0, None, 40, 0.2)) == 40
 
 
-def test_the_mtkahypar_start_takes_fewer_pins_on_a_short_budget():
+def test_the_mtkahypar_start_takes_fewer_pins_on_a_short_budget_and_many_parts():
     from placer.solvers import validation
 
-    assert validation.mtk_start_pins(100.0) == validation.MTK_START_PINS
-    short = validation.mtk_start_pins(0.025)
-    assert 0 < short < validation.MTK_START_PINS
-    assert short * validation.MTK_PIN_COST <= 2 * 0.025 + 1e-12
+    assert validation.mtk_start_pins(100.0, 4) == validation.MTK_START_PINS
+    for parts in (2, 4, 32, 48):
+        short = validation.mtk_start_pins(0.025, parts)
+        assert 0 < short < validation.MTK_START_PINS
+        assert short * validation.mtk_pin_cost(parts) <= 2 * 0.025 + 1e-12
+    assert validation.mtk_start_pins(0.1, 2) == validation.mtk_start_pins(0.1, 4)  # the fewest levels charged
+    assert validation.mtk_start_pins(0.1, 32) < validation.mtk_start_pins(0.1, 8) < validation.mtk_start_pins(0.1, 4)
 
 
 def test_one_blas_thread_restores_the_thread_count():

@@ -49,10 +49,10 @@ from placer.solvers.options import LayerResult, Options, search_problem
 from placer.solvers.problem import LayerProblem, net_spans, sample_nets
 from placer.solvers.spectral import spectral_parts
 
-__all__ = ["AUTO_ALPHA", "CANDIDATES", "CAPS", "CAP_ALPHA", "CUT_SLACK", "LADDER", "MTK_PIN_COST", "MTK_START_PINS",
-           "NIC_TARGET", "NIC_WEIGHT", "VALIDATION_SHARE", "Candidate", "auto_layer", "auto_options",
-           "candidate_placements", "candidates", "measured", "mtk_start_pins", "nic_weight", "ranking", "reference_of",
-           "split_problem", "validated", "validation_score"]
+__all__ = ["AUTO_ALPHA", "CANDIDATES", "CAPS", "CAP_ALPHA", "CUT_SLACK", "LADDER", "MTK_MIN_LEVELS", "MTK_PIN_COST",
+           "MTK_START_PINS", "NIC_TARGET", "NIC_WEIGHT", "VALIDATION_SHARE", "Candidate", "auto_layer",
+           "auto_options", "candidate_placements", "candidates", "measured", "mtk_pin_cost", "mtk_start_pins",
+           "nic_weight", "ranking", "reference_of", "split_problem", "validated", "validation_score"]
 
 #: share of each layer's tokens held out to choose among the candidates
 VALIDATION_SHARE = 0.25
@@ -80,9 +80,14 @@ CUT_SLACK = 0.03
 #: shape), fewer when the budget is short (:func:`mtk_start_pins`)
 MTK_START_PINS = 40_000
 
-#: estimated seconds per pin of Mt-KaHyPar's start (DETERMINISTIC_QUALITY, one thread:
-#: measured 25-27 us at 2,500-40,000 pins on 64 experts)
-MTK_PIN_COST = 2.5e-5
+#: estimated seconds per pin of Mt-KaHyPar's start per doubling of the parts
+#: (DETERMINISTIC_QUALITY, one thread: measured 8-10 us x log2(parts) on samples of about
+#: 20,000 pins at 64-256 experts and 2-64 parts; :func:`mtk_pin_cost`)
+MTK_PIN_COST = 1e-5
+
+#: the fewest doublings :func:`mtk_pin_cost` charges (a call's fixed work weighs more on
+#: few parts and small samples: 20-25 us a pin at 4 parts)
+MTK_MIN_LEVELS = 2.5
 
 #: NIC caps of the capped candidates: the peak node touch of the lowest-cut search x each
 CAPS = (0.97, 0.93, 0.9, 0.85)
@@ -202,7 +207,8 @@ def _searched(search: LayerProblem, opts: Options, kind: str, alpha: float, star
     """Node of every expert [experts]: the node stage's search at ``alpha`` from the start of
     ``kind`` (cached in ``starts`` by start and alpha)."""
     if kind not in starts and kind == "refine-mtkahypar":
-        sample, _ = sample_nets(search, max(1, mtk_start_pins(opts.layer_budget) // search.nets.shape[1]), opts.seed)
+        pins = mtk_start_pins(opts.layer_budget, search.num_nodes)
+        sample, _ = sample_nets(search, max(1, pins // search.nets.shape[1]), opts.seed)
         starts[kind] = mtk.km1_parts(sample.nets, sample.weights, search.num_experts, search.num_nodes,
                                      mtk.START_PRESET, opts.seed)
     elif kind not in starts:
@@ -213,11 +219,17 @@ def _searched(search: LayerProblem, opts: Options, kind: str, alpha: float, star
     return starts[kind, alpha]
 
 
-def mtk_start_pins(budget: float) -> int:
-    """Pins of Mt-KaHyPar's start for a candidate of ``budget`` effort units: at most
-    :data:`MTK_START_PINS`, and no more than fit twice that budget (the start serves the
-    eight candidates that begin from it, a quarter of the layer budget)."""
-    return int(min(MTK_START_PINS, 2 * budget / MTK_PIN_COST))
+def mtk_start_pins(budget: float, parts: int) -> int:
+    """Pins of Mt-KaHyPar's start into ``parts`` for a candidate of ``budget`` effort units:
+    at most :data:`MTK_START_PINS`, and no more than fit twice that budget (the start serves
+    the eight candidates that begin from it, a quarter of the layer budget)."""
+    return int(min(MTK_START_PINS, 2 * budget / mtk_pin_cost(parts)))
+
+
+def mtk_pin_cost(parts: int) -> float:
+    """Estimated seconds per pin of Mt-KaHyPar's start into ``parts`` parts:
+    :data:`MTK_PIN_COST` x log2(parts), at least :data:`MTK_MIN_LEVELS` doublings."""
+    return MTK_PIN_COST * max(MTK_MIN_LEVELS, float(np.log2(max(parts, 1))))
 
 
 def measured(problem: LayerProblem, expert_gpu: np.ndarray, messages: tuple[str, ...] = ()) -> LayerResult:
