@@ -12,7 +12,7 @@ import numbers
 
 from placer.errors import InputError
 
-__all__ = ["check_count", "check_real", "check_type", "finite_json"]
+__all__ = ["check_choice", "check_count", "check_real", "check_type", "finite_json"]
 
 
 def check_count(value: object, field: str, low: int = 0, high: int | None = None,
@@ -25,6 +25,13 @@ def check_count(value: object, field: str, low: int = 0, high: int | None = None
         bound = f"{low:,}..{high:,}" if high is not None else f">= {low:,}"
         raise InputError(source, field, f"expected an integer {bound}, got {number:,}")
     return number
+
+
+def check_choice(value: object, field: str, choices: tuple[str, ...], source: str | None = None) -> str:
+    """``value`` if it is one of ``choices``, else :class:`InputError` listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise InputError(source, field, f"expected one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def check_real(value: object, field: str, low: float = -math.inf, high: float = math.inf,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from placer.checks import check_count, check_real
+from placer.checks import check_choice, check_count, check_real
 from placer.constraints import Constraints
 from placer.errors import InputError
 from placer.placement import BASELINES
@@ -84,8 +84,7 @@ class PlacementProblem:
             check_count(self.slots_per_gpu, "slots_per_gpu", 1, MAX_EXPERTS)
         check_real(self.memory_reserve, "memory_reserve", 0.0, 1.0)
         object.__setattr__(self, "exclude_gpus", tuple(self.exclude_gpus))
-        if self.rule not in RULES:
-            raise InputError(None, "rule", f"expected one of {', '.join(RULES)}, got {self.rule!r}")
+        check_choice(self.rule, "rule", RULES)
         check_count(self.lp_batch, "lp_batch", 1, MAX_LP_BATCH)
         for name in ("balance", "max_nodes_coverage"):
             value = getattr(self, name)

@@ -129,3 +129,19 @@ def test_replicas_packed_for_the_lp_rule_serve_it_better():
                           SolverSettings("spectral"))
         peaks[rule] = evaluate(trace, placed, topology, rule="lp", lp_batch=512).totals["gpu_peak_load"]
     assert peaks["lp"] < peaks["nearest"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("source", "tokens"), ("dispatch", "fast"), ("rule", "LP"),
+                                              ("rule", None)])
+def test_replay_choices_are_refused_by_name_listing_the_choices(field, value):
+    from placer.placement import baseline
+    from placer.trace import Trace
+
+    topology = Topology("t", 2, 2, 1e9, 1e12, 1e9, 1e9, 0.0)
+    trace = Trace(topk_ids=np.zeros((4, 1, 2), np.int16) + np.array([0, 1], np.int16), num_experts=4)
+    with pytest.raises(InputError) as err:
+        evaluate(trace, baseline("contiguous", 1, 4, 4, 1), topology, **{field: value})
+    assert err.value.field == field and "expected one of" in err.value.message and repr(value) in err.value.message
+    if field == "rule":
+        with pytest.raises(InputError, match="rule: expected one of nearest, sglang-static, lp"):
+            PlacementProblem(topology, rule=value)

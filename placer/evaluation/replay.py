@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from placer.checks import check_count
+from placer.checks import check_choice, check_count
 from placer.dispatch import LP_BATCH_TOKENS, RULES, Dispatcher
 from placer.errors import InputError
 from placer.placement import Placement
@@ -371,12 +371,9 @@ def evaluate(
     token_offset: position of an in-memory trace's first token in a longer stream (token source
     ``(token_offset + t) mod P``).
     """
-    if source not in SOURCES:
-        raise InputError(None, "source", f"expected one of {', '.join(SOURCES)}, got {source!r}")
-    if dispatch not in DISPATCH_MODES:
-        raise InputError(None, "dispatch", f"expected one of {', '.join(DISPATCH_MODES)}, got {dispatch!r}")
-    if rule not in RULES:
-        raise InputError(None, "rule", f"expected one of {', '.join(RULES)}, got {rule!r}")
+    check_choice(source, "source", SOURCES)
+    check_choice(dispatch, "dispatch", DISPATCH_MODES)
+    check_choice(rule, "rule", RULES)
     check_count(lp_batch, "lp_batch", 1, MAX_LP_BATCH)
     _check_types(trace, placement, topology, model)
     if max_nodes is not None:

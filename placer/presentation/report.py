@@ -24,6 +24,7 @@ import numpy as np
 
 from placer import __version__
 from placer.atomic import atomic_output, refuse_overwriting_input, write_text_atomic
+from placer.checks import check_choice
 from placer.dispatch import LP_BATCH_TOKENS
 from placer.errors import InputError
 from placer.evaluation.replay import ReplayReport
@@ -425,8 +426,7 @@ def render_markdown(data: ReportData) -> str:
 
 def _check_output(out_dir: str | Path, format: str, protected: Sequence[str | Path]) -> Path:
     """The output folder, after refusing a bad format, a file in the way or an output that is an input."""
-    if format not in REPORT_FORMATS:
-        raise InputError(None, "format", f"expected one of {', '.join(REPORT_FORMATS)}, got {format!r}")
+    check_choice(format, "format", REPORT_FORMATS)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(out, "out", "exists and is not a directory")

@@ -35,7 +35,7 @@ from functools import partial
 
 import numpy as np
 
-from placer.checks import check_type
+from placer.checks import check_choice, check_type
 from placer.errors import InputError
 from placer.evaluation.calc import all_to_all_volume, expected_nvlink_copies
 from placer.evaluation.replay import DISPATCH_MODES, bottlenecks, count_traffic, layer_times
@@ -318,8 +318,7 @@ def check_step(step: StepModel) -> StepModel:
     tokens = step.tokens_per_step
     if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 1:
         raise InputError(None, "tokens_per_step", f"expected a positive integer, got {tokens!r}")
-    if step.dispatch not in DISPATCH_MODES:
-        raise InputError(None, "dispatch", f"expected one of {', '.join(DISPATCH_MODES)}, got {step.dispatch!r}")
+    check_choice(step.dispatch, "dispatch", DISPATCH_MODES)
     if not np.isfinite(step.peer_latency_s) or step.peer_latency_s < 0:
         raise InputError(None, "peer_latency_s", f"expected a finite number >= 0, got {step.peer_latency_s!r}")
     return step
