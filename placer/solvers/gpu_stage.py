@@ -9,10 +9,7 @@ import numpy as np
 
 from placer.solvers import cpsat
 from placer.solvers.options import Options
-from placer.solvers.problem import (
-    LayerProblem,
-    net_spans,
-)
+from placer.solvers.problem import LayerProblem
 from placer.solvers.refine import SearchSpec, evaluate, local_search
 
 
@@ -45,14 +42,12 @@ def _minmax_pack(members: np.ndarray, loads: np.ndarray, gpus: int, slots: int) 
 
 
 def gpu_stage(problem: LayerProblem, node: np.ndarray, opts: Options, search: LayerProblem | None = None
-              ) -> tuple[np.ndarray, float, float, list[str]]:
-    """GPU of every expert [experts], intra-node spread, layer peak GPU load, messages.
+              ) -> tuple[np.ndarray, list[str]]:
+    """GPU of every expert [experts] and messages.
 
     Each node's experts go to its live GPUs only (local index i = i-th live GPU of the node).
-    search: the (sampled) problem the spread search runs on (default: ``problem``); the
-    spread is always measured on ``problem``.
+    search: the (sampled) problem the spread search runs on (default: ``problem``).
     """
-    full = problem
     problem = problem if search is None else search
     S = problem.slots_per_gpu
     loads = problem.loads
@@ -73,7 +68,6 @@ def gpu_stage(problem: LayerProblem, node: np.ndarray, opts: Options, search: La
     elif cap is not None:
         target = cap
     expert_gpu = np.empty(problem.num_experts, np.int64)
-    spread = 0.0
     for n in range(problem.num_nodes):
         members = np.flatnonzero(node == n)
         local = packs[n]
@@ -81,8 +75,7 @@ def gpu_stage(problem: LayerProblem, node: np.ndarray, opts: Options, search: La
         if opts.spread_search and S > 1 and len(members) > 1:
             local = _spread_search(problem, members, local, len(gpus), target, opts)
         expert_gpu[members] = gpus[local]
-    spread = _intra_spread(full, expert_gpu)
-    return expert_gpu, spread, peak, messages
+    return expert_gpu, messages
 
 
 def _spread_search(problem: LayerProblem, members: np.ndarray, local: np.ndarray, G: int, target: float,
@@ -111,9 +104,3 @@ def _spread_search(problem: LayerProblem, members: np.ndarray, local: np.ndarray
         if res.assignment is not None and evaluate(spec, res.assignment)[0] < evaluate(spec, new)[0]:
             new = res.assignment
     return new
-
-
-def _intra_spread(problem: LayerProblem, expert_gpu: np.ndarray) -> float:
-    """sum_j w_j * (distinct GPUs of net j): the NVLink+NIC copy count at GPU level."""
-    distinct, _ = net_spans(problem.nets, problem.weights, expert_gpu, problem.num_gpus)
-    return float((problem.weights * distinct).sum())

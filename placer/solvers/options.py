@@ -10,6 +10,7 @@ import numpy as np
 from placer.solvers.problem import (
     LayerProblem,
     NetSample,
+    net_spans,
     sample_nets,
 )
 
@@ -50,6 +51,19 @@ class LayerResult:
     intra_spread: float
     messages: tuple[str, ...] = ()
     sample: NetSample | None = None
+
+    @classmethod
+    def measure(cls, problem: LayerProblem, expert_gpu: np.ndarray, bound: float, status: str,
+                messages: tuple[str, ...] = (), sample: NetSample | None = None) -> LayerResult:
+        """The result of ``expert_gpu`` [experts] with every metric measured on all of
+        ``problem``'s sets (cut, busiest node's touch, GPU peak load, spread over GPUs)."""
+        lam, touch = net_spans(problem.nets, problem.weights, expert_gpu // problem.gpus_per_node,
+                               problem.num_nodes)
+        gpus, _ = net_spans(problem.nets, problem.weights, expert_gpu, problem.num_gpus)
+        gpu_load = np.bincount(expert_gpu, weights=problem.loads, minlength=problem.num_gpus)
+        return cls(problem.layer, expert_gpu, float((problem.weights * lam).sum()), bound, status,
+                   float(touch.max()), float(gpu_load.max()), problem.gpu_load_lower_bound(),
+                   float((problem.weights * gpus).sum()), tuple(messages), sample)
 
     @property
     def gap(self) -> float:

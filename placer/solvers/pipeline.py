@@ -12,10 +12,7 @@ from placer.solvers.gpu_stage import gpu_stage
 from placer.solvers.groups import solve_blocks, split_blocks
 from placer.solvers.node_stage import node_stage, trivial_bound
 from placer.solvers.options import LayerResult, Options, search_problem
-from placer.solvers.problem import (
-    LayerProblem,
-    net_spans,
-)
+from placer.solvers.problem import LayerProblem
 from placer.solvers.spectral import one_blas_thread as _one_blas_thread
 from placer.solvers.spectral import spectral_parts
 from placer.solvers.validation import auto_layer
@@ -38,13 +35,8 @@ def solve_layer(problem: LayerProblem, opts: Options) -> LayerResult:
             node, bound, status, messages = node_stage(problem, opts, search)
         else:
             node, bound, status, messages = solve_blocks(problem, blocks, partial(_block_stage, opts))
-    expert_gpu, spread, peak, gpu_messages = gpu_stage(problem, node, opts, search)
-    lam, touch = net_spans(problem.nets, problem.weights, node, problem.num_nodes)
-    return LayerResult(
-        problem.layer, expert_gpu, float((problem.weights * lam).sum()), bound, status,
-        float(touch.max()), peak, problem.gpu_load_lower_bound(), spread,
-        tuple(messages + gpu_messages), sample,
-    )
+    expert_gpu, gpu_messages = gpu_stage(problem, node, opts, search)
+    return LayerResult.measure(problem, expert_gpu, bound, status, tuple(messages + gpu_messages), sample)
 
 
 def _block_stage(opts: Options, block: LayerProblem, share: float) -> tuple[np.ndarray, float, str, list[str]]:
@@ -59,9 +51,5 @@ def interrupted_layer(problem: LayerProblem) -> LayerResult:
     opts = Options(solver="spectral", kicks=0)
     search, sample = search_problem(problem, opts)
     node = spectral_parts(search.nets, search.weights, search.num_experts, search.node_counts(), search.allowed)
-    expert_gpu, spread, peak, messages = gpu_stage(problem, node, opts, search)
-    lam, touch = net_spans(problem.nets, problem.weights, node, problem.num_nodes)
-    return LayerResult(
-        problem.layer, expert_gpu, float((problem.weights * lam).sum()), trivial_bound(problem), "interrupted",
-        float(touch.max()), peak, problem.gpu_load_lower_bound(), spread, tuple(messages), sample,
-    )
+    expert_gpu, messages = gpu_stage(problem, node, opts, search)
+    return LayerResult.measure(problem, expert_gpu, trivial_bound(problem), "interrupted", tuple(messages), sample)

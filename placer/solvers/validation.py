@@ -168,18 +168,21 @@ def _from_nodes(problem: LayerProblem, opts: Options, candidate: Candidate, star
                 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """GPU of every expert [experts] and messages: the contiguous placement, or a node-stage
     search (see :class:`Candidate`; on the sampled problem for large layers), then the GPU
-    stage. ``starts`` caches the starting partitions and the searches per problem."""
+    stage. ``starts`` caches, per problem, the (sampled) search problems by budget, the
+    starting partitions and the searches from them."""
     if candidate.kind == "contiguous":
         node = np.repeat(np.arange(problem.num_nodes), problem.node_counts())
-        expert_gpu, _, _, messages = gpu_stage(problem, node, replace(opts, solver="spectral"))
+        expert_gpu, messages = gpu_stage(problem, node, replace(opts, solver="spectral"))
         return expert_gpu, tuple(messages)
-    search, _ = search_problem(problem, opts)
+    if ("search", opts.layer_budget) not in starts:
+        starts["search", opts.layer_budget] = search_problem(problem, opts)[0]
+    search = starts["search", opts.layer_budget]
     if candidate.kind == "capped":
         peak, start = _lowest_cut_start(search, opts, starts)
         node = search_from(search, opts, start, candidate.cap * peak)
     else:
         node = _searched(search, opts, candidate.kind, opts.alpha, starts)
-    expert_gpu, _, _, messages = gpu_stage(problem, node, opts, search)
+    expert_gpu, messages = gpu_stage(problem, node, opts, search)
     return expert_gpu, tuple(messages)
 
 
@@ -235,14 +238,7 @@ def mtk_pin_cost(parts: int) -> float:
 def measured(problem: LayerProblem, expert_gpu: np.ndarray, messages: tuple[str, ...] = ()) -> LayerResult:
     """A LayerResult of ``expert_gpu`` [experts] measured on ``problem`` (trivial bound, status
     feasible)."""
-    node = expert_gpu // problem.gpus_per_node
-    lam, touch = net_spans(problem.nets, problem.weights, node, problem.num_nodes)
-    gpus, _ = net_spans(problem.nets, problem.weights, expert_gpu, problem.num_gpus)
-    spread = float((problem.weights * gpus).sum())
-    gpu_load = np.bincount(expert_gpu, weights=problem.loads, minlength=problem.num_gpus)
-    return LayerResult(problem.layer, expert_gpu, float((problem.weights * lam).sum()), trivial_bound(problem),
-                       "feasible", float(touch.max()), float(gpu_load.max()), problem.gpu_load_lower_bound(),
-                       spread, messages)
+    return LayerResult.measure(problem, expert_gpu, trivial_bound(problem), "feasible", messages)
 
 
 def _candidate(name: str, problem: LayerProblem, opts: Options, solve: SolveFn, starts: dict | None = None
