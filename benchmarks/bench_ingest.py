@@ -3,7 +3,7 @@
 Run from the repository root:
 
     python benchmarks/bench_ingest.py [--tokens 1000000] [--workers 1,2] [--caps all,32768]
-        [--repeat 1] [--cache-dir /tmp/placer-bench-scale] [--compare-placement]
+        [--repeat 1] [--cache-dir /tmp/placer-bench-scale] [--compare-placement] [--streamed]
 
 Prints markdown tables. The trace is the ``deepseek-v3`` synthetic preset (256 experts x
 58 layers, top-8), generated once and cached as ``.npz`` by ``bench_scale.cached_train``
@@ -16,6 +16,10 @@ RSS is the process's high-water mark (``ru_maxrss``), trace in memory included. 
 is the share of each layer's tokens whose top-k set the streaming cap left out
 (min..max over layers); ``hypergraph dropped`` is what a solver-sized cap
 (``SAMPLE_NETS`` heaviest nets) drops from the summary's hypergraph.
+
+``--streamed``: summarise the file as ``place --trace FILE`` does, streamed from disk in token
+blocks (``summarize(TraceSource(path))``): the read is inside ``summarize s`` (``read s`` is 0)
+and peak memory holds the trace once while it is read.
 
 ``--compare-placement`` also places the trace (``spectral`` on 32 x 8 GPUs) from the exact
 and the capped summary and replays both on a held-out trace: are they the same placement,
@@ -57,10 +61,14 @@ def child(args: argparse.Namespace) -> None:
     from placer.solvers.options import SAMPLE_NETS
     from placer.trace import TraceSource
 
+    source = TraceSource(args.trace)
+    if args.streamed:
+        summarize(replace(source.load(), topk_ids=source.load().topk_ids[:100]))  # compile, untimed
     started, cpu0 = time.perf_counter(), time.process_time()
-    trace = TraceSource(args.trace).load()
+    trace = source if args.streamed else source.load()
     read_s, read_cpu = time.perf_counter() - started, time.process_time() - cpu0
-    summarize(replace(trace, topk_ids=trace.topk_ids[:100]))  # load the compiled kernels, untimed
+    if not args.streamed:
+        summarize(replace(trace, topk_ids=trace.topk_ids[:100]))  # load the compiled kernels, untimed
     begun, cpu1 = time.perf_counter(), time.process_time()
     summary = summarize(trace, workers=args.workers, max_nets=_cap(args.cap))
     hypergraphs = [layer.hypergraph() for layer in summary.layers]
@@ -75,9 +83,9 @@ def child(args: argparse.Namespace) -> None:
     }))
 
 
-def run_child(trace: Path, workers: int, cap: str) -> dict:
+def run_child(trace: Path, workers: int, cap: str, streamed: bool = False) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--trace", str(trace),
-           "--workers", str(workers), "--cap", cap]
+           "--workers", str(workers), "--cap", cap, *(["--streamed"] if streamed else [])]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
@@ -124,6 +132,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "placer-bench-scale"))
     parser.add_argument("--compare-placement", action="store_true")
+    parser.add_argument("--streamed", action="store_true", help="summarise the file streamed from disk")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--trace", help=argparse.SUPPRESS)
     parser.add_argument("--cap", default="all", help=argparse.SUPPRESS)
@@ -138,7 +147,8 @@ def main() -> None:
     run_child(path, 1, "all")  # warm-up: numba cache, page cache
     print(f"placer bench_ingest: {os.cpu_count()} cores, {args.tokens:,} tokens x {SHAPE.layers} layers x "
           f"top-{SHAPE.top_k}, {SHAPE.experts} experts ({generator}); load average at start "
-          f"{os.getloadavg()[0]:.1f}\n", flush=True)
+          f"{os.getloadavg()[0]:.1f}{'; streamed from disk (read inside summarize)' if args.streamed else ''}\n",
+          flush=True)
     print("| workers | cap (sets/layer) | read s | summarize s | M rows/s (wall) | M rows/CPU-s | CPU s "
           "| distinct sets/layer kept | dropped by streaming cap | hypergraph dropped at SAMPLE_NETS "
           "| peak RSS GB | load avg |")
@@ -146,7 +156,7 @@ def main() -> None:
     for workers in (int(w) for w in args.workers.split(",")):
         for cap in args.caps.split(","):
             load = os.getloadavg()[0]
-            runs = [run_child(path, workers, cap) for _ in range(args.repeat)]
+            runs = [run_child(path, workers, cap, args.streamed) for _ in range(args.repeat)]
             best = min(runs, key=lambda r: r["summarize"])
             rows = best["rows"] / 1e6
             print(f"| {workers} | {cap} | {best['read']:.1f} | {best['summarize']:.2f} "
