@@ -636,10 +636,9 @@ class TraceSummary:
         """[layers] fraction of each layer's tokens whose set a streaming cap dropped."""
         return np.array([layer.dropped_share for layer in self.layers])
 
-    def merge(self, other: TraceSummary, max_nets: int | None = None, map_layers: Callable = map) -> TraceSummary:
+    def merge(self, other: TraceSummary, max_nets: int | None = None) -> TraceSummary:
         """The summary of both parts' tokens together (same layers, experts and k), each
-        layer capped to ``max_nets`` sets if given (:meth:`LayerSummary.merge`); the layers
-        are merged by ``map_layers`` (e.g. a thread pool's ``map``: the merges release the GIL)."""
+        layer capped to ``max_nets`` sets if given (:meth:`LayerSummary.merge`)."""
         if (other.num_experts, other.top_k, other.layer_ids) != (
             self.num_experts,
             self.top_k,
@@ -649,7 +648,7 @@ class TraceSummary:
         return replace(
             self,
             num_tokens=self.num_tokens + other.num_tokens,
-            layers=tuple(map_layers(partial(LayerSummary.merge, max_nets=max_nets), self.layers, other.layers)),
+            layers=tuple(a.merge(b, max_nets) for a, b in zip(self.layers, other.layers)),
         )
 
 
@@ -674,14 +673,14 @@ def merge_in_order(parts: Iterable[tuple[int, T]], merge: Callable[[T, T], T], f
     return reduce(merge, [part for _, part in stack])
 
 
-def combine(parts: Iterable[TraceSummary], max_nets: int | None = None,
-            pool: ThreadPoolExecutor | None = None) -> TraceSummary:
+def combine(parts: Iterable[TraceSummary], max_nets: int | None = None) -> TraceSummary:
     """Merge chunk summaries, in order, the way :func:`summarize` does (:func:`merge_in_order`,
-    folded with a cap), each merge's layers on ``pool``'s threads if given. Exact without a
-    cap (then any order gives the same summary); with ``max_nets`` the result is a pure
-    function of the parts' sequence."""
-    merge = partial(TraceSummary.merge, max_nets=max_nets, map_layers=map if pool is None else pool.map)
-    return merge_in_order(((part.num_tokens, part) for part in parts), merge, fold=max_nets is not None)
+    folded with a cap). Exact without a cap (then any order gives the same summary); with
+    ``max_nets`` the result is a pure function of the parts' sequence."""
+    return merge_in_order(
+        ((part.num_tokens, part) for part in parts), partial(TraceSummary.merge, max_nets=max_nets),
+        fold=max_nets is not None,
+    )
 
 
 def summarize_chunk(
@@ -728,7 +727,7 @@ def summarize(
         if not 0 <= layer < num_layers:
             raise InputError(None, "layers", f"layer {layer} is out of range 0..{num_layers - 1}")
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return combine(_chunk_summaries(source, layer_ids, pool, workers, max_nets, progress), max_nets, pool)
+        return combine(_chunk_summaries(source, layer_ids, pool, workers, max_nets, progress), max_nets)
 
 
 def _chunk_summaries(
