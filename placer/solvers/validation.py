@@ -245,7 +245,7 @@ def _candidate(name: str, problem: LayerProblem, opts: Options, solve: SolveFn, 
                ) -> LayerResult:
     """Candidate ``name`` solved on ``problem`` and measured; ``starts`` caches the refined
     candidates' starting partitions and searches across calls on the same problem."""
-    candidate, sub = CANDIDATES[name], _candidate_options(CANDIDATES[name], opts)
+    candidate, sub = _plan(name, opts)
     if candidate.kind in ("ilp", "spectral"):
         return solve(problem, sub)
     return measured(problem, *_from_nodes(problem, sub, candidate, {} if starts is None else starts))
@@ -254,17 +254,19 @@ def _candidate(name: str, problem: LayerProblem, opts: Options, solve: SolveFn, 
 def _candidate_gpu(name: str, problem: LayerProblem, opts: Options, solve: SolveFn, starts: dict) -> np.ndarray:
     """GPU of every expert [experts] of candidate ``name`` solved on ``problem`` (as
     :func:`_candidate`, without measuring it)."""
-    candidate, sub = CANDIDATES[name], _candidate_options(CANDIDATES[name], opts)
+    candidate, sub = _plan(name, opts)
     if candidate.kind in ("ilp", "spectral"):
         return solve(problem, sub).expert_gpu
     return _from_nodes(problem, sub, candidate, starts)[0]
 
 
-def _candidate_options(candidate: Candidate, opts: Options) -> Options:
-    """``opts`` as ``candidate`` is solved with: its solver, NIC weight and share of the budget."""
-    return replace(opts, solver=candidate.kind if candidate.kind in ("ilp", "spectral") else "ilp",
-                   alpha=opts.alpha if candidate.alpha is None else candidate.alpha,
-                   layer_budget=opts.layer_budget * candidate.share)
+def _plan(name: str, opts: Options) -> tuple[Candidate, Options]:
+    """Candidate ``name`` and ``opts`` as it is solved with: its solver, NIC weight and share of
+    the budget."""
+    candidate = CANDIDATES[name]
+    return candidate, replace(opts, solver=candidate.kind if candidate.kind in ("ilp", "spectral") else "ilp",
+                              alpha=opts.alpha if candidate.alpha is None else candidate.alpha,
+                              layer_budget=opts.layer_budget * candidate.share)
 
 
 def auto_options(opts: Options) -> Options:
