@@ -89,7 +89,7 @@ from placer.placement import from_expert_gpu
 from placer.request import PlacementProblem, SolverSettings
 from placer.solvers import solve
 from placer.solvers.api import layer_options
-from placer.solvers.pipeline import solve_layer
+from placer.solvers.pipeline import place_layer
 from placer.solvers.problem import build_problems
 from placer.solvers.validation import auto_options, candidate_placements
 from placer.studies import synth
@@ -317,7 +317,7 @@ def candidates_held_out(summary: TraceSummary, test: Trace, topology: Topology, 
     copies, NIC peak)]."""
     problems = build_problems(summary, topology.nodes, topology.gpus_per_node)
     opts = auto_options(layer_options(settings, len(problems)))
-    placed = [candidate_placements(p, opts, solve_layer) for p in problems]
+    placed = [candidate_placements(p, opts, place_layer) for p in problems]
     layers = []
     for name in placed[0]:
         expert_gpu = np.stack([layer[name] for layer in placed])

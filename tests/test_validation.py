@@ -12,7 +12,7 @@ from placer.constraints import Constraints
 from placer.graph import summarize
 from placer.solvers import mtk, validation
 from placer.solvers.options import Options
-from placer.solvers.pipeline import solve_layer
+from placer.solvers.pipeline import place_layer, solve_layer
 from placer.solvers.problem import build_problems
 from placer.studies import synth
 
@@ -44,7 +44,7 @@ def test_auto_is_never_worse_on_its_validation_split_than_any_candidate(case):
         chosen = solve_layer(problem, opts)
         fit, valid = validation.split_problem(problem, validation.VALIDATION_SHARE, opts.seed)
         inner = validation.auto_options(opts)
-        scores = {name: validation.validation_score(valid, validation._candidate(name, fit, inner, solve_layer)
+        scores = {name: validation.validation_score(valid, validation._candidate(name, fit, inner, place_layer)
                                                     .expert_gpu) for name in validation.candidates(inner.alpha)}
         reference = validation.reference_of(scores)
         mine = validation.validation_score(valid, chosen.expert_gpu)
@@ -112,12 +112,12 @@ def test_capped_candidates_lower_the_busiest_nic_of_the_cut_only_search():
     problem = _problems(6000, 5, 4, "seed001", layers=1)[0]
     opts = Options(solver="auto", layer_budget=0.5)
     starts: dict = {}
-    cut_only = {name: validation._candidate(name, problem, opts, solve_layer, starts).expert_gpu // 4
+    cut_only = {name: validation._candidate(name, problem, opts, place_layer, starts).expert_gpu // 4
                 for name in validation.candidates() if name.endswith("@0")}
     best = min(cut_only.values(), key=lambda node: validation.validation_score(problem, node * 4)[0])
     peak = net_spans(problem.nets, problem.weights, best, 5)[1].max()
     for cap in validation.CAPS:
-        node = validation._candidate(f"capped@{cap:g}", problem, opts, solve_layer, starts).expert_gpu // 4
+        node = validation._candidate(f"capped@{cap:g}", problem, opts, place_layer, starts).expert_gpu // 4
         assert net_spans(problem.nets, problem.weights, node, 5)[1].max() <= peak
 
 

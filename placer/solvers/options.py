@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -68,6 +69,17 @@ class LayerResult:
     @property
     def gap(self) -> float:
         return 0.0 if self.objective <= 0 else max(0.0, (self.objective - self.bound) / self.objective)
+
+
+class Placed(NamedTuple):
+    """A layer's placement before it is measured: expert_gpu [experts], the proven lower
+    bound on the cut, status, messages and the net sample searched (None: every net)."""
+
+    expert_gpu: np.ndarray
+    bound: float
+    status: str
+    messages: tuple[str, ...]
+    sample: NetSample | None
 
 
 def search_problem(problem: LayerProblem, opts: Options) -> tuple[LayerProblem, NetSample | None]:

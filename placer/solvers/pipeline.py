@@ -11,7 +11,7 @@ import numpy as np
 from placer.solvers.gpu_stage import gpu_stage
 from placer.solvers.groups import solve_blocks, split_blocks
 from placer.solvers.node_stage import node_stage, trivial_bound
-from placer.solvers.options import LayerResult, Options, search_problem
+from placer.solvers.options import LayerResult, Options, Placed, search_problem
 from placer.solvers.problem import LayerProblem
 from placer.solvers.spectral import one_blas_thread as _one_blas_thread
 from placer.solvers.spectral import spectral_parts
@@ -27,7 +27,13 @@ def solve_layer(problem: LayerProblem, opts: Options) -> LayerResult:
     candidates by a validation split of the layer's tokens (:mod:`validation`).
     """
     if opts.solver == "auto":
-        return auto_layer(problem, opts, solve_layer)
+        return auto_layer(problem, opts, place_layer)
+    return LayerResult.measure(problem, *place_layer(problem, opts))
+
+
+def place_layer(problem: LayerProblem, opts: Options) -> Placed:
+    """One layer placed by the node and GPU stages of ``opts.solver`` (not ``auto``), not
+    measured."""
     search, sample = search_problem(problem, opts)
     blocks = split_blocks(problem)
     with _one_blas_thread(sample is not None or blocks is not None):
@@ -36,7 +42,7 @@ def solve_layer(problem: LayerProblem, opts: Options) -> LayerResult:
         else:
             node, bound, status, messages = solve_blocks(problem, blocks, partial(_block_stage, opts))
     expert_gpu, gpu_messages = gpu_stage(problem, node, opts, search)
-    return LayerResult.measure(problem, expert_gpu, bound, status, tuple(messages + gpu_messages), sample)
+    return Placed(expert_gpu, bound, status, tuple(messages + gpu_messages), sample)
 
 
 def _block_stage(opts: Options, block: LayerProblem, share: float) -> tuple[np.ndarray, float, str, list[str]]:

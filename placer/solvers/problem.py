@@ -125,15 +125,36 @@ class LayerProblem:
         return counts
 
     def incidence(self) -> tuple[np.ndarray, np.ndarray]:
-        """CSR expert -> nets: (ptr [experts + 1], nets [nnz]) int64."""
-        rows = np.repeat(np.arange(len(self.nets)), self.nets.shape[1])
-        cols = self.nets.ravel()
-        keep = cols >= 0
-        rows, cols = rows[keep], cols[keep]
-        order = np.argsort(cols, kind="stable")
-        ptr = np.zeros(self.num_experts + 1, dtype=np.int64)
-        np.cumsum(np.bincount(cols, minlength=self.num_experts), out=ptr[1:])
-        return ptr, rows[order].astype(np.int64)
+        """CSR expert -> nets: (ptr [experts + 1], nets [nnz]) int64 (:func:`expert_incidence`)."""
+        return expert_incidence(self.nets, self.num_experts)
+
+
+def expert_incidence(nets: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR expert -> nets of nets [n, k] (-1 padding): (ptr [experts + 1], net ids [pins]) int64,
+    each expert's nets in ascending order."""
+    return _incidence(np.ascontiguousarray(nets), int(num_experts))
+
+
+@nb.njit(cache=True, nogil=True)
+def _incidence(nets, num_experts):
+    """A counting sort of the pins by expert (net order kept)."""
+    n, k = nets.shape
+    ptr = np.zeros(num_experts + 1, np.int64)
+    for j in range(n):
+        for i in range(k):
+            if nets[j, i] >= 0:
+                ptr[nets[j, i] + 1] += 1
+    for e in range(num_experts):
+        ptr[e + 1] += ptr[e]
+    fill = ptr[:-1].copy()
+    inc = np.empty(ptr[num_experts], np.int64)
+    for j in range(n):
+        for i in range(k):
+            e = nets[j, i]
+            if e >= 0:
+                inc[fill[e]] = j
+                fill[e] += 1
+    return ptr, inc
 
 
 def build_problems(

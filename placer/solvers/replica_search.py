@@ -30,6 +30,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from placer.solvers.problem import expert_incidence
+
 __all__ = ["MAX_NODES", "TARGETS", "pass_work", "seat_replicas", "window_cost"]
 
 #: nodes a bit mask holds (more nodes: the search is skipped)
@@ -278,17 +280,6 @@ def pass_work(num_slots: int, num_experts: int, num_nodes: int, nets: np.ndarray
     return float((3 * num_slots + targets * num_experts) * pins_per_expert * (min(num_nodes, 2 * k) + 1) * k)
 
 
-def _incidence(nets: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR expert -> nets: ptr [E + 1], inc [pins]."""
-    rows = np.repeat(np.arange(len(nets)), nets.shape[1])
-    cols = nets.ravel()
-    keep = cols >= 0
-    rows, cols = rows[keep], cols[keep]
-    ptr = np.zeros(num_experts + 1, np.int64)
-    np.cumsum(np.bincount(cols, minlength=num_experts), out=ptr[1:])
-    return ptr, rows[np.argsort(cols, kind="stable")].astype(np.int64)
-
-
 def _node_counts(row: np.ndarray, num_experts: int, slots_per_gpu: int, gpus_per_node: int) -> np.ndarray:
     """[nodes, E] copies of each expert on each node of row [slots]."""
     nodes = len(row) // slots_per_gpu // gpus_per_node
@@ -342,7 +333,7 @@ def seat_replicas(row: np.ndarray, nets: np.ndarray, weights: np.ndarray, loads:
                                      minlength=len(row) // slots_per_gpu).max())
     cnt = _node_counts(row, num_experts, slots_per_gpu, gpus_per_node)
     node_affinity = np.ascontiguousarray((np.asarray(affinity, dtype=np.float64) @ (cnt.T > 0)), dtype=np.float64)
-    ptr, inc = _incidence(nets, num_experts)
+    ptr, inc = expert_incidence(nets, num_experts)
     service_row = row if service is None else service
     in_service = np.zeros((len(row) // slots_per_gpu, num_experts), dtype=np.bool_)
     filled = np.flatnonzero(service_row >= 0)

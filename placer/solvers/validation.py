@@ -45,7 +45,7 @@ import numpy as np
 from placer.solvers import mtk
 from placer.solvers.gpu_stage import gpu_stage
 from placer.solvers.node_stage import search_from, trivial_bound
-from placer.solvers.options import LayerResult, Options, search_problem
+from placer.solvers.options import LayerResult, Options, Placed, search_problem
 from placer.solvers.problem import LayerProblem, net_spans, sample_nets
 from placer.solvers.spectral import spectral_parts
 
@@ -121,7 +121,7 @@ CANDIDATES = {
     **{f"capped@{c:g}": Candidate("capped", CAP_ALPHA, 0.125, c) for c in CAPS},
 }
 
-SolveFn = Callable[[LayerProblem, Options], LayerResult]
+PlaceFn = Callable[[LayerProblem, Options], Placed]
 
 
 def split_problem(problem: LayerProblem, share: float, seed: int) -> tuple[LayerProblem, LayerProblem]:
@@ -241,22 +241,22 @@ def measured(problem: LayerProblem, expert_gpu: np.ndarray, messages: tuple[str,
     return LayerResult.measure(problem, expert_gpu, trivial_bound(problem), "feasible", messages)
 
 
-def _candidate(name: str, problem: LayerProblem, opts: Options, solve: SolveFn, starts: dict | None = None
+def _candidate(name: str, problem: LayerProblem, opts: Options, place: PlaceFn, starts: dict | None = None
                ) -> LayerResult:
     """Candidate ``name`` solved on ``problem`` and measured; ``starts`` caches the refined
     candidates' starting partitions and searches across calls on the same problem."""
     candidate, sub = _plan(name, opts)
     if candidate.kind in ("ilp", "spectral"):
-        return solve(problem, sub)
+        return LayerResult.measure(problem, *place(problem, sub))
     return measured(problem, *_from_nodes(problem, sub, candidate, {} if starts is None else starts))
 
 
-def _candidate_gpu(name: str, problem: LayerProblem, opts: Options, solve: SolveFn, starts: dict) -> np.ndarray:
+def _candidate_gpu(name: str, problem: LayerProblem, opts: Options, place: PlaceFn, starts: dict) -> np.ndarray:
     """GPU of every expert [experts] of candidate ``name`` solved on ``problem`` (as
     :func:`_candidate`, without measuring it)."""
     candidate, sub = _plan(name, opts)
     if candidate.kind in ("ilp", "spectral"):
-        return solve(problem, sub).expert_gpu
+        return place(problem, sub).expert_gpu
     return _from_nodes(problem, sub, candidate, starts)[0]
 
 
@@ -275,11 +275,11 @@ def auto_options(opts: Options) -> Options:
     return replace(opts, alpha=AUTO_ALPHA if opts.alpha is None else opts.alpha, spread_search=False)
 
 
-def candidate_placements(problem: LayerProblem, opts: Options, solve: SolveFn) -> dict[str, np.ndarray]:
+def candidate_placements(problem: LayerProblem, opts: Options, place: PlaceFn) -> dict[str, np.ndarray]:
     """Every candidate of :func:`candidates` solved on ``problem`` with ``opts`` (as
     :func:`auto_options` gives them): name -> GPU of every expert [experts]."""
     starts: dict = {}
-    return {name: _candidate_gpu(name, problem, opts, solve, starts) for name in candidates(opts.alpha)}
+    return {name: _candidate_gpu(name, problem, opts, place, starts) for name in candidates(opts.alpha)}
 
 
 def candidates(alpha: float | None = None) -> list[str]:
@@ -323,19 +323,19 @@ def validated(problem: LayerProblem) -> bool:
             and c.groups is None and problem.allowed is None)
 
 
-def auto_layer(problem: LayerProblem, opts: Options, solve: SolveFn) -> LayerResult:
-    """``auto`` on one layer (see the module docstring); ``solve`` is the per-layer solver
-    (:func:`placer.solvers.pipeline.solve_layer`) run with each candidate's options."""
+def auto_layer(problem: LayerProblem, opts: Options, place: PlaceFn) -> LayerResult:
+    """``auto`` on one layer (see the module docstring); ``place`` places a layer with one
+    solver (:func:`placer.solvers.pipeline.place_layer`), run with each candidate's options."""
     if not validated(problem):
-        return solve(problem, replace(opts, solver="ilp"))
+        return LayerResult.measure(problem, *place(problem, replace(opts, solver="ilp")))
     opts = auto_options(opts)
     fit, valid = split_problem(problem, VALIDATION_SHARE, opts.seed)
-    placed = candidate_placements(fit, opts, solve)
+    placed = candidate_placements(fit, opts, place)
     scores = {name: validation_score(valid, expert_gpu) for name, expert_gpu in placed.items()}
     weight = nic_weight(opts.alpha)
     keys = ranking(scores, weight=weight)
     chosen = min(keys, key=keys.__getitem__)
-    final = _candidate(chosen, problem, opts, solve)
+    final = _candidate(chosen, problem, opts, place)
     note = (f"layer {problem.layer}: auto chose {chosen} on a {VALIDATION_SHARE:.0%} validation split "
             f"(held-out cut {scores[chosen][0]:.0f}, peak node touch {scores[chosen][1]:.0f})")
     if ranking({"": validation_score(valid, final.expert_gpu)}, reference_of(scores), weight)[""] <= keys[chosen]:
