@@ -1,4 +1,4 @@
-"""OR-Tools CP-SAT models: exact small instances, two-node LNS neighbourhoods, GPUs within a node.
+"""OR-Tools CP-SAT models: exact small instances, GPUs within a node.
 
 All models run with a fixed number of CP-SAT workers and a deterministic time
 limit (``max_deterministic_time``) so results do not depend on machine speed.
@@ -179,80 +179,6 @@ def solve_exact(problem, *, alpha: float = 0.0, hint: np.ndarray | None = None, 
         assign = np.array([next(n for n in range(N) if solver.value(u[e][n])) for e in range(E)])
     return CpResult(assign, solver.objective_value / scale, solver.best_objective_bound / scale,
                     status == cp_model.OPTIMAL)
-
-
-def improve_pair(problem, node: np.ndarray, a: int, b: int, *, alpha: float, other_peak: float,
-                 dtime: float, seed: int) -> CpResult:
-    """LNS neighbourhood: re-split the experts of nodes a and b (counts kept), rest fixed.
-
-    Objective (integer, x100 when alpha > 0): weight of projected nets touching a plus
-    touching b, plus alpha * max(touch_a, touch_b, other_peak); constant parts dropped.
-    Respects max_nodes (hard), groups, and pooled node slots. Returns node (a or b) per
-    member of ``np.flatnonzero((node == a) | (node == b))``.
-    """
-    members = np.flatnonzero((node == a) | (node == b))
-    c = problem.constraints
-    sets, w = merge_projected(problem.nets, problem.weights, members)
-    # fixed spans of each projected net outside {a, b} are needed for max_nodes
-    m = cp_model.CpModel()
-    xb = [m.new_bool_var(f"b{i}") for i in range(len(members))]  # 1 = on node b
-    count_a = int((node == a).sum())
-    m.add(sum(xb) == len(members) - count_a)
-    if problem.allowed is not None:
-        for i, e in enumerate(members):
-            if not problem.allowed[e, a]:
-                m.add(xb[i] == 1)
-            if not problem.allowed[e, b]:
-                m.add(xb[i] == 0)
-    ta, tb, obj = [], [], []
-    for j, loc in enumerate(sets):
-        ya = m.new_bool_var("")
-        yb = m.new_bool_var("")
-        for i in loc:
-            m.add_implication(xb[i].Not(), ya)
-            m.add_implication(xb[i], yb)
-        ta.append(int(w[j]) * ya)
-        tb.append(int(w[j]) * yb)
-        obj.append(int(w[j]) * (ya + yb))
-    if c.max_nodes is not None and c.max_nodes_coverage is None:
-        _pair_max_nodes(m, problem, node, members, a, b, xb)
-    objective = sum(obj)
-    if alpha > 0:
-        z = m.new_int_var(int(other_peak), int(problem.weights.sum()), "z")
-        m.add(z >= sum(ta))
-        m.add(z >= sum(tb))
-        objective = 100 * objective + round(alpha * 100) * z
-    m.minimize(objective)
-    for i, e in enumerate(members):
-        m.add_hint(xb[i], int(node[e] == b))
-    solver = _solver(dtime, seed)
-    status = solver.solve(m)
-    scale = 100.0 if alpha > 0 else 1.0
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return CpResult(None, float("inf"), float("-inf"), False)
-    assign = np.array([b if solver.value(xb[i]) else a for i in range(len(members))])
-    return CpResult(assign, solver.objective_value / scale, solver.best_objective_bound / scale,
-                    status == cp_model.OPTIMAL)
-
-
-def _pair_max_nodes(m, problem, node, members, a, b, xb) -> None:
-    """Hard max_nodes inside a pair neighbourhood: span outside {a, b} is fixed."""
-    M = problem.constraints.max_nodes
-    index = {int(e): i for i, e in enumerate(members)}
-    seen: dict[tuple, None] = {}
-    for row in problem.nets.tolist():
-        inside = tuple(sorted(index[e] for e in row if e in index))
-        outside = len({int(node[e]) for e in row if e >= 0 and e not in index})
-        key = (inside, outside)
-        if not inside or key in seen:
-            continue
-        seen[key] = None
-        if outside + 2 > M:
-            if outside + 1 > M:
-                continue  # already violated outside the neighbourhood; cannot fix here
-            # both a and b may not be touched: all inside experts on one side
-            for i in inside[1:]:
-                m.add(xb[i] == xb[inside[0]])
 
 
 def gpu_within_node(members: np.ndarray, nets: np.ndarray, weights: np.ndarray, loads: np.ndarray,

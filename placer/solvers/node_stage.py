@@ -1,9 +1,8 @@
 """Node stage: which node each expert goes to (spectral start, exact local search, CP-SAT).
 
 The objective is ``cut + alpha * peak node touch`` (cut = sum_j w_j * lambda_j, the expected
-inter-node copies / (1 - 1/N)); ``ilp``/``auto`` then run CP-SAT: an exact model when the
-layer is small (proves optimality), otherwise two-node LNS neighbourhoods that only accept
-strict improvements.
+inter-node copies / (1 - 1/N)); ``ilp``/``auto`` then run CP-SAT's exact model when the layer
+is small (it proves optimality). CP-SAT also repairs a search that left a hard limit violated.
 """
 
 from __future__ import annotations
@@ -16,11 +15,7 @@ from placer.constraints import uncovered_allowance
 from placer.errors import InfeasibleError
 from placer.solvers import cpsat
 from placer.solvers.options import Options
-from placer.solvers.problem import (
-    LayerProblem,
-    connectivity,
-    node_touch,
-)
+from placer.solvers.problem import LayerProblem, connectivity
 from placer.solvers.refine import SearchSpec, evaluate, local_search
 from placer.solvers.spectral import spectral_parts
 
@@ -30,14 +25,6 @@ DEFAULT_ALPHA = {2: 0.0, 4: 2.0, 8: 2.0}
 
 #: layers whose exact model is small enough to prove optimality
 EXACT_MAX_EXPERTS = 16
-
-
-#: two-node LNS neighbourhoods only when they hold at most this many experts
-LNS_MAX_MEMBERS = 16
-
-
-#: at most this many node pairs per layer are re-solved by CP-SAT (Python model building is slow)
-LNS_MAX_PAIRS = 4
 
 
 def _spec(problem: LayerProblem, alpha: float) -> SearchSpec:
@@ -132,9 +119,6 @@ def node_stage(
                     part, cut, viol = res.assignment, cut_cp, viol_cp
                 bound = max(bound, res.bound)
                 status = "optimal" if res.optimal and cut <= res.bound + 1e-9 else "feasible"
-        elif 2 * problem.node_slots <= LNS_MAX_MEMBERS:
-            part = lns(problem, spec, part, alpha, budget=0.3 * opts.layer_budget, seed=opts.seed)
-            _, cut, viol = evaluate(spec, part)
     if viol > 0:
         part, cut, viol = _repair(problem, spec, part, opts)
     return part, bound, status, messages
@@ -206,31 +190,3 @@ def trivial_bound(problem: LayerProblem) -> float:
     nodes holding it): a valid but weak lower bound on the cut."""
     size = (problem.nets >= 0).sum(axis=1)
     return float((problem.weights * problem.min_nodes(size)).sum())
-
-
-def lns(
-    problem: LayerProblem, spec: SearchSpec, part: np.ndarray, alpha: float, *, budget: float, seed: int
-) -> np.ndarray:
-    """CP-SAT large-neighbourhood search over node pairs; keeps only strict improvements of J."""
-    N = problem.num_nodes
-    pairs = [(a, b) for a in range(N) for b in range(a + 1, N)]
-    rng = np.random.default_rng(seed)
-    pairs = [pairs[i] for i in rng.permutation(len(pairs))[:LNS_MAX_PAIRS]]
-    per = budget / max(1, len(pairs))
-    best_J, _, best_v = evaluate(spec, part)
-    for a, b in pairs:
-        touch = node_touch(problem, part)
-        others = [touch[n] for n in range(N) if n not in (a, b)]
-        res = cpsat.improve_pair(
-            problem, part, a, b, alpha=alpha, other_peak=max(others, default=0), dtime=per, seed=seed
-        )
-        if res.assignment is None:
-            continue
-        cand = part.copy()
-        cand[np.flatnonzero((part == a) | (part == b))] = res.assignment
-        J, _, v = evaluate(spec, cand)
-        if (v, J) < (best_v, best_J - 1e-9):
-            part, best_J, best_v = cand, J, v
-            part, best_J = local_search(spec, part, seed=seed, kicks=0)
-            _, _, best_v = evaluate(spec, part)
-    return part

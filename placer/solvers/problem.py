@@ -244,11 +244,6 @@ def connectivity(problem: LayerProblem, expert_node: np.ndarray) -> np.ndarray:
     return net_spans(problem.nets, problem.weights, expert_node, problem.num_nodes)[0]
 
 
-def node_touch(problem: LayerProblem, expert_node: np.ndarray) -> np.ndarray:
-    """Tokens touching each node: [nodes] int64."""
-    return net_spans(problem.nets, problem.weights, expert_node, problem.num_nodes)[1]
-
-
 # ---------------------------------------------------------------- net sampling (large layers)
 
 
