@@ -21,7 +21,7 @@ from placer.topology import MAX_EXPERTS, Model, Topology
 
 __all__ = ["LP_BATCH_TOKENS", "METHODS", "NIC_WEIGHED", "RULES", "SOLVERS", "PlacementProblem", "SolverSettings"]
 
-#: placement algorithms: spectral (seconds), ilp (spectral, then CP-SAT), auto (candidates chosen on a
+#: placement algorithms: spectral (seconds), ilp (a longer search; CP-SAT on small layers), auto (candidates chosen on a
 #: validation split, :mod:`placer.solvers.validation`), eplb (loads only)
 SOLVERS = ("auto", "spectral", "ilp", "eplb")
 #: the solvers that weigh the busiest node's traffic (``SolverSettings.alpha``)
