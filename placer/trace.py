@@ -528,14 +528,12 @@ class TraceSource:
     def num_experts(self) -> int:
         """Declared by the shards (must agree) or, failing that, the largest id + 1."""
         if self._num_experts is None:
-            if len(self.shards) == 1:
-                self._num_experts = validate_arrays(str(self.shards[0]), _read_npz(self.shards[0])).num_experts
-            else:
-                self._num_experts = self._shard_num_experts()
+            self._num_experts = self._shard_num_experts()
         return self._num_experts
 
     def _shard_num_experts(self) -> int:
-        """The count the shards declare (read alone, without the ids), else the largest id + 1."""
+        """The count the shards declare (read alone, without the ids), else the largest id + 1
+        (each shard's ids read and checked)."""
         declared: set[int] = set()
         for shard in self.shards:
             number = _declared_num_experts(str(shard), _read_npz(shard, ("num_experts",)))
@@ -545,12 +543,7 @@ class TraceSource:
             raise InputError(self.path, "num_experts", f"shards declare different counts {sorted(declared)}")
         if declared:
             return declared.pop()
-        highest = 0
-        for shard in self.shards:
-            ids = _read_npz(shard, ("topk_ids",)).get("topk_ids")
-            if ids is not None and ids.dtype.kind in "iu" and ids.size:
-                highest = max(highest, int(ids.max()) + 1)
-        return highest
+        return max(validate_arrays(str(shard), _read_npz(shard, ("topk_ids",))).num_experts for shard in self.shards)
 
     def read_shard(self, index: int) -> Trace:
         """Shard ``index`` read and validated (against the shards' common expert count)."""

@@ -38,6 +38,26 @@ def test_shard_directory_joins_in_file_name_order(tmp_path):
     assert offsets == [0, 5]
 
 
+def test_a_declared_file_is_decompressed_once_when_summarised(tmp_path, monkeypatch):
+    """The expert count a file declares is read alone: summarising it reads its ids once."""
+    from placer import trace as trace_module
+    from placer.graph import summarize
+
+    reads = []
+    read_npz = trace_module._read_npz
+
+    def counted(path, names=trace_module.ARRAYS):
+        reads.append("topk_ids" in names)
+        return read_npz(path, names)
+
+    monkeypatch.setattr(trace_module, "_read_npz", counted)
+    declared = write(tmp_path / "declared.npz", topk_ids=GOOD, num_experts=np.int64(9))
+    assert summarize(TraceSource(declared)).num_experts == 9 and sum(reads) == 1
+    reads.clear()
+    undeclared = write(tmp_path / "undeclared.npz", topk_ids=GOOD)
+    assert summarize(TraceSource(undeclared)).num_experts == int(GOOD.max()) + 1 and sum(reads) == 2
+
+
 def test_num_experts_defaults_to_max_id_plus_one():
     assert validate_arrays("x", {"topk_ids": GOOD}).num_experts == int(GOOD.max()) + 1
 
