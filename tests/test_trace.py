@@ -112,6 +112,13 @@ def test_corrupt_and_truncated_files(tmp_path):
             load_trace(tmp_path / name)
 
 
+def test_shards_without_a_declared_count_name_the_shard_with_bad_ids(tmp_path, cli):
+    write(tmp_path / "a.npz", topk_ids=GOOD[:5].astype(np.float32))
+    write(tmp_path / "b.npz", topk_ids=GOOD[5:].astype(np.float32))
+    result = cli("evaluate", "--trace", tmp_path, "--placement", "contiguous", "--nodes", "1", "--gpus-per-node", "2")
+    assert result.code == 2 and "a.npz: topk_ids: expected an integer array" in result.err
+
+
 def test_shards_must_agree(tmp_path):
     write(tmp_path / "a.npz", topk_ids=GOOD)
     write(tmp_path / "b.npz", topk_ids=GOOD[:, :2, :])
