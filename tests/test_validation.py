@@ -152,3 +152,24 @@ def test_auto_is_deterministic_with_every_candidate():
         opts = Options(solver="auto", layer_budget=0.5, seed=2)
         first, second = solve_layer(problem, opts), solve_layer(problem, opts)
         assert np.array_equal(first.expert_gpu, second.expert_gpu)
+
+
+def test_the_whole_window_re_solve_reuses_only_a_start_partitioned_on_a_small_sample(monkeypatch):
+    pins = []
+
+    def km1_parts(nets, weights, experts, parts, preset, seed):
+        pins.append(int((nets >= 0).sum()))
+        return np.arange(experts) % parts
+
+    monkeypatch.setattr(mtk, "installed", lambda: True)
+    monkeypatch.setattr(mtk, "km1_parts", km1_parts)
+    problem = _problems(tokens=20000, layers=1)[0]
+    for budget, reused in ((0.05, True), (4.0, False)):
+        starts: dict = {}
+        validation.candidate_placements(problem, validation.auto_options(Options(layer_budget=budget)), place_layer,
+                                        starts)
+        share = starts["refine-mtkahypar", "pin share"]
+        assert 0 < share <= 1 and pins[-1] > 0
+        assert (share <= validation.START_REUSE_SHARE) == reused
+        kept = validation._reused_starts(starts)
+        assert (kept.get("refine-mtkahypar") is starts["refine-mtkahypar"]) == reused and len(kept) == int(reused)

@@ -50,9 +50,9 @@ from placer.solvers.problem import LayerProblem, net_spans, sample_nets
 from placer.solvers.spectral import spectral_parts
 
 __all__ = ["AUTO_ALPHA", "CANDIDATES", "CAPS", "CAP_ALPHA", "CUT_SLACK", "LADDER", "MTK_MIN_LEVELS", "MTK_PIN_COST",
-           "MTK_START_PINS", "NIC_TARGET", "NIC_WEIGHT", "VALIDATION_SHARE", "Candidate", "auto_layer",
-           "auto_options", "candidate_placements", "candidates", "measured", "mtk_pin_cost", "mtk_start_pins",
-           "nic_weight", "ranking", "reference_of", "split_problem", "validated", "validation_score"]
+           "MTK_START_PINS", "NIC_TARGET", "NIC_WEIGHT", "START_REUSE_SHARE", "VALIDATION_SHARE", "Candidate",
+           "auto_layer", "auto_options", "candidate_placements", "candidates", "measured", "mtk_pin_cost",
+           "mtk_start_pins", "nic_weight", "ranking", "reference_of", "split_problem", "validated", "validation_score"]
 
 #: share of each layer's tokens held out to choose among the candidates
 VALIDATION_SHARE = 0.25
@@ -88,6 +88,11 @@ MTK_PIN_COST = 1e-5
 #: the fewest doublings :func:`mtk_pin_cost` charges (a call's fixed work weighs more on
 #: few parts and small samples: 20-25 us a pin at 4 parts)
 MTK_MIN_LEVELS = 2.5
+
+#: the whole-window re-solve starts from the fit split's Mt-KaHyPar partition when that start
+#: was partitioned on at most this share of its search problem's pins: a start from so small
+#: a sample is no better from the whole window, and partitioning again costs as much again
+START_REUSE_SHARE = 0.1
 
 #: NIC caps of the capped candidates: the peak node touch of the lowest-cut search x each
 CAPS = (0.97, 0.93, 0.9, 0.85)
@@ -214,6 +219,7 @@ def _searched(search: LayerProblem, opts: Options, kind: str, alpha: float, star
         sample, _ = sample_nets(search, max(1, pins // search.nets.shape[1]), opts.seed)
         starts[kind] = mtk.km1_parts(sample.nets, sample.weights, search.num_experts, search.num_nodes,
                                      mtk.START_PRESET, opts.seed)
+        starts[kind, "pin share"] = float((sample.nets >= 0).sum() / max(1, (search.nets >= 0).sum()))
     elif kind not in starts:
         starts[kind] = spectral_parts(search.nets, search.weights, search.num_experts, search.node_counts(),
                                       search.allowed, seed=opts.seed)
@@ -275,11 +281,22 @@ def auto_options(opts: Options) -> Options:
     return replace(opts, alpha=AUTO_ALPHA if opts.alpha is None else opts.alpha, spread_search=False)
 
 
-def candidate_placements(problem: LayerProblem, opts: Options, place: PlaceFn) -> dict[str, np.ndarray]:
+def candidate_placements(problem: LayerProblem, opts: Options, place: PlaceFn, starts: dict | None = None
+                         ) -> dict[str, np.ndarray]:
     """Every candidate of :func:`candidates` solved on ``problem`` with ``opts`` (as
-    :func:`auto_options` gives them): name -> GPU of every expert [experts]."""
-    starts: dict = {}
+    :func:`auto_options` gives them): name -> GPU of every expert [experts]. ``starts``: the
+    cache of their starting partitions and searches (filled in)."""
+    starts = {} if starts is None else starts
     return {name: _candidate_gpu(name, problem, opts, place, starts) for name in candidates(opts.alpha)}
+
+
+def _reused_starts(fit_starts: dict) -> dict:
+    """The starting partitions the whole-window re-solve takes from the fit split's cache
+    ``fit_starts``: Mt-KaHyPar's, when it saw at most :data:`START_REUSE_SHARE` of the pins."""
+    kind = "refine-mtkahypar"
+    if fit_starts.get((kind, "pin share"), 1.0) <= START_REUSE_SHARE:
+        return {kind: fit_starts[kind]}
+    return {}
 
 
 def candidates(alpha: float | None = None) -> list[str]:
@@ -330,12 +347,13 @@ def auto_layer(problem: LayerProblem, opts: Options, place: PlaceFn) -> LayerRes
         return LayerResult.measure(problem, *place(problem, replace(opts, solver="ilp")))
     opts = auto_options(opts)
     fit, valid = split_problem(problem, VALIDATION_SHARE, opts.seed)
-    placed = candidate_placements(fit, opts, place)
+    fit_starts: dict = {}
+    placed = candidate_placements(fit, opts, place, fit_starts)
     scores = {name: validation_score(valid, expert_gpu) for name, expert_gpu in placed.items()}
     weight = nic_weight(opts.alpha)
     keys = ranking(scores, weight=weight)
     chosen = min(keys, key=keys.__getitem__)
-    final = _candidate(chosen, problem, opts, place)
+    final = _candidate(chosen, problem, opts, place, _reused_starts(fit_starts))
     note = (f"layer {problem.layer}: auto chose {chosen} on a {VALIDATION_SHARE:.0%} validation split "
             f"(held-out cut {scores[chosen][0]:.0f}, peak node touch {scores[chosen][1]:.0f})")
     if ranking({"": validation_score(valid, final.expert_gpu)}, reference_of(scores), weight)[""] <= keys[chosen]:
