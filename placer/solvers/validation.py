@@ -25,7 +25,9 @@ fit noise: a placement tuned to the window's rare top-k sets loses on the next w
    (candidates beyond it rank last); ties by GPU peak, cut, then the candidate order. A
    given ``alpha`` scales the NIC weight (:func:`nic_weight`; 0: the lowest cut wins, among
    the candidates whose searches weigh no NIC);
-4. solves the whole window with the chosen candidate's method and returns it when it ranks
+4. solves the whole window with the chosen candidate's method (starting, where it starts from
+   Mt-KaHyPar's partition, from the fit split's when that was cut from at most
+   :data:`START_REUSE_SHARE` of the pins) and returns it when it ranks
    no worse on the validation split than the chosen candidate, else the chosen candidate
    itself: so ``auto`` never ranks worse on its validation split than any candidate it
    could have returned.
