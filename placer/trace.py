@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
@@ -510,6 +511,8 @@ class TraceSource:
         self.num_layers, self.top_k = shapes[0][1], shapes[0][2]
         self._num_experts: int | None = None
         self._layer_ids: tuple[np.ndarray | None] | None = None
+        self._digest: Any = None  # of the ids streamed so far, when asked for
+        self._digested = 0
 
     @property
     def layer_ids(self) -> np.ndarray | None:
@@ -561,6 +564,9 @@ class TraceSource:
                 if present.setdefault(name, has) != has:
                     raise InputError(shard, name, "present in some shards but not in others")
             tokens, sequences = trace.num_tokens, 0 if trace.seq_lens is None else len(trace.seq_lens)
+            if self._digest is not None and self._digested == token_offset:
+                _digest_ids(self._digest, trace.topk_ids)
+                self._digested += tokens
             yield TraceChunk(trace, token_offset, sequence_offset)
             del trace  # not held while the next shard is read
             token_offset += tokens
@@ -569,6 +575,17 @@ class TraceSource:
     def load(self) -> Trace:
         """The whole trace in memory."""
         return concatenate([chunk.trace for chunk in self.chunks()])
+
+    def digest_while_reading(self) -> None:
+        """Digest the routing decisions as :meth:`chunks` streams them (the first pass in token
+        order), so that :func:`trace_digest` after a whole pass needs no second read."""
+        self._digest, self._digested = hashlib.sha256(), 0
+
+    def streamed_digest(self) -> Any:
+        """A copy of the digest of every token's ids, once a pass has streamed them all since
+        :meth:`digest_while_reading`; else None."""
+        complete = self._digest is not None and self._digested == self.num_tokens
+        return self._digest.copy() if complete else None
 
 
 def block_sizes(num_tokens: int) -> list[int]:
@@ -661,10 +678,17 @@ def trace_digest(source: Trace | TraceSource) -> str:
     if hasattr(source, "counts"):
         digest.update(np.ascontiguousarray(source.counts, dtype="<i8").tobytes())
         return digest.hexdigest()
-    chunks = source.chunks() if isinstance(source, TraceSource) else [TraceChunk(source, 0, 0)]
-    for chunk in chunks:
-        ids = chunk.trace.topk_ids
-        for start in range(0, len(ids), 1 << 16):  # slices: no whole-shard int32 copy
-            digest.update(np.ascontiguousarray(ids[start : start + (1 << 16)], dtype="<i4").tobytes())
+    streamed = source.streamed_digest() if isinstance(source, TraceSource) else None
+    if streamed is not None:
+        digest = streamed
+    else:
+        for chunk in source.chunks() if isinstance(source, TraceSource) else [TraceChunk(source, 0, 0)]:
+            _digest_ids(digest, chunk.trace.topk_ids)
     digest.update(str(source.num_experts).encode())
     return digest.hexdigest()
+
+
+def _digest_ids(digest: Any, ids: np.ndarray) -> None:
+    """Add ``ids`` [tokens, layers, k] to ``digest`` as little-endian int32, token-major."""
+    for start in range(0, len(ids), 1 << 16):  # slices: no whole-shard int32 copy
+        digest.update(np.ascontiguousarray(ids[start : start + (1 << 16)], dtype="<i4").tobytes())

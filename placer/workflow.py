@@ -159,6 +159,8 @@ def place(
     elif counts_only:
         chosen = eplb_placement(routing.counts, topology, model, slots, problem.exclude_gpus)
     elif cluster is None:
+        if isinstance(routing, TraceSource):
+            routing.digest_while_reading()  # the summary's pass gives the digest: no second read
         chosen, report = solve(routing, problem, settings)
     else:
         chosen, report, digest = _solve_on(cluster, routing, problem, settings)

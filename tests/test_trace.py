@@ -173,3 +173,23 @@ def test_shards_must_agree_on_layer_ids(tmp_path):
     save_trace(validate_arrays("b", {"topk_ids": ids, "layer_ids": np.array([1, 3])}), tmp_path / "b.npz")
     with pytest.raises(InputError, match="shards record different layer ids"):
         _ = TraceSource(tmp_path).layer_ids
+
+
+def test_a_placed_file_is_read_once_and_its_digest_is_the_digest_of_its_ids(tmp_path, monkeypatch):
+    import placer
+    from placer import trace as trace_module
+    from placer.trace import trace_digest
+
+    path = write(tmp_path / "t.npz", topk_ids=np.concatenate([GOOD] * 4), num_experts=np.int64(8))
+    expected = trace_digest(TraceSource(path))
+    reads = []
+    read_npz = trace_module._read_npz
+
+    def counted(path, names=trace_module.ARRAYS):
+        reads.append("topk_ids" in names)
+        return read_npz(path, names)
+
+    monkeypatch.setattr(trace_module, "_read_npz", counted)
+    topology = placer.load_topology("h100-dgx").resized(nodes=2, gpus_per_node=2)
+    result = placer.place(path, placer.PlacementProblem(topology), placer.SolverSettings("spectral"))
+    assert result.placement.metadata["trace"]["sha256"] == expected and sum(reads) == 1
