@@ -38,10 +38,10 @@ def test_shard_directory_joins_in_file_name_order(tmp_path):
     assert offsets == [0, 5]
 
 
-def test_a_declared_file_is_decompressed_once_when_summarised(tmp_path, monkeypatch):
-    """The expert count a file declares is read alone: summarising it reads its ids once."""
+@pytest.fixture
+def id_reads(monkeypatch):
+    """The reads of a trace file's ids from now on (one True per read that decompressed them)."""
     from placer import trace as trace_module
-    from placer.graph import summarize
 
     reads = []
     read_npz = trace_module._read_npz
@@ -51,11 +51,18 @@ def test_a_declared_file_is_decompressed_once_when_summarised(tmp_path, monkeypa
         return read_npz(path, names)
 
     monkeypatch.setattr(trace_module, "_read_npz", counted)
+    return reads
+
+
+def test_a_declared_file_is_decompressed_once_when_summarised(tmp_path, id_reads):
+    """The expert count a file declares is read alone: summarising it reads its ids once."""
+    from placer.graph import summarize
+
     declared = write(tmp_path / "declared.npz", topk_ids=GOOD, num_experts=np.int64(9))
-    assert summarize(TraceSource(declared)).num_experts == 9 and sum(reads) == 1
-    reads.clear()
+    assert summarize(TraceSource(declared)).num_experts == 9 and sum(id_reads) == 1
+    id_reads.clear()
     undeclared = write(tmp_path / "undeclared.npz", topk_ids=GOOD)
-    assert summarize(TraceSource(undeclared)).num_experts == int(GOOD.max()) + 1 and sum(reads) == 2
+    assert summarize(TraceSource(undeclared)).num_experts == int(GOOD.max()) + 1 and sum(id_reads) == 2
 
 
 def test_num_experts_defaults_to_max_id_plus_one():
@@ -175,21 +182,13 @@ def test_shards_must_agree_on_layer_ids(tmp_path):
         _ = TraceSource(tmp_path).layer_ids
 
 
-def test_a_placed_file_is_read_once_and_its_digest_is_the_digest_of_its_ids(tmp_path, monkeypatch):
+def test_a_placed_file_is_read_once_and_its_digest_is_the_digest_of_its_ids(tmp_path, id_reads):
     import placer
-    from placer import trace as trace_module
     from placer.trace import trace_digest
 
     path = write(tmp_path / "t.npz", topk_ids=np.concatenate([GOOD] * 4), num_experts=np.int64(8))
     expected = trace_digest(TraceSource(path))
-    reads = []
-    read_npz = trace_module._read_npz
-
-    def counted(path, names=trace_module.ARRAYS):
-        reads.append("topk_ids" in names)
-        return read_npz(path, names)
-
-    monkeypatch.setattr(trace_module, "_read_npz", counted)
+    id_reads.clear()
     topology = placer.load_topology("h100-dgx").resized(nodes=2, gpus_per_node=2)
     result = placer.place(path, placer.PlacementProblem(topology), placer.SolverSettings("spectral"))
-    assert result.placement.metadata["trace"]["sha256"] == expected and sum(reads) == 1
+    assert result.placement.metadata["trace"]["sha256"] == expected and sum(id_reads) == 1
