@@ -674,14 +674,11 @@ def trace_digest(source: Trace | TraceSource) -> str:
 
     Anything else with a ``counts`` array (expert load counts) is digested as int64 counts.
     """
-    digest = hashlib.sha256()
     if hasattr(source, "counts"):
-        digest.update(np.ascontiguousarray(source.counts, dtype="<i8").tobytes())
-        return digest.hexdigest()
-    streamed = source.streamed_digest() if isinstance(source, TraceSource) else None
-    if streamed is not None:
-        digest = streamed
-    else:
+        return hashlib.sha256(np.ascontiguousarray(source.counts, dtype="<i8").tobytes()).hexdigest()
+    digest = source.streamed_digest() if isinstance(source, TraceSource) else None
+    if digest is None:  # no whole pass has digested the ids: read them
+        digest = hashlib.sha256()
         for chunk in source.chunks() if isinstance(source, TraceSource) else [TraceChunk(source, 0, 0)]:
             _digest_ids(digest, chunk.trace.topk_ids)
     digest.update(str(source.num_experts).encode())
