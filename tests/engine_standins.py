@@ -28,8 +28,9 @@ def _package(path: str) -> dict[str, types.ModuleType]:
     return {".".join(parts[: i + 1]): types.ModuleType(".".join(parts[: i + 1])) for i in range(len(parts) - 1)}
 
 
-def vllm_modules() -> dict[str, types.ModuleType]:
-    """vllm.config.parallel, vllm.distributed.eplb.policy / eplb_state, the routed-experts capturer."""
+def vllm_modules(capturer_api: str = "snapshot_routing_data") -> dict[str, types.ModuleType]:
+    """vllm.config.parallel, vllm.distributed.eplb.policy / eplb_state, the routed-experts capturer
+    (``capturer_api``: its per-step read, released vLLM's or the older ``save_captured_experts``)."""
     modules = _package("vllm.distributed.eplb.policy")
     modules.update(_package("vllm.config.parallel"))
     modules.update(_package("vllm.model_executor.layers.fused_moe.routed_experts_capturer"))
@@ -100,7 +101,25 @@ def vllm_modules() -> dict[str, types.ModuleType]:
 
     capturer = types.ModuleType("vllm.model_executor.layers.fused_moe.routed_experts_capturer")
 
-    class RoutedExpertsCapturer:
+    class ReleasedCapturer:
+        """Released vLLM (0.34.0): ``device_buffer``, read once a step by ``snapshot_routing_data``."""
+
+        def __init__(self, max_num_batched_tokens: int, num_layers: int, top_k: int, num_experts: int = 256):
+            self.device_buffer = torch.zeros((max_num_batched_tokens, num_layers, top_k), dtype=torch.int32)
+            self.output_dtype = torch.uint8 if num_experts <= 256 else torch.int16
+            self.saved: list[np.ndarray] = []
+
+        def capture(self, layer_id: int, topk_ids: torch.Tensor) -> None:
+            self.device_buffer[: topk_ids.shape[0], layer_id, :] = topk_ids
+
+        def snapshot_routing_data(self, num_tokens: int) -> torch.Tensor:
+            snapshot = self.device_buffer[:num_tokens].to(self.output_dtype)
+            self.saved.append(snapshot.numpy())
+            return snapshot
+
+    class OlderCapturer:
+        """vLLM at 00bd1493: ``_device_buffer``, saved once a step by ``save_captured_experts``."""
+
         def __init__(self, max_num_batched_tokens: int, num_layers: int, top_k: int):
             self._device_buffer = torch.zeros((max_num_batched_tokens, num_layers, top_k), dtype=torch.int32)
             self.saved: list[np.ndarray] = []
@@ -111,7 +130,8 @@ def vllm_modules() -> dict[str, types.ModuleType]:
         def save_captured_experts(self, indices: np.ndarray) -> None:
             self.saved.append(self._device_buffer[: len(indices)].cpu().numpy())
 
-    capturer.RoutedExpertsCapturer = RoutedExpertsCapturer
+    capturer.RoutedExpertsCapturer = {"snapshot_routing_data": ReleasedCapturer,
+                                      "save_captured_experts": OlderCapturer}[capturer_api]
     modules["vllm.model_executor.layers.fused_moe.routed_experts_capturer"] = capturer
     return modules
 

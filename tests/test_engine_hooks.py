@@ -75,8 +75,9 @@ def test_routed_experts_rows_drop_dense_layers(dtype):
         routed_experts_rows(ids, HIDDEN)
 
 
-def test_vllm_hook_feeds_moe_layers_and_keeps_vllm_saving(monkeypatch):
-    for name, module in vllm_modules().items():
+@pytest.mark.parametrize("api", ["snapshot_routing_data", "save_captured_experts"])
+def test_vllm_hook_feeds_moe_layers_and_keeps_vllm_saving(monkeypatch, api):
+    for name, module in vllm_modules(api).items():
         monkeypatch.setitem(sys.modules, name, module)
     chunks, sink = collector()
     recorder = RoutingRecorder(sink, num_layers=HIDDEN, top_k=TOP_K, capacity=64, layers=moe_layers(HIDDEN, DENSE))
@@ -88,10 +89,21 @@ def test_vllm_hook_feeds_moe_layers_and_keeps_vllm_saving(monkeypatch):
     for ids in recorded:
         for layer in range(DENSE, HIDDEN):  # MoE layers capture; dense layers stay zero
             capturer.capture(layer, ids[:, layer])
-        capturer.save_captured_experts(np.arange(7))
+        getattr(capturer, api)(7 if api == "snapshot_routing_data" else np.arange(7))
     recorder.flush()
-    assert len(capturer.saved) == 3
+    assert len(capturer.saved) == 3  # vLLM's own read still ran, once a step
     assert np.array_equal(np.concatenate(chunks), torch.cat(recorded)[:, DENSE:].numpy())
+
+
+def test_vllm_hook_names_both_apis_when_neither_exists(monkeypatch):
+    modules = vllm_modules()
+    capturer = modules["vllm.model_executor.layers.fused_moe.routed_experts_capturer"]
+    capturer.RoutedExpertsCapturer = type("RoutedExpertsCapturer", (), {})
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    recorder = RoutingRecorder(lambda rows: None, num_layers=HIDDEN, top_k=TOP_K)
+    with pytest.raises(EngineInputError, match="snapshot_routing_data or save_captured_experts"):
+        install_vllm_routing_hook(recorder)
 
 
 def test_sglang_tap_maps_physical_to_logical_and_delegates(monkeypatch):

@@ -70,7 +70,7 @@ def test_vllm_setup_snippet_feeds_the_window_and_serves_placer():
         ids = routing(step, TOKENS_PER_STEP)
         for layer in range(SMALL["FIRST_DENSE"], SMALL["HIDDEN_LAYERS"]):
             capturer.capture(layer, ids[:, layer])
-        capturer.save_captured_experts(np.arange(TOKENS_PER_STEP))
+        capturer.snapshot_routing_data(TOKENS_PER_STEP)
     assert not proposer.rebalancer.window.empty
     config = sys.modules["vllm.config.parallel"].ParallelConfig(eplb_config={"policy": "placer", "use_async": False})
     layers, ranks = SMALL["HIDDEN_LAYERS"] - SMALL["FIRST_DENSE"], SMALL["NODES"] * SMALL["GPUS_PER_NODE"]

@@ -1,14 +1,22 @@
 """Routing hooks: the engines' own top-k capture feeding a :class:`RoutingRecorder`.
 
-vLLM (``vllm/model_executor/layers/fused_moe/routed_experts_capturer.py``,
-00bd1493): ``RoutedExpertsCapturer`` keeps a device buffer
+vLLM (``vllm/model_executor/layers/fused_moe/routed_experts_capturer.py``):
+``RoutedExpertsCapturer`` keeps a device buffer
 ``[max_num_batched_tokens, num_hidden_layers, top_k]`` int32 that each MoE
-layer's ``capture(layer_id, topk_ids)`` fills (dense layers stay zero), and
-the model runner calls ``save_captured_experts(indices)`` once per step with
-one index per token (it exists with ``--enable-return-routed-experts``). The
-hook wraps that method: the step's rows are appended on the device before
-vLLM's own host copy. What a request gets back (``routed_experts``, uint8 /
-uint16 / int32 ``[tokens, num_hidden_layers, top_k]``) is converted by
+layer's ``capture(layer_id, topk_ids)`` fills (dense layers stay zero); it
+exists with ``--enable-return-routed-experts``. Once per step vLLM reads the
+step's rows, by one of two methods the hook wraps (its rows are appended on
+the device before vLLM's own read):
+
+- released vLLM (0.34.0, read in the wheel of 2026-11-16):
+  ``snapshot_routing_data(num_tokens)`` on ``device_buffer``, called by the
+  auxiliary-output connector on the first tensor-parallel rank of each
+  data-parallel group only (other TP ranks hold the same rows);
+- 00bd1493: ``save_captured_experts(indices)`` on ``_device_buffer``, one
+  index per token.
+
+What a request gets back (``routed_experts``, uint8 / uint16 / int32
+``[tokens, num_hidden_layers, top_k]``) is converted by
 :func:`routed_experts_rows`.
 
 SGLang (``python/sglang/srt/eplb/expert_distribution.py``, 02295fe5): the
@@ -38,6 +46,7 @@ from placer.engine_policies.recorder import RoutingRecorder
 __all__ = [
     "CAPTURER_MODULE",
     "DISTRIBUTION_MODULE",
+    "VLLM_STEP_READS",
     "SglangRoutingTap",
     "install_sglang_routing_hook",
     "install_vllm_routing_hook",
@@ -72,6 +81,14 @@ def routed_experts_rows(routed_experts: object, first_dense_layers: int) -> np.n
     return ids[:, keep].astype(np.int64)
 
 
+#: vLLM's per-step read of the capture buffer: method -> (buffer attribute, the step's token
+#: count from the method's argument), newest first (see the module docstring)
+VLLM_STEP_READS = {
+    "snapshot_routing_data": ("device_buffer", int),
+    "save_captured_experts": ("_device_buffer", len),
+}
+
+
 def install_vllm_routing_hook(recorder: RoutingRecorder) -> None:
     """Feed ``recorder`` every step from vLLM's ``RoutedExpertsCapturer`` (see the module docstring).
 
@@ -80,20 +97,23 @@ def install_vllm_routing_hook(recorder: RoutingRecorder) -> None:
     worker's device. Installing again replaces the recorder.
     """
     capturer = getattr(importlib.import_module(CAPTURER_MODULE), "RoutedExpertsCapturer", None)
-    original = getattr(capturer, "save_captured_experts", None)
-    if not callable(original):
-        raise EngineInputError(CAPTURER_MODULE, "has no RoutedExpertsCapturer.save_captured_experts "
-                               "(vLLM version not supported)")
+    name = next((m for m in VLLM_STEP_READS if callable(getattr(capturer, m, None))), None)
+    if name is None:
+        raise EngineInputError(CAPTURER_MODULE, "has no RoutedExpertsCapturer."
+                               f"{' or '.join(VLLM_STEP_READS)} (vLLM version not supported)")
+    attribute, step_tokens = VLLM_STEP_READS[name]
+    original = getattr(capturer, name)
     original = getattr(original, "__wrapped__", original)
 
-    def save_captured_experts(self, indices):
-        buffer = getattr(self, "_device_buffer", None)
-        if buffer is not None and len(indices):
-            recorder.record(buffer[: len(indices)])
-        return original(self, indices)
+    def read_step(self, tokens):
+        buffer = getattr(self, attribute, None)
+        count = step_tokens(tokens)
+        if buffer is not None and count:
+            recorder.record(buffer[:count])
+        return original(self, tokens)
 
-    save_captured_experts.__wrapped__ = original
-    capturer.save_captured_experts = save_captured_experts
+    read_step.__wrapped__ = original
+    setattr(capturer, name, read_step)
 
 
 class SglangRoutingTap:
