@@ -11,9 +11,11 @@ names its rule:
   least-loaded replica. Load = pairs the replica has served so far in this
   layer; ties go to the lowest GPU id (then the lowest slot).
 - ``sglang-static``: SGLang's static rule: a fixed map (source GPU, expert) ->
-  replica: the first replica on the source GPU, else a "fair" seeded choice
-  (each replica used about equally often by the other GPUs), drawn with
-  Python's ``random.Random(42)`` over layers, then experts, in order.
+  replica: the only replica; else the first on the source GPU; else the first
+  on the source node when that narrows the choice; else a "fair" seeded choice
+  (each replica used about equally often by the GPUs without a near one),
+  drawn per GPU from Python's ``random.Random(42)`` over layers, then experts,
+  in order (:func:`sglang_static_map`).
 - ``lp``: SGLang's LP rule (``--ep-dispatch-algorithm=lp``, DeepSeek's LPLB): per batch of
   ``batch_tokens`` consecutive tokens (counted per layer from the first token replayed), each
   expert's pairs are split over its copies to minimise the busiest GPU, whatever the
@@ -116,43 +118,69 @@ def _fair_choices(replicas: list[int], count: int, rng: random.Random) -> list[i
     return picks
 
 
-def _static_column(replicas: list[int], slot_gpu: np.ndarray, gpus: int, rng: random.Random) -> np.ndarray:
-    """One (layer, expert) of SGLang's static map: [gpus] serving slot per source GPU."""
-    column = np.full(gpus, -1, dtype=np.int64)
-    for slot in reversed(replicas):
-        column[slot_gpu[slot]] = slot
-    missing = np.flatnonzero(column < 0)
-    column[missing] = _fair_choices(replicas, len(missing), rng)
-    return column
+def _nearest_copies(log2phy: np.ndarray, copies: np.ndarray, local: int, per_node: int, ranks: int) -> np.ndarray:
+    """Each EP rank's nearest copy of every expert, as SGLang picks it: the only copy; else the
+    first on the rank; else, when some but not all copies are on the rank's node, the first
+    there; else -1. log2phy: [E, C] slots in EP-rank order (-1 padded); copies: [E];
+    local: slots per rank; per_node: ranks per node (0: no node tier). Returns [E, ranks]."""
+    near = np.full((len(copies), ranks), -1, dtype=np.int64)
+    rows = np.arange(len(copies))
+    for c in range(log2phy.shape[1] - 1, -1, -1):  # the lowest slot written last wins
+        held = copies > c
+        near[rows[held], log2phy[held, c] // local] = log2phy[held, c]
+    near[copies == 1] = log2phy[copies == 1, :1]
+    if per_node:
+        node_of_rank = np.arange(ranks) // per_node
+        slot_node = np.where(log2phy >= 0, log2phy // (local * per_node), -1)
+        on_node = slot_node[:, :, None] == node_of_rank[None, None, :]  # [E, C, ranks]
+        count = on_node.sum(axis=1)
+        first = log2phy[rows[:, None], on_node.argmax(axis=1)]
+        narrows = (near < 0) & (count > 0) & (count < copies[:, None])
+        near[narrows] = first[narrows]
+    return near
 
 
 def sglang_static_map(placement: Placement) -> np.ndarray:
     """SGLang's static dispatch map: [layers, gpus, experts] -> serving slot (-1 rows: GPUs out
     of service).
 
-    Computed as SGLang computes it from placer's export: over the GPUs in service only
-    (EP rank r = r-th live GPU), and over every decoder layer in order, so the dense
-    layers' trivial rows (slot p -> p mod E) before each MoE row draw from the same
-    ``random.Random(42)`` first (``compute_logical_to_rank_dispatch_physical_map`` in
-    ``python/sglang/srt/eplb/expert_location.py`` at 01fec5c2).
+    Computed as SGLang computes it from placer's export (``--ep-dispatch-algorithm static``;
+    ``python/sglang/srt/eplb/expert_location.py`` since PRs #9849 and #10874): over the GPUs in
+    service only (EP rank r = r-th live GPU; ``--nnodes`` = the topology's nodes, so a rank's
+    node is r // (ranks // nodes)), and over every decoder layer in order. Each rank takes its
+    nearest copy (:func:`_nearest_copies`); a rank with none draws from its own
+    ``random.Random(42)``: every copy ``k // copies`` times plus a sample of the remainder,
+    shuffled, over the k ranks without a nearest copy, and takes its place among them. A
+    rank's generator advances only where it has no nearest copy, the dense layers' trivial
+    rows (slot p -> p mod E) included.
     """
-    rng = random.Random(42)
     live = placement.live_gpus()
-    per_gpu = placement.phy2log.reshape(placement.num_layers, placement.num_gpus, placement.slots_per_gpu)
+    ranks, local, experts = len(live), placement.slots_per_gpu, placement.num_experts
+    per_node = ranks // (placement.num_gpus // placement.gpus_per_node)
+    per_gpu = placement.phy2log.reshape(placement.num_layers, placement.num_gpus, local)
     rows = per_gpu[:, live].reshape(placement.num_layers, -1)
-    slot_of = (live[:, None] * placement.slots_per_gpu + np.arange(placement.slots_per_gpu)).ravel()
-    slot_rank = np.arange(rows.shape[1]) // placement.slots_per_gpu
-    experts = placement.num_experts
+    slot_of = (live[:, None] * local + np.arange(local)).ravel()
     trivial = np.arange(rows.shape[1]) % experts
-    result = np.full((placement.num_layers, placement.num_gpus, experts), -1, dtype=np.int64)
+    decoder_rows, moe_index = [], []
     decoder = 0
     for layer, layer_id in enumerate(decoder_layer_ids(placement)):
-        for row in [trivial] * (int(layer_id) - decoder) + [rows[layer]]:
-            log2phy, copies = replica_slots(row, experts)
-            table = np.stack([_static_column(log2phy[e, : copies[e]].tolist(), slot_rank, len(live), rng)
-                              for e in range(experts)], axis=1)
+        decoder_rows += [trivial] * (int(layer_id) - decoder) + [rows[layer]]
+        moe_index.append(len(decoder_rows) - 1)
         decoder = int(layer_id) + 1
-        result[layer, live] = slot_of[table]
+    tables = [replica_slots(row, experts) for row in decoder_rows]
+    nearest = [_nearest_copies(log2phy, copies, local, per_node, ranks) for log2phy, copies in tables]
+    result = np.full((placement.num_layers, placement.num_gpus, experts), -1, dtype=np.int64)
+    for rank in range(ranks):
+        rng = random.Random(42)
+        chosen = []
+        for (log2phy, copies), near in zip(tables, nearest):
+            pick = near[:, rank].copy()
+            for e in np.flatnonzero(pick < 0):
+                without = np.flatnonzero(near[e] < 0)
+                draws = _fair_choices(log2phy[e, : copies[e]].tolist(), len(without), rng)
+                pick[e] = draws[int(np.searchsorted(without, rank))]
+            chosen.append(pick)
+        result[:, live[rank]] = slot_of[np.stack([chosen[i] for i in moe_index])]
     return result
 
 

@@ -3,18 +3,22 @@
 Written here from the engines' documented behaviour (never calling placer's own
 export or dispatch code, so a contract test can fail):
 
-- SGLang ``python/sglang/srt/eplb/expert_location.py`` at 01fec5c2:
-  ``compute_initial_expert_location_metadata`` reads the JSON and calls
-  ``ExpertLocationMetadata.init_by_mapping(server_args, model_config, **doc)`` (so the
-  document's keys are keyword arguments); ``_init_common`` sets physical experts =
+- SGLang ``python/sglang/srt/eplb/expert_location.py`` (late-2026 versions, with PRs #9849
+  and #10874): ``compute_initial_expert_location_metadata`` reads the JSON and calls
+  ``ExpertLocationMetadata.init_by_mapping(server_args, model_config, **doc, moe_ep_rank=r)``
+  (so the document's keys are keyword arguments); ``_init_common`` sets physical experts =
   logical + ``ep_num_redundant_experts`` and asserts divisibility by ``ep_size``;
   ``_compute_logical_to_all_physical_map`` lists, per layer and logical expert, the
-  physical ids holding it in ascending order; ``compute_logical_to_rank_dispatch_physical_map``
-  (``--ep-dispatch-algorithm static``) gives each EP rank, layer by layer (every decoder
-  layer) and expert by expert, the first copy on the rank itself (GPU of physical p =
-  p // local slots), else a "fair" draw from ``random.Random(42)``: every copy
-  ``missing // copies`` times plus ``random.sample`` of the remainder, shuffled,
-  assigned to the ranks without a local copy in rank order.
+  physical ids holding it in ascending order, then replaces the list by rank r's nearest
+  copy when r has one (``_find_nearest_expert``: the only copy; else the first on r (GPU of
+  physical p = p // local slots); else the first on r's node (node of p = p // (local
+  slots x ranks per node), ranks per node = ep_size // nnodes) when some but not all
+  copies are there). ``compute_logical_to_rank_dispatch_physical_map``
+  (``--ep-dispatch-algorithm static``), run by rank r on that list with a fresh
+  ``random.Random(42)``, goes layer by layer (every decoder layer) and expert by expert:
+  every rank takes its nearest copy among the candidates; the ranks without one get a
+  "fair" draw: every candidate ``missing // candidates`` times plus ``random.sample`` of
+  the remainder, shuffled, assigned in rank order; r keeps its own entry.
 - TensorRT-LLM ``moe_config.load_balancer``: ``num_slots``, and
   ``initial_global_assignments`` keyed by the MoE module's ``layer_idx``; rank r owns
   slots r*S/EP .. (r+1)*S/EP - 1; every expert must appear in every row.
@@ -38,8 +42,9 @@ def flag(lines: list[str], name: str) -> str:
     return words[words.index(name) + 1]
 
 
-def sglang_metadata(doc: dict, num_logical: int, num_hidden_layers: int, ep_size: int, redundant: int) -> dict:
-    """What SGLang builds from an ``--init-expert-location`` document.
+def sglang_metadata(doc: dict, num_logical: int, num_hidden_layers: int, ep_size: int, redundant: int,
+                    nnodes: int = 1) -> dict:
+    """What SGLang builds from an ``--init-expert-location`` document (``--nnodes`` ``nnodes``).
 
     Returns p2l [layers, physical], copies [layers, logical] (logical_to_all_physical_map_num_valid),
     all_physical[layer][expert] -> physical ids, dispatch [ranks, layers, logical] -> physical id.
@@ -55,21 +60,38 @@ def sglang_metadata(doc: dict, num_logical: int, num_hidden_layers: int, ep_size
     for layer in range(num_hidden_layers):
         for p in range(physical):
             all_physical[layer][int(p2l[layer, p])].append(p)
-    rng = random.Random(42)
+    per_node = ep_size // nnodes
+
+    def nearest(candidates: list[int], rank: int) -> int:
+        if len(candidates) == 1:
+            return candidates[0]
+        here = [p for p in candidates if p // local == rank]
+        if here:
+            return here[0]
+        if per_node:
+            node = [p for p in candidates if p // (local * per_node) == rank // per_node]
+            if 0 < len(node) < len(candidates):
+                return node[0]
+        return -1
+
     dispatch = np.full((ep_size, num_hidden_layers, num_logical), -1, dtype=np.int64)
-    for layer in range(num_hidden_layers):
-        for expert in range(num_logical):
-            candidates = all_physical[layer][expert]
-            assert candidates, f"layer {layer} logical expert {expert} has no physical copy"
-            for rank in range(ep_size):
-                here = [p for p in candidates if p // local == rank]
-                if here:
-                    dispatch[rank, layer, expert] = here[0]
-            missing = [rank for rank in range(ep_size) if dispatch[rank, layer, expert] < 0]
-            whole, rest = divmod(len(missing), len(candidates))
-            picks = candidates * whole + rng.sample(candidates, k=rest)
-            rng.shuffle(picks)
-            dispatch[missing, layer, expert] = picks
+    for me in range(ep_size):  # every rank computes the whole table, then keeps its own row
+        rng = random.Random(42)
+        for layer in range(num_hidden_layers):
+            for expert in range(num_logical):
+                full = all_physical[layer][expert]
+                assert full, f"layer {layer} logical expert {expert} has no physical copy"
+                mine = nearest(full, me)
+                candidates = [mine] if mine >= 0 else full
+                table = [nearest(candidates, rank) for rank in range(ep_size)]
+                missing = [rank for rank in range(ep_size) if table[rank] < 0]
+                if missing:
+                    whole, rest = divmod(len(missing), len(candidates))
+                    picks = candidates * whole + rng.sample(candidates, k=rest)
+                    rng.shuffle(picks)
+                    for rank, pick in zip(missing, picks):
+                        table[rank] = pick
+                dispatch[me, layer, expert] = table[me]
     copies = np.array([[len(c) for c in row] for row in all_physical])
     return {"p2l": p2l, "copies": copies, "all_physical": all_physical, "dispatch": dispatch, "local": local}
 

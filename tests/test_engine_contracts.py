@@ -190,6 +190,25 @@ def test_sglang_stat_dump_drops_dense_rows_and_keeps_layer_numbering(cli, tmp_pa
     assert (sglang_static_map(back) == engine["dispatch"][:, DENSE:].transpose(1, 0, 2)).all()
 
 
+def test_sglang_static_map_on_two_nodes_prefers_a_copy_on_the_node(cli, tmp_path):
+    counts = np.random.default_rng(3).integers(1, 500, (LAYERS - DENSE, EXPERTS))
+    trace = tmp_path / "c.npy"
+    np.save(trace, counts)
+    truth, map_path, launch = place_both(cli, tmp_path, trace, "sglang", "--nodes", "2", "--gpus-per-node", "4",
+                                         "--slots-per-gpu", "10", "--solver", "eplb")
+    assert flag(launch, "--moe-a2a-backend") == "deepep"  # SGLang refuses static dispatch without one
+    ep, nnodes = int(flag(launch, "--ep-size")), int(flag(launch, "--nnodes"))
+    assert (ep, nnodes) == (8, 2) and flag(launch, "--tp-size") == "8"
+    engine = sglang_metadata(json.loads(map_path.read_text()), EXPERTS, LAYERS, ep,
+                             int(flag(launch, "--ep-num-redundant-experts")), nnodes)
+    back = read_placement(map_path, 8, 4, instances.load_model(MODEL))
+    assert (sglang_static_map(back) == engine["dispatch"][:, DENSE:].transpose(1, 0, 2)).all()
+    # the node tier is exercised: some rank is served by a copy on its node, not on itself
+    served = engine["dispatch"][:, DENSE:] // engine["local"]
+    rank = np.arange(ep)[:, None, None]
+    assert ((served != rank) & (served // 4 == rank // 4)).any()
+
+
 def test_sglang_return_routed_experts_jsonl(cli, tmp_path):
     import base64
 

@@ -117,11 +117,16 @@ def sglang_launch(placement: Placement, model: Model | None, path: str) -> list[
     """What to launch SGLang with for :func:`to_sglang`'s file at ``path``: lines for the user.
 
     SGLang derives slots = logical experts + ``--ep-num-redundant-experts`` and needs
-    them divisible by ``--ep-size``; EP rank r runs on placer GPU ``rank_gpus[r]``.
+    them divisible by ``--ep-size``; EP rank r runs on placer GPU ``rank_gpus[r]``. The
+    static dispatch needs an all-to-all backend (SGLang refuses it with the default
+    ``--moe-a2a-backend none`` since PR #32962; DeepEP sets the EP size to ``--tp-size``),
+    and its node tier reads ``--nnodes`` (:func:`placer.dispatch.sglang_static_map`).
     """
     mapped = engine_map(placement, model, "to_sglang")
+    nodes = placement.num_gpus // placement.gpus_per_node
     flags = (f"launch SGLang with: --init-expert-location {path} --ep-num-redundant-experts "
-             f"{mapped.num_redundant} --ep-size {mapped.ep_size} --ep-dispatch-algorithm static")
+             f"{mapped.num_redundant} --moe-a2a-backend deepep --tp-size {mapped.ep_size} --ep-size "
+             f"{mapped.ep_size} --nnodes {nodes} --ep-dispatch-algorithm static")
     lines = [flags]
     if model is None:
         lines.append(f"the map has {_hidden_layers(mapped, model)} decoder-layer rows (largest MoE layer + 1); "
@@ -203,15 +208,17 @@ def to_vllm_rank_map(placement: Placement, model: Model | None = None) -> dict:
 
 
 def vllm_launch(placement: Placement, model: Model | None, path: str, output_format: str) -> list[str]:
-    """Launch flags for the vLLM files (both proposals are unmerged PRs: check them first)."""
+    """Launch flags for the vLLM files: both proposals are unmerged PRs, and released vLLM
+    (checked through 0.34.0) refuses their flags, so the lines say a build with the PR is needed."""
     mapped = engine_map(placement, model, output_format)
     if output_format == "vllm-ranks":
-        line = (f"launch vLLM (PR #34811) with: --enable-expert-parallel --expert-placement-strategy custom "
-                f"--expert-placement-file {path} (EP size {mapped.ep_size})")
+        pr, flags = 34811, (f"--enable-expert-parallel --expert-placement-strategy custom "
+                            f"--expert-placement-file {path}")
     else:
         config = json.dumps({"num_redundant_experts": mapped.num_redundant, "initial_expert_map_path": path})
-        line = (f"launch vLLM (PR #49572) with: --enable-expert-parallel --enable-eplb --eplb-config "
-                f"'{config}' (EP size {mapped.ep_size})")
+        pr, flags = 49572, f"--enable-expert-parallel --enable-eplb --eplb-config '{config}'"
+    line = (f"launch a vLLM build with PR #{pr} (released vLLM, through 0.34.0, refuses these flags) with: "
+            f"{flags} (EP size {mapped.ep_size})")
     return [line, *_rank_note(placement, mapped)]
 
 
