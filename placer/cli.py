@@ -847,13 +847,22 @@ def import_megatron_command(
             "pipeline parallelism (ranks are stage-major)."
         ),
     ] = None,
+    layer_numbers: Annotated[
+        bool,
+        typer.Option(
+            "--layer-numbers",
+            help="The records' layer is Megatron's 1-based global layer number, as its inference writes it with "
+            "--moe-enable-routing-replay (default: the 0-based module index decoder.layers.{i}).",
+        ),
+    ] = False,
     model: ImportModelOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Import Megatron-Core --moe-routing-trace-path output."""
     with terminal_progress(quiet) as progress:
-        result = read_megatron(source, num_experts, progress, _layer_counts(pipeline_layers), _import_model(model))
+        result = read_megatron(source, num_experts, progress, _layer_counts(pipeline_layers), _import_model(model),
+                               layer_numbers)
     _write_imported(result, out, [source], as_json)
 
 
@@ -1222,6 +1231,7 @@ FLAG_FIELDS = frozenset(
         "dispatch",
         "exclude_gpus",
         "keep_groups",
+        "layer_numbers",
         "lp_batch",
         "max_nets",
         "max_nodes",
@@ -1229,6 +1239,7 @@ FLAG_FIELDS = frozenset(
         "memory_reserve",
         "model",
         "out",
+        "pipeline_layers",
         "rule",
         "scheduler",
         "seed",

@@ -344,6 +344,28 @@ def test_megatron_pipeline_stages_and_recompute_to_trtllm(cli, tmp_path):
             assert (held[layer_idx][rank] == gpu_rows(truth, gpu)[layer]).all()
 
 
+def test_megatron_inference_layer_numbers(cli, tmp_path):
+    """Inference with --moe-enable-routing-replay: layer = TransformerLayer.layer_number (1-based, global)."""
+    ids = routing(30, 9)
+    lines = [megatron_records(0, 0, layer + 1, ids[:, layer - DENSE]) for layer in MOE_IDS]
+    (tmp_path / "router_trace_rank0.jsonl").write_text("\n".join(lines) + "\n")
+    trace = tmp_path / "t.npz"
+    refused = cli("import", "megatron", tmp_path, "--out", trace, "--model", MODEL)
+    assert refused.code == 2 and "--layer-numbers" in refused.err and "MoE layers + 1" in refused.err
+    assert not trace.exists()
+    both = cli("import", "megatron", tmp_path, "--out", trace, "--layer-numbers", "--pipeline-layers", "14,13")
+    assert both.code == 2 and "--pipeline-layers" in both.err
+    done = cli("import", "megatron", tmp_path, "--out", trace, "--model", MODEL, "--layer-numbers", "--json")
+    assert done.code == 0, done.err
+    loaded = load_trace(trace)
+    assert loaded.layer_ids.tolist() == MOE_IDS and (loaded.topk_ids == ids).all()
+    zero = tmp_path / "zero"
+    zero.mkdir()
+    (zero / "router_trace_rank0.jsonl").write_text(megatron_records(0, 0, 0, ids[:, 0]) + "\n")
+    wrong = cli("import", "megatron", zero, "--out", trace, "--layer-numbers")
+    assert wrong.code == 2 and "start at 1" in wrong.err
+
+
 # ---------------------------------------------------------------- TensorRT-LLM
 
 

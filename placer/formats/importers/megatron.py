@@ -18,6 +18,13 @@ optional. Choices where upstream leaves the layout open:
   layers counted, and *local to the pipeline stage* (each stage's module list
   starts at 0). The trace's layer axis is the sorted distinct global layers, kept
   as ``Trace.layer_ids`` (dense layers have no records).
+- ``layer_numbers``: the same format with ``layer`` = ``TransformerLayer.layer_number``
+  (1-based and global, the pipeline stage's offset included), as Megatron's inference
+  writes it with ``--moe-enable-routing-replay`` (``RouterTracer.record_indices`` called
+  from ``text_generation_controller.py`` at d98e8a64; also the hook's fallback for a
+  router whose module name does not parse). Nothing in a record says which numbering
+  wrote it: with a ``model`` whose MoE layers are the recorded ones minus 1, the
+  default import is refused with a hint.
 - Pipeline parallelism: the records do not say which stage wrote them, so pass
   ``pipeline_layers`` (decoder layers per stage, e.g. ``[13, 13]``). Megatron's
   default rank order puts the pipeline outermost: with W ranks and P stages, rank
@@ -145,11 +152,12 @@ def _stages(label: Path, ranks: list[int], pipeline_layers: Sequence[int] | None
 
 def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | None = None,
                   progress: ProgressFn | None = None, pipeline_layers: Sequence[int] | None = None,
-                  model: Model | None = None) -> Imported:
+                  model: Model | None = None, layer_numbers: bool = False) -> Imported:
     """Read a Megatron router-trace directory, one ``.jsonl`` file, or a list of them.
 
     progress: reports files read (:mod:`placer.progress`). pipeline_layers: decoder
     layers per pipeline stage (see the module docstring). model: checks the MoE layers.
+    layer_numbers: records number layers 1-based and globally (see the module docstring).
 
     Returns a trace ``[tokens, layers, k]`` with ``src_rank`` and ``layer_ids``; see the
     module docstring for the token and layer order.
@@ -176,6 +184,14 @@ def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | 
             records.append((path, where, step, rank, layer, ids))
     if not records:
         raise InputError(label, None, "holds no routing records")
+    if layer_numbers:
+        if pipeline_layers:
+            raise InputError(None, "pipeline_layers", "layer numbers are global already: pass one or the other")
+        path, where, *_ = min(records, key=lambda record: record[4])
+        if min(record[4] for record in records) < 1:
+            raise InputError(path, f"{where}: layer", "0 is not a layer number (they start at 1): "
+                             "these records number layers from 0")
+        records = [(path, where, step, rank, layer - 1, ids) for path, where, step, rank, layer, ids in records]
     per_stage, offsets = _stages(label, sorted(rank_file), pipeline_layers)
     groups: dict[tuple[int, int], StepGroup] = {}
     repeats = 0
@@ -192,10 +208,18 @@ def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | 
         parts.append(ids)
     experts = num_experts or (model.num_experts if model is not None else None)
     trace = stack_groups(str(label), [groups[key] for key in sorted(groups)], experts)
-    check_model_layers(str(label), "layer", trace.layer_ids, model)
+    if model is not None and not layer_numbers and not pipeline_layers and \
+            trace.layer_ids.tolist() == list(range(model.first_dense_layers + 1, model.num_hidden_layers + 1)):
+        raise InputError(label, "records' layer", f"layers {trace.layer_ids[0]}..{trace.layer_ids[-1]} are model "
+                         f"{model.name}'s MoE layers + 1: 1-based layer numbers, as Megatron's inference "
+                         "routing replay records them: read them as such (layer_numbers; --layer-numbers "
+                         "on the command line)")
+    check_model_layers(str(label), "records' layer", trace.layer_ids, model)
     recompute = (f"dropped {repeats} records repeating an earlier record of the same step, rank and layer "
                  "(activation recompute)")
     notes = [recompute] if repeats else []
     if pipeline_layers:
         notes.append(f"mapped stage-local layers of {len(pipeline_layers)} pipeline stages to global layers")
+    if layer_numbers:
+        notes.append("read layer numbers (1-based) as decoder-layer indices: number - 1")
     return Imported(trace, None, notes)
