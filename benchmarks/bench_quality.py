@@ -30,7 +30,8 @@ t mod P, normal dispatch, ``nearest`` replica rule):
   group's node set, every figure with each expert's load split evenly over
   its copies.
 
-Placements: contiguous, round-robin, random, eplb, mtkahypar (when installed),
+Placements: contiguous, round-robin, random, eplb, trtllm-cooc (TensorRT-LLM's
+co-occurrence example, ``benchmarks/engine_peers.py``), mtkahypar (when installed),
 spectral, ilp, auto (``--placements`` selects). Synthetic traces are cached in
 ``--cache-dir``. ``--quick``: 20k/10k-token synthetic traces, spectral only,
 no bootstrap or leave-one-task-out. Solve times are wall seconds (noisy on a
@@ -53,6 +54,7 @@ for path in (ROOT, ROOT / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from engine_peers import trtllm_cooccurrence_placement
 from peers import mtkahypar_placement  # Mt-KaHyPar QUALITY km1 + longest-first packing ("mtk-km1")
 
 from placer import (
@@ -77,7 +79,7 @@ from placer.trace import Trace, concatenate, load_trace
 ESFT = ROOT.parent / "shared" / "traces" / "esft-dsv2lite"
 METRICS = ("internode_tokens_dedup", "nic_peak_tokens", "gpu_peak_load")
 BASELINES = ("contiguous", "round-robin", "random")
-PLACEMENTS = (*BASELINES, "eplb", "mtkahypar", "spectral", "ilp", "auto")
+PLACEMENTS = (*BASELINES, "eplb", "trtllm-cooc", "mtkahypar", "spectral", "ilp", "auto")
 #: synthetic preset -> (model preset, nodes x GPUs)
 PRESETS = {
     "esft": ("deepseek-v2-lite", "4x8"),
@@ -106,7 +108,8 @@ def solve(
     **options,
 ) -> list[Entry]:
     """The named placements (see :data:`PLACEMENTS`), all from ``summary`` (Mt-KaHyPar skipped
-    when not installed); ``workers`` and ``options`` go to :func:`placer.solvers.solve` for EPLB and placer's
+    when not installed, TensorRT-LLM's co-occurrence rule when the GPUs do not divide the experts);
+    ``workers`` and ``options`` go to :func:`placer.solvers.solve` for EPLB and placer's
     solvers (results do not depend on ``workers``)."""
     layers, experts = len(summary.layers), summary.num_experts
     entries = []
@@ -115,6 +118,10 @@ def solve(
         if name in BASELINES:
             chosen = baseline(name, layers, experts, topology.num_gpus, topology.gpus_per_node)
             entries.append(Entry(name, chosen, 0.0))
+        elif name == "trtllm-cooc":
+            if experts % topology.num_gpus:  # TensorRT-LLM fills every slot: one copy each needs E / GPUs slots
+                continue
+            entries.append(Entry(name, trtllm_cooccurrence_placement(summary, topology), time.perf_counter() - started))
         elif name == "mtkahypar":
             try:
                 chosen = mtkahypar_placement(summary, topology)
@@ -504,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         args.solvers, args.boot, args.loto = "spectral", 0, False
         args.train_tokens, args.test_tokens, args.scale_train_tokens = 20_000, 10_000, 20_000
     names = (
-        args.placements.split(",") if args.placements else [*BASELINES, "eplb", "mtkahypar", *args.solvers.split(",")]
+        args.placements.split(",") if args.placements
+        else [*BASELINES, "eplb", "trtllm-cooc", "mtkahypar", *args.solvers.split(",")]
     )
     unknown = sorted(set(names) - set(PLACEMENTS)) + sorted(set(args.presets.split(",")) - set(PRESETS))
     if unknown:
