@@ -55,3 +55,16 @@ def test_placement_fills_every_slot_and_refuses_uneven_shapes(peers):
     assert placement.phy2log.shape == (2, 16) and (np.sort(placement.phy2log, axis=1) == np.arange(16)).all()
     with pytest.raises(ValueError, match="every slot"):
         peers.trtllm_cooccurrence_placement(summary, load_topology("h100-dgx").resized(3, 2))
+
+
+def test_bench_engine_peers_runs_end_to_end(capsys):
+    spec = importlib.util.spec_from_file_location("bench_engine_peers", SCRIPT.with_name("bench_engine_peers.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--shapes", "2x4:33", "--layers", "1", "--train-tokens", "3000", "--test-tokens", "1000"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| eplb", "| trtllm-cooc", "| spectral", "| auto"]
+    trt = rows[2].strip("| ").split(" | ")
+    assert trt[3::2] == ["1.000"] * 3  # TensorRT-LLM's rule over itself
+    assert "auto busiest NIC x TRT-LLM: worst" in out
