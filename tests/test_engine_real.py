@@ -1,28 +1,51 @@
-"""The vLLM paths against an installed vLLM (its own modules, not the stand-ins).
+"""placer's engine paths against installed engines (their own modules, not the stand-ins).
 
-Skipped when vLLM is not importable (CI installs no engine). Checked by hand against the
-released vLLM 0.34.0 wheel (files of 2026-11-16) with ``pip install --no-deps --target DIR``
-and its pure-Python dependencies on ``PYTHONPATH``.
+Skipped when an engine is not importable (CI installs none). Checked by hand against the
+released vLLM 0.34.0 (files of 2026-11-16) and SGLang 0.5.23 (2026-10-30) wheels, each
+installed with ``pip install --no-deps --target DIR`` and its pure-Python imports beside
+it on ``PYTHONPATH``, with CPU torch.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import types
+
 import numpy as np
 import pytest
+from conftest import random_trace
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("vllm.config.parallel", reason="vLLM is not installed: the real-engine checks need it")
-pytest.importorskip("vllm.distributed.eplb.policy", reason="vLLM's EPLB policy package is not importable")
-
-from placer.engine_policies import (  # noqa: E402
+from placer import PlacementProblem, SolverSettings, load_topology, to_sglang
+from placer.dispatch import sglang_static_map
+from placer.engine_policies import (
     PlacerEplbPolicy,
     RoutingRecorder,
     install_vllm,
     install_vllm_routing_hook,
     moe_layers,
 )
+from placer.graph import summarize
+from placer.solvers import solve
+
+torch = pytest.importorskip("torch")
 
 
+def engine(module: str) -> bool:
+    """Whether ``module`` of an engine imports here."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+needs_vllm = pytest.mark.skipif(not engine("vllm.distributed.eplb.policy"),
+                                reason="vLLM is not installed: the real-engine checks need it")
+needs_sglang = pytest.mark.skipif(not engine("sglang.srt.eplb.expert_location"),
+                                  reason="SGLang is not installed: the real-engine checks need it")
+
+
+
+@needs_vllm
 def test_policy_registers_validates_and_rebalances_as_vllm_calls_it():
     install_vllm("placer")
     from vllm.config.parallel import EPLBConfig, ParallelConfig
@@ -40,8 +63,9 @@ def test_policy_registers_validates_and_rebalances_as_vllm_calls_it():
     assert all(set(row.tolist()) == set(range(experts)) for row in new)
 
 
+@needs_vllm
 def test_routing_hook_records_the_step_and_keeps_vllms_read():
-    capturer = pytest.importorskip("vllm.model_executor.layers.fused_moe.routed_experts_capturer")
+    from vllm.model_executor.layers.fused_moe import routed_experts_capturer as capturer
     chunks = []
     recorder = RoutingRecorder(lambda rows: chunks.append(np.asarray(rows)), num_layers=5, top_k=2,
                                layers=moe_layers(5, 1))
@@ -55,3 +79,30 @@ def test_routing_hook_records_the_step_and_keeps_vllms_read():
     getattr(instance, step_read)(6 if step_read == "snapshot_routing_data" else np.arange(6))
     recorder.flush()
     assert np.array_equal(np.concatenate(chunks), buffer[:6, 1:].numpy())
+
+
+@needs_sglang
+@pytest.mark.parametrize("excluded", [(), (5,)])
+def test_sglang_static_map_is_sglangs_own(monkeypatch, excluded):
+    """placer's replay of ``--ep-dispatch-algorithm static`` against SGLang's own functions, rank
+    by rank, as SGLang runs them with ``--moe-a2a-backend deepep --nnodes 2`` (the flags place
+    prints)."""
+    from sglang.srt.eplb import expert_location
+
+    topology = load_topology("h100-dgx").resized(2, 4)
+    trace = random_trace(400, 3, 16, 4, seed=2)
+    placement, _ = solve(summarize(trace), PlacementProblem(topology, slots_per_gpu=3, exclude_gpus=list(excluded)),
+                         SolverSettings("spectral", 1.0))
+    p2l = torch.tensor(to_sglang(placement)["physical_to_logical_map"])
+    live = placement.live_gpus()
+    ep, local = len(live), placement.slots_per_gpu
+    settings = types.SimpleNamespace(moe=types.SimpleNamespace(ep_join_mode=None, moe_a2a_backend="deepep"),
+                                     ep_size=ep, nnodes=topology.nodes)
+    monkeypatch.setattr(expert_location, "get_exec", lambda: settings)
+    monkeypatch.setattr(expert_location, "get_parallel", lambda: settings)
+    ours = sglang_static_map(placement)
+    to_slot = np.array([live[p // local] * local + p % local for p in range(p2l.shape[1])])
+    for rank, gpu in enumerate(live):
+        candidates = expert_location._compute_logical_to_all_physical_map(p2l, 16, ep, rank)
+        theirs = expert_location.compute_logical_to_rank_dispatch_physical_map(candidates, ep, p2l.shape[1], rank)
+        assert (ours[:, gpu] == to_slot[theirs.numpy()]).all(), f"EP rank {rank} (GPU {gpu})"
