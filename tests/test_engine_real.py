@@ -106,3 +106,24 @@ def test_sglang_static_map_is_sglangs_own(monkeypatch, excluded):
         candidates = expert_location._compute_logical_to_all_physical_map(p2l, 16, ep, rank)
         theirs = expert_location.compute_logical_to_rank_dispatch_physical_map(candidates, ep, p2l.shape[1], rank)
         assert (ours[:, gpu] == to_slot[theirs.numpy()]).all(), f"EP rank {rank} (GPU {gpu})"
+
+
+@needs_sglang
+def test_sglang_algorithm_plugin_as_init_by_eplb_calls_it():
+    """``--eplb-algorithm placer``: SGLang's own module calls, as ``init_by_eplb`` makes them."""
+    from sglang.srt.eplb import eplb_algorithms
+
+    from placer.engine_policies import install_sglang
+
+    install_sglang("placer")
+    layers, logical, physical, ranks = 3, 16, 24, 8
+    counts = torch.randint(0, 50, (4, layers, logical))  # [buffer steps, layers, logical experts]
+    for raw in ("placer", "deepseek"):  # placer, and SGLang's own algorithm still reachable
+        algorithm = eplb_algorithms.compute_algorithm(raw_algorithm=raw, num_groups=None, num_nodes=2)
+        phy2log, log2all, count = eplb_algorithms.rebalance_experts(
+            tokens_per_expert=counts, num_physical_experts=physical, num_local_physical_experts=physical // ranks,
+            num_groups=None, num_nodes=2, algorithm=algorithm)
+        assert tuple(phy2log.shape) == (layers, physical), raw
+        assert all(set(row.tolist()) == set(range(logical)) for row in phy2log), raw
+        assert log2all.shape[:2] == (layers, logical) and log2all.shape[2] <= physical, raw
+        assert (count == (log2all >= 0).sum(dim=-1)).all(), raw
