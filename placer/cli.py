@@ -130,7 +130,8 @@ SourceOpt = Annotated[
     Source, typer.Option(help="token: token t on GPU t mod P (or src_rank); sequence: sequence i on GPU i mod P.")
 ]
 RuleOpt = Annotated[Rule, typer.Option(help="Which replica serves a token when experts are replicated.")]
-LpBatchOpt = Annotated[int, typer.Option(help="Consecutive tokens the lp rule balances together (one batch).")]
+LpBatchOpt = Annotated[int, typer.Option(help="Tokens of one engine batch (forward pass): the lp rule balances "
+                                                "each, sglang-dynamic counts rows within it.")]
 AlphaOpt = Annotated[
     float | None,
     typer.Option(help="Weight of the busiest NIC's traffic against inter-node copies (default: the solver's; "

@@ -16,6 +16,12 @@ names its rule:
   (each replica used about equally often by the GPUs without a near one),
   drawn per GPU from Python's ``random.Random(42)`` over layers, then experts,
   in order (:func:`sglang_static_map`).
+- ``sglang-dynamic``: SGLang's dynamic rule as it runs without an all-to-all backend
+  (``--moe-a2a-backend none``, where it is SGLang's default for a placement file since PR
+  #32962): a pair goes to copy ``row mod copies`` of its expert's copies in slot order,
+  ``row`` = the token's row in its batch of ``batch_tokens`` (counted per layer from the
+  first token replayed), whatever the source (``_topk_ids_logical_to_physical_dynamic``,
+  ``rank_invariant``, SGLang 0.5.23).
 - ``lp``: SGLang's LP rule (``--ep-dispatch-algorithm=lp``, DeepSeek's LPLB): per batch of
   ``batch_tokens`` consecutive tokens (counted per layer from the first token replayed), each
   expert's pairs are split over its copies to minimise the busiest GPU, whatever the
@@ -209,6 +215,9 @@ class Dispatcher:
             slots = self.static[layer][src_gpu[:, None], safe]
         elif self.rule == "lp":
             slots = self._lp_slots(layer, ids)
+        elif self.rule == "sglang-dynamic":
+            row = (self.routed[layer] + np.arange(len(ids))) % self.batch_tokens
+            slots = log2phy[safe, row[:, None] % copies[safe]]
         else:
             gpus = _nearest_kernel(
                 ids.astype(np.int64), src_gpu.astype(np.int64), log2phy, copies,

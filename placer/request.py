@@ -19,7 +19,8 @@ from placer.placement import BASELINES
 from placer.progress import ProgressFn
 from placer.topology import MAX_EXPERTS, Model, Topology
 
-__all__ = ["LP_BATCH_TOKENS", "METHODS", "NIC_WEIGHED", "RULES", "SOLVERS", "PlacementProblem", "SolverSettings"]
+__all__ = ["BATCHED_RULES", "LP_BATCH_TOKENS", "METHODS", "NIC_WEIGHED", "RULES", "SOLVERS", "PlacementProblem",
+           "SolverSettings"]
 
 #: placement algorithms: spectral (seconds), ilp (a longer search; CP-SAT on small layers), auto (candidates chosen on a
 #: validation split, :mod:`placer.solvers.validation`), eplb (loads only)
@@ -30,10 +31,13 @@ NIC_WEIGHED = ("auto", "spectral", "ilp")
 METHODS = (*SOLVERS, *BASELINES)
 ON_INTERRUPT = ("raise", "best")
 #: replica dispatch rules an engine may run (which copy serves a pair; :mod:`placer.dispatch`)
-RULES = ("nearest", "sglang-static", "lp")
-#: default batch of the ``lp`` rule: consecutive tokens it balances together
+RULES = ("nearest", "sglang-static", "sglang-dynamic", "lp")
+#: the rules whose choice depends on the engine batch a token is in (``lp_batch``)
+BATCHED_RULES = ("sglang-dynamic", "lp")
+#: default engine batch (one forward pass), in tokens: the ``lp`` rule balances each, the
+#: ``sglang-dynamic`` rule counts rows within it
 LP_BATCH_TOKENS = 4096
-#: largest ``lp`` batch accepted, in tokens
+#: largest batch accepted, in tokens
 MAX_LP_BATCH = 1 << 30
 
 

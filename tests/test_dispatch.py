@@ -50,6 +50,17 @@ def test_sglang_static_uses_same_gpu_replica_else_fair_choice():
     assert gpus.tolist() == [[1, 0], [0, 0]]
 
 
+def test_sglang_dynamic_picks_copy_row_mod_copies_within_each_batch():
+    # 1 node x 3 GPUs, 2 slots each: expert 0 on GPUs 0, 1, 2; expert 1 on GPU 0 only; 2, 3 once each.
+    placement = Placement(np.array([[0, 1, 0, 2, 0, 3]]), 4, 3, 2)
+    dispatcher = Dispatcher(placement, "sglang-dynamic", batch_tokens=4)
+    ids = np.array([[0, 1]] * 3)
+    first = dispatcher.route(0, ids, np.array([2, 2, 2]))  # rows 0, 1, 2: copies 0, 1, 2 of expert 0
+    assert first.tolist() == [[0, 0], [1, 0], [2, 0]]  # whatever the source GPU
+    second = dispatcher.route(0, ids, np.array([0, 0, 0]))  # rows 3, then 0, 1 of the next batch
+    assert second.tolist() == [[0, 0], [0, 0], [1, 0]]
+
+
 def test_replicas_on_the_source_node_cut_internode_traffic():
     rng = np.random.default_rng(0)
     ids = np.stack([rng.permutation(4)[:2] for _ in range(400)]).reshape(400, 1, 2)
@@ -143,5 +154,5 @@ def test_replay_choices_are_refused_by_name_listing_the_choices(field, value):
         evaluate(trace, baseline("contiguous", 1, 4, 4, 1), topology, **{field: value})
     assert err.value.field == field and "expected one of" in err.value.message and repr(value) in err.value.message
     if field == "rule":
-        with pytest.raises(InputError, match="rule: expected one of nearest, sglang-static, lp"):
+        with pytest.raises(InputError, match="rule: expected one of nearest, sglang-static, sglang-dynamic, lp"):
             PlacementProblem(topology, rule=value)

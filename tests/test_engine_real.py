@@ -127,3 +127,29 @@ def test_sglang_algorithm_plugin_as_init_by_eplb_calls_it():
         assert all(set(row.tolist()) == set(range(logical)) for row in phy2log), raw
         assert log2all.shape[:2] == (layers, logical) and log2all.shape[2] <= physical, raw
         assert (count == (log2all >= 0).sum(dim=-1)).all(), raw
+
+
+@needs_sglang
+def test_sglang_dynamic_rule_is_sglangs_own_without_an_a2a_backend():
+    """``sglang-dynamic`` against ``_topk_ids_logical_to_physical_dynamic`` (rank-invariant)."""
+    from sglang.srt.eplb import expert_location, expert_location_dispatch
+
+    from placer.dispatch import Dispatcher
+
+    topology = load_topology("h100-dgx").resized(2, 4)
+    trace = random_trace(300, 2, 16, 4, seed=3)
+    placement, _ = solve(summarize(trace), PlacementProblem(topology, slots_per_gpu=3),
+                         SolverSettings("spectral", 1.0))
+    p2l = torch.tensor(to_sglang(placement)["physical_to_logical_map"])
+    settings = types.SimpleNamespace(moe=types.SimpleNamespace(ep_join_mode=None, moe_a2a_backend="none"))
+    ids = torch.from_numpy(trace.topk_ids.astype(np.int64))
+    dispatcher = Dispatcher(placement, "sglang-dynamic", batch_tokens=len(ids))
+    for layer in range(placement.num_layers):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(expert_location, "get_exec", lambda: settings)
+            candidates = expert_location._compute_logical_to_all_physical_map(p2l[layer:layer + 1], 16, 8, 0)
+        info = types.SimpleNamespace(rank_invariant=True, partial_logical_to_all_physical_map=candidates[0],
+                                     partial_logical_to_all_physical_map_num_valid=(candidates[0] >= 0).sum(-1))
+        theirs = expert_location_dispatch._topk_ids_logical_to_physical_dynamic(ids[:, layer], info)
+        ours = dispatcher.route(layer, trace.topk_ids[:, layer], np.zeros(len(ids), dtype=np.int64))
+        assert (ours == theirs.numpy() // placement.slots_per_gpu).all(), f"layer {layer}"

@@ -27,7 +27,7 @@ from placer.dispatch import LP_BATCH_TOKENS, RULES, Dispatcher
 from placer.errors import InputError
 from placer.placement import Placement
 from placer.progress import ProgressFn, track
-from placer.request import MAX_LP_BATCH
+from placer.request import BATCHED_RULES, MAX_LP_BATCH
 from placer.topology import MAX_NODES, Model, Topology
 from placer.trace import Trace, TraceChunk, TraceSource, chunk_count
 
@@ -387,7 +387,7 @@ def evaluate(
         "source": source,
         "dispatch": dispatch,
         "replica_rule": rule,
-        **({"lp_batch_tokens": lp_batch} if rule == "lp" else {}),
+        **({"lp_batch_tokens": lp_batch} if rule in BATCHED_RULES else {}),
         "topology": topology.name,
         "nodes": topology.nodes,
         "gpus_per_node": topology.gpus_per_node,

@@ -43,7 +43,7 @@ from placer.migration import minimize_moves, moved_by_link
 from placer.online import RebalanceConfig, Rebalancer, contiguous_slots
 from placer.placement import Placement
 from placer.progress import ProgressFn
-from placer.request import PlacementProblem, SolverSettings
+from placer.request import BATCHED_RULES, PlacementProblem, SolverSettings
 from placer.solvers.api import solve
 from placer.solvers.eplb_policy import eplb_placement
 from placer.topology import Model, Topology
@@ -222,7 +222,7 @@ def replay_timeline(
                     "time_limit": time_limit, "seed": seed, "topology": topology.name, "nodes": topology.nodes,
                     "gpus_per_node": topology.gpus_per_node, "model": None if model is None else model.name,
                     "rebalancer": {name: getattr(config, name) for name in config.__dataclass_fields__},
-                    **({"lp_batch": lp_batch} if rule == "lp" else {})}
+                    **({"lp_batch": lp_batch} if rule in BATCHED_RULES else {})}
     return Timeline(windows, per_window, totals, config_facts)
 
 

@@ -127,7 +127,8 @@ def sglang_launch(placement: Placement, model: Model | None, path: str) -> list[
     flags = (f"launch SGLang with: --init-expert-location {path} --ep-num-redundant-experts "
              f"{mapped.num_redundant} --moe-a2a-backend deepep --tp-size {mapped.ep_size} --ep-size "
              f"{mapped.ep_size} --nnodes {nodes} --ep-dispatch-algorithm static")
-    lines = [flags]
+    lines = [flags, "without an all-to-all backend (--moe-a2a-backend none) SGLang refuses static dispatch and "
+                    "serves this file with its dynamic rule: replay it with --rule sglang-dynamic"]
     if model is None:
         lines.append(f"the map has {_hidden_layers(mapped, model)} decoder-layer rows (largest MoE layer + 1); "
                      "SGLang needs num_hidden_layers rows: pass --model to check")

@@ -33,6 +33,7 @@ from placer.placement import BASELINES, Placement, baseline
 from placer.presentation import REPORT_FORMATS, plots
 from placer.presentation.render import summary_notes, summary_rows
 from placer.progress import ProgressFn
+from placer.request import BATCHED_RULES
 from placer.topology import Model, Topology
 from placer.trace import Trace, TraceSource
 from placer.workflow import compare, with_baselines
@@ -329,7 +330,7 @@ def build_report(
         "model": model.name if model is not None else "none (token counts only; give a model for bytes and times)",
         "dispatch": f"{dispatch} ({mode})",
         "token source": source,
-        "replica rule": rule if rule != "lp" else f"lp, batches of {lp_batch:,} tokens",
+        "replica rule": rule if rule not in BATCHED_RULES else f"{rule}, batches of {lp_batch:,} tokens",
         "max nodes": str(max_nodes) if max_nodes else "-",
         "ratios against": reference,
         "heatmap layer": str(layer),
