@@ -3,7 +3,9 @@
 Skipped when an engine is not importable (CI installs none). Checked by hand against the
 released vLLM 0.34.0 (files of 2026-11-16) and SGLang 0.5.23 (2026-10-30) wheels, each
 installed with ``pip install --no-deps --target DIR`` and its pure-Python imports beside
-it on ``PYTHONPATH``, with CPU torch.
+it on ``PYTHONPATH``, with CPU torch, and against Megatron-LM's
+``megatron/core/transformer/moe/router_trace.py`` at d98e8a64 (that one file on
+``PYTHONPATH``; it imports torch only).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from placer.engine_policies import (
 )
 from placer.graph import summarize
 from placer.solvers import solve
+from placer.trace import load_trace
 
 torch = pytest.importorskip("torch")
 
@@ -42,6 +45,9 @@ needs_vllm = pytest.mark.skipif(not engine("vllm.distributed.eplb.policy"),
                                 reason="vLLM is not installed: the real-engine checks need it")
 needs_sglang = pytest.mark.skipif(not engine("sglang.srt.eplb.expert_location"),
                                   reason="SGLang is not installed: the real-engine checks need it")
+needs_megatron = pytest.mark.skipif(not engine("megatron.core.transformer.moe.router_trace"),
+                                    reason="Megatron-LM's router_trace is not importable: the real-engine checks "
+                                    "need it")
 
 
 
@@ -153,3 +159,43 @@ def test_sglang_dynamic_rule_is_sglangs_own_without_an_a2a_backend():
         theirs = expert_location_dispatch._topk_ids_logical_to_physical_dynamic(ids[:, layer], info)
         ours = dispatcher.route(layer, trace.topk_ids[:, layer], np.zeros(len(ids), dtype=np.int64))
         assert (ours == theirs.numpy() // placement.slots_per_gpu).all(), f"layer {layer}"
+
+
+class _Router(torch.nn.Module):
+    """Stands in for a TopKRouter: forward returns (probs, top-k ids) as the hook reads them."""
+
+    def __init__(self, ids: torch.Tensor) -> None:
+        super().__init__()
+        self.ids = ids
+
+    def forward(self, hidden):
+        return torch.ones(self.ids.shape), self.ids
+
+
+@needs_megatron
+def test_megatron_tracer_files_import_by_both_numberings(tmp_path, cli, monkeypatch):
+    """Files written by Megatron's own RouterTracer: its hooks (module index) and the inference
+    routing replay (``record_indices`` with ``layer_number``), imported with ``--model``."""
+    from megatron.core.transformer.moe import router_trace
+
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)  # CPU torch has no CUDA graphs
+
+    layers, dense, top_k = 27, 1, 6  # DeepSeek-V2-Lite
+    ids = torch.from_numpy(random_trace(40, layers - dense, 64, top_k, seed=4).topk_ids.astype(np.int64))
+    hooked = router_trace.RouterTracer(str(tmp_path / "hooks"), max_steps=5, rank=0)
+    for layer in range(dense, layers):
+        router = _Router(ids[:, layer - dense])
+        router.register_forward_hook(hooked.make_hook(f"decoder.layers.{layer}.mlp.router"))
+        router(torch.zeros(40, 8))
+    hooked.flush()
+    replayed = router_trace.RouterTracer(str(tmp_path / "replay"), max_steps=5, rank=0)
+    replayed.record_indices(ids, layer_ids=[layer + 1 for layer in range(dense, layers)])  # layer_number
+    replayed.flush()
+    for directory, extra in (("hooks", ()), ("replay", ("--layer-numbers",))):
+        out = tmp_path / f"{directory}.npz"
+        done = cli("import", "megatron", tmp_path / directory, "--out", out, "--model", "deepseek-v2-lite", *extra)
+        assert done.code == 0, done.err
+        loaded = load_trace(out)
+        assert loaded.layer_ids.tolist() == list(range(dense, layers)) and (loaded.topk_ids == ids.numpy()).all()
+    refused = cli("import", "megatron", tmp_path / "replay", "--out", tmp_path / "x.npz", "--model", "deepseek-v2-lite")
+    assert refused.code == 2 and "--layer-numbers" in refused.err
