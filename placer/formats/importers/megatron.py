@@ -162,6 +162,8 @@ def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | 
     Returns a trace ``[tokens, layers, k]`` with ``src_rank`` and ``layer_ids``; see the
     module docstring for the token and layer order.
     """
+    if layer_numbers and pipeline_layers:
+        raise InputError(None, "pipeline_layers", "layer numbers are global already: pass one or the other")
     if isinstance(source, (str, Path)):
         label = Path(source)
         files = megatron_files(label) if label.is_dir() else [label]
@@ -185,11 +187,9 @@ def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | 
     if not records:
         raise InputError(label, None, "holds no routing records")
     if layer_numbers:
-        if pipeline_layers:
-            raise InputError(None, "pipeline_layers", "layer numbers are global already: pass one or the other")
-        path, where, *_ = min(records, key=lambda record: record[4])
-        if min(record[4] for record in records) < 1:
-            raise InputError(path, f"{where}: layer", "0 is not a layer number (they start at 1): "
+        lowest = min(records, key=lambda record: record[4])
+        if lowest[4] < 1:
+            raise InputError(lowest[0], f"{lowest[1]}: layer", "0 is not a layer number (they start at 1): "
                              "these records number layers from 0")
         records = [(path, where, step, rank, layer - 1, ids) for path, where, step, rank, layer, ids in records]
     per_stage, offsets = _stages(label, sorted(rank_file), pipeline_layers)
