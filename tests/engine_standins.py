@@ -136,8 +136,9 @@ def vllm_modules(capturer_api: str = "snapshot_routing_data") -> dict[str, types
     return modules
 
 
-def sglang_modules() -> dict[str, types.ModuleType]:
-    """sglang.srt.eplb.eplb_algorithms, expert_location (init_by_eplb), expert_distribution."""
+def sglang_modules(recorder_api: str = "metadata first") -> dict[str, types.ModuleType]:
+    """sglang.srt.eplb.eplb_algorithms, expert_location (init_by_eplb), expert_distribution
+    (``recorder_api``: the recorder's ``init_new`` signature, 0.5.23's or the older one)."""
     modules = _package("sglang.srt.eplb.eplb_algorithms")
     algorithms = types.ModuleType("sglang.srt.eplb.eplb_algorithms")
 
@@ -222,10 +223,21 @@ def sglang_modules() -> dict[str, types.ModuleType]:
             return {"passes": self.passes}
 
     class ExpertDistributionRecorder:
+        """SGLang 0.5.23: ``init_new(expert_location_metadata, rank)``, settings in its global config."""
+
+        @staticmethod
+        def init_new(expert_location_metadata, rank):
+            return _Recorder()
+
+    class OlderDistributionRecorder:
+        """SGLang at 02295fe5: ``init_new(server_args, expert_location_metadata, rank)``."""
+
         @staticmethod
         def init_new(server_args, expert_location_metadata, rank):
             return _Recorder()
 
-    distribution.ExpertDistributionRecorder = ExpertDistributionRecorder
+    distribution.get_schedule = lambda: types.SimpleNamespace(chunked_prefill_size=8192)
+    distribution.ExpertDistributionRecorder = {"metadata first": ExpertDistributionRecorder,
+                                               "server_args first": OlderDistributionRecorder}[recorder_api]
     modules["sglang.srt.eplb.expert_distribution"] = distribution
     return modules

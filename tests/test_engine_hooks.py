@@ -106,8 +106,17 @@ def test_vllm_hook_names_both_apis_when_neither_exists(monkeypatch):
         install_vllm_routing_hook(recorder)
 
 
-def test_sglang_tap_maps_physical_to_logical_and_delegates(monkeypatch):
-    for name, module in sglang_modules().items():
+def sglang_init_new(api: str):
+    """``ExpertDistributionRecorder.init_new`` called as that SGLang calls it: (metadata, rank) -> recorder."""
+    cls = sys.modules["sglang.srt.eplb.expert_distribution"].ExpertDistributionRecorder
+    if api == "metadata first":  # 0.5.23: model_runner passes the metadata and rank=
+        return lambda metadata, rank: cls.init_new(metadata, rank=rank)
+    return lambda metadata, rank: cls.init_new(types.SimpleNamespace(chunked_prefill_size=512), metadata, rank)
+
+
+@pytest.mark.parametrize("api", ["metadata first", "server_args first"])
+def test_sglang_tap_maps_physical_to_logical_and_delegates(monkeypatch, api):
+    for name, module in sglang_modules(api).items():
         monkeypatch.setitem(sys.modules, name, module)
     chunks, sink = collector()
     recorder = RoutingRecorder(sink, num_layers=HIDDEN, top_k=TOP_K, capacity=64, layers=moe_layers(HIDDEN, DENSE))
@@ -116,8 +125,7 @@ def test_sglang_tap_maps_physical_to_logical_and_delegates(monkeypatch):
     p2l = torch.from_numpy(np.stack([np.random.default_rng(s).permutation(physical) % EXPERTS
                                      for s in range(HIDDEN)]))
     metadata = types.SimpleNamespace(physical_to_logical_map=p2l)
-    distribution = sys.modules["sglang.srt.eplb.expert_distribution"]
-    tap = distribution.ExpertDistributionRecorder.init_new(None, metadata, 0)
+    tap = sglang_init_new(api)(metadata, 0)
     rng = np.random.default_rng(4)
     ids = torch.from_numpy(rng.integers(0, physical, (9, HIDDEN, TOP_K)).astype(np.int32))
     ids[8] = -1  # padded token
@@ -129,4 +137,14 @@ def test_sglang_tap_maps_physical_to_logical_and_delegates(monkeypatch):
     expected = np.stack([p2l[layer].numpy()[ids[:8, layer].numpy()] for layer in range(DENSE, HIDDEN)], axis=1)
     assert np.array_equal(chunks[0], expected)
     assert len(tap.seen) == HIDDEN - DENSE and tap.dump_record() == {"passes": 1}  # SGLang's recorder still ran
-    assert distribution.ExpertDistributionRecorder.init_new(None, None, 0).__class__.__name__ == "_Recorder"
+    assert sglang_init_new(api)(None, 0).__class__.__name__ == "_Recorder"  # EPLB off: SGLang's own
+
+
+@pytest.mark.parametrize(("api", "rows"), [("metadata first", 8192), ("server_args first", 512)])
+def test_sglang_tap_sizes_its_buffer_from_sglangs_chunked_prefill_size(monkeypatch, api, rows):
+    for name, module in sglang_modules(api).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    install_sglang_routing_hook(RoutingRecorder(lambda rows: None, num_layers=HIDDEN, top_k=TOP_K))
+    p2l = torch.zeros((HIDDEN, EXPERTS), dtype=torch.int64)
+    tap = sglang_init_new(api)(types.SimpleNamespace(physical_to_logical_map=p2l), 0)
+    assert tap._staging.shape == (HIDDEN, rows, TOP_K)

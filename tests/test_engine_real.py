@@ -199,3 +199,31 @@ def test_megatron_tracer_files_import_by_both_numberings(tmp_path, cli, monkeypa
         assert loaded.layer_ids.tolist() == list(range(dense, layers)) and (loaded.topk_ids == ids.numpy()).all()
     refused = cli("import", "megatron", tmp_path / "replay", "--out", tmp_path / "x.npz", "--model", "deepseek-v2-lite")
     assert refused.code == 2 and "--layer-numbers" in refused.err
+
+
+@needs_sglang
+def test_sglang_routing_hook_wraps_sglangs_own_recorder(monkeypatch):
+    """``install_sglang_routing_hook`` on SGLang's ``ExpertDistributionRecorder``, created as its
+    model runner creates it (``init_new(metadata, rank=...)`` in 0.5.23)."""
+    from sglang.srt.eplb import expert_distribution
+
+    from placer.engine_policies import install_sglang_routing_hook
+
+    settings = types.SimpleNamespace(moe=types.SimpleNamespace(expert_distribution_recorder_mode=None),
+                                     chunked_prefill_size=64)
+    monkeypatch.setattr(expert_distribution, "get_exec", lambda: settings)
+    monkeypatch.setattr(expert_distribution, "get_schedule", lambda: settings)
+    chunks = []
+    recorder = RoutingRecorder(lambda rows: chunks.append(np.asarray(rows)), num_layers=4, top_k=2,
+                               layers=moe_layers(4, 1))
+    install_sglang_routing_hook(recorder)
+    p2l = torch.tensor([[(p * 5) % 8 for p in range(8)]] * 4)
+    tap = expert_distribution.ExpertDistributionRecorder.init_new(
+        types.SimpleNamespace(physical_to_logical_map=p2l), rank=0)
+    ids = torch.randint(0, 8, (5, 4, 2), dtype=torch.int32)
+    with tap.with_forward_pass(0, types.SimpleNamespace(input_ids=torch.zeros(5))):
+        for layer in range(1, 4):
+            with tap.with_current_layer(layer):
+                tap.on_select_experts(topk_ids=ids[:, layer])
+    recorder.flush()
+    assert np.array_equal(np.concatenate(chunks), p2l[0].numpy()[ids[:, 1:].numpy()])

@@ -94,7 +94,7 @@ def test_sglang_setup_snippet_feeds_the_window_and_serves_placer():
     server = types.SimpleNamespace(chunked_prefill_size=8192, eplb_algorithm="placer", nnodes=SMALL["NODES"],
                                    ep_size=ranks, ep_num_redundant_experts=physical - SMALL["EXPERTS"])
     tap = sys.modules["sglang.srt.eplb.expert_distribution"].ExpertDistributionRecorder.init_new(
-        server, types.SimpleNamespace(physical_to_logical_map=p2l), 0)
+        types.SimpleNamespace(physical_to_logical_map=p2l), rank=0)  # as SGLang 0.5.23's model runner calls it
     for step in range(STEPS):
         ids = routing(step, TOKENS_PER_STEP)  # logical = physical here (identity on the first 16 slots)
         with tap.with_forward_pass(step, types.SimpleNamespace(input_ids=torch.zeros(TOKENS_PER_STEP))):

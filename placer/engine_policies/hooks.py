@@ -19,7 +19,7 @@ What a request gets back (``routed_experts``, uint8 / uint16 / int32
 ``[tokens, num_hidden_layers, top_k]``) is converted by
 :func:`routed_experts_rows`.
 
-SGLang (``python/sglang/srt/eplb/expert_distribution.py``, 02295fe5): the
+SGLang (``python/sglang/srt/eplb/expert_distribution.py``, 02295fe5 and 0.5.23): the
 global ``ExpertDistributionRecorder`` gets ``with_current_layer(layer_idx)``,
 ``on_select_experts(topk_ids)`` (ids are *physical*: ``select_experts`` maps
 logical to physical first and masks padding to -1) and ``with_forward_pass``
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 from collections.abc import Iterator
 
 import numpy as np
@@ -181,22 +182,38 @@ def install_sglang_routing_hook(recorder: RoutingRecorder, max_tokens: int | Non
 
     Build ``recorder`` with ``num_layers`` = the model's layers (SGLang indexes
     them by model layer id) and ``layers`` = the MoE ones. max_tokens defaults
-    to ``server_args.chunked_prefill_size`` (the tokens of one forward).
-    Without expert-location metadata (EPLB off) SGLang's recorder is left alone.
+    to SGLang's ``chunked_prefill_size`` (the tokens of one forward). Both
+    ``init_new`` signatures are wrapped: ``(server_args, expert_location_metadata,
+    rank)`` (02295fe5) and ``(expert_location_metadata, rank)`` (0.5.23, whose
+    settings live in SGLang's global config). Without expert-location metadata
+    (EPLB off) SGLang's recorder is left alone.
     """
-    cls = getattr(importlib.import_module(DISTRIBUTION_MODULE), "ExpertDistributionRecorder", None)
+    module = importlib.import_module(DISTRIBUTION_MODULE)
+    cls = getattr(module, "ExpertDistributionRecorder", None)
     original = getattr(cls, "init_new", None)
     if not callable(original):
         raise EngineInputError(DISTRIBUTION_MODULE, "has no ExpertDistributionRecorder.init_new "
                                "(SGLang version not supported)")
     original = getattr(original, "__wrapped__", original)
+    signature = inspect.signature(original)
 
-    def init_new(server_args, expert_location_metadata, rank):
-        inner = original(server_args, expert_location_metadata, rank)
-        if expert_location_metadata is None:
+    def init_new(*args, **kwargs):
+        inner = original(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs).arguments
+        metadata = bound.get("expert_location_metadata")
+        if metadata is None:
             return inner
-        rows = max_tokens or getattr(server_args, "chunked_prefill_size", 0)
-        return SglangRoutingTap(inner, recorder, expert_location_metadata.physical_to_logical_map, rows)
+        rows = max_tokens or _forward_tokens(module, bound.get("server_args"))
+        return SglangRoutingTap(inner, recorder, metadata.physical_to_logical_map, rows)
 
     init_new.__wrapped__ = original
     cls.init_new = staticmethod(init_new)
+
+
+def _forward_tokens(module: object, server_args: object) -> int:
+    """SGLang's ``chunked_prefill_size``: from ``server_args`` where ``init_new`` takes them,
+    else from the global schedule config the recorder module reads (``get_schedule()``)."""
+    if server_args is not None:
+        return getattr(server_args, "chunked_prefill_size", 0)
+    schedule = getattr(module, "get_schedule", None)
+    return getattr(schedule(), "chunked_prefill_size", 0) if callable(schedule) else 0
