@@ -4,7 +4,8 @@ Written here from the engines' documented behaviour (never calling placer's own
 export or dispatch code, so a contract test can fail):
 
 - SGLang ``python/sglang/srt/eplb/expert_location.py`` (release 0.5.23, with PRs #9849 and
-  #10874; run with an all-to-all backend, as ``place`` prints): ``compute_initial_expert_location_metadata`` reads the JSON and calls
+  #10874; run with an all-to-all backend, as ``place`` prints):
+  ``compute_initial_expert_location_metadata`` reads the JSON and calls
   ``ExpertLocationMetadata.init_by_mapping(server_args, model_config, **doc, moe_ep_rank=r)``
   (so the document's keys are keyword arguments); ``_init_common`` sets physical experts =
   logical + ``ep_num_redundant_experts`` and asserts divisibility by ``ep_size``;
