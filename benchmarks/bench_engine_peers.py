@@ -34,24 +34,22 @@ for path in (ROOT, ROOT / "benchmarks"):
 from engine_peers import trtllm_cooccurrence_placement
 
 from placer import Placement, Topology, load_topology
-from placer.evaluation.replay import count_traffic
+from placer.evaluation.replay import evaluate
 from placer.graph import summarize
 from placer.request import PlacementProblem, SolverSettings
 from placer.solvers import solve
 from placer.studies import synth
 from placer.trace import Trace
 
-METRICS = {"inter-node copies": "internode", "busiest NIC": "nic", "busiest GPU": "gpu"}
+METRICS = {"inter-node copies": "internode_tokens_dedup", "busiest NIC": "nic_peak_tokens",
+           "busiest GPU": "gpu_peak_load"}
 PLACER = ("spectral", "auto")
 
 
 def held_out(test: Trace, placement: Placement, topology: Topology) -> dict[str, float]:
-    """Held-out totals over layers: inter-node copies, busiest NIC and busiest GPU (pairs)."""
+    """The replay's totals of ``placement`` on ``test``, source GPU t mod P."""
     pinned = replace(test, src_rank=np.arange(test.num_tokens) % topology.num_gpus)
-    counts = count_traffic(pinned, placement, topology)
-    return {"internode": float(counts["internode_tokens_dedup"].sum()),
-            "nic": float(counts["node_recv_dedup"].max(axis=1).sum()),
-            "gpu": float(counts["gpu_load"].max(axis=1).sum())}
+    return evaluate(pinned, placement, topology).totals
 
 
 def run_shape(shape: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
