@@ -347,7 +347,9 @@ def test_megatron_pipeline_stages_and_recompute_to_trtllm(cli, tmp_path):
 def test_megatron_inference_layer_numbers(cli, tmp_path):
     """Inference with --moe-enable-routing-replay: layer = TransformerLayer.layer_number (1-based, global)."""
     ids = routing(30, 9)
+    mtp = routing(30, 10)[:, 0]  # the MTP layer's router, numbered 1 and written after the decoder's
     lines = [megatron_records(0, 0, layer + 1, ids[:, layer - DENSE]) for layer in MOE_IDS]
+    lines.append(megatron_records(0, 0, 1, mtp))
     (tmp_path / "router_trace_rank0.jsonl").write_text("\n".join(lines) + "\n")
     trace = tmp_path / "t.npz"
     refused = cli("import", "megatron", tmp_path, "--out", trace, "--model", MODEL)
@@ -359,6 +361,7 @@ def test_megatron_inference_layer_numbers(cli, tmp_path):
     assert done.code == 0, done.err
     loaded = load_trace(trace)
     assert loaded.layer_ids.tolist() == MOE_IDS and (loaded.topk_ids == ids).all()
+    assert "multi-token-prediction" in " ".join(done.json()["notes"])
     zero = tmp_path / "zero"
     zero.mkdir()
     (zero / "router_trace_rank0.jsonl").write_text(megatron_records(0, 0, 0, ids[:, 0]) + "\n")

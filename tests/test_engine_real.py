@@ -175,7 +175,7 @@ class _Router(torch.nn.Module):
 @needs_megatron
 def test_megatron_tracer_files_import_by_both_numberings(tmp_path, cli, monkeypatch):
     """Files written by Megatron's own RouterTracer: its hooks (module index) and the inference
-    routing replay (``record_indices`` with ``layer_number``), imported with ``--model``."""
+    routing replay (``record_indices`` with ``layer_number``, MTP router last), imported with ``--model``."""
     from megatron.core.transformer.moe import router_trace
 
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)  # CPU torch has no CUDA graphs
@@ -189,7 +189,9 @@ def test_megatron_tracer_files_import_by_both_numberings(tmp_path, cli, monkeypa
         router(torch.zeros(40, 8))
     hooked.flush()
     replayed = router_trace.RouterTracer(str(tmp_path / "replay"), max_steps=5, rank=0)
-    replayed.record_indices(ids, layer_ids=[layer + 1 for layer in range(dense, layers)])  # layer_number
+    # every RouterReplay instance in build order: decoder layers by layer_number, then the MTP layer's (1)
+    mtp = torch.from_numpy(random_trace(40, 1, 64, top_k, seed=5).topk_ids.astype(np.int64))
+    replayed.record_indices(torch.cat([ids, mtp], dim=1), layer_ids=[layer + 1 for layer in range(dense, layers)] + [1])
     replayed.flush()
     for directory, extra in (("hooks", ()), ("replay", ("--layer-numbers",))):
         out = tmp_path / f"{directory}.npz"

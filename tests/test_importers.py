@@ -635,6 +635,20 @@ def test_megatron_pipeline_layers_are_checked(tmp_path):
         read_megatron(tmp_path, pipeline_layers=[2, 2, 2])
 
 
+def test_megatron_layer_numbers_drop_the_mtp_routers_tail(tmp_path):
+    """Routing replay records every router in build order: decoder layers 1..3, then MTP layer 1."""
+    steps = [[megatron_record(step, layer, 0, [[layer, step + 4]]) for layer in (1, 2, 3, 1)] for step in range(2)]
+    write_jsonl(tmp_path / "router_trace_rank0.jsonl", steps[0] + steps[1])
+    result = read_megatron(tmp_path, layer_numbers=True)
+    assert result.routing.layer_ids.tolist() == [0, 1, 2] and result.routing.num_tokens == 2
+    assert result.routing.topk_ids[:, 0].tolist() == [[1, 4], [1, 5]]
+    assert any("multi-token-prediction" in note for note in result.notes)
+    repeats = [megatron_record(0, layer, 0, [[layer, mb + 4]]) for mb in range(2) for layer in (1, 2, 3)]
+    write_jsonl(tmp_path / "router_trace_rank0.jsonl", repeats)
+    kept = read_megatron(tmp_path, layer_numbers=True)
+    assert kept.routing.num_tokens == 2 and not any("multi-token" in note for note in kept.notes)
+
+
 def test_trtllm_assignment_must_cover_the_slots(tmp_path):
     from placer.formats.importers import read_assignments
 

@@ -14,6 +14,8 @@ optional. Choices where upstream leaves the layout open:
 
 - Multi-token-prediction records (``"block": "mtp"`` or an ``mtp_idx``) are
   skipped: they route the same tokens through extra heads, not decoder layers.
+  Routing replay tags them ``decoder`` and numbers them 1, 2, ... after each step's
+  decoder layers; with ``layer_numbers`` that tail is dropped too (``_drop_mtp_tails``).
 - ``layer`` is the index in the module name ``decoder.layers.{i}``: 0-based, dense
   layers counted, and *local to the pipeline stage* (each stage's module list
   starts at 0). The trace's layer axis is the sorted distinct global layers, kept
@@ -136,6 +138,34 @@ def _records(path: Path) -> Iterator[tuple[str, int, int, int, np.ndarray]]:
         raise InputError(path, None, f"unreadable ({err})") from None
 
 
+_Record = tuple[Path, str, int, int, int, np.ndarray]
+
+
+def _drop_mtp_tails(records: list[_Record]) -> tuple[list[_Record], int]:
+    """Records without the multi-token-prediction routers' tails, and how many were dropped.
+
+    Megatron's inference routing replay writes one record per router and step in the
+    order the routers were built, tagged ``decoder``: the decoder's layers by ascending
+    ``layer_number``, then the MTP layers, numbered 1, 2, ... (``multi_token_prediction.py``
+    builds them with their own numbering). So a (file, step, rank) whose layers form two
+    ascending runs, the second 1, 2, ..., D and unlike the first, ends in D MTP records;
+    runs of the same layers (micro-batches) and recompute's reversed order are kept.
+    """
+    positions: dict[tuple[Path, int, int], list[int]] = {}
+    for index, (path, _, step, rank, _, _) in enumerate(records):
+        positions.setdefault((path, step, rank), []).append(index)
+    dropped: set[int] = set()
+    for indices in positions.values():
+        layers = [records[i][4] for i in indices]
+        starts = [0] + [n for n in range(1, len(layers)) if layers[n] <= layers[n - 1]]
+        if len(starts) != 2:
+            continue
+        first, tail = layers[:starts[1]], layers[starts[1]:]
+        if tail == list(range(1, len(tail) + 1)) and set(tail) != set(first):
+            dropped.update(indices[starts[-1]:])
+    return [record for index, record in enumerate(records) if index not in dropped], len(dropped)
+
+
 def _stages(label: Path, ranks: list[int], pipeline_layers: Sequence[int] | None) -> tuple[int, list[int]]:
     """(ranks per stage, first global layer of each stage); one stage without pipeline_layers."""
     if not pipeline_layers:
@@ -176,7 +206,7 @@ def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | 
         if not files:
             raise InputError(None, "files", "no Megatron trace files given")
         label = files[0].parent
-    records: list[tuple[Path, str, int, int, int, np.ndarray]] = []
+    records: list[_Record] = []
     rank_file: dict[int, Path] = {}
     for path in track(files, "reading Megatron files", len(files), progress):
         for where, step, rank, layer, ids in _records(path):
@@ -186,7 +216,16 @@ def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | 
             records.append((path, where, step, rank, layer, ids))
     if not records:
         raise InputError(label, None, "holds no routing records")
+    untailed, mtp_dropped = _drop_mtp_tails(records)
+    if model is not None and not layer_numbers and not pipeline_layers and \
+            sorted({record[4] for record in untailed}) == list(range(model.first_dense_layers + 1,
+                                                                    model.num_hidden_layers + 1)):
+        raise InputError(label, "records' layer", f"layers {model.first_dense_layers + 1}.."
+                         f"{model.num_hidden_layers} are model {model.name}'s MoE layers + 1: 1-based layer "
+                         "numbers, as Megatron's inference routing replay records them: read them as such "
+                         "(layer_numbers; --layer-numbers on the command line)")
     if layer_numbers:
+        records = untailed
         lowest = min(records, key=lambda record: record[4])
         if lowest[4] < 1:
             raise InputError(lowest[0], f"{lowest[1]}: layer", "0 is not a layer number (they start at 1): "
@@ -208,12 +247,6 @@ def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | 
         parts.append(ids)
     experts = num_experts or (model.num_experts if model is not None else None)
     trace = stack_groups(str(label), [groups[key] for key in sorted(groups)], experts)
-    if model is not None and not layer_numbers and not pipeline_layers and \
-            trace.layer_ids.tolist() == list(range(model.first_dense_layers + 1, model.num_hidden_layers + 1)):
-        raise InputError(label, "records' layer", f"layers {trace.layer_ids[0]}..{trace.layer_ids[-1]} are model "
-                         f"{model.name}'s MoE layers + 1: 1-based layer numbers, as Megatron's inference "
-                         "routing replay records them: read them as such (layer_numbers; --layer-numbers "
-                         "on the command line)")
     check_model_layers(str(label), "records' layer", trace.layer_ids, model)
     recompute = (f"dropped {repeats} records repeating an earlier record of the same step, rank and layer "
                  "(activation recompute)")
@@ -222,4 +255,7 @@ def read_megatron(source: str | Path | Sequence[str | Path], num_experts: int | 
         notes.append(f"mapped stage-local layers of {len(pipeline_layers)} pipeline stages to global layers")
     if layer_numbers:
         notes.append("read layer numbers (1-based) as decoder-layer indices: number - 1")
+    if layer_numbers and mtp_dropped:
+        notes.append(f"dropped {mtp_dropped} records of multi-token-prediction routers (numbered 1, 2, ... "
+                     "after each step's decoder layers)")
     return Imported(trace, None, notes)
