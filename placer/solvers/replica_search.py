@@ -10,7 +10,8 @@ works on whole slot rows and minimises the rule's deduplicated cost directly:
 
 where ``cost`` follows the rule's order: an expert with a copy on the source node, or on
 a node the token already reaches, is free; otherwise the token reaches one more node
-(the holder covering most of its remaining experts). Sources are spread evenly over
+(counted at the holder covering most of its remaining experts, where the rule itself
+takes the least-loaded copy: the cost is the rule's best case). Sources are spread evenly over
 nodes (the replay's ``t mod P``). A move swaps the contents of two slots on different
 nodes (so every expert keeps its copy count, each GPU its slot count) and is kept
 when it lowers ``C + penalty x copies loaded onto GPUs that lacked them in service``,
