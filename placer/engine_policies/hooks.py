@@ -8,12 +8,17 @@ exists with ``--enable-return-routed-experts``. Once per step vLLM reads the
 step's rows, by one of two methods the hook wraps (its rows are appended on
 the device before vLLM's own read):
 
-- released vLLM (0.34.0, read in the wheel of 2026-11-16):
+- released vLLM 0.31.0-0.34.0 (read in their wheels, 0.34.0 of 2026-11-16):
   ``snapshot_routing_data(num_tokens)`` on ``device_buffer``, called by the
   auxiliary-output connector on the first tensor-parallel rank of each
   data-parallel group only (other TP ranks hold the same rows);
-- 00bd1493: ``save_captured_experts(indices)`` on ``_device_buffer``, one
-  index per token.
+- vLLM 0.16.0-0.20.0 and 00bd1493: ``save_captured_experts(indices)`` on
+  ``_device_buffer``, one index per token.
+
+vLLM 0.21.0-0.30.0 have neither (0.21.0 copies through
+``sync_fwd_experts_buffer_DtoH``; from 0.22.0 the model runner slices
+``get_device_buffer()`` by a token count the capturer never sees), so the
+hook refuses those releases and says which are supported.
 
 What a request gets back (``routed_experts``, uint8 / uint16 / int32
 ``[tokens, num_hidden_layers, top_k]``) is converted by
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import inspect
 from collections.abc import Iterator
 
@@ -90,6 +96,14 @@ VLLM_STEP_READS = {
 }
 
 
+def _installed(distribution: str) -> str:
+    """The installed version of ``distribution``, or "(version unknown)"."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
 def install_vllm_routing_hook(recorder: RoutingRecorder) -> None:
     """Feed ``recorder`` every step from vLLM's ``RoutedExpertsCapturer`` (see the module docstring).
 
@@ -100,8 +114,9 @@ def install_vllm_routing_hook(recorder: RoutingRecorder) -> None:
     capturer = getattr(importlib.import_module(CAPTURER_MODULE), "RoutedExpertsCapturer", None)
     name = next((m for m in VLLM_STEP_READS if callable(getattr(capturer, m, None))), None)
     if name is None:
-        raise EngineInputError(CAPTURER_MODULE, "has no RoutedExpertsCapturer."
-                               f"{' or '.join(VLLM_STEP_READS)} (vLLM version not supported)")
+        raise EngineInputError(CAPTURER_MODULE, f"vLLM {_installed('vllm')}: RoutedExpertsCapturer has no "
+                               f"{' or '.join(VLLM_STEP_READS)}. Supported: vLLM 0.16.0-0.20.0 and "
+                               "0.31.0-0.34.0; 0.21.0-0.30.0 read each step in ways the hook does not follow")
     attribute, step_tokens = VLLM_STEP_READS[name]
     original = getattr(capturer, name)
     original = getattr(original, "__wrapped__", original)
