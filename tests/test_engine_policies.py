@@ -220,6 +220,27 @@ def test_install_vllm_on_the_first_policy_package_returns_three_maps(vllm):
             assert sorted(held) == np.flatnonzero(phy2log[layer].numpy() == expert).tolist()
 
 
+def test_install_vllm_returns_three_maps_where_the_default_is_declared_to(vllm):
+    """vLLM 0.14.0-0.18.0: old_global_expert_indices already, and EplbState unpacks three maps."""
+    from placer.engine_policies import PlacerEplbMapsPolicy
+
+    class DeclaredDefaultEplbPolicy:
+        @classmethod
+        def rebalance_experts(cls, weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int,
+                              num_ranks: int, old_global_expert_indices: torch.Tensor | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            raise AssertionError("not called")
+
+    vllm["vllm.distributed.eplb.policy"].EPLB_POLICIES["default"] = DeclaredDefaultEplbPolicy
+    install_vllm()
+    policy = vllm["vllm.distributed.eplb.policy"].EPLB_POLICIES["placer"]
+    assert policy is PlacerEplbMapsPolicy
+    old = torch.arange(24).remainder(EXPERTS).expand(LAYERS, -1).contiguous()
+    phy2log, log2phy, logcnt = policy.rebalance_experts(skewed_load(15), 24, 4, NODES, RANKS, old)  # as rearrange
+    assert_served(phy2log.numpy(), LAYERS, EXPERTS, 24)
+    assert (logcnt.sum(dim=1) == 24).all() and log2phy.shape[:2] == (LAYERS, EXPERTS)
+
+
 def test_install_vllm_rejects_a_registry_it_does_not_know(vllm):
     del vllm["vllm.distributed.eplb.policy"].EPLB_POLICIES
     with pytest.raises(EngineInputError, match="EPLB_POLICIES"):

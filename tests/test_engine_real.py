@@ -1,7 +1,7 @@
 """placer's engine paths against installed engines (their own modules, not the stand-ins).
 
 Skipped when an engine is not importable (CI installs none). Checked by hand against the
-released vLLM 0.34.0 (files of 2026-11-16) and SGLang 0.5.23 (2026-10-30) wheels, each
+released vLLM 0.34.0 (files of 2026-11-16) and 0.17.0, and SGLang 0.5.23 (2026-10-30) wheels, each
 installed with ``pip install --no-deps --target DIR`` and its pure-Python imports beside
 it on ``PYTHONPATH``, with CPU torch, and against Megatron-LM's
 ``megatron/core/transformer/moe/router_trace.py`` at d98e8a64 (that one file on
@@ -57,20 +57,26 @@ def test_policy_registers_validates_and_rebalances_as_vllm_calls_it():
     from vllm.config.parallel import EPLBConfig, ParallelConfig
     from vllm.distributed.eplb.policy import EPLB_POLICIES
 
-    assert EPLB_POLICIES[EPLBConfig(policy="placer", use_async=False).policy] is PlacerEplbPolicy
+    assert issubclass(EPLB_POLICIES[EPLBConfig(policy="placer", use_async=False).policy], PlacerEplbPolicy)
     assert ParallelConfig(eplb_config={"policy": "placer", "use_async": False}).eplb_config.policy == "placer"
     with pytest.raises(ValueError):  # vLLM's own validator: async EPLB only with its default policy
         EPLBConfig(policy="placer", use_async=True)
-    layers, experts, replicas = 3, 16, 20
+    layers, experts, replicas = 3, 16, 20  # 3 layers: a tensor in place of three maps would unpack silently
     weight = torch.randint(1, 100, (layers, experts), dtype=torch.int64)
     old = torch.tensor([[i % experts for i in range(replicas)]] * layers)
-    new = EPLB_POLICIES["placer"].rebalance_experts(weight, replicas, 1, 2, 4, old)  # positional, as rearrange
+    theirs = EPLB_POLICIES["default"].rebalance_experts(weight, replicas, 1, 2, 4, old)  # positional, as rearrange
+    ours = EPLB_POLICIES["placer"].rebalance_experts(weight, replicas, 1, 2, 4, old)
+    assert type(ours) is type(theirs)  # what vLLM's caller unpacks: phy2log, or (phy2log, log2phy, logcnt)
+    new = ours[0] if isinstance(ours, tuple) else ours
     assert tuple(new.shape) == (layers, replicas) and new.dtype == torch.int64
     assert all(set(row.tolist()) == set(range(experts)) for row in new)
+    if isinstance(ours, tuple):
+        assert [m.shape[:2] for m in ours[1:]] == [m.shape[:2] for m in theirs[1:]]
+        assert [m.dtype for m in ours] == [m.dtype for m in theirs]
 
 
 @needs_vllm
-def test_routing_hook_records_the_step_and_keeps_vllms_read():
+def test_routing_hook_records_the_step_and_keeps_vllms_read(monkeypatch):
     from vllm.model_executor.layers.fused_moe import routed_experts_capturer as capturer
     chunks = []
     recorder = RoutingRecorder(lambda rows: chunks.append(np.asarray(rows)), num_layers=5, top_k=2,
@@ -79,6 +85,9 @@ def test_routing_hook_records_the_step_and_keeps_vllms_read():
     step_read = next(name for name in ("snapshot_routing_data", "save_captured_experts")
                      if hasattr(capturer.RoutedExpertsCapturer, name))
     instance = object.__new__(capturer.RoutedExpertsCapturer)  # no GPU: set the buffer its __init__ would
+    if step_read == "save_captured_experts":  # vLLM 0.16-0.20: TP rank 0 with no shared memory to write
+        monkeypatch.setattr(capturer, "get_tensor_model_parallel_rank", lambda: 0)
+        instance._shm, instance._lock_file, instance._host_buffer_view = None, "unused", None
     buffer = torch.randint(0, 16, (8, 5, 2), dtype=torch.int32)
     setattr(instance, "device_buffer" if step_read == "snapshot_routing_data" else "_device_buffer", buffer)
     instance.output_dtype = torch.uint8

@@ -114,10 +114,16 @@ class PlacerEplbMapsPolicy(PlacerEplbPolicy):
 
 
 def _policy_for(registry: dict) -> type:
-    """The drop-in matching the registry's default policy: maps-returning before old indices existed."""
-    default = registry.get("default")
-    method = getattr(default, "rebalance_experts", None)
-    if method is not None and "old_global_expert_indices" not in inspect.signature(method).parameters:
+    """The drop-in matching the registry's default policy: the three maps where its callers unpack
+    them (the first policy package, without ``old_global_expert_indices``, and vLLM 0.14.0-0.18.0,
+    whose ``rebalance_experts`` takes them but is declared to return a tuple), else phy2log alone."""
+    method = getattr(registry.get("default"), "rebalance_experts", None)
+    if method is None:
+        return PlacerEplbPolicy
+    signature = inspect.signature(method)
+    returned = signature.return_annotation
+    declared = returned if isinstance(returned, str) else str(typing.get_origin(returned) or returned)
+    if "old_global_expert_indices" not in signature.parameters or declared.startswith(("tuple", "<class 'tuple'>")):
         return PlacerEplbMapsPolicy
     return PlacerEplbPolicy
 
