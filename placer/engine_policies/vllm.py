@@ -122,8 +122,11 @@ def _policy_for(registry: dict) -> type:
         return PlacerEplbPolicy
     signature = inspect.signature(method)
     returned = signature.return_annotation
-    declared = returned if isinstance(returned, str) else str(typing.get_origin(returned) or returned)
-    if "old_global_expert_indices" not in signature.parameters or declared.startswith(("tuple", "<class 'tuple'>")):
+    if isinstance(returned, str):  # postponed annotations: "tuple[...]", "Tuple[...]", "typing.Tuple[...]"
+        declares_tuple = returned.split("[")[0].split(".")[-1].lower() == "tuple"
+    else:
+        declares_tuple = (typing.get_origin(returned) or returned) is tuple
+    if "old_global_expert_indices" not in signature.parameters or declares_tuple:
         return PlacerEplbMapsPolicy
     return PlacerEplbPolicy
 

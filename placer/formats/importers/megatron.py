@@ -162,7 +162,7 @@ def _drop_mtp_tails(records: list[_Record]) -> tuple[list[_Record], int]:
             continue
         first, tail = layers[:starts[1]], layers[starts[1]:]
         if tail == list(range(1, len(tail) + 1)) and set(tail) != set(first):
-            dropped.update(indices[starts[-1]:])
+            dropped.update(indices[starts[1]:])
     return [record for index, record in enumerate(records) if index not in dropped], len(dropped)
 
 
